@@ -1,0 +1,218 @@
+"""The one Faust app and its wiring: topics, agents, the web endpoints, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiokafka.client import AIOKafkaClient
+from prometheus_client import CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+
+from monitor.agents.ingest import BatchIngestor, RawMessage
+from monitor.events import EventDecoder, PredictionEvent, Rejected
+from monitor.metrics import IngestMetrics, ModelStatsCollector
+from monitor.settings import Settings
+from monitor.store.keys import Keys
+from monitor.store.redis import TRANSIENT, RedisStore
+
+log = logging.getLogger(__name__)
+
+# Inbound topics must hold what we accept and the dead-letter topic what we refuse (a 2 MB value
+# is refused as too large, and still kept). The broker's own limit is raised to match.
+TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+HEALTH_TIMEOUT_S = 2.0
+# aiohttp adds the charset itself and refuses one inside content_type.
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+@dataclass
+class Health:
+    """What /readyz reports: the last answer of each dependency."""
+
+    kafka_ok: bool = False
+    redis_ok: bool = False
+    redis_writes_failing: bool = False
+    checked_at: float = 0.0
+    detail: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """Ready only while Kafka and Redis both answer."""
+        return self.kafka_ok and self.redis_ok and not self.redis_writes_failing
+
+
+class FaustDeadLetters:
+    """Dead-letter sink on the `dead-letters` topic; waits for the broker's acknowledgement."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self.topic = topic
+
+    async def send(self, rejects: Sequence[tuple[RawMessage, Rejected]]) -> None:
+        """Publish every reject with headers `error`, `source-topic`, `source-offset`."""
+        pending = []
+        for message, rejected in rejects:
+            headers = [
+                ("error", f"{rejected.reason}: {rejected.detail}"[:2000].encode()),
+                ("reason", rejected.reason.encode()),
+                ("source-topic", message.topic.encode()),
+                ("source-partition", str(message.partition).encode()),
+                ("source-offset", str(message.offset).encode()),
+            ]
+            if rejected.index is not None:
+                headers.append(("source-index", str(rejected.index).encode()))
+            pending.append(
+                await self.topic.send(key=message.key, value=rejected.raw, headers=headers)
+            )
+        await asyncio.gather(*pending)
+
+
+class Monitor:
+    """The daemon: a Faust app plus the store, metrics and health it serves."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        self.metrics = IngestMetrics(self.registry)
+        self.health = Health()
+        self.redis = Redis.from_url(
+            settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
+        self.store = RedisStore(
+            self.redis,
+            Keys(settings.key_prefix),
+            minute_ttl_s=settings.minute_bucket_ttl_s,
+            hour_ttl_s=settings.hour_bucket_ttl_s,
+            clock=clock,
+        )
+        self.model_stats = ModelStatsCollector(self.store, clock=clock)
+        self.registry.register(self.model_stats)
+        self.app = self._build_app()
+        self._kafka_probe: AIOKafkaClient | None = None
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{s.kafka_bootstrap}",
+            store="memory://",
+            autodiscover=False,
+            web_host=s.web_host,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            producer_max_request_size=TOPIC_MAX_MESSAGE_BYTES,
+            consumer_max_fetch_size=TOPIC_MAX_MESSAGE_BYTES,
+            broker_commit_interval=1.0,
+        )
+        config = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        predictions = app.topic(
+            s.topics.predictions, value_type=bytes, partitions=s.partitions, config=config, **raw
+        )
+        self.dead_letters_topic = app.topic(
+            s.topics.dead_letters, value_type=bytes, partitions=s.partitions, config=config, **raw
+        )
+        self.predictions = BatchIngestor(
+            s.topics.predictions,
+            EventDecoder(PredictionEvent, s.max_value_bytes),
+            self.store.apply,
+            FaustDeadLetters(self.dead_letters_topic),
+            self.metrics,
+            retention_s=s.retention_s,
+            retry_max_s=s.redis_retry_max_s,
+            clock=self.clock,
+            on_redis_down=self._on_redis_down,
+        )
+
+        @app.agent(predictions, name="ingest-predictions")
+        async def ingest_predictions(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(s.batch_max_events, within=s.batch_within_s):
+                await self.predictions.handle([_raw(event) for event in events])
+
+        @app.task
+        async def declare_outbound_topics() -> None:
+            await self.dead_letters_topic.maybe_declare()
+
+        @app.timer(1.0)
+        async def check_health() -> None:
+            await self.check_health()
+
+        self._add_views(app)
+        return app
+
+    def _on_redis_down(self, down: bool) -> None:
+        self.health.redis_writes_failing = down
+
+    async def check_health(self) -> Health:
+        """Ask Redis for a PING and Kafka for metadata; record and return the answers."""
+        health = self.health
+        try:
+            await asyncio.wait_for(self.redis.ping(), HEALTH_TIMEOUT_S)
+            health.redis_ok = True
+            health.detail.pop("redis", None)
+        except (*TRANSIENT, asyncio.TimeoutError) as exc:
+            health.redis_ok = False
+            health.detail["redis"] = f"{type(exc).__name__}: {exc}"
+        try:
+            if self._kafka_probe is None:
+                self._kafka_probe = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap)
+                await asyncio.wait_for(self._kafka_probe.bootstrap(), HEALTH_TIMEOUT_S)
+            await asyncio.wait_for(self._kafka_probe.fetch_all_metadata(), HEALTH_TIMEOUT_S)
+            health.kafka_ok = True
+            health.detail.pop("kafka", None)
+        except Exception as exc:  # any failure of the probe means "Kafka does not answer"
+            health.kafka_ok = False
+            health.detail["kafka"] = f"{type(exc).__name__}: {exc}"
+            if self._kafka_probe is not None:
+                await self._kafka_probe.close()
+                self._kafka_probe = None
+        health.checked_at = self.clock()
+        self.metrics.ready.set(1 if health.ready else 0)
+        return health
+
+    def _add_views(self, app: faust.App) -> None:
+        monitor = self
+
+        @app.page("/healthz")
+        async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            return web.json({"status": "ok"})
+
+        @app.page("/readyz")
+        async def readyz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            health = await monitor.check_health()
+            body = {
+                "ready": health.ready,
+                "kafka": health.kafka_ok,
+                "redis": health.redis_ok,
+                "redis_writes_failing": health.redis_writes_failing,
+                "detail": health.detail,
+            }
+            return web.json(body, status=200 if health.ready else 503)
+
+        @app.page("/metrics")
+        async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            try:
+                await monitor.model_stats.refresh()
+            except TRANSIENT as exc:
+                log.warning("metrics scrape without model gauges: Redis unavailable (%s)", exc)
+            return web.bytes(generate_latest(monitor.registry), content_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _raw(event: faust.EventT) -> RawMessage:
+    message = event.message
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+    )

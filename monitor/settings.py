@@ -1,0 +1,67 @@
+"""The one settings object: built once at start from `MONITOR_*` env and CLI flags, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    """Kafka topic names (DESIGN.md, "Topics"); each is `MONITOR_TOPIC_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MONITOR_TOPIC_", frozen=True, extra="forbid")
+
+    predictions: str = "predictions"
+    labels: str = "labels"
+    access_logs: str = "access-logs"
+    model_registry: str = "model-registry"
+    control: str = "control"
+    incidents: str = "incidents"
+    dead_letters: str = "dead-letters"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told, with the defaults of a local single-node setup."""
+
+    model_config = SettingsConfigDict(env_prefix="MONITOR_", frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    app_id: str = Field("aimon", description="Faust app id; also the Kafka consumer group.")
+    key_prefix: str = Field("aimon", description="Prefix of every Redis key this daemon writes.")
+    topics: Topics = Field(default_factory=Topics)
+    partitions: int = Field(8, ge=1, description="Partitions of the input topics when created.")
+    replication_factor: int = Field(1, ge=1)
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+
+    rules_path: Path = Path("rules")
+    evidence_dir: Path = Path("evidence")
+    eval_interval_s: float = Field(1.0, gt=0)
+    api_token: SecretStr | None = None
+
+    batch_max_events: int = Field(1000, ge=1, description="Messages an agent takes per batch.")
+    batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")
+    max_value_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger message values are dead-lettered as too_large."
+    )
+    minute_bucket_ttl_s: int = Field(26 * 3600, ge=3600)
+    hour_bucket_ttl_s: int = Field(15 * 24 * 3600, ge=24 * 3600)
+    redis_retry_max_s: float = Field(5.0, gt=0, description="Cap of the backoff while Redis is down.")
+    log_level: str = "info"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with CLI flags applied; flags left as None keep the env/default value."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        return type(self).model_validate({**self.model_dump(), **given})
+
+    @property
+    def retention_s(self) -> int:
+        """How far back an event may be and still land in a bucket that has not expired."""
+        return self.hour_bucket_ttl_s
