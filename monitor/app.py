@@ -20,12 +20,10 @@ from monitor.metrics import IngestMetrics, ModelStatsCollector
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.redis import TRANSIENT, RedisStore
+from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-# Inbound topics must hold what we accept and the dead-letter topic what we refuse (a 2 MB value
-# is refused as too large, and still kept). The broker's own limit is raised to match.
-TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 HEALTH_TIMEOUT_S = 2.0
 # aiohttp adds the charset itself and refuses one inside content_type.
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,8 +30,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import faust
 
     from monitor.app import Monitor
+    from monitor.topics import ensure_topics
 
     settings = _settings(args)
+    asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)
     worker = faust.Worker(monitor.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

@@ -1,0 +1,145 @@
+"""Shared fixtures: the real local services, unique names per test, and a worker subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.settings import Settings, Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[tuple[str, str]]:
+    """Kafka bootstrap and Redis URL of the real local services (started if not running)."""
+    from monitor import services as local
+
+    status = local.up()
+    yield status.kafka_bootstrap, status.redis_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_settings(kafka: str, redis: str, **overrides: object) -> Settings:
+    """Settings whose topics, consumer group and Redis keys no other test uses."""
+    tag = uuid.uuid4().hex[:10]
+    topics = Topics(**{name: f"{default}-{tag}" for name, default in Topics().model_dump().items()})
+    return Settings(
+        kafka_bootstrap=kafka,
+        redis_url=redis,
+        app_id=f"aimon-test-{tag}",
+        key_prefix=f"t{tag}",
+        topics=topics,
+        partitions=4,
+        web_port=free_port(),
+        batch_within_s=0.05,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The MONITOR_* environment that reproduces these settings in a subprocess."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude={"topics", "api_token"}).items():
+        env[f"MONITOR_{name.upper()}"] = str(value)
+    for name, value in settings.topics.model_dump().items():
+        env[f"MONITOR_TOPIC_{name.upper()}"] = value
+    return env
+
+
+class WorkerProcess:
+    """`monitor run` in its own process, as an operator would start it."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{settings.web_port}"
+
+    def start(self) -> None:
+        env = {**os.environ, **settings_env(self.settings)}
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                return proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(self.base + path, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                return resp.status, await resp.text()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            try:
+                status, _ = await self.get("/readyz")
+                if status == 200:
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels` (0 if none)."""
+        status, text = await self.get("/metrics")
+        assert status == 200, text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    async def wait_metric(self, name: str, at_least: float, timeout_s: float = 60.0, **labels: str) -> float:
+        deadline = time.monotonic() + timeout_s
+        value = 0.0
+        while time.monotonic() < deadline:
+            value = await self.metric(name, **labels)
+            if value >= at_least:
+                return value
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{name}{labels} = {value}, wanted ≥ {at_least}:\n{self.log_tail()}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition not met in time")
