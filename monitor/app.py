@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.client import AIOKafkaClient
@@ -133,14 +133,18 @@ class Monitor:
 
         @app.agent(predictions, name="ingest-predictions")
         async def ingest_predictions(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(s.batch_max_events, within=s.batch_within_s):
+            # take_events exists on Stream but faust's StreamT protocol does not declare it
+            batches = cast(faust.Stream[bytes], stream).take_events(
+                s.batch_max_events, within=s.batch_within_s
+            )
+            async for events in batches:
                 await self.predictions.handle([_raw(event) for event in events])
 
-        @app.task
+        @app.task  # type: ignore[untyped-decorator]  # faust's decorators are not annotated
         async def declare_outbound_topics() -> None:
             await self.dead_letters_topic.maybe_declare()
 
-        @app.timer(1.0)
+        @app.timer(1.0)  # type: ignore[untyped-decorator]  # as above
         async def check_health() -> None:
             await self.check_health()
 
@@ -205,7 +209,7 @@ class Monitor:
             return web.bytes(generate_latest(monitor.registry), content_type=PROMETHEUS_CONTENT_TYPE)
 
 
-def _raw(event: faust.EventT) -> RawMessage:
+def _raw(event: faust.EventT[bytes]) -> RawMessage:
     message = event.message
     return RawMessage(
         topic=message.topic,

@@ -36,14 +36,14 @@ def buckets_of(latencies_ms: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
 
 def upper_bound_ms(index: int) -> float:
     """The upper edge of a bucket in milliseconds."""
-    return MIN_MS * GROWTH**index
+    return float(MIN_MS * GROWTH**index)
 
 
 def representative_ms(index: int) -> float:
     """The value a bucket stands for: its geometric middle (bucket 0: MIN_MS)."""
     if index == 0:
         return MIN_MS
-    return MIN_MS * GROWTH ** (index - 0.5)
+    return float(MIN_MS * GROWTH ** (index - 0.5))
 
 
 def merge(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:

@@ -1,0 +1,127 @@
+"""`monitor demo`: local services, a worker, synthetic traffic with an injected degradation, live figures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from redis.asyncio import Redis
+
+from monitor import services
+from monitor.settings import Settings
+from monitor.store.keys import Keys
+from monitor.store.redis import RedisStore
+from monitor.topics import ensure_topics
+from monitor.traffic import BatchingProducer, TrafficProfile, predictions
+
+PROFILES = (
+    TrafficProfile("credit-scoring", "2.3.0", approval_rate=0.62),
+    TrafficProfile("resume-screening", "1.4.1", approval_rate=0.35, latency_median_ms=90.0),
+    TrafficProfile("claims-triage", "0.9.0", approval_rate=0.8, latency_median_ms=25.0),
+)
+# Halfway through, the credit model degrades: errors jump from 0.2 % to 8 % and latency triples.
+DEGRADED = TrafficProfile(
+    "credit-scoring", "2.3.0", approval_rate=0.62, error_rate=0.08, latency_median_ms=120.0
+)
+WINDOW_S = 300
+
+
+def run_demo(*, duration_s: float, rate_per_s: float) -> int:
+    """Run the demo end to end; returns the exit code."""
+    print("starting local Kafka and Redis (the first run downloads the broker, about 45 MB)…")
+    status = services.up()
+    print(f"  kafka {status.kafka_bootstrap}, redis {status.redis_url}: ready in {status.startup_s:.1f}s")
+    settings = Settings().with_overrides(
+        kafka_bootstrap=status.kafka_bootstrap, redis_url=status.redis_url, app_id="aimon-demo"
+    )
+    asyncio.run(ensure_topics(settings))
+    log_path = services.ServiceConfig.from_env().state_dir / "demo-worker.log"
+    worker = _start_worker(settings, log_path)
+    print(f"  worker pid {worker.pid}, web http://{settings.web_host}:{settings.web_port}, log {log_path}")
+    try:
+        asyncio.run(_drive(settings, duration_s, rate_per_s))
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    print("\nthe worker has stopped; Kafka and Redis keep running (`monitor services down` stops them)")
+    return 0
+
+
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MONITOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "MONITOR_REDIS_URL": settings.redis_url,
+        "MONITOR_APP_ID": settings.app_id,
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> None:
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    await _wait_ready(base)
+    redis = Redis.from_url(settings.redis_url)
+    store = RedisStore(
+        redis,
+        Keys(settings.key_prefix),
+        minute_ttl_s=settings.minute_bucket_ttl_s,
+        hour_ttl_s=settings.hour_bucket_ttl_s,
+    )
+    streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
+    per_model = rate_per_s / len(PROFILES)
+    started = time.monotonic()
+    degraded = False
+    sent = 0
+    async with BatchingProducer(settings.kafka_bootstrap, settings.topics.predictions) as producer:
+        while (elapsed := time.monotonic() - started) < duration_s:
+            if not degraded and elapsed >= duration_s / 2:
+                degraded = True
+                streams[DEGRADED.model_id] = predictions(DEGRADED, seed=99)
+                print(f"\n>>> injected: {DEGRADED.model_id} errors 0.2 % → 8 %, latency ×3\n")
+            batch = []
+            for stream in streams.values():
+                for event in itertools.islice(stream, int(per_model)):
+                    event["ts"] = time.time()
+                    batch.append(event)
+            await producer.send(batch)
+            sent += len(batch)
+            await _show(store, base, sent, elapsed)
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+    await redis.aclose()
+
+
+async def _wait_ready(base: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise SystemExit(f"the worker did not become ready within {timeout_s:.0f}s; see its log")
+
+
+async def _show(store: RedisStore, base: str, sent: int, elapsed: float) -> None:
+    now = time.time()
+    lines = [f"t={elapsed:5.1f}s  produced {sent:>8,} predictions"]
+    for profile in PROFILES:
+        stats = await store.window(profile.model_id, profile.model_version, now - WINDOW_S, now + 60)
+        p95 = stats.latency_quantile_s(0.95)
+        lines.append(
+            f"  {profile.model_id:<17} {stats.count:>8,} in 5m   errors {100 * (stats.error_rate or 0):5.2f} %"
+            f"   p95 {1000 * (p95 or 0):7.1f} ms"
+        )
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,427 @@
+"""Start, stop and inspect the local Kafka broker and Redis server that development and tests use."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from monitor.exceptions import ServicesError
+
+__all__ = ["ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka", "status", "up"]
+
+log = logging.getLogger(__name__)
+
+_STOP_TIMEOUT_S = 20.0
+# Starts "$@" in the background with output to the log file "$0" and prints its pid, then exits:
+# the service is then no child of ours, so that nothing of ours has to reap it (a zombie still
+# "exists" for kill(pid, 0)) and no Popen object warns that it is "still running".
+_LAUNCH = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
+
+
+def _env_port(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ServicesError(f"{name} must be a port number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
+def _require(tool: str, install: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ServicesError(f"{tool} not found: install {install}")
+    return path
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where the local services keep their files and which ports they listen on."""
+
+    cache_dir: Path
+    state_dir: Path
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    redis_port: int = 16379
+    kafka_version: str = "4.4.0"
+    kafka_heap: str = "512m"
+
+    @classmethod
+    def from_env(cls) -> ServiceConfig:
+        """The config from `MONITOR_CACHE_DIR`, `MONITOR_STATE_DIR`, `MONITOR_*_PORT`, else defaults."""
+        cache = os.environ.get("MONITOR_CACHE_DIR") or "~/.cache/aimon"
+        state = os.environ.get("MONITOR_STATE_DIR") or "~/.local/state/aimon"
+        return cls(
+            # Absolute, because the services run with their own working directories.
+            cache_dir=Path(cache).expanduser().absolute(),
+            state_dir=Path(state).expanduser().absolute(),
+            kafka_port=_env_port("MONITOR_KAFKA_PORT", 19092),
+            kafka_controller_port=_env_port("MONITOR_KAFKA_CONTROLLER_PORT", 19093),
+            redis_port=_env_port("MONITOR_REDIS_PORT", 16379),
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Bootstrap address of the local broker."""
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """URL of the local Redis server."""
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def kafka_dir(self) -> Path:
+        """The broker's data dir, rendered configs, pid file and log."""
+        return self.state_dir.absolute() / "kafka"
+
+    @property
+    def redis_dir(self) -> Path:
+        """The Redis server's working dir, pid file and log."""
+        return self.state_dir.absolute() / "redis"
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What up() made available, and how long that took."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    kafka_external: bool
+    redis_external: bool
+    startup_s: float
+
+
+def _template(name: str) -> str:
+    return resources.files("monitor.kafka_dist").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_server_properties(config: ServiceConfig) -> str:
+    """The broker's server.properties for `config`."""
+    ports = {"port": config.kafka_port, "controller_port": config.kafka_controller_port}
+    return _template("server.properties.tmpl").format(**ports, data_dir=config.kafka_dir / "data")
+
+
+def fetch_kafka(config: ServiceConfig) -> Path:
+    """Fetch the broker's jars from Maven Central into the cache, once, and return the libs dir."""
+    dist = config.cache_dir.absolute() / f"kafka-{config.kafka_version}"
+    libs = dist / "libs"
+    # Only a complete fetch is ever renamed to libs/, so its existence means complete.
+    if libs.is_dir():
+        return libs
+    mvn = _require("mvn", "Apache Maven (apt-get install maven)")
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "pom.xml").write_text(_template("pom.xml"), encoding="utf-8")
+    for partial in dist.glob(".libs-partial-*"):
+        # Left by an interrupted fetch; a recent one may belong to a fetch that is still running.
+        if time.time() - partial.stat().st_mtime > 3600:
+            shutil.rmtree(partial, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".libs-partial-", dir=dist))
+    log.info("fetching Apache Kafka %s jars from Maven Central into %s", config.kafka_version, libs)
+    cmd = [mvn, "-q", "-B", "-f", str(dist / "pom.xml"), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}", f"-Dkafka.version={config.kafka_version}"]
+    try:
+        done = subprocess.run(cmd, cwd=dist, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0 or not (tmp / f"kafka_2.13-{config.kafka_version}.jar").exists():
+            output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # mvn colours even with -B
+            tail = "\n".join(output.strip().splitlines()[-20:])
+            raise ServicesError(f"mvn failed to fetch the Kafka {config.kafka_version} jars "
+                                f"(exit {done.returncode}):\n{tail}")
+        try:
+            tmp.rename(libs)
+        except OSError:
+            if not libs.is_dir():  # else a concurrent fetch renamed first: its jars are as good
+                raise
+    except subprocess.TimeoutExpired:
+        raise ServicesError("mvn took over 15 min to fetch the Kafka jars; is Maven Central reachable?") \
+            from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return libs
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str
+    pidfile: Path
+    marker: str  # in the command line of every process of this kind, to tell a recycled pid
+    port: int
+    port_env: str
+    answers: Callable[[], bool]
+    logfile: Path
+
+
+def _services(config: ServiceConfig) -> tuple[_Service, _Service]:
+    kdir, rdir = config.kafka_dir, config.redis_dir
+    # Redis rewrites its process title, so its own name is all of its command line that is left.
+    return (
+        _Service("Kafka", kdir / "kafka.pid", "kafka.Kafka", config.kafka_port, "MONITOR_KAFKA_PORT",
+                 lambda: _kafka_answers(config.kafka_bootstrap), kdir / "kafka.log"),
+        _Service("Redis", rdir / "redis.pid", "redis-server", config.redis_port, "MONITOR_REDIS_PORT",
+                 lambda: _redis_answers(config.redis_url), rdir / "redis.log"),
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        # A zombie that its parent does not reap still "exists"; its state, in field 3 of stat, is Z.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        return False
+    except (OSError, IndexError):  # not ours to signal, or no /proc: alive as far as we can tell
+        return True
+
+
+def _read_pid(svc: _Service) -> int | None:
+    """The pid in the service's pid file if that process is alive and ours; removes a stale pid file."""
+    try:
+        pid = int(svc.pidfile.read_text().strip())
+        # A dead service's pid may have been recycled by an unrelated process. An empty command
+        # line is a process still in exec(), just started: trusted.
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        command = cmdline.read_bytes() if cmdline.parent.exists() else b""
+        if _alive(pid) and (not command or svc.marker.encode() in command):
+            return pid
+    except (OSError, ValueError):
+        pass
+    svc.pidfile.unlink(missing_ok=True)
+    return None
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    # aiokafka ships no type information; the ignore stays harmless where mypy is told to skip it.
+    from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped, unused-ignore]
+
+    async def metadata() -> bool:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout_s)
+            cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+            # A broker that has not registered with its controller yet lists no brokers.
+            return bool(cluster.brokers())
+        finally:
+            await client.close()
+
+    try:
+        # Not asyncio.run(): that would reset the thread's current event loop (pytest-asyncio's, say).
+        with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+            return runner.run(metadata())
+    except Exception:  # whatever went wrong, the answer is "not a usable broker (yet)"
+        return False
+
+
+def _redis_answers(url: str, timeout_s: float = 3.0) -> bool:
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s) as client:
+            return bool(client.ping())
+    except Exception:  # whatever went wrong, the answer is "not a usable server (yet)"
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty)"
+    except OSError:
+        return "(no log)"
+
+
+def _spawn(cmd: list[str], cwd: Path, logfile: Path, pidfile: Path) -> int:
+    # A session of its own: the service outlives this process and ignores the terminal's Ctrl-C.
+    launched = subprocess.run(["/bin/sh", "-c", _LAUNCH, str(logfile), *cmd], cwd=cwd,
+                              capture_output=True, text=True, check=True, start_new_session=True)
+    pid = int(launched.stdout)
+    pidfile.write_text(f"{pid}\n")
+    return pid
+
+
+def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
+    kdir = config.kafka_dir
+    (kdir / "data").mkdir(parents=True, exist_ok=True)
+    props, log4j = kdir / "server.properties", kdir / "log4j2.properties"
+    props.write_text(render_server_properties(config), encoding="utf-8")
+    log4j.write_text(_template("log4j2.properties"), encoding="utf-8")
+    jvm = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]
+    if not (kdir / "data" / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes)[:22].decode()
+        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                             capture_output=True, text=True, check=False)
+        if fmt.returncode != 0:
+            raise ServicesError(f"formatting the Kafka storage in {kdir / 'data'} failed:\n"
+                                + (fmt.stdout + fmt.stderr).strip())
+    logfile = kdir / "kafka.log"
+    if logfile.exists():  # the previous run's log may tell why that run died
+        logfile.replace(kdir / "kafka.log.1")
+    cmd = [*jvm, f"-Xmx{config.kafka_heap}", "kafka.Kafka", str(props)]
+    return _spawn(cmd, kdir, logfile, kdir / "kafka.pid")
+
+
+def _start_redis(config: ServiceConfig, server: str) -> int:
+    rdir = config.redis_dir
+    rdir.mkdir(parents=True, exist_ok=True)
+    # No persistence: Redis is a dev/test cache here; what is in Kafka is the state of record.
+    cmd = [server, "--bind", "127.0.0.1", "--port", str(config.redis_port), "--dir", str(rdir),
+           "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(rdir / "redis.log")]
+    return _spawn(cmd, rdir, rdir / "redis.log", rdir / "redis.pid")
+
+
+def _stop(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # Kafka does a controlled shutdown on SIGTERM
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            log.warning("pid %d did not exit within %.0f s of SIGTERM; killing it", pid, _STOP_TIMEOUT_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _plan(svc: _Service) -> str:
+    """"ours" if we run it, "foreign" if some other server of its kind holds its port, else "start"."""
+    if _read_pid(svc) is not None:
+        return "ours"
+    if not _port_open(svc.port):
+        return "start"
+    if not svc.answers():
+        raise ServicesError(f"port {svc.port} is taken by a process that does not answer as {svc.name}; "
+                            f"stop it or set {svc.port_env} to a free port")
+    log.warning("%s on port %d was not started from %s; using it as it is",
+                svc.name, svc.port, svc.pidfile.parent)
+    return "foreign"
+
+
+def _external(env: str, own: str, answers: Callable[[str, float], bool]) -> str | None:
+    """The address in `env` if it names a running server that is not our own one, else None."""
+    value = os.environ.get(env, "")
+    try:
+        where = urlsplit(value if "://" in value else f"//{value}")
+        if not value or (where.hostname in ("127.0.0.1", "localhost") and own.endswith(f":{where.port}")):
+            return None  # our own address: up() treats what runs there as ours, not as external
+    except ValueError:  # e.g. a list of brokers: not ours
+        pass
+    if answers(value, 5.0):
+        log.info("using the running service at %s=%s", env, value)
+        return value
+    log.warning("%s=%s does not answer; starting a local one instead", env, value)
+    return None
+
+
+def _wait(waiting: list[_Service], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        for svc in list(waiting):
+            if _read_pid(svc) is None:
+                raise ServicesError(f"{svc.name} exited while starting; last lines of {svc.logfile}:\n"
+                                    + _tail(svc.logfile))
+            # The TCP probe first: it is cheap, and spares the client's own connection-error logging.
+            if _port_open(svc.port) and svc.answers():
+                waiting.remove(svc)
+        if waiting and time.monotonic() > deadline:
+            svc = waiting[0]
+            raise ServicesError(f"{svc.name} did not answer within {timeout_s:.0f} s (`monitor services "
+                                f"down` stops it); last lines of {svc.logfile}:\n{_tail(svc.logfile)}")
+        if waiting:
+            time.sleep(0.3)
+
+
+def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> ServiceStatus:
+    """Start the Kafka broker and Redis, or reuse running ones, and wait until both answer.
+
+    Synchronous, with event loops of its own for the probes: do not call it in a thread that has a
+    running event loop (there, use `await asyncio.to_thread(up)`).
+    """
+    started_at = time.monotonic()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop runs in this thread, as it must be
+    else:  # every Kafka probe would fail, as a loop cannot run in a running one: up() would time out
+        raise RuntimeError("services.up() is synchronous: in async code, use asyncio.to_thread(up)")
+    config = config or ServiceConfig.from_env()
+    kafka, redis_ = _services(config)
+    env_kafka = _external("MONITOR_KAFKA_BOOTSTRAP", config.kafka_bootstrap, _kafka_answers)
+    env_redis = _external("MONITOR_REDIS_URL", f"127.0.0.1:{config.redis_port}", _redis_answers)
+    kafka_plan = "external" if env_kafka else _plan(kafka)
+    redis_plan = "external" if env_redis else _plan(redis_)
+    # Everything that can fail fast is checked before anything is started.
+    starts: list[Callable[[], int]] = []
+    if redis_plan == "start":
+        server = _require("redis-server", "it (apt-get install redis-server)")
+        starts.append(lambda: _start_redis(config, server))
+    if kafka_plan == "start":
+        if _port_open(config.kafka_controller_port):
+            raise ServicesError(f"port {config.kafka_controller_port} (Kafka controller) is taken; stop "
+                                "what holds it or set MONITOR_KAFKA_CONTROLLER_PORT to a free port")
+        java = _require("java", "OpenJDK 17 or newer (apt-get install openjdk-17-jre-headless)")
+        libs = fetch_kafka(config)
+        starts.append(lambda: _start_kafka(config, libs, java))
+    started: list[int] = []
+    try:
+        # Both are started before either is waited for, so that their start-ups overlap.
+        for start in starts:
+            started.append(start())
+        plans = ((kafka, kafka_plan), (redis_, redis_plan))
+        # timeout_s counts from here, not from the fetch, which on a slow network may take minutes.
+        _wait([svc for svc, plan in plans if plan in ("ours", "start")], timeout_s)
+    except BaseException:
+        # Leave nothing half-started behind; the logs stay for the error message.
+        _stop(started)
+        for svc in (kafka, redis_):
+            _read_pid(svc)
+        raise
+    return ServiceStatus(
+        kafka_bootstrap=env_kafka or config.kafka_bootstrap,
+        redis_url=env_redis or config.redis_url,
+        kafka_external=kafka_plan in ("external", "foreign"),
+        redis_external=redis_plan in ("external", "foreign"),
+        startup_s=time.monotonic() - started_at,
+    )
+
+
+def down(config: ServiceConfig | None = None) -> None:
+    """Stop the broker and Redis started from this state dir: SIGTERM, then SIGKILL after 20 s."""
+    services = _services(config or ServiceConfig.from_env())
+    _stop([pid for svc in services if (pid := _read_pid(svc)) is not None])
+    for svc in services:
+        svc.pidfile.unlink(missing_ok=True)
+
+
+def status(config: ServiceConfig | None = None) -> dict[str, str]:
+    """Whether "kafka" and "redis" run, with pid and address; drops stale pid files on the way."""
+    config = config or ServiceConfig.from_env()
+    result: dict[str, str] = {}
+    for svc, address in zip(_services(config), (config.kafka_bootstrap, config.redis_url)):
+        pid = _read_pid(svc)
+        held = f"stopped (port {svc.port} is held by a process not started from here)"
+        result[svc.name.lower()] = (f"running pid {pid} at {address}" if pid is not None
+                                    else held if _port_open(svc.port) else "stopped")
+    return result
