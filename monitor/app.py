@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import faust
 from aiokafka.client import AIOKafkaClient
@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from monitor.agents.ingest import BatchIngestor, RawMessage
-from monitor.events import EventDecoder, PredictionEvent, Rejected
+from monitor.agents.stream import register_ingest_agent
+from monitor.events import EventDecoder, LabelEvent, PredictionEvent, Rejected
 from monitor.metrics import IngestMetrics, ModelStatsCollector
 from monitor.settings import Settings
 from monitor.store.keys import Keys
@@ -113,32 +114,44 @@ class Monitor:
         )
         config = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-        predictions = app.topic(
-            s.topics.predictions, value_type=bytes, partitions=s.partitions, config=config, **raw
-        )
-        self.dead_letters_topic = app.topic(
-            s.topics.dead_letters, value_type=bytes, partitions=s.partitions, config=config, **raw
-        )
-        self.predictions = BatchIngestor(
-            s.topics.predictions,
-            EventDecoder(PredictionEvent, s.max_value_bytes),
-            self.store.apply,
-            FaustDeadLetters(self.dead_letters_topic),
-            self.metrics,
-            retention_s=s.retention_s,
-            retry_max_s=s.redis_retry_max_s,
-            clock=self.clock,
-            on_redis_down=self._on_redis_down,
-        )
 
-        @app.agent(predictions, name="ingest-predictions")
-        async def ingest_predictions(stream: faust.StreamT[bytes]) -> None:
-            # take_events exists on Stream but faust's StreamT protocol does not declare it
-            batches = cast(faust.Stream[bytes], stream).take_events(
-                s.batch_max_events, within=s.batch_within_s
+        def topic(name: str) -> faust.TopicT:
+            return app.topic(name, value_type=bytes, partitions=s.partitions, config=config, **raw)
+
+        self.dead_letters_topic = topic(s.topics.dead_letters)
+        dead_letters = FaustDeadLetters(self.dead_letters_topic)
+        ingest_options: dict[str, Any] = {
+            "retention_s": s.retention_s,
+            "retry_max_s": s.redis_retry_max_s,
+            "clock": self.clock,
+            "on_redis_down": self._on_redis_down,
+        }
+        self.ingestors: list[BatchIngestor[Any]] = [
+            BatchIngestor(
+                s.topics.predictions,
+                EventDecoder(PredictionEvent, s.max_value_bytes),
+                self.store.apply,
+                dead_letters,
+                self.metrics,
+                **ingest_options,
+            ),
+            BatchIngestor(
+                s.topics.labels,
+                EventDecoder(LabelEvent, s.max_value_bytes),
+                self.store.apply_labels,
+                dead_letters,
+                self.metrics,
+                **ingest_options,
+            ),
+        ]
+        for ingestor in self.ingestors:
+            register_ingest_agent(
+                app,
+                topic(ingestor.topic),
+                ingestor,
+                max_events=s.batch_max_events,
+                within_s=s.batch_within_s,
             )
-            async for events in batches:
-                await self.predictions.handle([_raw(event) for event in events])
 
         @app.task  # type: ignore[untyped-decorator]  # faust's decorators are not annotated
         async def declare_outbound_topics() -> None:
@@ -208,13 +221,3 @@ class Monitor:
                 log.warning("metrics scrape without model gauges: Redis unavailable (%s)", exc)
             return web.bytes(generate_latest(monitor.registry), content_type=PROMETHEUS_CONTENT_TYPE)
 
-
-def _raw(event: faust.EventT[bytes]) -> RawMessage:
-    message = event.message
-    return RawMessage(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-    )

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import orjson
 
 from monitor.aggregates import histogram
 from monitor.events import PredictionEvent
@@ -27,6 +28,11 @@ ERRORS = "err"
 DECISIONS = "dec"  # events that say whether the outcome was favourable (`positive` present)
 FAVOURABLE = "pos"
 LATENCY_COUNT = "latn"
+# Written by the label join (store/lua/labels.lua) into the prediction's own buckets:
+LABELLED = "lab"
+CORRECT = "cor"
+ACTUAL_POSITIVE = "apos"  # labelled favourable (label `positive` true)
+FALSE_NEGATIVE = "fn"  # labelled favourable, predicted unfavourable
 SEP = "|"
 
 
@@ -41,9 +47,27 @@ def unescape(part: str) -> str:
     return part.replace("%7C", SEP).replace("%25", "%")
 
 
+def group_prefix(attr: str, value: str) -> str:
+    """The common head of one group value's bucket-hash fields (the label join appends the stat)."""
+    return f"g{SEP}{escape(attr)}{SEP}{escape(value)}{SEP}"
+
+
 def group_field(attr: str, value: str, stat: str) -> str:
     """The bucket-hash field of one statistic of one group value."""
-    return f"g{SEP}{escape(attr)}{SEP}{escape(value)}{SEP}{stat}"
+    return group_prefix(attr, value) + stat
+
+
+def canonical(value: object) -> str:
+    """A JSON scalar as text that compares equal across encodings (1, 1.0 → "1"; true → "true")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "s:" + value
+    return repr(value)
 
 
 def flag_field(flag: str) -> str:
@@ -79,6 +103,9 @@ class Share:
     model_id: str
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (min, max)
     minutes: dict[tuple[str, int], Counter[str]] = field(default_factory=dict)
+    users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    failed_users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    joins: dict[str, str] = field(default_factory=dict)  # request_id -> join record (JSON)
     last_event_s: float = 0.0
     events: int = 0
 
@@ -129,6 +156,12 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
         _count_event(counts, event)
         if event.latency_ms is not None:
             latencies.setdefault((event.model_id, *key), []).append(event.latency_ms)
+        if event.user_id:
+            share.users.setdefault(key, set()).add(event.user_id)
+            if event.failed:
+                share.failed_users.setdefault(key, set()).add(event.user_id)
+        if not event.failed:
+            share.joins[event.request_id] = join_record(event, minute)
         share.last_event_s = max(share.last_event_s, ts)
         share.events += 1
     for (model_id, version, minute), values in latencies.items():
@@ -140,6 +173,15 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
             counts[latency_field(index)] += count
         counts[LATENCY_COUNT] += len(values)
     return shares
+
+
+def join_record(event: PredictionEvent, minute: int) -> str:
+    """What the label join needs of a prediction: where its counters live and what it decided."""
+    positive = -1 if event.positive is None else int(event.positive)
+    prefixes = [group_prefix(attr, group_value(v)) for attr, v in event.groups.items()]
+    return orjson.dumps(
+        [event.model_version, minute, canonical(event.prediction), positive, prefixes]
+    ).decode()
 
 
 def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[Located]:

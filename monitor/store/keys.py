@@ -42,6 +42,22 @@ class Keys:
         """Hash of additive counters of one version over one minute or hour bucket."""
         return f"{self.model(model_id)}:{resolution}:{version}:{start_s}"
 
+    def users(self, model_id: str, version: str, minute_s: int, *, failed: bool = False) -> str:
+        """HyperLogLog of the users served (or, `failed`, not served) in one minute."""
+        return f"{self.model(model_id)}:{'uf' if failed else 'u'}:{version}:{minute_s}"
+
+    def join(self, model_id: str, day_s: int) -> str:
+        """Hash request_id -> join record of the predictions of one UTC day still awaiting a label."""
+        return f"{self.model(model_id)}:join:{day_s}"
+
+    def waiting_labels(self, model_id: str) -> str:
+        """Hash request_id -> label, for labels that arrived before their prediction."""
+        return f"{self.model(model_id)}:lblwait"
+
+    def waiting_until(self, model_id: str) -> str:
+        """Sorted set request_id -> time a waiting label is given up."""
+        return f"{self.model(model_id)}:lblwait:until"
+
 
 def guard_field(topic: str, partition: int) -> str:
     """The offsets-hash field of one source partition."""

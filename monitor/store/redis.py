@@ -18,11 +18,13 @@ from importlib import resources
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.aggregates.batch import HOUR_S, MINUTE_S, Located, Share, after_offsets, fold
+from monitor.aggregates.batch import HOUR_S, MINUTE_S, Located, after_offsets, canonical, fold
 from monitor.aggregates.window import WindowStats, sum_buckets
+from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
 
@@ -32,10 +34,12 @@ Clock = Callable[[], float]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 # A conflict means another writer applied part of a share; after this many rounds something is wrong.
 MAX_CONFLICT_ROUNDS = 8
+DAY_S = 86_400
 
 
-def _load_script() -> str:
-    return resources.files("monitor.store").joinpath("lua/apply_share.lua").read_text()
+def _load_script(name: str) -> str:
+    lua = resources.files("monitor.store").joinpath("lua")
+    return lua.joinpath("common.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +49,22 @@ class ApplyResult:
     applied_events: int
     skipped_events: int  # already applied by an earlier delivery of the same offsets
     round_trips: int
+    labels_matched: int = 0  # labels counted against their prediction in this batch
+    labels_waiting: int = 0  # labels that arrived before their prediction
+
+
+@dataclass(slots=True)
+class _Call:
+    """One script call: the atomic step of one model's share."""
+
+    script: AsyncScript
+    keys: list[str]
+    payload: bytes
+    events: int
 
 
 class RedisStore:
-    """Aggregates in Redis: the batch write path and window reads."""
+    """Aggregates in Redis: the batch write paths (predictions, labels) and simple reads."""
 
     def __init__(
         self,
@@ -57,79 +73,153 @@ class RedisStore:
         *,
         minute_ttl_s: int,
         hour_ttl_s: int,
+        label_join_ttl_s: int = 7 * DAY_S,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.minute_ttl_s = minute_ttl_s
         self.hour_ttl_s = hour_ttl_s
+        self.label_join_ttl_s = label_join_ttl_s
         self.clock = clock
-        self._apply = redis.register_script(_load_script())
+        self._predictions = redis.register_script(_load_script("predictions"))
+        self._labels = redis.register_script(_load_script("labels"))
 
     async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
-        """Add a batch's events to their models' buckets; at most once per (model, offset)."""
+        """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
+        return await self._apply_guarded(topic, located, self._prediction_call, register=True)
+
+    async def apply_labels(self, topic: str, located: Sequence[Located]) -> ApplyResult:
+        """Join a batch of labels to their predictions; at most once per (model, offset)."""
+        return await self._apply_guarded(topic, located, self._label_call)
+
+    async def _apply_guarded(
+        self,
+        topic: str,
+        located: Sequence[Located],
+        build: Callable[[str, str, list[Located]], _Call],
+        *,
+        register: bool = False,
+    ) -> ApplyResult:
         pending: dict[str, list[Located]] = {}
         for item in located:
             pending.setdefault(item.event.model_id, []).append(item)
-        applied = skipped = rounds = 0
+        applied = skipped = rounds = matched = waiting = 0
         while pending:
             if rounds == MAX_CONFLICT_ROUNDS:
                 raise OffsetConflict(f"shares of {sorted(pending)} kept conflicting")
             rounds += 1
-            shares = {model_id: fold(items)[model_id] for model_id, items in pending.items()}
-            replies = await self._send(topic, list(shares.values()))
+            calls = {model_id: build(topic, model_id, items) for model_id, items in pending.items()}
+            replies = await self._send(list(calls.values()), list(calls) if register else [])
             retry: dict[str, list[Located]] = {}
-            for model_id, reply in zip(shares, replies, strict=True):
-                if not reply:
-                    applied += shares[model_id].events
+            for model_id, reply in zip(calls, replies, strict=True):
+                status, *rest = reply
+                if int(status) == 0:
+                    applied += calls[model_id].events
+                    matched += int(rest[0]) if rest else 0
+                    waiting += int(rest[1]) if len(rest) > 1 else 0
                     continue
-                fresh = after_offsets(pending[model_id], _stored_offsets(reply))
+                fresh = after_offsets(pending[model_id], _stored_offsets(rest))
                 skipped += len(pending[model_id]) - len(fresh)
                 if fresh:
                     retry[model_id] = fresh
             pending = retry
-        return ApplyResult(applied, skipped, rounds)
+        return ApplyResult(applied, skipped, rounds, matched, waiting)
 
-    async def _send(self, topic: str, shares: list[Share]) -> list[list[bytes]]:
+    async def _send(self, calls: list[_Call], new_models: list[str]) -> list[list[bytes]]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.keys.models(), *(share.model_id for share in shares))
-            for share in shares:
-                keys, payload = self._script_args(topic, share)
-                await self._apply(keys=keys, args=[payload], client=pipe)
+            if new_models:
+                pipe.sadd(self.keys.models(), *new_models)  # cross-slot index: outside the scripts
+            for call in calls:
+                await call.script(keys=call.keys, args=[call.payload], client=pipe)
             replies = await pipe.execute()
-        return [list(reply) for reply in replies[1:]]
+        return [list(reply) for reply in replies[1 if new_models else 0 :]]
 
-    def _script_args(self, topic: str, share: Share) -> tuple[list[str], bytes]:
-        model_id = share.model_id
+    def _common(self, topic: str, model_id: str, located: list[Located]) -> dict[str, object]:
+        offsets: dict[int, tuple[int, int]] = {}
+        for item in located:
+            low, high = offsets.get(item.partition, (item.offset, item.offset))
+            offsets[item.partition] = (min(low, item.offset), max(high, item.offset))
+        return {
+            "guard": [
+                [guard_field(topic, partition), low, high]
+                for partition, (low, high) in sorted(offsets.items())
+            ],
+            "head": self.keys.model(model_id),
+            "now": int(self.clock()),
+            "minute_ttl": self.minute_ttl_s,
+            "hour_ttl": self.hour_ttl_s,
+            "ttl_s": self.hour_ttl_s,
+        }
+
+    def _prediction_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
+        share = fold(located)[model_id]
+        k = self.keys
         keys = [
-            self.keys.offsets(model_id),
-            self.keys.meta(model_id),
-            self.keys.versions(model_id),
+            k.offsets(model_id),
+            k.meta(model_id),
+            k.versions(model_id),
+            k.waiting_labels(model_id),
+            k.waiting_until(model_id),
         ]
-        buckets: list[list[object]] = []
-        newest: dict[str, float] = {}
+
+        def index(key: str) -> int:
+            keys.append(key)
+            return len(keys)  # Lua indexes KEYS from 1
+
         floor = int(self.clock()) + MINUTE_S  # never hand Redis an expiry in the past
+        buckets: list[list[object]] = []
         for resolution, counters, ttl_s in (
             (MINUTE, share.minutes, self.minute_ttl_s),
             (HOUR, share.hours(), self.hour_ttl_s),
         ):
             for (version, start_s), counts in counters.items():
-                keys.append(self.keys.bucket(model_id, version, resolution, start_s))
-                buckets.append([max(start_s + ttl_s, floor), _flatten(counts)])
-                if resolution == MINUTE:
-                    newest[version] = max(newest.get(version, 0.0), float(start_s))
+                key = k.bucket(model_id, version, resolution, start_s)
+                buckets.append([index(key), max(start_s + ttl_s, floor), _flatten(counts)])
+        hlls: list[list[object]] = []
+        for failed, users in ((False, share.users), (True, share.failed_users)):
+            for (version, minute), members in users.items():
+                key = k.users(model_id, version, minute, failed=failed)
+                hlls.append([index(key), max(minute + self.minute_ttl_s, floor), sorted(members)])
+        by_day: dict[int, list[str]] = {}
+        for request_id, record in share.joins.items():
+            day = int(orjson.loads(record)[1]) // DAY_S * DAY_S
+            by_day.setdefault(day, []).extend((request_id, record))
+        joins = [
+            [index(k.join(model_id, day)), max(day + DAY_S + self.label_join_ttl_s, floor), items]
+            for day, items in by_day.items()
+        ]
+        newest: dict[str, int] = {}
+        for version, start_s in share.minutes:
+            newest[version] = max(newest.get(version, 0), start_s)
         payload = {
-            "guard": [
-                [guard_field(topic, partition), low, high]
-                for partition, (low, high) in sorted(share.offsets.items())
-            ],
+            **self._common(topic, model_id, located),
             "last_event_s": repr(share.last_event_s),
             "events": share.events,
-            "versions": {version: repr(seen) for version, seen in newest.items()},
-            "ttl_s": self.hour_ttl_s,
+            "versions": newest,
             "buckets": buckets,
+            "hlls": hlls,
+            "joins": joins,
         }
-        return keys, orjson.dumps(payload)
+        return _Call(self._predictions, keys, orjson.dumps(payload), share.events)
+
+    def _label_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
+        k = self.keys
+        labels = [
+            [item.event.request_id, label_record(item.event)] for item in located
+        ]
+        label_days = [int(item.event.epoch_s) // DAY_S * DAY_S for item in located]
+        look_back = -(-self.label_join_ttl_s // DAY_S) + 1
+        days = range(max(label_days) + DAY_S, min(label_days) - (look_back + 1) * DAY_S, -DAY_S)
+        now = int(self.clock())
+        payload = {
+            **self._common(topic, model_id, located),
+            "labels": labels,
+            "days": list(days),
+            "wait_until": now + self.label_join_ttl_s,
+        }
+        keys = [k.offsets(model_id), k.waiting_labels(model_id), k.waiting_until(model_id)]
+        return _Call(self._labels, keys, orjson.dumps(payload), len(located))
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -198,6 +288,12 @@ def _flatten(counts: Counter[str]) -> list[object]:
             flat.append(name)
             flat.append(value)
     return flat
+
+
+def label_record(event: LabelEvent) -> str:
+    """What the join needs of a label: its value (canonical text) and whether it is favourable."""
+    positive = -1 if event.positive is None else int(event.positive)
+    return orjson.dumps([canonical(event.label), positive]).decode()
 
 
 def _stored_offsets(reply: list[bytes]) -> dict[int, int]:

@@ -1,0 +1,70 @@
+-- Helpers shared by every ingest script; the store prepends this file to each script body.
+--
+-- Every script is one atomic step on one model's keys. Keys built here from `head`
+-- ("<prefix>:{<model_id>}") carry the same hash tag as the declared KEYS, so a script never
+-- leaves its hash slot (it runs unchanged on Redis Cluster).
+
+-- The replay guard: a share whose offsets reach back to ones already applied is refused whole.
+local function guard_conflicts(offsets_key, guard)
+  local conflicts = {}
+  for _, g in ipairs(guard) do
+    local stored = redis.call('HGET', offsets_key, g[1])
+    if stored and tonumber(stored) >= g[2] then
+      conflicts[#conflicts + 1] = g[1]
+      conflicts[#conflicts + 1] = stored
+    end
+  end
+  return conflicts
+end
+
+local function guard_set(offsets_key, guard)
+  for _, g in ipairs(guard) do
+    redis.call('HSET', offsets_key, g[1], string.format('%d', g[3]))
+  end
+end
+
+local function keep_max(key, field, value)
+  local stored = redis.call('HGET', key, field)
+  if not stored or tonumber(stored) < tonumber(value) then
+    redis.call('HSET', key, field, value)
+  end
+end
+
+-- Count one label against the prediction it belongs to, in that prediction's own minute and
+-- hour buckets (accuracy is kept at prediction time). A bucket that has already expired is
+-- skipped rather than re-created without its TTL.
+-- rec: JSON [version, minute, prediction, positive (1/0/-1), [group field prefixes]]
+-- label: JSON [label, positive (1/0/-1)]
+local function apply_label(head, rec_json, label_json, now, minute_ttl, hour_ttl)
+  local rec = cjson.decode(rec_json)
+  local label = cjson.decode(label_json)
+  local version, minute = rec[1], rec[2]
+  local hour = minute - minute % 3600
+  local correct = (rec[3] == label[1]) and 1 or 0
+  local actual_positive = label[2] == 1 and 1 or 0
+  local false_negative = (label[2] == 1 and rec[4] == 0) and 1 or 0
+  local targets = {}
+  if minute + minute_ttl > now then
+    targets[#targets + 1] = {head .. ':m:' .. version .. ':' .. string.format('%d', minute), minute + minute_ttl}
+  end
+  if hour + hour_ttl > now then
+    targets[#targets + 1] = {head .. ':h:' .. version .. ':' .. string.format('%d', hour), hour + hour_ttl}
+  end
+  for _, target in ipairs(targets) do
+    local key = target[1]
+    for _, prefix in ipairs({'', unpack(rec[5])}) do
+      redis.call('HINCRBY', key, prefix .. 'lab', 1)
+      if correct == 1 then redis.call('HINCRBY', key, prefix .. 'cor', 1) end
+      if actual_positive == 1 then redis.call('HINCRBY', key, prefix .. 'apos', 1) end
+      if false_negative == 1 then redis.call('HINCRBY', key, prefix .. 'fn', 1) end
+    end
+    redis.call('EXPIREAT', key, string.format('%d', target[2]))
+  end
+end
+
+-- HSET many field/value pairs without passing Lua's argument limit.
+local function hset_many(key, flat)
+  for i = 1, #flat, 1000 do
+    redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat)))
+  end
+end

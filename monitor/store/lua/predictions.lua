@@ -1,0 +1,75 @@
+-- Apply one model's share of a batch of predictions, atomically and at most once.
+--
+-- KEYS[1] offsets hash (field "<topic>|<partition>" -> last applied offset: the replay guard)
+-- KEYS[2] meta hash (last_event_s, events)   KEYS[3] versions hash (version -> newest minute)
+-- KEYS[4] labels waiting for their prediction (hash)   KEYS[5] their expiry times (zset)
+-- KEYS[6..] the keys the share's parts name by index.
+-- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
+--   last_event_s, events, versions: {version: minute}, ttl_s,
+--   buckets: [[key_index, expire_at, [field, incr, ...]]...],
+--   hlls: [[key_index, expire_at, [member...]]...],
+--   joins: [[key_index, expire_at, [request_id, record, ...]]...]}
+--
+-- Returns {0, labels_matched} when applied, or {1, field, stored_offset, ...} when part of the
+-- share was applied before: nothing is written and the caller resends only the new events.
+local share = cjson.decode(ARGV[1])
+
+local conflicts = guard_conflicts(KEYS[1], share.guard)
+if #conflicts > 0 then
+  table.insert(conflicts, 1, 1)
+  return conflicts
+end
+guard_set(KEYS[1], share.guard)
+
+for _, b in ipairs(share.buckets) do
+  local key, fields = KEYS[b[1]], b[3]
+  for j = 1, #fields, 2 do
+    redis.call('HINCRBY', key, fields[j], fields[j + 1])
+  end
+  redis.call('EXPIREAT', key, b[2])
+end
+
+for _, h in ipairs(share.hlls) do
+  local key, members = KEYS[h[1]], h[3]
+  for i = 1, #members, 1000 do
+    redis.call('PFADD', key, unpack(members, i, math.min(i + 999, #members)))
+  end
+  redis.call('EXPIREAT', key, h[2])
+end
+
+-- A label can arrive before its prediction; it waits in KEYS[4] and is counted now.
+local matched = 0
+local waiting = redis.call('HLEN', KEYS[4]) > 0
+for _, j in ipairs(share.joins) do
+  local key, items = KEYS[j[1]], j[3]
+  if waiting then
+    local keep = {}
+    for i = 1, #items, 2 do
+      local label = redis.call('HGET', KEYS[4], items[i])
+      if label then
+        apply_label(share.head, items[i + 1], label, share.now, share.minute_ttl, share.hour_ttl)
+        redis.call('HDEL', KEYS[4], items[i])
+        redis.call('ZREM', KEYS[5], items[i])
+        matched = matched + 1
+      else
+        keep[#keep + 1] = items[i]
+        keep[#keep + 1] = items[i + 1]
+      end
+    end
+    items = keep
+  end
+  if #items > 0 then
+    hset_many(key, items)
+    redis.call('EXPIREAT', key, j[2])
+  end
+end
+
+keep_max(KEYS[2], 'last_event_s', share.last_event_s)
+redis.call('HINCRBY', KEYS[2], 'events', share.events)
+for version, seen in pairs(share.versions) do
+  keep_max(KEYS[3], version, seen)
+end
+for k = 1, 3 do
+  redis.call('EXPIRE', KEYS[k], share.ttl_s)
+end
+return {0, matched}
