@@ -11,13 +11,17 @@ from typing import Any
 
 import faust
 from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from monitor.agents.ingest import BatchIngestor, RawMessage
 from monitor.agents.stream import register_ingest_agent
 from monitor.events import EventDecoder, LabelEvent, PredictionEvent, Rejected
-from monitor.metrics import IngestMetrics, ModelStatsCollector
+from monitor.evaluator import Evaluator
+from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector
+from monitor.publisher import KafkaPublisher
+from monitor.rules.loader import load_rules
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.redis import TRANSIENT, RedisStore
@@ -92,6 +96,17 @@ class Monitor:
         )
         self.model_stats = ModelStatsCollector(self.store, clock=clock)
         self.registry.register(self.model_stats)
+        self.rules = load_rules(settings.rules_path)
+        self.publisher = KafkaPublisher(
+            settings.kafka_bootstrap,
+            control_topic=settings.topics.control,
+            incidents_topic=settings.topics.incidents,
+        )
+        self.evaluator = Evaluator(
+            self.redis, Keys(settings.key_prefix), self.rules, self.publisher, clock=clock
+        )
+        self.evaluator_metrics = EvaluatorMetrics(self.registry)
+        self._publisher_started = False
         self.app = self._build_app()
         self._kafka_probe: AIOKafkaClient | None = None
 
@@ -161,8 +176,44 @@ class Monitor:
         async def check_health() -> None:
             await self.check_health()
 
+        @app.timer(s.eval_interval_s, on_leader=True)  # type: ignore[untyped-decorator]  # as above
+        async def evaluate() -> None:
+            await self.evaluate_once()
+
         self._add_views(app)
         return app
+
+    async def evaluate_once(self) -> None:
+        """One evaluator tick with its metrics; an outage of Redis or Kafka skips the tick."""
+        m = self.evaluator_metrics
+        try:
+            if not self._publisher_started:
+                await self.publisher.start()
+                self._publisher_started = True
+            report = await self.evaluator.tick()
+        except (*TRANSIENT, KafkaError) as exc:
+            m.tick_errors.inc()
+            log.warning("evaluation skipped: %s: %s", type(exc).__name__, exc)
+            return
+        m.tick_seconds.observe(report.seconds)
+        for incident in report.opened:
+            m.opened.labels(incident.category, incident.severity).inc()
+            last = report.last_event_s.get(incident.model_id)
+            if last is not None and incident.rule != "downtime":
+                m.detection_lag.observe(max(0.0, incident.opened_at - last))
+        m.open.clear()
+        for incident in report.live:
+            m.open.labels(incident.category, incident.severity).inc()
+        m.level.clear()
+        for model_id, level in report.levels.items():
+            m.level.labels(model_id).set(level)
+        m.accuracy.clear()
+        m.coverage.clear()
+        for (model_id, version), day in report.day.items():
+            if day.accuracy is not None:
+                m.accuracy.labels(model_id, version, "24h").set(day.accuracy)
+            if day.label_coverage is not None:
+                m.coverage.labels(model_id, version, "24h").set(day.label_coverage)
 
     def _on_redis_down(self, down: bool) -> None:
         self.health.redis_writes_failing = down

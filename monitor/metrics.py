@@ -62,6 +62,45 @@ class IngestMetrics:
         )
 
 
+class EvaluatorMetrics:
+    """What the evaluator saw and did, set on the leader after every tick."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.tick_seconds = Histogram(
+            "aimon_evaluator_tick_seconds",
+            "Duration of one evaluation of every rule against every model.",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.tick_errors = Counter(
+            "aimon_evaluator_errors_total", "Ticks that failed (Redis or Kafka unavailable).", registry=registry
+        )
+        self.detection_lag = Histogram(
+            "aimon_detection_lag_seconds",
+            "From the newest event of the model to the tick that opened an incident on it.",
+            registry=registry,
+            buckets=(0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60),
+        )
+        self.opened = Counter(
+            "aimon_incidents_opened_total", "Incidents opened.", ["category", "severity"], registry=registry
+        )
+        self.open = Gauge(
+            "aimon_incidents_open", "Incidents not resolved.", ["category", "severity"], registry=registry
+        )
+        self.level = Gauge(
+            "aimon_escalation_level", "Escalation level per model (0 normal … 4 paused).", ["model_id"], registry=registry
+        )
+        self.accuracy = Gauge(
+            "aimon_model_accuracy", "Correct / labelled predictions.", ["model_id", "version", "window"], registry=registry
+        )
+        self.coverage = Gauge(
+            "aimon_model_label_coverage",
+            "Labelled / answered predictions.",
+            ["model_id", "version", "window"],
+            registry=registry,
+        )
+
+
 @dataclass(frozen=True)
 class ModelSnapshot:
     """One model version's recent window, as read from Redis for one scrape."""

@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 
 from monitor.aggregates import histogram
 from monitor.aggregates.batch import (
+    ACTUAL_POSITIVE,
+    CORRECT,
     COUNT,
     DECISIONS,
     ERRORS,
+    FALSE_NEGATIVE,
     FAVOURABLE,
+    LABELLED,
     LATENCY_COUNT,
     SEP,
     unescape,
@@ -39,6 +43,15 @@ class GroupStats:
     decisions: int = 0
     favourable: int = 0
     errors: int = 0
+    labelled: int = 0
+    correct: int = 0
+    actual_positive: int = 0
+    false_negative: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        """Correct / labelled, None without labels."""
+        return self.correct / self.labelled if self.labelled else None
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,10 @@ class WindowStats:
     errors: int = 0
     decisions: int = 0
     favourable: int = 0
+    labelled: int = 0
+    correct: int = 0
+    actual_positive: int = 0
+    false_negative: int = 0
     latency: dict[int, int] = field(default_factory=dict)
     groups: dict[str, dict[str, GroupStats]] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
@@ -75,12 +92,20 @@ class WindowStats:
                 decisions=stats.get(DECISIONS, 0),
                 favourable=stats.get(FAVOURABLE, 0),
                 errors=stats.get(ERRORS, 0),
+                labelled=stats.get(LABELLED, 0),
+                correct=stats.get(CORRECT, 0),
+                actual_positive=stats.get(ACTUAL_POSITIVE, 0),
+                false_negative=stats.get(FALSE_NEGATIVE, 0),
             )
         return cls(
             count=counters.get(COUNT, 0),
             errors=counters.get(ERRORS, 0),
             decisions=counters.get(DECISIONS, 0),
             favourable=counters.get(FAVOURABLE, 0),
+            labelled=counters.get(LABELLED, 0),
+            correct=counters.get(CORRECT, 0),
+            actual_positive=counters.get(ACTUAL_POSITIVE, 0),
+            false_negative=counters.get(FALSE_NEGATIVE, 0),
             latency=latency,
             groups=groups,
             flags=flags,
@@ -90,6 +115,26 @@ class WindowStats:
     def latency_count(self) -> int:
         """How many events carried a latency."""
         return sum(self.latency.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Correct / labelled predictions, None without labels."""
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def label_coverage(self) -> float | None:
+        """Labelled / answered (non-errored) predictions, None without predictions."""
+        answered = self.count - self.errors
+        return min(1.0, self.labelled / answered) if answered > 0 else None
+
+    def latency_above(self, seconds: float) -> int:
+        """How many latencies certainly exceed `seconds` (whole buckets above it; conservative)."""
+        limit_ms = seconds * 1000.0
+        return sum(
+            count
+            for index, count in self.latency.items()
+            if index > 0 and histogram.upper_bound_ms(index - 1) >= limit_ms
+        )
 
     @property
     def error_rate(self) -> float | None:

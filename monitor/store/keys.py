@@ -38,6 +38,30 @@ class Keys:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"
 
+    def first_seen(self, model_id: str) -> str:
+        """Hash version -> first minute it was seen (orders versions: predecessor, successor)."""
+        return f"{self.model(model_id)}:versions:first"
+
+    def reference(self, model_id: str, version: str) -> str:
+        """Hash of a version's reference counters, frozen when its successor was first seen."""
+        return f"{self.model(model_id)}:ref:{version}"
+
+    def control(self, model_id: str) -> str:
+        """Hash of the model's escalation state: seq, level, override, last control message."""
+        return f"{self.model(model_id)}:control"
+
+    def open_incidents(self, model_id: str) -> str:
+        """Hash dedup key "<rule>|<group>" -> id of the open incident."""
+        return f"{self.model(model_id)}:incidents:open"
+
+    def incident(self, model_id: str, incident_id: str) -> str:
+        """String: one incident as JSON."""
+        return f"{self.model(model_id)}:incident:{incident_id}"
+
+    def incident_index(self) -> str:
+        """Sorted set "<model_id>|<incident id>" by opening time (cross-slot listing index)."""
+        return f"{self.prefix}:incidents"
+
     def bucket(self, model_id: str, version: str, resolution: str, start_s: int) -> str:
         """Hash of additive counters of one version over one minute or hour bucket."""
         return f"{self.model(model_id)}:{resolution}:{version}:{start_s}"

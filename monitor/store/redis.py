@@ -161,6 +161,7 @@ class RedisStore:
             k.versions(model_id),
             k.waiting_labels(model_id),
             k.waiting_until(model_id),
+            k.first_seen(model_id),
         ]
 
         def index(key: str) -> int:
@@ -190,13 +191,16 @@ class RedisStore:
             for day, items in by_day.items()
         ]
         newest: dict[str, int] = {}
+        first: dict[str, int] = {}
         for version, start_s in share.minutes:
             newest[version] = max(newest.get(version, 0), start_s)
+            first[version] = min(first.get(version, start_s), start_s)
         payload = {
             **self._common(topic, model_id, located),
             "last_event_s": repr(share.last_event_s),
             "events": share.events,
             "versions": newest,
+            "first_minutes": first,
             "buckets": buckets,
             "hlls": hlls,
             "joins": joins,

@@ -3,7 +3,7 @@
 -- KEYS[1] offsets hash (field "<topic>|<partition>" -> last applied offset: the replay guard)
 -- KEYS[2] meta hash (last_event_s, events)   KEYS[3] versions hash (version -> newest minute)
 -- KEYS[4] labels waiting for their prediction (hash)   KEYS[5] their expiry times (zset)
--- KEYS[6..] the keys the share's parts name by index.
+-- KEYS[6] version -> minute first seen (hash)   KEYS[7..] the keys the share's parts name by index.
 -- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
@@ -68,8 +68,9 @@ keep_max(KEYS[2], 'last_event_s', share.last_event_s)
 redis.call('HINCRBY', KEYS[2], 'events', share.events)
 for version, seen in pairs(share.versions) do
   keep_max(KEYS[3], version, seen)
+  redis.call('HSETNX', KEYS[6], version, share.first_minutes[version])
 end
-for k = 1, 3 do
+for _, k in ipairs({1, 2, 3, 6}) do
   redis.call('EXPIRE', KEYS[k], share.ttl_s)
 end
 return {0, matched}

@@ -1,0 +1,143 @@
+"""The incident record and its transitions (pure)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from monitor.events import IncidentEvent
+from monitor.rules.evaluate import Finding
+from monitor.rules.schema import SEVERITY_RANK, Rule
+
+Status = Literal["open", "acknowledged", "mitigated", "resolved"]
+EventKind = Literal["opened", "updated", "acknowledged", "mitigated", "resolved"]
+
+
+class Incident(msgspec.Struct, kw_only=True):
+    """One incident: what fired, how bad, what was done, and its timeline."""
+
+    id: str
+    category: str
+    rule: str
+    model_id: str
+    model_version: str | None
+    group: str | None
+    severity: str
+    level: int
+    status: Status = "open"
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None = None
+    observation: dict[str, Any] = {}
+    scope: dict[str, Any] = {}
+    actions: list[dict[str, Any]] = []
+    evidence_ref: str | None = None
+    timeline: list[dict[str, Any]] = []
+    auto_recover: bool = True
+    rollback: bool = False
+    clear_since: float | None = None  # since when the metric has been back inside its threshold
+    outbox: list[str] = []  # events persisted but not yet published (published, then removed)
+
+    @property
+    def dedup_key(self) -> str:
+        """One open incident per (model, rule, group)."""
+        return f"{self.rule}|{self.group or ''}"
+
+    @property
+    def is_open(self) -> bool:
+        """Open, acknowledged or mitigated: anything not resolved holds its escalation level."""
+        return self.status != "resolved"
+
+    @property
+    def may_auto_recover(self) -> bool:
+        """The monitor never lowers a CRITICAL or security incident on its own."""
+        return self.auto_recover and self.severity != "CRITICAL" and self.category != "security"
+
+    def note(self, at: float, what: str, **detail: Any) -> None:
+        """Append to the timeline."""
+        self.timeline.append({"at": at, "what": what, **detail})
+
+    def event(self, kind: str) -> IncidentEvent:
+        """The incident as published on the incidents topic."""
+        return IncidentEvent(
+            event=kind,  # type: ignore[arg-type]  # kinds come from EventKind
+            id=self.id,
+            category=self.category,
+            rule=self.rule,
+            model_id=self.model_id,
+            model_version=self.model_version,
+            severity=self.severity,  # type: ignore[arg-type]  # Severity literal, from the rules
+            status=self.status,
+            opened_at=self.opened_at,
+            updated_at=self.updated_at,
+            observation=self.observation,
+            scope=self.scope,
+            actions=self.actions,
+            evidence_ref=self.evidence_ref,
+            group=self.group,
+        )
+
+
+def new_incident_id(now: float) -> str:
+    """A sortable, readable id: INC-<UTC date>-<8 hex>."""
+    day = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+    return f"INC-{day}-{uuid.uuid4().hex[:8]}"
+
+
+def open_incident(rule: Rule, finding: Finding, now: float) -> Incident:
+    """A new incident from a finding that fired."""
+    incident = Incident(
+        id=new_incident_id(now),
+        category=rule.category,
+        rule=rule.id,
+        model_id=finding.model_id,
+        model_version=finding.version,
+        group=finding.group,
+        severity=finding.severity,
+        level=finding.level,
+        opened_at=now,
+        updated_at=now,
+        observation=finding.observation,
+        scope={"window_s": rule.window_s, "decisions": finding.observation.get("samples")},
+        auto_recover=rule.auto_recover,
+        rollback=rule.rollback,
+        outbox=["opened"],
+    )
+    incident.note(now, "opened", severity=finding.severity, level=finding.level, description=rule.description)
+    return incident
+
+
+def refire(incident: Incident, finding: Finding, now: float) -> bool:
+    """A finding fired again on an open incident; returns True when severity or level rose."""
+    incident.observation = finding.observation
+    incident.model_version = finding.version or incident.model_version
+    incident.clear_since = None
+    incident.updated_at = now
+    rose = (SEVERITY_RANK[finding.severity], finding.level) > (
+        SEVERITY_RANK[incident.severity], incident.level
+    )
+    if rose:
+        incident.severity, incident.level = finding.severity, finding.level
+        incident.note(now, "escalated", severity=finding.severity, level=finding.level)
+        incident.outbox.append("updated")
+    return rose
+
+
+def settle(incident: Incident, finding: Finding, hold_s: int, now: float) -> bool:
+    """A finding that did not fire; returns True when the incident resolved itself (hysteresis)."""
+    if not finding.inside:
+        incident.clear_since = None
+        return False
+    if incident.clear_since is None:
+        incident.clear_since = now
+    if not incident.may_auto_recover or now - incident.clear_since < hold_s:
+        return False
+    incident.status = "resolved"
+    incident.resolved_at = incident.updated_at = now
+    incident.observation = finding.observation
+    incident.note(now, "resolved", by="monitor", reason=f"inside its threshold for {hold_s}s")
+    incident.outbox.append("resolved")
+    return True

@@ -1,0 +1,123 @@
+"""Incidents and escalation state in Redis, so a restarted or new leader carries on where it was.
+
+Publishing uses an outbox: an incident event or control message is written to Redis first, then
+published, then struck from the outbox. A crash in between publishes it again (at least once;
+consumers key on incident id + event and on `seq`), and nothing is ever lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from redis.asyncio import Redis
+
+from monitor.events import ControlMessage
+from monitor.incidents.model import Incident
+from monitor.store.keys import Keys
+
+_incident_decoder = msgspec.json.Decoder(Incident)
+_control_decoder = msgspec.json.Decoder(ControlMessage)
+
+
+@dataclass
+class ControlState:
+    """A model's escalation state."""
+
+    seq: int = 0
+    level: int = 0
+    override: int | None = None
+    pending: ControlMessage | None = None  # the outbox: written, not yet acknowledged by Kafka
+
+
+class IncidentStore:
+    """Reads and writes incidents and control state."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def open_incidents(self, model_ids: list[str]) -> dict[str, list[Incident]]:
+        """Every model's incidents that are not resolved."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.hvals(self.keys.open_incidents(model_id))
+            id_lists = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id, ids in zip(model_ids, id_lists, strict=True):
+                for incident_id in ids:
+                    pipe.get(self.keys.incident(model_id, _text(incident_id)))
+            raw = iter(await pipe.execute())
+        result: dict[str, list[Incident]] = {}
+        for model_id, ids in zip(model_ids, id_lists, strict=True):
+            incidents = [_incident_decoder.decode(value) for value in (next(raw) for _ in ids) if value]
+            result[model_id] = incidents
+        return result
+
+    async def get(self, model_id: str, incident_id: str) -> Incident | None:
+        """One incident, open or not."""
+        raw = await self.redis.get(self.keys.incident(model_id, incident_id))
+        return None if raw is None else _incident_decoder.decode(raw)
+
+    async def save(self, incidents: list[Incident]) -> None:
+        """Write incidents and keep the open-incident and listing indexes in step."""
+        if not incidents:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for incident in incidents:
+                m = incident.model_id
+                pipe.set(self.keys.incident(m, incident.id), msgspec.json.encode(incident))
+                if incident.is_open:
+                    pipe.hset(self.keys.open_incidents(m), incident.dedup_key, incident.id)
+                else:
+                    pipe.hdel(self.keys.open_incidents(m), incident.dedup_key)
+                pipe.zadd(self.keys.incident_index(), {f"{m}|{incident.id}": incident.opened_at})
+            await pipe.execute()
+
+    async def list_ids(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(model_id, incident id) of the newest incidents, newest first."""
+        members = await self.redis.zrevrange(self.keys.incident_index(), 0, limit - 1)
+        pairs = [_text(m).split("|", 1) for m in members if isinstance(m, (str, bytes))]
+        return [(model_id, incident_id) for model_id, incident_id in pairs]
+
+    async def control_states(self, model_ids: list[str]) -> dict[str, ControlState]:
+        """Every model's escalation state (a model never escalated is at level 0, seq 0)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.hgetall(self.keys.control(model_id))
+            replies = await pipe.execute()
+        states = {}
+        for model_id, raw in zip(model_ids, replies, strict=True):
+            fields = {_text(k): v for k, v in raw.items()}
+            states[model_id] = ControlState(
+                seq=int(fields.get("seq", 0)),
+                level=int(fields.get("level", 0)),
+                override=int(fields["override"]) if fields.get("override") not in (None, b"") else None,
+                pending=_control_decoder.decode(fields["pending"]) if fields.get("pending") else None,
+            )
+        return states
+
+    async def stage_control(self, message: ControlMessage) -> None:
+        """Record a new control message (seq and level) before it is published."""
+        await self.redis.hset(
+            self.keys.control(message.model_id),
+            mapping={"seq": message.seq, "level": message.level, "pending": msgspec.json.encode(message)},
+        )
+
+    async def control_published(self, message: ControlMessage) -> None:
+        """Strike a control message from the outbox and keep it as the last one sent."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.keys.control(message.model_id), "pending")
+            pipe.hset(self.keys.control(message.model_id), "last", msgspec.json.encode(message))
+            await pipe.execute()
+
+    async def set_override(self, model_id: str, level: int | None) -> None:
+        """Set (or, None, release) a manual escalation override."""
+        if level is None:
+            await self.redis.hdel(self.keys.control(model_id), "override")
+        else:
+            await self.redis.hset(self.keys.control(model_id), "override", level)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,36 @@
+"""Publishes control messages and incident events on their Kafka topics (the `Publisher` protocol)."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from monitor.events import ControlMessage, IncidentEvent, encode
+
+
+class KafkaPublisher:
+    """An idempotent aiokafka producer that waits for every acknowledgement."""
+
+    def __init__(self, bootstrap: str, *, control_topic: str, incidents_topic: str) -> None:
+        self.control_topic = control_topic
+        self.incidents_topic = incidents_topic
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        )
+
+    async def start(self) -> None:
+        """Connect to the broker."""
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        await self._producer.stop()
+
+    async def control(self, message: ControlMessage) -> None:
+        """Publish on the compacted control topic, key = model_id."""
+        await self._producer.send_and_wait(
+            self.control_topic, encode(message), key=message.model_id.encode()
+        )
+
+    async def incident(self, event: IncidentEvent) -> None:
+        """Publish on the incidents topic, key = incident id."""
+        await self._producer.send_and_wait(self.incidents_topic, encode(event), key=event.id.encode())

@@ -1,0 +1,256 @@
+"""Evaluates one rule against one model version's windows (pure: values in, findings out).
+
+Every rate rule goes through the same steps: enough samples or no finding at all; a one-sided test
+per ladder step (the base threshold first); the strongest significant step sets severity and level.
+A finding also says whether the point estimate is back inside the base threshold, which is what
+auto-recovery (hysteresis) counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor import stats
+from monitor.aggregates.window import GroupStats, WindowStats
+from monitor.rules.schema import SEVERITY_RANK, ModelFacts, Rule, Step
+from monitor.store.windows import VersionWindows
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one rule concluded about one model (version, group) at one tick."""
+
+    rule_id: str
+    model_id: str
+    version: str | None
+    group: str | None
+    fired: bool
+    inside: bool  # the point estimate is on the safe side of the base threshold
+    severity: str
+    level: int
+    observation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dedup_key(self) -> str:
+        """One open incident per (model, rule, group)."""
+        return f"{self.rule_id}|{self.group or ''}"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A metric reduced to a testable form: its value and a test per step threshold."""
+
+    value: float
+    samples: int
+    baseline: float | None
+    test: Callable[[float], stats.TestResult]
+    inside: Callable[[float], bool]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(
+    rule: Rule,
+    model_id: str,
+    version: str,
+    windows: VersionWindows,
+    *,
+    baseline: WindowStats | None,
+    facts: ModelFacts | None,
+) -> list[Finding]:
+    """Findings of a windowed rule (not `silence`) for one version; empty without enough data."""
+    current = windows.window(rule.window_s)
+    if rule.metric == "accuracy_gap":
+        return _accuracy_gaps(rule, model_id, version, current, baseline)
+    published = facts.published_min_accuracy if facts else None
+    if rule.compare == "below_published_minimum" and published is None:
+        return []
+    probe = _probe(rule, current, windows, baseline, published)
+    if probe is None:
+        return []
+    return [_conclude(rule, model_id, version, None, probe, rule.steps(published))]
+
+
+def evaluate_silence(rule: Rule, model_id: str, last_event_s: float | None, now: float) -> Finding | None:
+    """The dead-man's switch: a model active within the rule's window has been silent too long."""
+    assert rule.threshold is not None
+    if last_event_s is None or last_event_s < now - rule.window_s:
+        return None  # never active, or idle long enough that silence is its normal state
+    silent_s = max(0.0, now - last_event_s)
+    fired = silent_s >= rule.threshold
+    observation = {
+        "metric": "silence",
+        "value": silent_s,
+        "threshold": rule.threshold,
+        "last_event_s": last_event_s,
+        "test": {"method": "dead-man's switch", "significant": fired},
+    }
+    return Finding(
+        rule.id, model_id, None, None, fired, not fired, rule.severity, rule.level, observation
+    )
+
+
+def _probe(
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
+    published: float | None,
+) -> _Probe | None:
+    c = rule.confidence
+    if rule.metric == "accuracy":
+        n, k = cur.labelled, cur.correct
+        coverage = cur.label_coverage or 0.0
+        if n < rule.min_samples or coverage < (rule.min_label_coverage or 0.0):
+            return None
+        accuracy = k / n
+        extra = {"label_coverage": coverage}
+        if rule.compare == "relative_drop":
+            if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
+                return None
+            base = baseline.correct / baseline.labelled
+            return _Probe(
+                (base - accuracy) / base, n, base,
+                lambda t: _rate(rule, k, n, base * (1 - t), c, "below"),
+                lambda t: (base - accuracy) / base <= t,
+                {**extra, "accuracy": accuracy, "baseline_samples": baseline.labelled},
+            )
+        return _Probe(
+            accuracy, n, published,
+            lambda t: _rate(rule, k, n, t, c, "below"),
+            lambda t: accuracy >= t,
+            extra,
+        )
+    if rule.metric == "error_rate":
+        return _above(rule, cur.errors, cur.count)
+    if rule.metric == "flag_rate":
+        assert rule.flag is not None
+        return _above(rule, cur.flags.get(rule.flag, 0), cur.count)
+    if rule.metric == "unserved_users":
+        users, failed = windows.users.get(rule.window_s, (0, 0))
+        return _above(rule, min(failed, users), users)
+    if rule.metric == "latency":
+        return _latency(rule, cur, baseline)
+    raise AssertionError(f"metric {rule.metric} has no probe")
+
+
+def _above(rule: Rule, k: int, n: int) -> _Probe | None:
+    if n < rule.min_samples:
+        return None
+    rate = k / n
+    return _Probe(
+        rate, n, None,
+        lambda t: _rate(rule, k, n, t, rule.confidence, "above"),
+        lambda t: rate <= t,
+    )
+
+
+def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> _Probe | None:
+    assert rule.quantile is not None
+    q, n = rule.quantile, cur.latency_count
+    value = cur.latency_quantile_s(q)
+    if n < rule.min_samples or value is None:
+        return None
+    scale, base = 1.0, None
+    if rule.compare == "ratio_above":
+        if baseline is None or baseline.latency_count < rule.min_samples:
+            return None
+        base = baseline.latency_quantile_s(q)
+        if not base:
+            return None
+        scale = base
+    # "the q-quantile exceeds X" ⟺ "more than 1−q of requests are slower than X": a rate test.
+    return _Probe(
+        value / scale, n, base,
+        lambda t: _rate(rule, cur.latency_above(t * scale), n, 1 - q, rule.confidence, "above"),
+        lambda t: value / scale <= t,
+        {"quantile": q, "latency_s": value},
+    )
+
+
+def _rate(rule: Rule, k: int, n: int, p0: float, confidence: float, side: str) -> stats.TestResult:
+    if rule.test == "none":
+        estimate = k / n
+        crossed = estimate > p0 if side == "above" else estimate < p0
+        return stats.TestResult("point estimate", estimate, math.nan, crossed, (estimate, estimate), n)
+    if side == "above":
+        return stats.rate_above(k, n, p0, confidence)
+    return stats.rate_below(k, n, p0, confidence)
+
+
+def _conclude(
+    rule: Rule, model_id: str, version: str, group: str | None, probe: _Probe, steps: tuple[Step, ...]
+) -> Finding:
+    results = [(step, probe.test(step.threshold)) for step in steps]
+    significant = [(step, result) for step, result in results if result.significant]
+    base_step, base_result = results[0]
+    # Stronger steps are nested inside the base one, so the base test decides whether it fires.
+    fired = base_result.significant
+    step, result = (
+        max(significant, key=lambda sr: (sr[0].level, SEVERITY_RANK[sr[0].severity]))
+        if fired
+        else (base_step, base_result)
+    )
+    observation = {
+        "metric": rule.metric,
+        "window_s": rule.window_s,
+        "value": probe.value,
+        "baseline": probe.baseline,
+        "threshold": base_step.threshold,
+        "step_threshold": step.threshold,
+        "samples": probe.samples,
+        "test": result.as_dict(),
+        "confidence": rule.confidence,
+        **probe.extra,
+    }
+    return Finding(
+        rule.id, model_id, version, group, fired, probe.inside(base_step.threshold),
+        step.severity, step.level, observation,
+    )
+
+
+def _accuracy_gaps(
+    rule: Rule, model_id: str, version: str, cur: WindowStats, baseline: WindowStats | None
+) -> list[Finding]:
+    findings = []
+    attributes = [rule.attribute] if rule.attribute else sorted(cur.groups)
+    for attr in attributes:
+        groups = {
+            value: g for value, g in cur.groups.get(attr, {}).items() if g.labelled >= rule.min_samples
+        }
+        if len(groups) < 2:
+            continue
+        ranked = sorted(groups.items(), key=lambda item: _accuracy(item[1]))
+        (worst_name, worst), (best_name, best) = ranked[0], ranked[-1]
+        gap = _accuracy(best) - _accuracy(worst)
+        pairs = len(groups) * (len(groups) - 1) // 2
+        ref_gap = 0.0
+        if rule.compare == "widening":
+            ref = (baseline.groups.get(attr, {}) if baseline else {})
+            ref_best, ref_worst = ref.get(best_name), ref.get(worst_name)
+            if not ref_best or not ref_worst or min(ref_best.labelled, ref_worst.labelled) < rule.min_samples:
+                continue
+            ref_gap = _accuracy(ref_best) - _accuracy(ref_worst)
+
+        def test(t: float, b: GroupStats = best, w: GroupStats = worst, r: float = ref_gap, m: int = pairs) -> stats.TestResult:
+            return stats.difference_above(
+                b.correct, b.labelled, w.correct, w.labelled, r + t, rule.confidence, comparisons=m
+            )
+
+        def inside(t: float, widened: float = gap - ref_gap) -> bool:
+            return widened <= t
+
+        probe = _Probe(
+            gap - ref_gap, best.labelled + worst.labelled, ref_gap if rule.compare == "widening" else None,
+            test,
+            inside,
+            {"attribute": attr, "best": best_name, "worst": worst_name, "gap": gap},
+        )
+        findings.append(_conclude(rule, model_id, version, attr, probe, rule.steps()))
+    return findings
+
+
+def _accuracy(group: GroupStats) -> float:
+    return group.correct / group.labelled if group.labelled else 0.0

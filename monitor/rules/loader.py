@@ -1,0 +1,448 @@
+"""Load rules files (DESIGN.md, "Rules"): YAML with line numbers, every check, merging, `rules check`.
+
+A load never half-succeeds. It reads every file, collects every problem it can find, and raises one
+`RulesFileError` (a `ConfigError`) whose message holds one problem per line, sorted by file and line:
+`<file>:<line>: <path>: <problem>`. A rule whose keys or types are wrong gets no cross-field checks, so
+one typo does not cascade into a page of follow-on complaints; those show up once the typo is fixed.
+
+Line numbers come from the YAML node tree (composed before constructing Python objects): every path
+(`rules[2].threshold`) is mapped to the line of its value (or of its key when the value is a block
+mapping or list), and a problem whose path does not exist, such as a missing key, takes the line of
+the nearest enclosing node that does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from monitor.exceptions import ConfigError
+from monitor.rules.schema import (
+    ACCURACY_METRICS,
+    RATE_METRICS,
+    DefaultsSpec,
+    FileSpec,
+    Loc,
+    ModelFacts,
+    ModelSpec,
+    Rule,
+    RuleSet,
+    RuleSpec,
+    Step,
+    file_problems,
+    format_duration,
+    parse_duration,
+    rule_problems,
+)
+
+__all__ = [
+    "Problem",
+    "RulesFileError",
+    "check_command",
+    "format_duration",
+    "format_path",
+    "load_rules",
+    "parse_duration",
+]
+
+BUILTIN_CONFIDENCE = 0.99
+BUILTIN_HOLD_S = 15 * 60
+BUILTIN_MIN_SAMPLES = 200
+DEFAULT_LABEL_COVERAGE = 0.05
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_KNOWN_KEYS = sorted(
+    set(RuleSpec.model_fields) | set(FileSpec.model_fields) | set(DefaultsSpec.model_fields)
+    | set(ModelSpec.model_fields)
+)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a rules file is refused, located by file, line and field path."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class RulesFileError(ConfigError):
+    """A refused load; `problems` holds each problem, the message one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = tuple(problems)
+
+
+def format_path(loc: Loc) -> str:
+    """`rules[2].ladder[0].threshold` from ("rules", 2, "ladder", 0, "threshold")."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+@dataclass
+class _File:
+    """One file as read: its bytes, its path -> line map, and what validated of it."""
+
+    source: str
+    raw: bytes
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    data: dict[str, Any] | None = None  # None when the file is not even a YAML mapping
+    spec: FileSpec | None = None
+    rules: list[tuple[int, RuleSpec]] = field(default_factory=list)
+
+    def line(self, loc: Loc) -> int:
+        """The line of `loc`, or of its nearest enclosing node that exists in the file."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return 1
+
+    def add(self, loc: Loc, message: str, line: int | None = None) -> None:
+        """Record a problem at `loc` (on `line` when the path alone cannot say which line)."""
+        self.problems.append(Problem(self.source, line or self.line(loc), format_path(loc), message))
+
+
+def _map_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tuple[Loc, int, int]]) -> None:
+    """Fill `lines` with the line of every path under `node`; note duplicate keys in `dups`."""
+    if isinstance(node, yaml.MappingNode):
+        explicit: dict[str, int] = {}
+        merged: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merged.append(value_node)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a complex key: construction refuses it with its own error
+            key = key_node.value
+            child = (*loc, key)
+            if key in explicit:
+                dups.append((child, explicit[key], key_node.start_mark.line + 1))
+                continue
+            is_block = not isinstance(value_node, yaml.ScalarNode) and not value_node.flow_style
+            lines[child] = (key_node if is_block else value_node).start_mark.line + 1
+            explicit[key] = lines[child]
+            _map_lines(value_node, child, lines, dups)
+        # `<<: *anchor` merges: explicit keys win, as they do when PyYAML constructs the mapping.
+        for value_node in merged:
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if isinstance(source, yaml.MappingNode):
+                    for key_node, item in source.value:
+                        if isinstance(key_node, yaml.ScalarNode) and key_node.value not in explicit:
+                            lines.setdefault((*loc, key_node.value), item.start_mark.line + 1)
+                            _map_lines(item, (*loc, key_node.value), lines, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*loc, index)] = item.start_mark.line + 1
+            _map_lines(item, (*loc, index), lines, dups)
+
+
+def _read(path: Path) -> _File:
+    """Read and compose one file; YAML-level problems are recorded on the returned _File."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        out = _File(source, b"")
+        out.problems.append(Problem(source, None, "", f"cannot read: {exc.strerror or exc}"))
+        return out
+    out = _File(source, raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.problems.append(Problem(source, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        return out
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            out.add((), "the file is empty; expected a mapping with version and rules")
+            return out
+        out.lines[()] = node.start_mark.line + 1
+        dups: list[tuple[Loc, int, int]] = []
+        _map_lines(node, (), out.lines, dups)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        # The context names the construct the parser was inside, often opened many lines earlier.
+        if exc.context and exc.problem and exc.context_mark is not None and exc.context_mark.line + 1 != line:
+            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+        if "'\\t'" in problem:
+            problem += " (indent with spaces, not tabs)"
+        out.problems.append(Problem(source, line, "YAML syntax", problem))
+        return out
+    except yaml.YAMLError as exc:
+        out.problems.append(Problem(source, 1, "YAML syntax", str(exc)))
+        return out
+    finally:
+        loader.dispose()
+    for loc, first, again in dups:
+        out.add(loc, f"duplicate key (first given at line {first}); YAML would silently keep the last", again)
+    if not isinstance(data, dict):
+        out.add((), f"the file must be a mapping with version and rules (got {_kind(data)})")
+        return out
+    out.data = data
+    return out
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    """A value as the operator wrote it, for "(got ...)"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value)
+    return _kind(value)
+
+
+def _error_message(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {key!r}{hint}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a mapping"
+    elif kind == "list_type":
+        message = "must be a list"
+    elif kind == "int_type":
+        message = "must be an integer"
+    elif kind == "float_type":
+        message = "must be a number"
+    elif kind == "string_type":
+        message = "must be a string"
+    elif kind == "bool_type":
+        message = "must be true or false"
+    elif kind == "invalid_key":
+        return "keys must be strings"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+        if kind == "value_error":
+            return message
+    return f"{message} (got {_show(error['input'])})"
+
+
+def _validate(out: _File, model: type[BaseModel], value: object, prefix: Loc) -> BaseModel | None:
+    """Validate `value` against `model`, turning each pydantic error into a located problem."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        errors = exc.errors()
+    # `levl: 2` yields "unknown key 'levl'" and "level is missing": the first, with its hint, says it all.
+    hinted = {
+        (*e["loc"][:-1], hint)
+        for e in errors
+        if e["type"] == "extra_forbidden" and e["loc"]
+        for hint in difflib.get_close_matches(str(e["loc"][-1]), _KNOWN_KEYS, n=1, cutoff=0.6)
+    }
+    for error in errors:
+        if error["type"] != "missing" or tuple(error["loc"]) not in hinted:
+            out.add((*prefix, *error["loc"]), _error_message(error))
+    return None
+
+
+def _parse(out: _File) -> None:
+    """Validate a composed file: structure with pydantic, then the cross-field checks per rule."""
+    if out.data is None:
+        return
+    spec = _validate(out, FileSpec, out.data, ())
+    out.spec = spec if isinstance(spec, FileSpec) else None
+    if out.spec is not None:
+        for loc, message in file_problems(out.spec):
+            out.add(loc, message)
+    items = out.data.get("rules")
+    if not isinstance(items, list):
+        return
+    for index, item in enumerate(items):
+        rule = _validate(out, RuleSpec, item, ("rules", index))
+        if isinstance(rule, RuleSpec):
+            problems = list(rule_problems(rule))
+            for loc, message in problems:
+                out.add(("rules", index, *loc), message)
+            if not problems:
+                out.rules.append((index, rule))
+
+
+def _files(path: Path) -> list[Path]:
+    """The files a load reads: `path` itself, or every *.yaml / *.yml in it (not dot-files), sorted."""
+    if path.is_dir():
+        found = sorted(
+            p for p in path.iterdir()
+            if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
+        )
+        if not found:
+            raise ConfigError(f"{path}: no *.yaml or *.yml rules files in this directory")
+        return found
+    if path.is_file():
+        return [path]
+    raise ConfigError(f"{path}: no such rules file or directory")
+
+
+@dataclass
+class _Merged:
+    """What the files add up to; every cross-file conflict is recorded on the file that repeats."""
+
+    defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
+    defaults_at: str | None = None
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    models_at: dict[str, str] = field(default_factory=dict)
+    rule_at: dict[str, str] = field(default_factory=dict)
+    rules: list[RuleSpec] = field(default_factory=list)
+
+
+def _merge(files: list[_File]) -> _Merged:
+    merged = _Merged()
+    for f in files:
+        data = f.data or {}
+        if "defaults" in data:
+            if merged.defaults_at is not None:
+                f.add(("defaults",), f"defaults are already defined at {merged.defaults_at}; define them in one file only")
+            else:
+                merged.defaults_at = f"{f.source}:{f.line(('defaults',))}"
+                if f.spec is not None and f.spec.defaults is not None:
+                    merged.defaults = f.spec.defaults
+        models = data.get("models")
+        for model_id in models if isinstance(models, dict) else {}:
+            if not isinstance(model_id, str):
+                continue
+            if model_id in merged.models_at:
+                f.add(("models", model_id), f"model {model_id!r} is already defined at {merged.models_at[model_id]}")
+                continue
+            merged.models_at[model_id] = f"{f.source}:{f.line(('models', model_id))}"
+            facts = f.spec.models.get(model_id) if f.spec is not None and f.spec.models else None
+            if facts is not None:
+                merged.models[model_id] = facts
+        items = data.get("rules")
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            rule_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(rule_id, str):
+                continue
+            loc: Loc = ("rules", index, "id")
+            if rule_id in merged.rule_at:
+                f.add(loc, f"duplicate rule id {rule_id!r} (first defined at {merged.rule_at[rule_id]})")
+            else:
+                merged.rule_at[rule_id] = f"{f.source}:{f.line(loc)}"
+        merged.rules.extend(rule for _, rule in f.rules)
+    # An unknown inhibited_by may be a rule of a file that did not even parse: say so only when all did.
+    if all(f.data is not None for f in files):
+        for f in files:
+            for index, rule in f.rules:
+                for pos, other in enumerate(rule.inhibited_by):
+                    if other not in merged.rule_at:
+                        f.add(("rules", index, "inhibited_by", pos), f"unknown rule id {other!r}")
+    return merged
+
+
+def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
+    """The public Rule: defaults applied, durations in seconds, per-metric defaults filled in."""
+    if spec.compare == "silence":
+        threshold: float | None = float(parse_duration(spec.threshold))
+    elif spec.compare == "below_published_minimum":
+        threshold = None
+    else:
+        threshold = float(spec.threshold)
+    coverage = spec.min_label_coverage
+    if coverage is None and spec.metric in ACCURACY_METRICS:
+        coverage = DEFAULT_LABEL_COVERAGE
+    auto_recover = spec.auto_recover
+    if auto_recover is None:
+        # A CRITICAL or security incident is closed by a person, never by a quiet metric.
+        auto_recover = spec.severity != "CRITICAL" and spec.category != "security"
+    window_s = spec.window
+    assert window_s is not None  # required by RuleSpec; None only for the optional `hold`
+    return Rule(
+        id=spec.id,
+        category=spec.category,
+        description=spec.description,
+        metric=spec.metric,
+        window_s=window_s,
+        compare=spec.compare,
+        baseline=spec.baseline,
+        threshold=threshold,
+        min_samples=_first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
+        min_label_coverage=coverage,
+        test=spec.test or ("binomial" if spec.metric in RATE_METRICS else "none"),
+        confidence=_first(spec.confidence, defaults.confidence, BUILTIN_CONFIDENCE),
+        severity=spec.severity,
+        level=spec.level,
+        ladder=tuple(Step(threshold=s.threshold, severity=s.severity, level=s.level) for s in spec.ladder),
+        rollback=spec.rollback,
+        auto_recover=auto_recover,
+        hold_s=_first(spec.hold, defaults.hold, BUILTIN_HOLD_S),
+        inhibited_by=tuple(spec.inhibited_by),
+        flag=spec.flag,
+        quantile=spec.quantile,
+        attribute=spec.attribute,
+    )
+
+
+def _first(*values: T | None) -> T:
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value")
+
+
+def load_rules(path: Path) -> RuleSet:
+    """Load a rules file, or every *.yaml / *.yml of a directory (sorted); raises ConfigError."""
+    files = [_read(p) for p in _files(path)]
+    for f in files:
+        _parse(f)
+    merged = _merge(files)
+    problems = [p for f in files for p in sorted(f.problems, key=lambda p: p.line or 0)]
+    if problems:
+        raise RulesFileError(problems)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.raw)
+    return RuleSet(
+        rules=tuple(_resolve(spec, merged.defaults) for spec in merged.rules),
+        models={m: ModelFacts(**facts.model_dump()) for m, facts in merged.models.items()},
+        sources=tuple(f.source for f in files),
+        sha256=digest.hexdigest(),
+    )
+
+
+def check_command(path: Path) -> tuple[int, str]:
+    """`monitor rules check PATH`: (0, a summary of what loads) or (1, every problem, one per line)."""
+    try:
+        ruleset = load_rules(path)
+    except ConfigError as exc:
+        return 1, str(exc)
+    per_category = Counter(rule.category for rule in ruleset.rules)
+    width = max((len(c) for c in per_category), default=0)
+    lines = [f"OK: {len(ruleset.rules)} rules from {', '.join(ruleset.sources)}"]
+    lines += [f"  {category:<{width}}  {count}" for category, count in sorted(per_category.items())]
+    minimums = {m: f.published_min_accuracy for m, f in ruleset.models.items()}
+    if minimums:
+        lines.append("models: " + ", ".join(sorted(minimums)))
+    lines.append(f"sha256: {ruleset.sha256}")
+    return 0, "\n".join(lines)

@@ -1,0 +1,478 @@
+"""The rules loader: the shipped file, durations, every refusal with its file/line/path, merging, `rules check`."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.exceptions import ConfigError
+from monitor.rules import Rule, RuleSet, RulesFileError, check_command, load_rules, parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "rules" / "default.yaml"
+FIXTURES = Path(__file__).resolve().parent / "rules_fixtures"
+PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<path>.+?): (?P<message>.+)$")
+
+
+# --- the shipped rules ----------------------------------------------------------------------------
+
+EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "accuracy-drop-24h": dict(
+        category="performance", metric="accuracy", window_s=86400, compare="relative_drop",
+        baseline="reference", threshold=0.05, severity="HIGH", level=2, min_samples=200,
+        min_label_coverage=0.05, test="binomial", confidence=0.99, rollback=False, auto_recover=True,
+        hold_s=900, inhibited_by=("downtime",), ladder_=((0.10, "CRITICAL", 4),),
+    ),
+    "accuracy-drop-7d": dict(
+        metric="accuracy", window_s=604800, compare="relative_drop", baseline="week_ago", threshold=0.10,
+        severity="CRITICAL", level=4, min_samples=500, auto_recover=False, inhibited_by=("downtime",),
+    ),
+    "accuracy-below-minimum": dict(
+        metric="accuracy", window_s=86400, compare="below_published_minimum", baseline=None,
+        threshold=None, severity="HIGH", level=2, min_samples=200, ladder_=(), inhibited_by=("downtime",),
+    ),
+    "accuracy-gap-widening": dict(
+        metric="accuracy_gap", window_s=86400, compare="widening", baseline="reference", threshold=0.05,
+        severity="MEDIUM", level=1, min_samples=200, inhibited_by=("downtime",), attribute=None,
+    ),
+    "downtime": dict(
+        category="availability", metric="silence", window_s=86400, compare="silence", threshold=1800.0,
+        severity="HIGH", level=4, auto_recover=True, hold_s=300, test="none", min_label_coverage=None,
+    ),
+    "error-rate": dict(
+        metric="error_rate", window_s=300, compare="above", threshold=0.01, severity="MEDIUM", level=1,
+        min_samples=200, ladder_=((0.05, "HIGH", 2), (0.20, "CRITICAL", 4)), auto_recover=True,
+    ),
+    "latency-vs-normal": dict(
+        metric="latency", quantile=0.95, window_s=300, compare="ratio_above", baseline="reference",
+        threshold=3.0, severity="MEDIUM", level=1, min_samples=200, test="none",
+    ),
+    "unserved-users": dict(
+        metric="unserved_users", window_s=3600, compare="above", threshold=0.05, severity="HIGH", level=2,
+        min_samples=100,
+    ),
+    "gibberish-outputs": dict(
+        category="output_quality", flag="gibberish", threshold=0.01, severity="HIGH", level=2,
+        window_s=3600, compare="above", min_samples=200, test="binomial", auto_recover=True,
+    ),
+    "toxic-outputs": dict(
+        flag="toxic", threshold=0.001, severity="CRITICAL", level=4, auto_recover=False, test="binomial",
+    ),
+    "contradictions": dict(flag="contradiction", threshold=0.02, severity="MEDIUM", level=1),
+    "known-false-outputs": dict(flag="known_false", threshold=0.01, severity="HIGH", level=2),
+}
+
+
+def test_default_file_loads_with_the_playbook_rules() -> None:
+    ruleset = load_rules(DEFAULT)
+    assert [r.id for r in ruleset.rules] == list(EXPECTED_DEFAULTS)
+    assert ruleset.sources == (str(DEFAULT),)
+    assert ruleset.sha256 == hashlib.sha256(DEFAULT.read_bytes()).hexdigest()
+    assert ruleset.models["credit-scoring"].published_min_accuracy == 0.80
+
+
+@pytest.mark.parametrize("rule_id", list(EXPECTED_DEFAULTS))
+def test_default_rule_resolved_values(rule_id: str) -> None:
+    rule = load_rules(DEFAULT).by_id(rule_id)
+    for name, want in EXPECTED_DEFAULTS[rule_id].items():
+        if name == "ladder_":
+            assert tuple((s.threshold, s.severity, s.level) for s in rule.ladder) == want
+        else:
+            assert getattr(rule, name) == want, name
+    assert rule.confidence == 0.99 and rule.hold_s in (300, 900)
+
+
+def test_rule_helpers() -> None:
+    ruleset = load_rules(DEFAULT)
+    drop = ruleset.by_id("accuracy-drop-24h")
+    assert drop.direction == "up"
+    assert [(s.threshold, s.severity, s.level) for s in drop.steps()] == [(0.05, "HIGH", 2), (0.10, "CRITICAL", 4)]
+    minimum = ruleset.by_id("accuracy-below-minimum")
+    assert minimum.direction == "down"
+    assert minimum.steps(0.8)[0].threshold == 0.8
+    with pytest.raises(ValueError):
+        minimum.steps()
+    with pytest.raises(KeyError):
+        ruleset.by_id("nope")
+    assert isinstance(hash(drop), int)  # frozen: usable as a dict key by the evaluator
+
+
+def test_ruleset_built_by_hand_checks_ids() -> None:
+    rule = load_rules(DEFAULT).by_id("error-rate")
+    with pytest.raises(ValueError, match="duplicate rule id"):
+        RuleSet(rules=(rule, rule))
+    with pytest.raises(ValueError, match="inhibited_by"):
+        RuleSet(rules=(rule.model_copy(update={"inhibited_by": ("ghost",)}),))
+
+
+# --- durations ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15s", 15), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("0s", 0), (90, 90), (0, 0)],
+)
+def test_parse_duration(text: str | int, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["1.5h", "30", "m", "-5m", "30 m", "30M", " 30m", "", -1, True, 1.5, None])
+def test_parse_duration_refuses(text: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+# --- one refusal per case: file, line, path, message ----------------------------------------------
+
+ERROR_RATE = {
+    "id": "r", "category": "availability", "metric": "error_rate", "window": "5m", "compare": "above",
+    "threshold": "0.01", "severity": "MEDIUM", "level": "1",
+}
+ACCURACY = {**ERROR_RATE, "category": "performance", "metric": "accuracy", "compare": "below", "threshold": "0.9"}
+DROP = {**ACCURACY, "compare": "relative_drop", "baseline": "reference", "threshold": "0.05"}
+LATENCY = {**ERROR_RATE, "metric": "latency", "quantile": "0.95", "compare": "above", "threshold": "2.5"}
+FLAGS = {**ERROR_RATE, "metric": "flag_rate", "flag": "toxic"}
+SILENCE = {**ERROR_RATE, "metric": "silence", "compare": "silence", "window": "24h", "threshold": "30m"}
+MINIMUM = {**ACCURACY, "compare": "below_published_minimum", "threshold": None}
+GAP = {**ERROR_RATE, "category": "bias", "metric": "accuracy_gap", "compare": "widening", "baseline": "reference",
+       "threshold": "0.05"}
+OTHER_RULE = "  - {id: other, category: availability, metric: error_rate, window: 5m, compare: above,\n" \
+             "     threshold: 0.5, severity: HIGH, level: 2}\n"
+
+
+def render(fields: dict[str, str | None]) -> str:
+    """A file with one rule `rules[1]` (after a valid `other`) written one key per line."""
+    lines = ["version: 1", "models:", "  m: {published_min_accuracy: 0.9}", "rules:"]
+    lines += OTHER_RULE.rstrip("\n").split("\n")
+    keys = [k for k, v in fields.items() if v is not None]
+    for i, key in enumerate(keys):
+        lines.append(f"{'  - ' if i == 0 else '    '}{key}: {fields[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def line_of(text: str, key: str) -> int:
+    """The line of rules[1]'s `key`, or of its first line when key is "-" (the rule's mapping)."""
+    start = next(i for i, line in enumerate(text.split("\n")) if line.startswith("  - ") and "other" not in line)
+    if key == "-":
+        return start + 1
+    for i, line in enumerate(text.split("\n")[start:], start):
+        if re.match(rf"^(  - |    ){re.escape(key)}:", line):
+            return i + 1
+    raise AssertionError(f"no key {key} in the rendered rule")
+
+
+# (case id, base rule, changes (None deletes a key), path under rules[1], key whose line it is, message part)
+RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, str, str]] = [
+    ("typo-key", ERROR_RATE, {"threshold": None, "thresold": "0.01"}, "thresold", "thresold",
+     "unknown key 'thresold' (did you mean 'threshold'?)"),
+    ("level-type", ERROR_RATE, {"level": "high"}, "level", "level", "must be an integer (got 'high')"),
+    ("level-float", ERROR_RATE, {"level": "2.0"}, "level", "level", "must be an integer"),
+    ("threshold-string", ERROR_RATE, {"threshold": '"0.01"'}, "threshold", "threshold", "must be a number"),
+    ("threshold-bool", ERROR_RATE, {"threshold": "true"}, "threshold", "threshold", "must be a number (got true)"),
+    ("threshold-nan", ERROR_RATE, {"threshold": ".nan"}, "threshold", "threshold", "finite"),
+    ("missing-metric", ERROR_RATE, {"metric": None}, "metric", "-", "required key is missing"),
+    ("missing-threshold", ERROR_RATE, {"threshold": None}, "threshold", "-", "required for compare 'above'"),
+    ("bad-category", ERROR_RATE, {"category": "perf"}, "category", "category", "'performance'"),
+    ("bad-severity", ERROR_RATE, {"severity": "LOW"}, "severity", "severity", "'MEDIUM'"),
+    ("bad-window", ERROR_RATE, {"window": "5 minutes"}, "window", "window", "must be a duration"),
+    ("short-window", ERROR_RATE, {"window": "10s"}, "window", "window", "between 1m and 7d (got 10s)"),
+    ("long-window", ERROR_RATE, {"window": "8d"}, "window", "window", "between 1m and 7d (got 8d)"),
+    ("bad-id", ERROR_RATE, {"id": "Bad_Id"}, "id", "id", "lowercase"),
+    ("long-id", ERROR_RATE, {"id": "a" * 65}, "id", "id", "at most 64"),
+    ("metric-compare", ERROR_RATE, {"compare": "below"}, "compare", "compare",
+     "compare 'below' is not allowed for metric 'error_rate' (allowed: above)"),
+    ("latency-relative-drop", LATENCY, {"compare": "relative_drop", "baseline": "reference"}, "compare", "compare",
+     "allowed: above, ratio_above"),
+    ("baseline-missing", DROP, {"baseline": None}, "baseline", "-", "required for compare 'relative_drop'"),
+    ("baseline-superfluous", ERROR_RATE, {"baseline": "reference"}, "baseline", "baseline", "not allowed"),
+    ("baseline-widening", GAP, {"baseline": None}, "baseline", "-", "required for compare 'widening'"),
+    ("baseline-bad", DROP, {"baseline": "yesterday"}, "baseline", "baseline", "'reference' or 'week_ago'"),
+    ("above-negative", ERROR_RATE, {"threshold": "-1"}, "threshold", "threshold",
+     "must be greater than 0 for compare 'above' on metric 'error_rate' (got -1)"),
+    ("above-rate-over-1", ERROR_RATE, {"threshold": "1.5"}, "threshold", "threshold", "must be less than 1"),
+    ("drop-1", DROP, {"threshold": "1.0"}, "threshold", "threshold", "less than 1 for compare 'relative_drop'"),
+    ("ratio-under-1", {**LATENCY, "compare": "ratio_above", "baseline": "reference"}, {"threshold": "0.9"},
+     "threshold", "threshold", "greater than 1 for compare 'ratio_above'"),
+    ("below-zero", ACCURACY, {"threshold": "0"}, "threshold", "threshold", "greater than 0"),
+    ("published-with-threshold", MINIMUM, {"threshold": "0.9"}, "threshold", "threshold", "not allowed"),
+    ("flag-missing", FLAGS, {"flag": None}, "flag", "-", "required for metric 'flag_rate'"),
+    ("flag-elsewhere", ERROR_RATE, {"flag": "toxic"}, "flag", "flag", "only allowed for metric flag_rate"),
+    ("quantile-missing", LATENCY, {"quantile": None}, "quantile", "-", "required for metric 'latency'"),
+    ("quantile-elsewhere", ERROR_RATE, {"quantile": "0.5"}, "quantile", "quantile", "only allowed"),
+    ("quantile-range", LATENCY, {"quantile": "1.0"}, "quantile", "quantile", "less than 1"),
+    ("attribute-elsewhere", ACCURACY, {"attribute": "sex"}, "attribute", "attribute", "only allowed"),
+    ("coverage-elsewhere", ERROR_RATE, {"min_label_coverage": "0.1"}, "min_label_coverage", "min_label_coverage",
+     "only allowed for metric accuracy, accuracy_gap"),
+    ("coverage-range", ACCURACY, {"min_label_coverage": "1.5"}, "min_label_coverage", "min_label_coverage",
+     "at most 1"),
+    ("ladder-not-stronger", ERROR_RATE, {"ladder": "[{threshold: 0.005, severity: HIGH, level: 2}]"},
+     "ladder[0].threshold", "ladder", "must be larger than the rule's threshold 0.01"),
+    ("ladder-below-not-smaller", ACCURACY, {"ladder": "[{threshold: 0.95, severity: HIGH, level: 2}]"},
+     "ladder[0].threshold", "ladder", "must be smaller"),
+    ("ladder-unordered", ERROR_RATE,
+     {"ladder": "[{threshold: 0.2, severity: HIGH, level: 2}, {threshold: 0.1, severity: HIGH, level: 2}]"},
+     "ladder[1].threshold", "ladder", "the previous step's threshold 0.2"),
+    ("ladder-weaker-severity", {**ERROR_RATE, "severity": "HIGH"},
+     {"ladder": "[{threshold: 0.05, severity: MEDIUM, level: 1}]"}, "ladder[0].severity", "ladder",
+     "must not be weaker than the rule's severity HIGH"),
+    ("ladder-lower-level", ERROR_RATE, {"ladder": "[{threshold: 0.05, severity: HIGH, level: 0}]"},
+     "ladder[0].level", "ladder", "must not be lower than the rule's level 1"),
+    ("ladder-typo", ERROR_RATE, {"ladder": "[{threshold: 0.05, severity: HIGH, levl: 2}]"},
+     "ladder[0].levl", "ladder", "unknown key 'levl'"),
+    ("ladder-silence", SILENCE, {"ladder": "[{threshold: 1, severity: HIGH, level: 2}]"}, "ladder", "ladder",
+     "not allowed with compare 'silence'"),
+    ("ladder-published", MINIMUM, {"ladder": "[{threshold: 0.5, severity: HIGH, level: 2}]"}, "ladder", "ladder",
+     "not allowed with compare 'below_published_minimum'"),
+    ("auto-recover-critical", ERROR_RATE, {"severity": "CRITICAL", "auto_recover": "true"}, "auto_recover",
+     "auto_recover", "CRITICAL"),
+    ("auto-recover-security", {**ERROR_RATE, "category": "security"}, {"auto_recover": "true"}, "auto_recover",
+     "auto_recover", "security"),
+    ("inhibit-self", ERROR_RATE, {"inhibited_by": "[other, r]"}, "inhibited_by[1]", "inhibited_by",
+     "cannot inhibit itself"),
+    ("inhibit-unknown", ERROR_RATE, {"inhibited_by": "[ghost]"}, "inhibited_by[0]", "inhibited_by",
+     "unknown rule id 'ghost'"),
+    ("inhibit-twice", ERROR_RATE, {"inhibited_by": "[other, other]"}, "inhibited_by[1]", "inhibited_by",
+     "listed twice"),
+    ("confidence-half", ERROR_RATE, {"confidence": "0.5"}, "confidence", "confidence", "greater than 0.5"),
+    ("confidence-one", ERROR_RATE, {"confidence": "1"}, "confidence", "confidence", "less than 1"),
+    ("binomial-silence", SILENCE, {"test": "binomial"}, "test", "test", "rate metric"),
+    ("binomial-latency", LATENCY, {"test": "binomial"}, "test", "test", "rate metric"),
+    ("silence-not-duration", SILENCE, {"threshold": "soon"}, "threshold", "threshold", "must be a duration"),
+    ("silence-beyond-window", SILENCE, {"threshold": "2d"}, "threshold", "threshold", "shorter than the window 1d (got 2d)"),
+    ("silence-missing", SILENCE, {"threshold": None}, "threshold", "-", "required for compare 'silence'"),
+    ("level-range", ERROR_RATE, {"level": "5"}, "level", "level", "0..4 (got 5)"),
+    ("min-samples-zero", ERROR_RATE, {"min_samples": "0"}, "min_samples", "min_samples", "at least 1"),
+    ("hold-long", ERROR_RATE, {"hold": "8d"}, "hold", "hold", "at most 7d"),
+    ("hold-bad", ERROR_RATE, {"hold": "1.5"}, "hold", "hold", "must be a duration"),
+    ("rollback-type", ERROR_RATE, {"rollback": "maybe"}, "rollback", "rollback", "true or false"),
+]
+
+
+def one_problem(exc: pytest.ExceptionInfo[ConfigError]) -> re.Match[str]:
+    lines = str(exc.value).split("\n")
+    assert len(lines) == 1, lines  # one mistake, one complaint: no cascades
+    match = PROBLEM.match(lines[0])
+    assert match, lines[0]
+    return match
+
+
+@pytest.mark.parametrize(
+    ("base", "changes", "path", "key", "message"),
+    [case[1:] for case in RULE_CASES],
+    ids=[case[0] for case in RULE_CASES],
+)
+def test_rule_refusals(
+    tmp_path: Path, base: dict[str, str | None], changes: dict[str, str | None], path: str, key: str, message: str
+) -> None:
+    text = render({**base, **changes})
+    source = tmp_path / "bad.yaml"
+    source.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    got = one_problem(exc)
+    assert got["file"] == str(source)
+    assert (got["path"], int(got["line"])) == (f"rules[1].{path}", line_of(text, key)), text
+    assert message in got["message"]
+
+
+def test_every_rule_base_is_valid(tmp_path: Path) -> None:
+    for index, base in enumerate((ERROR_RATE, ACCURACY, DROP, LATENCY, FLAGS, SILENCE, MINIMUM, GAP)):
+        source = tmp_path / f"ok{index}.yaml"
+        source.write_text(render(base))
+        assert isinstance(load_rules(source).by_id("r"), Rule)
+
+
+def test_resolved_defaults_of_a_minimal_rule(tmp_path: Path) -> None:
+    source = tmp_path / "r.yaml"
+    source.write_text(render(ACCURACY) + "defaults: {confidence: 0.95, hold: 1h, min_samples: 50}\n")
+    rule = load_rules(source).by_id("r")
+    assert (rule.confidence, rule.hold_s, rule.min_samples) == (0.95, 3600, 50)
+    assert (rule.test, rule.min_label_coverage, rule.auto_recover, rule.rollback) == ("binomial", 0.05, True, False)
+    assert (rule.window_s, rule.ladder, rule.inhibited_by, rule.description) == (300, (), (), "")
+
+
+# Whole-file cases as written, each with `#<` on the line the problem must name (or the line number).
+FILE_CASES: list[tuple[str, str, str, str]] = [
+    ("syntax", "version: 1\nrules:\n  - id: a\n    metric: x: y #<\n", "YAML syntax", "mapping values are not allowed"),
+    ("syntax-unclosed", "version: 1\nrules: [a\n\n#<", "YAML syntax",
+     "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts at line 2)"),
+    ("syntax-tab", "version: 1\nrules:\n\t- id: a #<\n", "YAML syntax", "indent with spaces, not tabs"),
+    ("two-documents", "version: 1\n--- #<\nversion: 1\n", "YAML syntax", "but found another document"),
+    ("not-a-mapping", "- version: 1 #<\n", "(top level)", "must be a mapping with version and rules (got a list)"),
+    ("empty", "# nothing here #<\n", "(top level)", "empty"),
+    ("unknown-top-key", "version: 1\nrule: [] #<\n", "rule", "unknown key 'rule' (did you mean 'rules'?)"),
+    ("version-missing", "rules: [] #<\n", "version", "required key is missing"),
+    ("version-2", "version: 2 #<\nrules: []\n", "version", "unsupported version 2"),
+    ("rules-not-list", "version: 1\nrules: {a: 1} #<\n", "rules", "must be a list"),
+    ("rule-not-mapping", "version: 1\nrules:\n  - just-a-string #<\n", "rules[0]", "must be a mapping"),
+    ("defaults-typo", "version: 1\ndefaults:\n  confidense: 0.9 #<\nrules: []\n", "defaults.confidense",
+     "did you mean 'confidence'"),
+    ("defaults-confidence", "version: 1\ndefaults: {confidence: 0.3} #<\nrules: []\n", "defaults.confidence",
+     "greater than 0.5"),
+    ("defaults-hold", "version: 1\ndefaults:\n  hold: forever #<\nrules: []\n", "defaults.hold", "duration"),
+    ("published-zero", "version: 1\nmodels:\n  m:\n    published_min_accuracy: 0 #<\n",
+     "models.m.published_min_accuracy", "greater than 0"),
+    ("published-above-1", "version: 1\nmodels:\n  m: {published_min_accuracy: 1.5} #<\n",
+     "models.m.published_min_accuracy", "at most 1"),
+    ("model-typo", "version: 1\nmodels:\n  m: {published_minimum: 0.9} #<\n", "models.m.published_minimum",
+     "unknown key"),
+    ("duplicate-yaml-key", "version: 1\nversion: 1 #<\n", "version", "duplicate key (first given at line 1)"),
+    ("duplicate-id", "version: 1\nrules:\n" + OTHER_RULE + OTHER_RULE.replace("{id: other,", "{id: other, #<\n    "),
+     "rules[1].id", "duplicate rule id 'other' (first defined at {file}:3)"),
+]
+
+
+def marked_line(text: str) -> int:
+    return next(i for i, line in enumerate(text.split("\n"), 1) if "#<" in line)
+
+
+@pytest.mark.parametrize(("text", "path", "message"), [c[1:] for c in FILE_CASES], ids=[c[0] for c in FILE_CASES])
+def test_file_refusals(tmp_path: Path, text: str, path: str, message: str) -> None:
+    source = tmp_path / "bad.yaml"
+    source.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    got = one_problem(exc)
+    assert (got["file"], got["path"], int(got["line"])) == (str(source), path, marked_line(text)), text
+    assert message.format(file=source) in got["message"]
+
+
+def test_block_ladder_points_at_the_step_line(tmp_path: Path) -> None:
+    text = render(ERROR_RATE) + (
+        "    ladder:\n"
+        "      - threshold: 0.05\n"
+        "        severity: HIGH\n"
+        "        level: 2\n"
+        "      - threshold: 0.04\n"  # line 19: weaker than the step before it
+        "        severity: CRITICAL\n"
+        "        level: 4\n"
+    )
+    source = tmp_path / "ladder.yaml"
+    source.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    got = one_problem(exc)
+    assert (got["path"], int(got["line"])) == ("rules[1].ladder[1].threshold", marked_line(text.replace(
+        "      - threshold: 0.04", "      - threshold: 0.04 #<")))
+
+
+def test_all_problems_are_reported_one_per_line_in_file_order(tmp_path: Path) -> None:
+    source = tmp_path / "bad.yaml"
+    source.write_text(
+        "version: 1\n"
+        "rules:\n"
+        "  - {id: a, category: availability, metric: error_rate, window: 5m, compare: above,\n"
+        "     threshold: -1, severity: HIGH, level: 2}\n"
+        "  - {id: b, category: availability, metric: error_rate, window: 5m, compare: above,\n"
+        "     thresold: 0.1, severity: HIGH, level: 2}\n"
+    )
+    with pytest.raises(RulesFileError) as exc:
+        load_rules(source)
+    assert [(p.line, p.path) for p in exc.value.problems] == [(4, "rules[0].threshold"), (6, "rules[1].thresold")]
+    assert str(exc.value).count("\n") == 1
+
+
+@pytest.mark.parametrize("source", sorted(FIXTURES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_fixture_files_are_refused_as_their_header_says(source: Path) -> None:
+    expected = source.read_text().split("\n", 1)[0].removeprefix("# expect: ")
+    code, text = check_command(source)
+    assert (code, text) == (1, f"{source}:{expected}")
+
+
+# --- several files --------------------------------------------------------------------------------
+
+RULE_A = "  - {id: a, category: availability, metric: error_rate, window: 5m, compare: above, threshold: 0.01,\n" \
+         "     severity: MEDIUM, level: 1, inhibited_by: [b]}\n"
+RULE_B = "  - {id: b, category: availability, metric: silence, window: 1d, compare: silence, threshold: 30m,\n" \
+         "     severity: HIGH, level: 4}\n"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def test_directory_merges_sorted_files(tmp_path: Path) -> None:
+    second = write(tmp_path, "20-b.yml", f"version: 1\nmodels:\n  m2: {{published_min_accuracy: 0.7}}\nrules:\n{RULE_B}")
+    first = write(tmp_path, "10-a.yaml", f"version: 1\ndefaults: {{hold: 2m}}\nmodels: {{m1: {{}}}}\nrules:\n{RULE_A}")
+    write(tmp_path, "notes.txt", "not rules")
+    write(tmp_path, ".hidden.yaml", "garbage: [")
+    ruleset = load_rules(tmp_path)
+    assert [r.id for r in ruleset.rules] == ["a", "b"]
+    assert ruleset.sources == (str(first), str(second))
+    assert ruleset.sha256 == hashlib.sha256(first.read_bytes() + second.read_bytes()).hexdigest()
+    assert ruleset.by_id("b").hold_s == 120  # defaults of one file apply to the rules of every file
+    assert ruleset.models["m1"].published_min_accuracy is None
+    assert ruleset.models["m2"].published_min_accuracy == 0.7
+
+
+@pytest.mark.parametrize(
+    ("second", "path", "message"),
+    [
+        (f"version: 1\nrules:\n{RULE_A}", "rules[0].id", "duplicate rule id 'a' (first defined at {a}:5)"),
+        ("version: 1\ndefaults: {hold: 5m}\n", "defaults", "already defined at {a}:2"),
+        ("version: 1\nmodels:\n  m1: {published_min_accuracy: 0.9}\n", "models.m1", "already defined at {a}:3"),
+    ],
+    ids=["rule-id", "defaults", "model"],
+)
+def test_second_definition_across_files_names_both(tmp_path: Path, second: str, path: str, message: str) -> None:
+    a = write(tmp_path, "a.yaml", f"version: 1\ndefaults: {{hold: 2m}}\nmodels: {{m1: {{}}}}\nrules:\n{RULE_A}{RULE_B}")
+    b = write(tmp_path, "b.yaml", second)
+    with pytest.raises(ConfigError) as exc:
+        load_rules(tmp_path)
+    got = one_problem(exc)
+    assert (got["file"], got["path"]) == (str(b), path)
+    assert message.format(a=a) in got["message"]
+
+
+def test_a_bad_file_refuses_the_whole_directory(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", f"version: 1\nrules:\n{RULE_A}{RULE_B}")
+    bad = write(tmp_path, "b.yaml", "version: 1\nrules:\n  - {id: c, metric: nope}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(tmp_path)
+    assert all(line.startswith(f"{bad}:3: rules[0].") for line in str(exc.value).split("\n"))
+
+
+def test_an_unparsable_file_hides_no_rule_but_blames_only_itself(tmp_path: Path) -> None:
+    # a.yaml's inhibited_by [b] names a rule of the broken file: that must not be called unknown.
+    write(tmp_path, "a.yaml", f"version: 1\nrules:\n{RULE_A}")
+    bad = write(tmp_path, "b.yaml", f"version: 1\nrules:\n{RULE_B}  - [\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(tmp_path)
+    assert str(exc.value).startswith(f"{bad}:") and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("make", ["empty-dir", "missing"])
+def test_nothing_to_load_is_refused(tmp_path: Path, make: str) -> None:
+    target = tmp_path / "rules"
+    if make == "empty-dir":
+        write(target, "README.md", "no rules")
+    with pytest.raises(ConfigError, match=re.escape(str(target))):
+        load_rules(target)
+
+
+# --- `monitor rules check` ------------------------------------------------------------------------
+
+def test_check_command_summarises_a_good_load(tmp_path: Path) -> None:
+    shutil.copy(DEFAULT, tmp_path / "default.yaml")
+    code, text = check_command(tmp_path)
+    assert code == 0
+    assert "12 rules" in text
+    for category, count in (("availability", 4), ("output_quality", 4), ("performance", 4)):
+        assert re.search(rf"^\s+{category}\s+{count}$", text, re.M), text
+    assert f"sha256: {hashlib.sha256(DEFAULT.read_bytes()).hexdigest()}" in text
+
+
+def test_check_command_reports_the_problems(tmp_path: Path) -> None:
+    source = write(tmp_path, "x.yaml", "version: 1\nrules:\n  - {id: a}\n")
+    code, text = check_command(source)
+    assert code == 1
+    lines = text.split("\n")
+    assert all(PROBLEM.match(line) and line.startswith(f"{source}:3: rules[0].") for line in lines), text
+    assert any("rules[0].metric: required key is missing" in line for line in lines)
