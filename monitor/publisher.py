@@ -11,26 +11,37 @@ class KafkaPublisher:
     """An idempotent aiokafka producer that waits for every acknowledgement."""
 
     def __init__(self, bootstrap: str, *, control_topic: str, incidents_topic: str) -> None:
+        self.bootstrap = bootstrap
         self.control_topic = control_topic
         self.incidents_topic = incidents_topic
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
-        )
+        self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        """Connect to the broker."""
+        """Connect to the broker (the producer binds to the running loop, so it is made here)."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        )
         await self._producer.start()
 
     async def stop(self) -> None:
         """Flush and disconnect."""
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The started producer."""
+        if self._producer is None:
+            raise RuntimeError("KafkaPublisher.start() was not awaited")
+        return self._producer
 
     async def control(self, message: ControlMessage) -> None:
         """Publish on the compacted control topic, key = model_id."""
-        await self._producer.send_and_wait(
+        await self.producer.send_and_wait(
             self.control_topic, encode(message), key=message.model_id.encode()
         )
 
     async def incident(self, event: IncidentEvent) -> None:
         """Publish on the incidents topic, key = incident id."""
-        await self._producer.send_and_wait(self.incidents_topic, encode(event), key=event.id.encode())
+        await self.producer.send_and_wait(self.incidents_topic, encode(event), key=event.id.encode())

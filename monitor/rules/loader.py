@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +43,7 @@ from monitor.rules.schema import (
     rule_problems,
 )
 
-__all__ = [
-    "Problem",
-    "RulesFileError",
-    "check_command",
-    "format_duration",
-    "format_path",
-    "load_rules",
-    "parse_duration",
-]
+__all__ = ["Problem", "RulesFileError", "check_command", "format_duration", "load_rules", "parse_duration"]
 
 BUILTIN_CONFIDENCE = 0.99
 BUILTIN_HOLD_S = 15 * 60
@@ -123,13 +116,11 @@ def _map_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tupl
     """Fill `lines` with the line of every path under `node`; note duplicate keys in `dups`."""
     if isinstance(node, yaml.MappingNode):
         explicit: dict[str, int] = {}
-        merged: list[yaml.Node] = []
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                merged.append(value_node)
+            # A key merged in by `<<: *anchor` has no line here: its problems name the merging mapping.
+            # A complex key is refused by pydantic ("keys must be strings").
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                 continue
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue  # a complex key: construction refuses it with its own error
             key = key_node.value
             child = (*loc, key)
             if key in explicit:
@@ -139,15 +130,6 @@ def _map_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tupl
             lines[child] = (key_node if is_block else value_node).start_mark.line + 1
             explicit[key] = lines[child]
             _map_lines(value_node, child, lines, dups)
-        # `<<: *anchor` merges: explicit keys win, as they do when PyYAML constructs the mapping.
-        for value_node in merged:
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            for source in sources:
-                if isinstance(source, yaml.MappingNode):
-                    for key_node, item in source.value:
-                        if isinstance(key_node, yaml.ScalarNode) and key_node.value not in explicit:
-                            lines.setdefault((*loc, key_node.value), item.start_mark.line + 1)
-                            _map_lines(item, (*loc, key_node.value), lines, dups)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*loc, index)] = item.start_mark.line + 1
@@ -205,48 +187,42 @@ def _read(path: Path) -> _File:
 
 
 def _kind(value: object) -> str:
-    return {list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+    names = {list: "a list", dict: "a mapping", str: "a string", type(None): "nothing"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _show(value: object) -> str:
     """A value as the operator wrote it, for "(got ...)"."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value)
-    return _kind(value)
+    return repr(value) if isinstance(value, (int, float, str)) else _kind(value)
+
+
+_TYPE_MESSAGES = {
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping", "dict_type": "must be a mapping",
+    "list_type": "must be a list", "int_type": "must be an integer", "float_type": "must be a number",
+    "string_type": "must be a string", "bool_type": "must be true or false",
+}
+# pydantic's wording, in the voice of the rest of the messages.
+_WORDING = (("greater than or equal to", "at least"), ("less than or equal to", "at most"))
 
 
 def _error_message(error: Any) -> str:
-    kind = error["type"]
-    loc = error["loc"]
+    """One pydantic error as an operator-facing problem."""
+    kind, loc = error["type"], error["loc"]
     if kind == "missing":
         return "required key is missing"
+    if kind == "invalid_key":
+        return "keys must be strings"
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else ""
         close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {key!r}{hint}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        message = "must be a mapping"
-    elif kind == "list_type":
-        message = "must be a list"
-    elif kind == "int_type":
-        message = "must be an integer"
-    elif kind == "float_type":
-        message = "must be a number"
-    elif kind == "string_type":
-        message = "must be a string"
-    elif kind == "bool_type":
-        message = "must be true or false"
-    elif kind == "invalid_key":
-        return "keys must be strings"
-    else:
-        message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-        if kind == "value_error":
-            return message
+        return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "value_error":  # our own duration message, already complete
+        return str(error["msg"]).removeprefix("Value error, ")
+    message = _TYPE_MESSAGES.get(kind) or re.sub(r"^\w+ should", "must", str(error["msg"]))
+    for theirs, ours in _WORDING:
+        message = message.replace(theirs, ours)
     return f"{message} (got {_show(error['input'])})"
 
 
@@ -376,39 +352,31 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
     if auto_recover is None:
         # A CRITICAL or security incident is closed by a person, never by a quiet metric.
         auto_recover = spec.severity != "CRITICAL" and spec.category != "security"
-    window_s = spec.window
-    assert window_s is not None  # required by RuleSpec; None only for the optional `hold`
+    same = spec.model_dump(include=_SAME_KEYS)
     return Rule(
-        id=spec.id,
-        category=spec.category,
-        description=spec.description,
-        metric=spec.metric,
-        window_s=window_s,
-        compare=spec.compare,
-        baseline=spec.baseline,
+        **same,
+        window_s=spec.window,
         threshold=threshold,
         min_samples=_first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
         min_label_coverage=coverage,
         test=spec.test or ("binomial" if spec.metric in RATE_METRICS else "none"),
         confidence=_first(spec.confidence, defaults.confidence, BUILTIN_CONFIDENCE),
-        severity=spec.severity,
-        level=spec.level,
-        ladder=tuple(Step(threshold=s.threshold, severity=s.severity, level=s.level) for s in spec.ladder),
-        rollback=spec.rollback,
+        ladder=tuple(Step(**step.model_dump()) for step in spec.ladder),
         auto_recover=auto_recover,
         hold_s=_first(spec.hold, defaults.hold, BUILTIN_HOLD_S),
         inhibited_by=tuple(spec.inhibited_by),
-        flag=spec.flag,
-        quantile=spec.quantile,
-        attribute=spec.attribute,
     )
 
 
+# Keys a Rule takes over from the file unchanged.
+_SAME_KEYS = {
+    "id", "category", "description", "metric", "compare", "baseline", "severity", "level", "rollback", "flag",
+    "quantile", "attribute",
+}
+
+
 def _first(*values: T | None) -> T:
-    for value in values:
-        if value is not None:
-            return value
-    raise ValueError("no value")
+    return next(value for value in values if value is not None)
 
 
 def load_rules(path: Path) -> RuleSet:
@@ -441,8 +409,8 @@ def check_command(path: Path) -> tuple[int, str]:
     width = max((len(c) for c in per_category), default=0)
     lines = [f"OK: {len(ruleset.rules)} rules from {', '.join(ruleset.sources)}"]
     lines += [f"  {category:<{width}}  {count}" for category, count in sorted(per_category.items())]
-    minimums = {m: f.published_min_accuracy for m, f in ruleset.models.items()}
-    if minimums:
-        lines.append("models: " + ", ".join(sorted(minimums)))
+    if ruleset.models:
+        facts = (f"{m} (published_min_accuracy {f.published_min_accuracy})" for m, f in sorted(ruleset.models.items()))
+        lines.append("models: " + ", ".join(facts))
     lines.append(f"sha256: {ruleset.sha256}")
     return 0, "\n".join(lines)

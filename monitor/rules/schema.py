@@ -1,11 +1,10 @@
 """The rules contract (DESIGN.md, "Rules"): resolved models, the file format, and its cross-field checks.
 
 `Rule`, `Step`, `ModelFacts` and `RuleSet` are what the evaluator reads: every value resolved
-(defaults applied, durations in seconds). `RuleSpec` and `DefaultsSpec` are a file as written;
-`rule_problems` and `file_problems` hold every cross-field check of the format, returning paths
-relative to the checked node so the loader can put a file and line on each. The field constraints
-of the resolved models repeat the simple ranges so a Rule built by hand in a test cannot hold an
-impossible value either.
+(defaults applied, durations in seconds). The `*Spec` models are a file as written, and
+`rule_problems` / `file_problems` are every cross-field check of the format; they return paths relative
+to the checked node so the loader can put a file and line on each. The resolved models repeat the
+simple ranges so a Rule built by hand in a test cannot hold an impossible value either.
 """
 
 from __future__ import annotations
@@ -19,21 +18,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 Category = Literal["performance", "availability", "output_quality", "bias", "security"]
 Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
-Metric = Literal[
-    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence"
-]
+Metric = Literal["accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence"]
 Compare = Literal[
-    "above",
-    "below",
-    "below_published_minimum",
-    "relative_drop",
-    "ratio_above",
-    "widening",
-    "silence",
+    "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence"
 ]
 Baseline = Literal["reference", "week_ago"]
 Test = Literal["binomial", "none"]
 Direction = Literal["up", "down"]
+Loc = tuple[str | int, ...]
 
 SEVERITY_RANK: dict[str, int] = {"MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
 
@@ -47,16 +39,14 @@ METRIC_COMPARES: dict[str, frozenset[str]] = {
     "flag_rate": frozenset({"above"}),
     "silence": frozenset({"silence"}),
 }
-# Proportions of counted events: a binomial test is meaningful only for these.
-RATE_METRICS: frozenset[str] = frozenset(
-    {"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate"}
-)
-# Metrics computed from labels, so label coverage matters.
-ACCURACY_METRICS: frozenset[str] = frozenset({"accuracy", "accuracy_gap"})
-BASELINE_COMPARES: frozenset[str] = frozenset({"relative_drop", "ratio_above", "widening"})
-DOWN_COMPARES: frozenset[str] = frozenset({"below", "below_published_minimum"})
-NO_LADDER_COMPARES: frozenset[str] = frozenset({"silence", "below_published_minimum"})
+# Proportions of counted events: a binomial test means something only for these.
+RATE_METRICS = frozenset({"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate"})
+ACCURACY_METRICS = frozenset({"accuracy", "accuracy_gap"})  # computed from labels: coverage matters
+BASELINE_COMPARES = frozenset({"relative_drop", "ratio_above", "widening"})
+DOWN_COMPARES = frozenset({"below", "below_published_minimum"})
+NO_LADDER_COMPARES = frozenset({"silence", "below_published_minimum"})
 
+FORMAT_VERSION = 1
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 MIN_WINDOW_S = 60
 MAX_WINDOW_S = 7 * 86400
@@ -167,7 +157,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str | int) -> int:
-    """Seconds in a duration: "30m" -> 1800, "7d" -> 604800; an int is seconds; anything else is a ValueError."""
+    """Seconds in a duration: "30m" -> 1800, "7d" -> 604800; an int is seconds; else a ValueError."""
     # bool is an int subclass, and `hold: yes` is surely a mistake rather than one second.
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
@@ -198,8 +188,11 @@ Duration = Annotated[int | None, BeforeValidator(_duration_field)]
 
 # --- the file format, as written ------------------------------------------------------------------
 
-# Strict: a quoted "0.05" or `level: 2.0` is a mistake in a file people edit by hand, not a number.
+# Strict: a quoted "0.05" or `level: 2.0` is a slip in a hand-edited file, not a number to coerce.
 _STRICT = ConfigDict(strict=True, extra="forbid")
+Level = Annotated[int, Field(ge=0, le=4)]
+Confidence = Annotated[float, Field(gt=0.5, lt=1.0)]
+MinSamples = Annotated[int, Field(ge=1)]
 
 
 class StepSpec(BaseModel):
@@ -209,7 +202,7 @@ class StepSpec(BaseModel):
 
     threshold: float
     severity: Severity
-    level: int
+    level: Level
 
 
 class RuleSpec(BaseModel):
@@ -221,24 +214,24 @@ class RuleSpec(BaseModel):
     category: Category
     description: str = ""
     metric: Metric
-    window: Duration
+    window: Annotated[int, BeforeValidator(parse_duration)]
     compare: Compare
     baseline: Baseline | None = None
-    threshold: Any = None  # a number, or a duration for compare "silence": see _threshold_problem
-    min_samples: int | None = None
-    min_label_coverage: float | None = None
+    threshold: Any = None  # a number, or a duration for compare "silence": see _threshold_problems
+    min_samples: MinSamples | None = None
+    min_label_coverage: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     test: Test | None = None
-    confidence: float | None = None
+    confidence: Confidence | None = None
     severity: Severity
-    level: int
+    level: Level
     ladder: list[StepSpec] = []
     rollback: bool = False
     auto_recover: bool | None = None
     hold: Duration = None
     inhibited_by: list[str] = []
-    flag: str | None = None
-    quantile: float | None = None
-    attribute: str | None = None
+    flag: Annotated[str, Field(min_length=1)] | None = None
+    quantile: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    attribute: Annotated[str, Field(min_length=1)] | None = None
 
 
 class DefaultsSpec(BaseModel):
@@ -246,9 +239,9 @@ class DefaultsSpec(BaseModel):
 
     model_config = _STRICT
 
-    confidence: float | None = None
+    confidence: Confidence | None = None
     hold: Duration = None
-    min_samples: int | None = None
+    min_samples: MinSamples | None = None
 
 
 class ModelSpec(BaseModel):
@@ -256,7 +249,7 @@ class ModelSpec(BaseModel):
 
     model_config = _STRICT
 
-    published_min_accuracy: float | None = None
+    published_min_accuracy: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
 
 
 class FileSpec(BaseModel):
@@ -272,25 +265,9 @@ class FileSpec(BaseModel):
 
 # --- cross-field checks ---------------------------------------------------------------------------
 
-Loc = tuple[str | int, ...]
-FORMAT_VERSION = 1
-
 
 def _got(value: object) -> str:
-    return f"(got {value!r})" if not isinstance(value, bool) else f"(got {str(value).lower()})"
-
-
-def _number_problem(value: object, low: float, high: float, *, low_open: bool, high_open: bool) -> str | None:
-    """Why `value` is not a finite number in the range, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number {_got(value)}"
-    if not math.isfinite(value):
-        return f"must be a finite number {_got(value)}"
-    if value < low or (low_open and value == low):
-        return f"must be {'greater than' if low_open else 'at least'} {low:g} {_got(value)}"
-    if value > high or (high_open and value == high):
-        return f"must be {'less than' if high_open else 'at most'} {high:g} {_got(value)}"
-    return None
+    return f"(got {str(value).lower()})" if isinstance(value, bool) else f"(got {value!r})"
 
 
 def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
@@ -303,7 +280,7 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
     if compare == "ratio_above":
         low, high = 1.0, math.inf
     elif compare == "below":
-        high_open = False  # below 1.0 means "any error at all", odd but meaningful
+        high_open = False  # below 1.0 means "any error at all": odd, but meaningful
     elif compare == "above" and metric == "latency":
         high = math.inf  # seconds
     what = f"for compare {compare!r}" + (f" on metric {metric!r}" if compare == "above" else "")
@@ -314,55 +291,18 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
     return None
 
 
-def _stronger(compare: str, step: float, previous: float) -> bool:
-    return step < previous if compare in DOWN_COMPARES else step > previous
-
-
-def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]:
-    if rule.ladder and rule.compare in NO_LADDER_COMPARES:
-        yield ("ladder",), f"a ladder is not allowed with compare {rule.compare!r}"
-        return
-    previous = float(rule.threshold) if base_ok else None
-    # An out-of-range base level is reported once, on `level`, not again on every step.
-    level: int | None = rule.level if 0 <= rule.level <= 4 else None
-    severity, what = rule.severity, "the rule's"
-    for index, step in enumerate(rule.ladder):
-        problem = _threshold_problem(rule.metric, rule.compare, step.threshold)
-        if problem:
-            yield ("ladder", index, "threshold"), problem
-        elif previous is not None and not _stronger(rule.compare, step.threshold, previous):
-            way = "smaller" if rule.compare in DOWN_COMPARES else "larger"
-            yield ("ladder", index, "threshold"), (
-                f"must be {way} than {what} threshold {previous:g} (steps go weakest to strongest)"
-                f" {_got(step.threshold)}"
-            )
-        if SEVERITY_RANK[step.severity] < SEVERITY_RANK[severity]:
-            yield ("ladder", index, "severity"), f"must not be weaker than {what} severity {severity} {_got(step.severity)}"
-        if not 0 <= step.level <= 4:
-            yield ("ladder", index, "level"), f"must be an escalation level 0..4 {_got(step.level)}"
-        elif level is not None and step.level < level:
-            yield ("ladder", index, "level"), f"must not be lower than {what} level {level} {_got(step.level)}"
-        previous, severity, level, what = step.threshold, step.severity, step.level, "the previous step's"
-
-
-def _window_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    window = rule.window or 0
-    if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
-        yield ("window",), f"must be between 1m and 7d (got {format_duration(window)})"
-    if rule.hold is not None and rule.hold > MAX_WINDOW_S:
-        yield ("hold",), f"must be at most 7d (got {format_duration(rule.hold)})"
-
-
 def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Problems of `threshold`, and of `baseline`, which each compare either needs or refuses."""
-    needs_baseline = rule.compare in BASELINE_COMPARES
-    if needs_baseline and rule.baseline is None:
+    if rule.compare in BASELINE_COMPARES and rule.baseline is None:
         yield ("baseline",), f"required for compare {rule.compare!r} (reference or week_ago)"
-    elif not needs_baseline and rule.baseline is not None:
-        yield ("baseline",), f"not allowed for compare {rule.compare!r} (only for relative_drop, ratio_above, widening)"
+    elif rule.compare not in BASELINE_COMPARES and rule.baseline is not None:
+        yield ("baseline",), f"not allowed for compare {rule.compare!r} (only relative_drop, ratio_above, widening)"
     if rule.compare == "below_published_minimum":
         if rule.threshold is not None:
-            yield ("threshold",), "not allowed for compare 'below_published_minimum' (the threshold is models.<id>.published_min_accuracy)"
+            yield ("threshold",), (
+                "not allowed for compare 'below_published_minimum'"
+                " (the threshold is models.<model>.published_min_accuracy)"
+            )
     elif rule.threshold is None:
         yield ("threshold",), f"required for compare {rule.compare!r}"
     elif rule.compare == "silence":
@@ -371,9 +311,9 @@ def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         except ValueError as exc:
             yield ("threshold",), str(exc)
             return
-        if seconds < MIN_WINDOW_S or seconds >= (rule.window or 0):
+        if not MIN_WINDOW_S <= seconds < rule.window:
             yield ("threshold",), (
-                f"must be at least 1m and shorter than the window {format_duration(rule.window or 0)}"
+                f"must be at least 1m and shorter than the window {format_duration(rule.window)}"
                 f" (got {format_duration(seconds)})"
             )
     else:
@@ -382,8 +322,31 @@ def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
             yield ("threshold",), problem
 
 
+def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]:
+    if rule.ladder and rule.compare in NO_LADDER_COMPARES:
+        yield ("ladder",), f"a ladder is not allowed with compare {rule.compare!r}"
+        return
+    down = rule.compare in DOWN_COMPARES
+    previous = float(rule.threshold) if base_ok else None
+    severity, level, what = rule.severity, rule.level, "the rule's"
+    for index, step in enumerate(rule.ladder):
+        problem = _threshold_problem(rule.metric, rule.compare, step.threshold)
+        if problem:
+            yield ("ladder", index, "threshold"), problem
+        elif previous is not None and (step.threshold >= previous if down else step.threshold <= previous):
+            yield ("ladder", index, "threshold"), (
+                f"must be {'smaller' if down else 'larger'} than {what} threshold {previous:g}"
+                f" (steps go weakest to strongest) {_got(step.threshold)}"
+            )
+        if SEVERITY_RANK[step.severity] < SEVERITY_RANK[severity]:
+            yield ("ladder", index, "severity"), f"must not be weaker than {what} severity {severity} {_got(step.severity)}"
+        if step.level < level:
+            yield ("ladder", index, "level"), f"must not be lower than {what} level {level} {_got(step.level)}"
+        previous, severity, level, what = step.threshold, step.severity, step.level, "the previous step's"
+
+
 def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    """flag, quantile, attribute, min_label_coverage and test: each belongs to some metrics only."""
+    """flag, quantile, attribute, min_label_coverage and a binomial test belong to some metrics only."""
     owners: tuple[tuple[str, object, frozenset[str], bool], ...] = (
         ("flag", rule.flag, frozenset({"flag_rate"}), True),
         ("quantile", rule.quantile, frozenset({"latency"}), True),
@@ -391,23 +354,11 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         ("min_label_coverage", rule.min_label_coverage, ACCURACY_METRICS, False),
     )
     for key, value, metrics, required in owners:
-        names = ", ".join(sorted(metrics))
         if rule.metric not in metrics and value is not None:
+            names = ", ".join(sorted(metrics))
             yield (key,), f"only allowed for metric {names} (this rule's metric is {rule.metric!r})"
         elif rule.metric in metrics and value is None and required:
             yield (key,), f"required for metric {rule.metric!r}"
-    if rule.flag is not None and not rule.flag.strip():
-        yield ("flag",), "must not be empty"
-    if rule.attribute is not None and not rule.attribute.strip():
-        yield ("attribute",), "must not be empty"
-    if rule.quantile is not None and rule.metric == "latency":
-        problem = _number_problem(rule.quantile, 0.0, 1.0, low_open=True, high_open=True)
-        if problem:
-            yield ("quantile",), problem
-    if rule.min_label_coverage is not None and rule.metric in ACCURACY_METRICS:
-        problem = _number_problem(rule.min_label_coverage, 0.0, 1.0, low_open=False, high_open=False)
-        if problem:
-            yield ("min_label_coverage",), problem
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
         yield ("test",), f"a binomial test needs a rate metric, not {rule.metric!r}; use test: none"
 
@@ -415,60 +366,40 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
 def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Every cross-field problem of one rule (paths relative to the rule); nothing when it is valid."""
     if not re.fullmatch(RULE_ID_PATTERN, rule.id):
-        yield ("id",), f"must be lowercase letters, digits and '-', starting with a letter or digit, at most 64 {_got(rule.id)}"
+        yield ("id",), f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
     allowed = METRIC_COMPARES[rule.metric]
     if rule.compare not in allowed:
         yield ("compare",), (
-            f"compare {rule.compare!r} is not allowed for metric {rule.metric!r}"
-            f" (allowed: {', '.join(sorted(allowed))})"
+            f"compare {rule.compare!r} is not allowed for metric {rule.metric!r} (allowed: {', '.join(sorted(allowed))})"
         )
         return  # every later check assumes a meaningful metric/compare pair
-    yield from _window_problems(rule)
+    if not MIN_WINDOW_S <= rule.window <= MAX_WINDOW_S:
+        yield ("window",), f"must be between 1m and 7d (got {format_duration(rule.window)})"
+    if rule.hold is not None and rule.hold > MAX_WINDOW_S:
+        yield ("hold",), f"must be at most 7d (got {format_duration(rule.hold)})"
     threshold = list(_threshold_problems(rule))
     yield from threshold
-    base_ok = not any(loc == ("threshold",) for loc, _ in threshold) and rule.threshold is not None
+    base_ok = rule.threshold is not None and all(loc != ("threshold",) for loc, _ in threshold)
     yield from _ladder_problems(rule, base_ok and rule.compare not in NO_LADDER_COMPARES)
     yield from _metric_key_problems(rule)
-    if not 0 <= rule.level <= 4:
-        yield ("level",), f"must be an escalation level 0..4 {_got(rule.level)}"
-    if rule.min_samples is not None and rule.min_samples < 1:
-        yield ("min_samples",), f"must be at least 1 {_got(rule.min_samples)}"
-    if rule.confidence is not None:
-        problem = _number_problem(rule.confidence, 0.5, 1.0, low_open=True, high_open=True)
-        if problem:
-            yield ("confidence",), problem
-    if rule.auto_recover:
-        if rule.severity == "CRITICAL":
-            yield ("auto_recover",), "must be false for severity CRITICAL (a person closes a CRITICAL incident)"
-        if rule.category == "security":
-            yield ("auto_recover",), "must be false for category security (a person closes a security incident)"
-    seen: set[str] = set()
+    if rule.auto_recover and rule.severity == "CRITICAL":
+        yield ("auto_recover",), "must be false for severity CRITICAL (a person closes a CRITICAL incident)"
+    if rule.auto_recover and rule.category == "security":
+        yield ("auto_recover",), "must be false for category security (a person closes a security incident)"
     for index, other in enumerate(rule.inhibited_by):
         if other == rule.id:
             yield ("inhibited_by", index), "a rule cannot inhibit itself"
-        elif other in seen:
+        elif other in rule.inhibited_by[:index]:
             yield ("inhibited_by", index), f"{other!r} is listed twice"
-        seen.add(other)
 
 
 def file_problems(spec: FileSpec) -> Iterator[tuple[Loc, str]]:
     """Problems of a file's version, defaults and models (paths from the top of the file)."""
     if spec.version != FORMAT_VERSION:
         yield ("version",), f"unsupported version {spec.version}; this monitor reads version {FORMAT_VERSION}"
-    defaults = spec.defaults
-    if defaults is not None:
-        if defaults.confidence is not None:
-            problem = _number_problem(defaults.confidence, 0.5, 1.0, low_open=True, high_open=True)
-            if problem:
-                yield ("defaults", "confidence"), problem
-        if defaults.hold is not None and defaults.hold > MAX_WINDOW_S:
-            yield ("defaults", "hold"), f"must be at most 7d (got {format_duration(defaults.hold)})"
-        if defaults.min_samples is not None and defaults.min_samples < 1:
-            yield ("defaults", "min_samples"), f"must be at least 1 {_got(defaults.min_samples)}"
-    for model_id, facts in (spec.models or {}).items():
+    hold = spec.defaults.hold if spec.defaults else None
+    if hold is not None and hold > MAX_WINDOW_S:
+        yield ("defaults", "hold"), f"must be at most 7d (got {format_duration(hold)})"
+    for model_id in spec.models or {}:
         if not model_id.strip():
             yield ("models", model_id), "a model id must not be empty"
-        if facts.published_min_accuracy is not None:
-            problem = _number_problem(facts.published_min_accuracy, 0.0, 1.0, low_open=True, high_open=False)
-            if problem:
-                yield ("models", model_id, "published_min_accuracy"), problem
