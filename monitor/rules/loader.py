@@ -112,8 +112,15 @@ class _File:
         self.problems.append(Problem(self.source, line or self.line(loc), format_path(loc), message))
 
 
-def _map_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tuple[Loc, int, int]]) -> None:
+def _map_lines(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tuple[Loc, int, int]], seen: set[int]
+) -> None:
     """Fill `lines` with the line of every path under `node`; note duplicate keys in `dups`."""
+    # An alias reaches a node a second time: descending again would let a "billion laughs" file
+    # hang the start, and paths under the alias fall back to the alias's own line anyway.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         explicit: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -129,11 +136,11 @@ def _map_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[tupl
             is_block = not isinstance(value_node, yaml.ScalarNode) and not value_node.flow_style
             lines[child] = (key_node if is_block else value_node).start_mark.line + 1
             explicit[key] = lines[child]
-            _map_lines(value_node, child, lines, dups)
+            _map_lines(value_node, child, lines, dups, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[(*loc, index)] = item.start_mark.line + 1
-            _map_lines(item, (*loc, index), lines, dups)
+            _map_lines(item, (*loc, index), lines, dups, seen)
 
 
 def _read(path: Path) -> _File:
@@ -149,7 +156,8 @@ def _read(path: Path) -> _File:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        out.problems.append(Problem(source, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        line = raw[: exc.start].count(b"\n") + 1
+        out.problems.append(Problem(source, line, "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
         return out
     loader = yaml.SafeLoader(text)
     try:
@@ -159,7 +167,7 @@ def _read(path: Path) -> _File:
             return out
         out.lines[()] = node.start_mark.line + 1
         dups: list[tuple[Loc, int, int]] = []
-        _map_lines(node, (), out.lines, dups)
+        _map_lines(node, (), out.lines, dups, set())
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -199,7 +207,8 @@ def _show(value: object) -> str:
 
 
 _TYPE_MESSAGES = {
-    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping", "dict_type": "must be a mapping",
+    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
     "list_type": "must be a list", "int_type": "must be an integer", "float_type": "must be a number",
     "string_type": "must be a string", "bool_type": "must be true or false",
 }
@@ -298,9 +307,10 @@ def _merge(files: list[_File]) -> _Merged:
     merged = _Merged()
     for f in files:
         data = f.data or {}
-        if "defaults" in data:
+        if data.get("defaults") is not None:
             if merged.defaults_at is not None:
-                f.add(("defaults",), f"defaults are already defined at {merged.defaults_at}; define them in one file only")
+                where = merged.defaults_at
+                f.add(("defaults",), f"defaults are already defined at {where}; define them in one file only")
             else:
                 merged.defaults_at = f"{f.source}:{f.line(('defaults',))}"
                 if f.spec is not None and f.spec.defaults is not None:
@@ -310,7 +320,8 @@ def _merge(files: list[_File]) -> _Merged:
             if not isinstance(model_id, str):
                 continue
             if model_id in merged.models_at:
-                f.add(("models", model_id), f"model {model_id!r} is already defined at {merged.models_at[model_id]}")
+                where = merged.models_at[model_id]
+                f.add(("models", model_id), f"model {model_id!r} is already defined at {where}")
                 continue
             merged.models_at[model_id] = f"{f.source}:{f.line(('models', model_id))}"
             facts = f.spec.models.get(model_id) if f.spec is not None and f.spec.models else None
@@ -410,7 +421,8 @@ def check_command(path: Path) -> tuple[int, str]:
     lines = [f"OK: {len(ruleset.rules)} rules from {', '.join(ruleset.sources)}"]
     lines += [f"  {category:<{width}}  {count}" for category, count in sorted(per_category.items())]
     if ruleset.models:
-        facts = (f"{m} (published_min_accuracy {f.published_min_accuracy})" for m, f in sorted(ruleset.models.items()))
+        models = sorted(ruleset.models.items())
+        facts = (f"{m} (published_min_accuracy {f.published_min_accuracy})" for m, f in models)
         lines.append("models: " + ", ".join(facts))
     lines.append(f"sha256: {ruleset.sha256}")
     return 0, "\n".join(lines)

@@ -18,7 +18,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 Category = Literal["performance", "availability", "output_quality", "bias", "security"]
 Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
-Metric = Literal["accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence"]
+Metric = Literal[
+    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence"
+]
 Compare = Literal[
     "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence"
 ]
@@ -39,8 +41,11 @@ METRIC_COMPARES: dict[str, frozenset[str]] = {
     "flag_rate": frozenset({"above"}),
     "silence": frozenset({"silence"}),
 }
-# Proportions of counted events: a binomial test means something only for these.
-RATE_METRICS = frozenset({"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate"})
+# Metrics tested as proportions of counted events. A latency quantile counts too: "the q-quantile
+# exceeds X" is "more than 1−q of the requests are slower than X", a binomial question.
+RATE_METRICS = frozenset(
+    {"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate", "latency"}
+)
 ACCURACY_METRICS = frozenset({"accuracy", "accuracy_gap"})  # computed from labels: coverage matters
 BASELINE_COMPARES = frozenset({"relative_drop", "ratio_above", "widening"})
 DOWN_COMPARES = frozenset({"below", "below_published_minimum"})
@@ -63,7 +68,7 @@ class Step(BaseModel):
 
 
 class Rule(BaseModel):
-    """One resolved detection rule; see DESIGN.md "Rules" and rules/default.yaml for the meaning of each field."""
+    """One resolved detection rule; rules/default.yaml and DESIGN.md "Rules" explain each field."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -296,7 +301,8 @@ def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     if rule.compare in BASELINE_COMPARES and rule.baseline is None:
         yield ("baseline",), f"required for compare {rule.compare!r} (reference or week_ago)"
     elif rule.compare not in BASELINE_COMPARES and rule.baseline is not None:
-        yield ("baseline",), f"not allowed for compare {rule.compare!r} (only relative_drop, ratio_above, widening)"
+        only = "only relative_drop, ratio_above, widening compare against a baseline"
+        yield ("baseline",), f"not allowed for compare {rule.compare!r} ({only})"
     if rule.compare == "below_published_minimum":
         if rule.threshold is not None:
             yield ("threshold",), (
@@ -339,9 +345,13 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
                 f" (steps go weakest to strongest) {_got(step.threshold)}"
             )
         if SEVERITY_RANK[step.severity] < SEVERITY_RANK[severity]:
-            yield ("ladder", index, "severity"), f"must not be weaker than {what} severity {severity} {_got(step.severity)}"
+            yield ("ladder", index, "severity"), (
+                f"must not be weaker than {what} severity {severity} {_got(step.severity)}"
+            )
         if step.level < level:
-            yield ("ladder", index, "level"), f"must not be lower than {what} level {level} {_got(step.level)}"
+            yield ("ladder", index, "level"), (
+                f"must not be lower than {what} level {level} {_got(step.level)}"
+            )
         previous, severity, level, what = step.threshold, step.severity, step.level, "the previous step's"
 
 
@@ -366,11 +376,14 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
 def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Every cross-field problem of one rule (paths relative to the rule); nothing when it is valid."""
     if not re.fullmatch(RULE_ID_PATTERN, rule.id):
-        yield ("id",), f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
+        yield ("id",), (
+            f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
+        )
     allowed = METRIC_COMPARES[rule.metric]
     if rule.compare not in allowed:
         yield ("compare",), (
-            f"compare {rule.compare!r} is not allowed for metric {rule.metric!r} (allowed: {', '.join(sorted(allowed))})"
+            f"compare {rule.compare!r} is not allowed for metric {rule.metric!r}"
+            f" (allowed: {', '.join(sorted(allowed))})"
         )
         return  # every later check assumes a meaningful metric/compare pair
     if not MIN_WINDOW_S <= rule.window <= MAX_WINDOW_S:

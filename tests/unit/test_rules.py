@@ -1,4 +1,4 @@
-"""The rules loader: the shipped file, durations, every refusal with its file/line/path, merging, `rules check`."""
+"""The rules loader: the shipped file, durations, each refusal with file/line/path, merging, `rules check`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "latency-vs-normal": dict(
         metric="latency", quantile=0.95, window_s=300, compare="ratio_above", baseline="reference",
-        threshold=3.0, severity="MEDIUM", level=1, min_samples=200, test="none",
+        threshold=3.0, severity="MEDIUM", level=1, min_samples=200, test="binomial",
     ),
     "unserved-users": dict(
         metric="unserved_users", window_s=3600, compare="above", threshold=0.05, severity="HIGH", level=2,
@@ -128,18 +128,23 @@ def test_parse_duration_refuses(text: Any) -> None:
 
 # --- one refusal per case: file, line, path, message ----------------------------------------------
 
-ERROR_RATE = {
+Fields = dict[str, str | None]
+ERROR_RATE: Fields = {
     "id": "r", "category": "availability", "metric": "error_rate", "window": "5m", "compare": "above",
     "threshold": "0.01", "severity": "MEDIUM", "level": "1",
 }
-ACCURACY = {**ERROR_RATE, "category": "performance", "metric": "accuracy", "compare": "below", "threshold": "0.9"}
-DROP = {**ACCURACY, "compare": "relative_drop", "baseline": "reference", "threshold": "0.05"}
-LATENCY = {**ERROR_RATE, "metric": "latency", "quantile": "0.95", "compare": "above", "threshold": "2.5"}
-FLAGS = {**ERROR_RATE, "metric": "flag_rate", "flag": "toxic"}
-SILENCE = {**ERROR_RATE, "metric": "silence", "compare": "silence", "window": "24h", "threshold": "30m"}
-MINIMUM = {**ACCURACY, "compare": "below_published_minimum", "threshold": None}
-GAP = {**ERROR_RATE, "category": "bias", "metric": "accuracy_gap", "compare": "widening", "baseline": "reference",
-       "threshold": "0.05"}
+ACCURACY: Fields = {
+    **ERROR_RATE, "category": "performance", "metric": "accuracy", "compare": "below", "threshold": "0.9"
+}
+DROP: Fields = {**ACCURACY, "compare": "relative_drop", "baseline": "reference", "threshold": "0.05"}
+LATENCY: Fields = {**ERROR_RATE, "metric": "latency", "quantile": "0.95", "compare": "above", "threshold": "2.5"}
+FLAGS: Fields = {**ERROR_RATE, "metric": "flag_rate", "flag": "toxic"}
+SILENCE: Fields = {**ERROR_RATE, "metric": "silence", "compare": "silence", "window": "24h", "threshold": "30m"}
+MINIMUM: Fields = {**ACCURACY, "compare": "below_published_minimum", "threshold": None}
+GAP: Fields = {
+    **ERROR_RATE, "category": "bias", "metric": "accuracy_gap", "compare": "widening", "baseline": "reference",
+    "threshold": "0.05",
+}
 OTHER_RULE = "  - {id: other, category: availability, metric: error_rate, window: 5m, compare: above,\n" \
              "     threshold: 0.5, severity: HIGH, level: 2}\n"
 
@@ -243,9 +248,9 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
     ("confidence-half", ERROR_RATE, {"confidence": "0.5"}, "confidence", "confidence", "greater than 0.5"),
     ("confidence-one", ERROR_RATE, {"confidence": "1"}, "confidence", "confidence", "less than 1"),
     ("binomial-silence", SILENCE, {"test": "binomial"}, "test", "test", "rate metric"),
-    ("binomial-latency", LATENCY, {"test": "binomial"}, "test", "test", "rate metric"),
     ("silence-not-duration", SILENCE, {"threshold": "soon"}, "threshold", "threshold", "must be a duration"),
-    ("silence-beyond-window", SILENCE, {"threshold": "2d"}, "threshold", "threshold", "shorter than the window 1d (got 2d)"),
+    ("silence-beyond-window", SILENCE, {"threshold": "2d"}, "threshold", "threshold",
+     "shorter than the window 1d (got 2d)"),
     ("silence-missing", SILENCE, {"threshold": None}, "threshold", "-", "required for compare 'silence'"),
     ("level-range", ERROR_RATE, {"level": "5"}, "level", "level", "must be at most 4 (got 5)"),
     ("min-samples-zero", ERROR_RATE, {"min_samples": "0"}, "min_samples", "min_samples", "at least 1"),
@@ -300,7 +305,8 @@ def test_resolved_defaults_of_a_minimal_rule(tmp_path: Path) -> None:
 
 # Whole-file cases as written, each with `#<` on the line the problem must name (or the line number).
 FILE_CASES: list[tuple[str, str, str, str]] = [
-    ("syntax", "version: 1\nrules:\n  - id: a\n    metric: x: y #<\n", "YAML syntax", "mapping values are not allowed"),
+    ("syntax", "version: 1\nrules:\n  - id: a\n    metric: x: y #<\n", "YAML syntax",
+     "mapping values are not allowed"),
     ("syntax-unclosed", "version: 1\nrules: [a\n\n#<", "YAML syntax",
      "expected ',' or ']', but got '<stream end>' (while parsing a flow sequence that starts at line 2)"),
     ("syntax-tab", "version: 1\nrules:\n\t- id: a #<\n", "YAML syntax", "indent with spaces, not tabs"),
@@ -386,12 +392,50 @@ def test_fixture_files_are_refused_as_their_header_says(source: Path) -> None:
     assert (code, text) == (1, f"{source}:{expected}")
 
 
+def test_anchors_and_merge_keys_load_and_blame_the_merging_rule(tmp_path: Path) -> None:
+    common = (
+        "version: 1\n"
+        "x-common: &common {category: availability, window: 5m, compare: above, severity: MEDIUM, level: 1}\n"
+    )
+    rule = "  - {<<: *common, id: e, metric: error_rate, threshold: 0.01}\n"
+    scratch = write(tmp_path, "scratch.yaml", f"{common}rules:\n{rule}")
+    with pytest.raises(ConfigError, match="unknown key 'x-common'"):
+        load_rules(scratch)  # the anchor's home must be a known key too: no silent scratch space
+    text = "version: 1\nrules:\n  - &r {id: e, category: availability, metric: error_rate, window: 5m,\n" \
+           "       compare: above, threshold: 0.01, severity: MEDIUM, level: 1}\n" \
+           "  - <<: *r\n    id: f\n  - <<: *r\n    id: g\n    compare: below\n"
+    source = write(tmp_path, "merge.yaml", text)
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    assert one_problem(exc).group("line", "path") == ("9", "rules[2].compare")
+    source.write_text(text.replace("    compare: below\n", ""))
+    assert [r.id for r in load_rules(source).rules] == ["e", "f", "g"]
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    source = write(tmp_path, "bomb.yaml", "\n".join(lines) + "\nrules: []\n")
+    with pytest.raises(ConfigError, match="unknown key 'a0'"):
+        load_rules(source)
+
+
+def test_not_utf8_names_the_line(tmp_path: Path) -> None:
+    source = tmp_path / "latin1.yaml"
+    source.write_bytes(b"version: 1\n# caf\xe9\nrules: []\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    assert one_problem(exc).group("line", "path") == ("2", "(file)")
+
+
 # --- several files --------------------------------------------------------------------------------
 
 RULE_A = "  - {id: a, category: availability, metric: error_rate, window: 5m, compare: above, threshold: 0.01,\n" \
          "     severity: MEDIUM, level: 1, inhibited_by: [b]}\n"
 RULE_B = "  - {id: b, category: availability, metric: silence, window: 1d, compare: silence, threshold: 30m,\n" \
          "     severity: HIGH, level: 4}\n"
+
+HEAD_A = "version: 1\ndefaults: {hold: 2m}\nmodels: {m1: {}}\nrules:\n"
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -403,7 +447,7 @@ def write(directory: Path, name: str, text: str) -> Path:
 
 def test_directory_merges_sorted_files(tmp_path: Path) -> None:
     second = write(tmp_path, "20-b.yml", f"version: 1\nmodels:\n  m2: {{published_min_accuracy: 0.7}}\nrules:\n{RULE_B}")
-    first = write(tmp_path, "10-a.yaml", f"version: 1\ndefaults: {{hold: 2m}}\nmodels: {{m1: {{}}}}\nrules:\n{RULE_A}")
+    first = write(tmp_path, "10-a.yaml", f"{HEAD_A}{RULE_A}")
     write(tmp_path, "notes.txt", "not rules")
     write(tmp_path, ".hidden.yaml", "garbage: [")
     ruleset = load_rules(tmp_path)
@@ -425,7 +469,7 @@ def test_directory_merges_sorted_files(tmp_path: Path) -> None:
     ids=["rule-id", "defaults", "model"],
 )
 def test_second_definition_across_files_names_both(tmp_path: Path, second: str, path: str, message: str) -> None:
-    a = write(tmp_path, "a.yaml", f"version: 1\ndefaults: {{hold: 2m}}\nmodels: {{m1: {{}}}}\nrules:\n{RULE_A}{RULE_B}")
+    a = write(tmp_path, "a.yaml", f"{HEAD_A}{RULE_A}{RULE_B}")
     b = write(tmp_path, "b.yaml", second)
     with pytest.raises(ConfigError) as exc:
         load_rules(tmp_path)

@@ -1,0 +1,366 @@
+"""Every performance, availability and output-quality trigger, end to end from Redis to Kafka.
+
+Traffic is written through the same store path the agents use (real Redis), the evaluator runs
+with an injected clock, and control messages and incident events are read back from the real
+broker. Each scenario has its own Redis prefix and model id.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from monitor.aggregates.batch import Located
+from monitor.evaluator import Evaluator, TickReport
+from monitor.events import LabelEvent, PredictionEvent
+from monitor.publisher import KafkaPublisher
+from monitor.rules.loader import load_rules
+from monitor.rules.schema import ModelFacts, RuleSet
+from monitor.store.keys import Keys
+from monitor.store.redis import RedisStore
+from monitor.store.windows import WindowReader
+from monitor.topics import ensure_topics
+from tests.conftest import unique_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+HOUR, DAY = 3600, 86_400
+
+
+@dataclass
+class Bus:
+    """Reads back what the evaluator published, per model."""
+
+    consumer: AIOKafkaConsumer
+    control_topic: str
+    incidents_topic: str
+    seen: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+
+    async def drain(self) -> None:
+        tps = [TopicPartition(t, p) for t in (self.control_topic, self.incidents_topic) for p in range(4)]
+        end = await self.consumer.end_offsets(tps)
+        deadline = time.monotonic() + 15
+        while [tp for tp in tps if await self.consumer.position(tp) < end[tp]]:
+            assert time.monotonic() < deadline, "could not read the topics to their end"
+            for tp, records in (await self.consumer.getmany(timeout_ms=200)).items():
+                for record in records:
+                    self.seen.setdefault((tp.topic, record.key.decode()), []).append(orjson.loads(record.value))
+
+    async def control(self, model_id: str) -> list[dict[str, Any]]:
+        await self.drain()
+        return self.seen.get((self.control_topic, model_id), [])
+
+    async def incidents(self, model_id: str) -> list[dict[str, Any]]:
+        await self.drain()
+        return [e for (t, _), events in self.seen.items() if t == self.incidents_topic for e in events if e["model_id"] == model_id]
+
+
+@dataclass
+class World:
+    redis: Redis
+    publisher: KafkaPublisher
+    bus: Bus
+    rules: RuleSet
+
+
+@pytest.fixture(scope="module")
+async def world(services: tuple[str, str]) -> AsyncIterator[World]:
+    settings = unique_settings(*services)
+    await ensure_topics(settings)
+    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
+    await publisher.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    rules = load_rules(ROOT / "rules" / "default.yaml")
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules)
+    finally:
+        await publisher.stop()
+        await consumer.stop()
+        await redis.aclose()
+
+
+def spread(n: int, rate: float, i: int) -> bool:
+    """Exactly round(n·rate) hits, evenly spread: event i is a hit when the running total steps."""
+    return math.floor((i + 1) * rate) > math.floor(i * rate)
+
+
+@dataclass
+class Traffic:
+    """A deterministic slice of traffic for one model version."""
+
+    version: str
+    n: int
+    start: float
+    end: float
+    accuracy: float | None = None  # labelled traffic with exactly this accuracy
+    group_accuracy: dict[str, float] | None = None  # alternating groups of attribute `sex`
+    error_rate: float = 0.0
+    latency_ms: float = 40.0
+    flags: dict[str, float] = field(default_factory=dict)
+    users: int | None = None  # user ids cycle over this many users
+    failed_users: int = 0  # each of the first N users fails exactly one request
+
+    def events(self, model_id: str, tag: str) -> tuple[list[PredictionEvent], list[LabelEvent]]:
+        predictions, labels = [], []
+        failed_done: set[int] = set()
+        groups = list(self.group_accuracy or {})
+        counters: dict[str, int] = {g: 0 for g in groups}
+        for i in range(self.n):
+            ts = self.start + (self.end - self.start) * (i + 0.5) / self.n
+            rid = f"{tag}-{self.version}-{i}"
+            user = i % self.users if self.users else None
+            failed = spread(self.n, self.error_rate, i)
+            if user is not None and user < self.failed_users and user not in failed_done:
+                failed_done.add(user)
+                failed = True
+            group = groups[i % len(groups)] if groups else "all"
+            flags = [f for f, rate in self.flags.items() if spread(self.n, rate, i)]
+            predictions.append(PredictionEvent(
+                model_id=model_id, model_version=self.version, request_id=rid, ts=ts,
+                prediction=None if failed else 1, positive=None if failed else True,
+                error=True if failed else None, latency_ms=self.latency_ms,
+                groups={"sex": group}, flags=flags, user_id=None if user is None else f"u{user}",
+            ))
+            accuracy = self.group_accuracy[group] if self.group_accuracy else self.accuracy
+            if accuracy is not None and not failed:
+                k = counters.get(group, 0)
+                counters[group] = k + 1
+                correct = spread(0, accuracy, k)
+                labels.append(LabelEvent(request_id=rid, model_id=model_id, ts=ts + 60, label=1 if correct else 0, positive=correct))
+        return predictions, labels
+
+
+@dataclass
+class Scenario:
+    name: str
+    model_id: str
+    traffic: list[Traffic]
+    rule: str | None  # the one rule expected to fire, None for "just inside"
+    severity: str | None = None
+    level: int | None = None
+    facts: dict[str, float] = field(default_factory=dict)
+
+
+async def load(world: World, model_id: str, traffic: list[Traffic]) -> Keys:
+    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    offset = 0
+    for slice_ in traffic:
+        predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
+        for chunk in range(0, len(predictions), 2000):
+            await store.apply("predictions", [Located(e, 0, offset + j) for j, e in enumerate(predictions[chunk : chunk + 2000])])
+            offset += len(predictions[chunk : chunk + 2000])
+        for chunk in range(0, len(labels), 2000):
+            await store.apply_labels("labels", [Located(e, 0, offset + j) for j, e in enumerate(labels[chunk : chunk + 2000])])
+            offset += len(labels[chunk : chunk + 2000])
+    return keys
+
+
+def evaluator(world: World, keys: Keys, clock: Callable[[], float], facts: dict[str, float] | None = None, model_id: str = "") -> Evaluator:
+    rules = world.rules
+    if facts:
+        rules = rules.model_copy(update={"models": {**rules.models, model_id: ModelFacts(**facts)}})
+    return Evaluator(world.redis, keys, rules, world.publisher, clock=clock, reader=WindowReader(world.redis, keys, closed_refresh_s=0))
+
+
+NOW = time.time()
+HISTORY = (NOW - 190 * HOUR, NOW - 26 * HOUR)
+RECENT = (NOW - 12 * HOUR, NOW - 60)
+LAST_5M = (NOW - 240, NOW - 1)
+LAST_HOUR = (NOW - 3500, NOW - 1)
+
+
+def scenarios() -> list[Scenario]:
+    out: list[Scenario] = []
+
+    def new_version(name: str, accuracy: float, rule: str | None, severity: str | None = None, level: int | None = None) -> None:
+        out.append(Scenario(name, f"m-{name}", [
+            Traffic("1", 5000, *HISTORY, accuracy=0.90),
+            Traffic("2", 5000, *RECENT, accuracy=accuracy),
+        ], rule, severity, level))
+
+    new_version("version-7pct-below", 0.837, "accuracy-drop-24h", "HIGH", 2)
+    new_version("version-12pct-below", 0.792, "accuracy-drop-24h", "CRITICAL", 4)
+    new_version("version-4pct-below", 0.864, None)
+    for name, recent, rule, sev, lvl in (("weekly-decay", 0.78, "accuracy-drop-7d", "CRITICAL", 4), ("weekly-decay-inside", 0.82, None, None, None)):
+        out.append(Scenario(name, f"m-{name}", [
+            Traffic("1", 5000, NOW - 330 * HOUR, NOW - 170 * HOUR, accuracy=0.90),
+            Traffic("1", 6000, NOW - 166 * HOUR, NOW - 60, accuracy=recent),
+        ], rule, sev, lvl))
+    for name, accuracy, rule in (("below-minimum", 0.75, "accuracy-below-minimum"), ("above-minimum", 0.81, None)):
+        out.append(Scenario(name, f"m-{name}", [Traffic("1", 3000, *RECENT, accuracy=accuracy)], rule, "HIGH" if rule else None, 2 if rule else None, facts={"published_min_accuracy": 0.80}))
+    for name, f_acc, m_acc, rule in (("gap-widening", 0.96, 0.84, "accuracy-gap-widening"), ("gap-steady", 0.92, 0.88, None)):
+        out.append(Scenario(name, f"m-{name}", [
+            Traffic("1", 4000, *HISTORY, group_accuracy={"F": 0.90, "M": 0.90}),
+            Traffic("1", 4000, *RECENT, group_accuracy={"F": f_acc, "M": m_acc}),
+        ], rule, "MEDIUM" if rule else None, 1 if rule else None))
+    out.append(Scenario("error-rate", "m-error-rate", [Traffic("1", 1000, *LAST_5M, error_rate=0.03)], "error-rate", "MEDIUM", 1))
+    out.append(Scenario("error-rate-inside", "m-error-rate-inside", [Traffic("1", 1000, *LAST_5M, error_rate=0.01)], None))
+    for name, latency, rule in (("latency-5x", 200.0, "latency-vs-normal"), ("latency-2.5x", 100.0, None)):
+        out.append(Scenario(name, f"m-{name}", [
+            Traffic("1", 3000, *HISTORY, latency_ms=40.0),
+            Traffic("1", 1000, *LAST_5M, latency_ms=latency),
+        ], rule, "MEDIUM" if rule else None, 1 if rule else None))
+    for name, failed, rule in (("unserved-users", 100, "unserved-users"), ("unserved-inside", 40, None)):
+        out.append(Scenario(name, f"m-{name}", [Traffic("1", 20_000, *LAST_HOUR, users=1000, failed_users=failed)], rule, "HIGH" if rule else None, 2 if rule else None))
+    for flag, rate, inside, rule, sev, lvl in (
+        ("gibberish", 0.02, 0.01, "gibberish-outputs", "HIGH", 2),
+        ("toxic", 0.005, 0.001, "toxic-outputs", "CRITICAL", 4),
+        ("contradiction", 0.04, 0.02, "contradictions", "MEDIUM", 1),
+        ("known_false", 0.02, 0.01, "known-false-outputs", "HIGH", 2),
+    ):
+        out.append(Scenario(f"flag-{flag}", f"m-flag-{flag}", [Traffic("1", 5000, *LAST_HOUR, flags={flag: rate})], rule, sev, lvl))
+        out.append(Scenario(f"flag-{flag}-inside", f"m-flag-{flag}-inside", [Traffic("1", 5000, *LAST_HOUR, flags={flag: inside})], None))
+    return out
+
+
+@pytest.mark.parametrize("scenario", scenarios(), ids=lambda s: s.name)
+async def test_trigger(world: World, scenario: Scenario) -> None:
+    keys = await load(world, scenario.model_id, scenario.traffic)
+    ev = evaluator(world, keys, lambda: NOW, scenario.facts, scenario.model_id)
+    first = await ev.tick()
+    second = await ev.tick()  # re-triggering updates the same incident, it never opens another
+    opened = [(i.rule, i.severity, i.level) for i in first.opened + second.opened]
+    control = await world.bus.control(scenario.model_id)
+    if scenario.rule is None:
+        assert opened == [], [f.observation for f in first.findings if f.fired]
+        assert control == []
+        return
+    assert opened == [(scenario.rule, scenario.severity, scenario.level)], [(f.rule_id, f.fired, f.observation) for f in first.findings]
+    assert [(m["level"], m["seq"]) for m in control] == [(scenario.level, 1)]
+    message = control[0]
+    incident = first.opened[0]
+    assert message["incident_ids"] == [incident.id]
+    assert message["mode"] == {1: "auto", 2: "human_review", 3: "human_review", 4: "paused"}[scenario.level]
+    observation = incident.observation
+    assert {"value", "threshold", "samples", "test", "baseline"} <= set(observation)
+    assert observation["test"]["significant"] is True and observation["test"]["p_value"] < 0.01
+    events = await world.bus.incidents(scenario.model_id)
+    assert [e["event"] for e in events] == ["opened"] and events[0]["id"] == incident.id
+
+
+async def test_a_few_events_never_fire_but_the_same_rate_over_many_does(world: World) -> None:
+    few = await load(world, "m-few", [Traffic("1", 8, *LAST_5M, error_rate=3 / 8)])
+    many = await load(world, "m-many", [Traffic("1", 5000, *LAST_5M, error_rate=3 / 8)])
+    assert (await evaluator(world, few, lambda: NOW).tick()).opened == []
+    report = await evaluator(world, many, lambda: NOW).tick()
+    assert [(i.rule, i.severity, i.level) for i in report.opened] == [("error-rate", "CRITICAL", 4)]
+
+
+async def test_downtime_fires_at_thirty_minutes_not_at_twenty_nine(world: World) -> None:
+    last = NOW - 3600
+    keys = await load(world, "m-down", [Traffic("1", 300, last - 600, last)])
+    clock = [last + 29 * 60]
+    ev = evaluator(world, keys, lambda: clock[0])
+    assert (await ev.tick()).opened == []
+    clock[0] = last + 30 * 60 + 1  # the newest event is a fraction of a second before `last`
+    report = await ev.tick()
+    assert [(i.rule, i.severity, i.level) for i in report.opened] == [("downtime", "HIGH", 4)]
+    assert [m["level"] for m in await world.bus.control("m-down")] == [4]
+
+
+async def test_a_restarted_evaluator_continues_the_same_incidents_and_seq(world: World) -> None:
+    keys = await load(world, "m-restart", [Traffic("1", 1000, *LAST_5M, error_rate=0.03)])
+    first = await evaluator(world, keys, lambda: NOW).tick()
+    assert len(first.opened) == 1
+    again = await evaluator(world, keys, lambda: NOW).tick()  # a new process: state comes from Redis
+    assert again.opened == [] and again.levels == {"m-restart": 1}
+    assert [m["seq"] for m in await world.bus.control("m-restart")] == [1]
+    # a manual override raises the level: the next message continues the sequence
+    await evaluator(world, keys, lambda: NOW).incidents.set_override("m-restart", 3)
+    await evaluator(world, keys, lambda: NOW).tick()
+    assert [(m["seq"], m["level"]) for m in await world.bus.control("m-restart")] == [(1, 1), (2, 3)]
+
+
+async def test_recovery_waits_for_the_hold_period(world: World) -> None:
+    keys = await load(world, "m-recover", [Traffic("1", 1000, NOW - 240, NOW - 1, error_rate=0.03)])
+    clock = [NOW]
+    ev = evaluator(world, keys, lambda: clock[0])
+    assert len((await ev.tick()).opened) == 1
+    # healthy traffic from now on; the bad minutes leave the 5-minute window
+    await load_into(world, keys, "m-recover", [Traffic("1", 6000, NOW + 1, NOW + 1200, error_rate=0.0)])
+    resolved_at = None
+    for minute in range(6, 30):
+        clock[0] = NOW + minute * 60
+        report = await ev.tick()
+        if report.resolved:
+            resolved_at = minute
+            break
+    hold_minutes = world.rules.by_id("error-rate").hold_s / 60
+    assert resolved_at is not None and resolved_at >= 5 + hold_minutes
+    levels = [m["level"] for m in await world.bus.control("m-recover")]
+    assert levels == [1, 0]
+
+
+async def load_into(world: World, keys: Keys, model_id: str, traffic: list[Traffic]) -> None:
+    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    for slice_ in traffic:
+        predictions, _ = slice_.events(model_id, uuid.uuid4().hex[:6])
+        await store.apply("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
+
+
+async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) -> None:
+    """Realistic noise, well inside every threshold: the evaluator must stay quiet all week."""
+    import random
+
+    rng = random.Random(20)
+    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    ticks = [NOW - 7 * DAY + k * 14 * HOUR for k in range(1, 13)]
+    offset = 0
+    for m in range(20):
+        model_id = f"steady-{m}"
+        base_latency = rng.uniform(20, 120)
+        stamps = [rng.uniform(NOW - 8 * DAY, NOW) for _ in range(8 * 24 * 30)]
+        for tick in ticks:  # a busy 5 minutes before each tick, so the 5-minute rules have data
+            stamps += [rng.uniform(tick - 290, tick - 1) for _ in range(250)]
+        predictions, labels = [], []
+        for i, ts in enumerate(sorted(stamps)):
+            failed = rng.random() < 0.003
+            rid = f"{model_id}-{i}"
+            flags = [f for f, p in (("gibberish", 0.002), ("toxic", 0.0001), ("contradiction", 0.005)) if rng.random() < p]
+            predictions.append(PredictionEvent(
+                model_id=model_id, model_version="1", request_id=rid, ts=ts,
+                prediction=None if failed else 1, positive=None if failed else True, error=failed or None,
+                latency_ms=rng.lognormvariate(math.log(base_latency), 0.4),
+                groups={"sex": rng.choice("FM"), "age_band": rng.choice(["18-34", "35-54", "55+"])},
+                flags=flags, user_id=f"u{rng.randrange(500)}",
+            ))
+            if not failed and rng.random() < 0.9:
+                correct = rng.random() < 0.88
+                labels.append(LabelEvent(request_id=rid, model_id=model_id, ts=ts + 30, label=1 if correct else 0))
+        for chunk in range(0, len(predictions), 5000):
+            part = predictions[chunk : chunk + 5000]
+            await store.apply("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            offset += len(part)
+        for chunk in range(0, len(labels), 5000):
+            part = labels[chunk : chunk + 5000]
+            await store.apply_labels("labels", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            offset += len(part)
+    clock = [ticks[0]]
+    ev = Evaluator(world.redis, keys, world.rules, world.publisher, clock=lambda: clock[0],
+                   reader=WindowReader(world.redis, keys, closed_refresh_s=0))
+    evaluated = 0
+    for tick in ticks:
+        clock[0] = tick
+        report = await ev.tick()
+        assert report.opened == [], [(i.rule, i.model_id, i.observation) for i in report.opened]
+        evaluated += len({(f.rule_id, f.model_id) for f in report.findings})
+    # the rules really ran: most (rule, model) pairs had enough data at most ticks
+    assert evaluated > 12 * 20 * 6
