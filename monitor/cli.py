@@ -30,9 +30,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import faust
 
     from monitor.app import Monitor
+    from monitor.rules.loader import load_rules
     from monitor.topics import ensure_topics
 
     settings = _settings(args)
+    load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
     asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)
     worker = faust.Worker(monitor.app, loglevel=settings.log_level, quiet=True)
@@ -65,6 +67,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, rate_per_s=args.rate)
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    """Validate a rules file or directory; exit 1 with file:line: field: problem when wrong."""
+    from pathlib import Path
+
+    from monitor.rules.loader import check_command
+
+    code, text = check_command(Path(args.path))
+    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="monitor", description="AI incident-response monitor")
@@ -80,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("services", help="local Kafka broker and Redis for development")
     svc.add_argument("action", choices=["up", "down", "status"])
     svc.set_defaults(func=cmd_services)
+
+    rules = sub.add_parser("rules", help="detection rules")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules file or directory")
+    check.add_argument("path", nargs="?", default="rules")
+    check.set_defaults(func=cmd_rules_check)
 
     demo = sub.add_parser("demo", help="run the daemon on live synthetic traffic")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

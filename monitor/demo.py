@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from monitor import services
@@ -77,6 +79,14 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
         minute_ttl_s=settings.minute_bucket_ttl_s,
         hour_ttl_s=settings.hour_bucket_ttl_s,
     )
+    watcher = AIOKafkaConsumer(
+        settings.topics.control,
+        settings.topics.incidents,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+    )
+    await watcher.start()
     streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
     per_model = rate_per_s / len(PROFILES)
     started = time.monotonic()
@@ -96,8 +106,30 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
             await producer.send(batch)
             sent += len(batch)
             await _show(store, base, sent, elapsed)
+            await _show_messages(watcher, settings)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+    await watcher.stop()
     await redis.aclose()
+
+
+async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
+    for records in (await watcher.getmany(timeout_ms=50)).values():
+        for record in records:
+            body = orjson.loads(record.value)
+            if record.topic == settings.topics.control:
+                print(
+                    f"\n=== CONTROL {body['model_id']} seq {body['seq']}: level {body['level']}, "
+                    f"mode {body['mode']}, review below confidence {body['review_below_confidence']}, "
+                    f"sampling {body['review_sampling_rate']:.0%}\n    {body['reason']}\n"
+                )
+            else:
+                obs = body["observation"]
+                print(
+                    f"\n=== INCIDENT {body['event'].upper()} {body['id']} {body['severity']} "
+                    f"{body['category']}/{body['rule']} on {body['model_id']} {body['model_version'] or ''}\n"
+                    f"    value {obs.get('value'):.4g} vs threshold {obs.get('threshold')}, "
+                    f"{obs.get('samples')} samples, p = {obs.get('test', {}).get('p_value', float('nan')):.2g}\n"
+                )
 
 
 async def _wait_ready(base: str, timeout_s: float = 60.0) -> None:
