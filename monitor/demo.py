@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from monitor import services
-from monitor.settings import Settings
+from monitor.settings import Settings, Topics
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
 from monitor.topics import ensure_topics
@@ -39,8 +39,19 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
     print("starting local Kafka and Redis (the first run downloads the broker, about 45 MB)…")
     status = services.up()
     print(f"  kafka {status.kafka_bootstrap}, redis {status.redis_url}: ready in {status.startup_s:.1f}s")
+    # Every run gets its own topics, consumer group and Redis prefix, so a second run starts clean
+    # instead of finding the first run's incidents still open.
+    run = time.strftime("%Y%m%d-%H%M%S")
+    topics = Topics.model_validate(
+        {name: f"demo-{run}-{value}" for name, value in Topics().model_dump().items()}
+    )
     settings = Settings().with_overrides(
-        kafka_bootstrap=status.kafka_bootstrap, redis_url=status.redis_url, app_id="aimon-demo"
+        kafka_bootstrap=status.kafka_bootstrap,
+        redis_url=status.redis_url,
+        app_id=f"aimon-demo-{run}",
+        key_prefix=f"demo-{run}",
+        topics=topics,
+        partitions=2,
     )
     asyncio.run(ensure_topics(settings))
     log_path = services.ServiceConfig.from_env().state_dir / "demo-worker.log"
@@ -56,12 +67,7 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
 
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MONITOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "MONITOR_REDIS_URL": settings.redis_url,
-        "MONITOR_APP_ID": settings.app_id,
-    }
+    env = {**os.environ, **settings.to_env()}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
             return self
         return type(self).model_validate({**self.model_dump(), **given})
 
+    def to_env(self) -> dict[str, str]:
+        """The MONITOR_* environment that rebuilds these settings in another process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(exclude={"topics", "api_token"}).items():
+            env[f"MONITOR_{name.upper()}"] = str(value)
+        for name, value in self.topics.model_dump().items():
+            env[f"MONITOR_TOPIC_{name.upper()}"] = str(value)
+        if self.api_token is not None:
+            env["MONITOR_API_TOKEN"] = self.api_token.get_secret_value()
+        return env
+
     @property
     def retention_s(self) -> int:
         """How far back an event may be and still land in a bucket that has not expired."""

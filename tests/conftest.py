@@ -54,16 +54,6 @@ def unique_settings(kafka: str, redis: str, **overrides: object) -> Settings:
     )
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The MONITOR_* environment that reproduces these settings in a subprocess."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude={"topics", "api_token"}).items():
-        env[f"MONITOR_{name.upper()}"] = str(value)
-    for name, value in settings.topics.model_dump().items():
-        env[f"MONITOR_TOPIC_{name.upper()}"] = value
-    return env
-
-
 class WorkerProcess:
     """`monitor run` in its own process, as an operator would start it."""
 
@@ -74,7 +64,7 @@ class WorkerProcess:
         self.base = f"http://127.0.0.1:{settings.web_port}"
 
     def start(self) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **self.settings.to_env()}
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run"],
