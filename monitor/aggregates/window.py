@@ -35,37 +35,51 @@ def sum_buckets(buckets: Iterable[Mapping[str | bytes, str | bytes]]) -> Counter
     return total
 
 
-@dataclass(frozen=True, slots=True)
-class GroupStats:
-    """Counts of one value of one group attribute."""
+# Counter fields shared by a whole window and by each group value: attribute name -> bucket field.
+_COUNTS = {
+    "count": COUNT,
+    "errors": ERRORS,
+    "decisions": DECISIONS,
+    "favourable": FAVOURABLE,
+    "labelled": LABELLED,
+    "correct": CORRECT,
+    "actual_positive": ACTUAL_POSITIVE,
+    "false_negative": FALSE_NEGATIVE,
+}
+
+
+def _counts(fields: Mapping[str, int]) -> dict[str, int]:
+    return {name: fields.get(field_name, 0) for name, field_name in _COUNTS.items()}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Decisions, outcomes and labels of a population (a whole window, or one group value)."""
 
     count: int = 0
-    decisions: int = 0
-    favourable: int = 0
     errors: int = 0
+    decisions: int = 0  # decisions that say whether the outcome was favourable
+    favourable: int = 0
     labelled: int = 0
     correct: int = 0
-    actual_positive: int = 0
-    false_negative: int = 0
+    actual_positive: int = 0  # labelled favourable
+    false_negative: int = 0  # labelled favourable, decided unfavourable
 
     @property
     def accuracy(self) -> float | None:
-        """Correct / labelled, None without labels."""
+        """Correct / labelled predictions, None without labels."""
         return self.correct / self.labelled if self.labelled else None
 
 
 @dataclass(frozen=True)
-class WindowStats:
+class GroupStats(Counts):
+    """Counts of one value of one group attribute."""
+
+
+@dataclass(frozen=True)
+class WindowStats(Counts):
     """Everything a window of buckets says about a model (or one version of it)."""
 
-    count: int = 0
-    errors: int = 0
-    decisions: int = 0
-    favourable: int = 0
-    labelled: int = 0
-    correct: int = 0
-    actual_positive: int = 0
-    false_negative: int = 0
     latency: dict[int, int] = field(default_factory=dict)
     groups: dict[str, dict[str, GroupStats]] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
@@ -87,39 +101,13 @@ class WindowStats:
                 raw_groups.setdefault((unescape(attr), unescape(group_value)), {})[stat] = value
         groups: dict[str, dict[str, GroupStats]] = {}
         for (attr, group_value), stats in raw_groups.items():
-            groups.setdefault(attr, {})[group_value] = GroupStats(
-                count=stats.get(COUNT, 0),
-                decisions=stats.get(DECISIONS, 0),
-                favourable=stats.get(FAVOURABLE, 0),
-                errors=stats.get(ERRORS, 0),
-                labelled=stats.get(LABELLED, 0),
-                correct=stats.get(CORRECT, 0),
-                actual_positive=stats.get(ACTUAL_POSITIVE, 0),
-                false_negative=stats.get(FALSE_NEGATIVE, 0),
-            )
-        return cls(
-            count=counters.get(COUNT, 0),
-            errors=counters.get(ERRORS, 0),
-            decisions=counters.get(DECISIONS, 0),
-            favourable=counters.get(FAVOURABLE, 0),
-            labelled=counters.get(LABELLED, 0),
-            correct=counters.get(CORRECT, 0),
-            actual_positive=counters.get(ACTUAL_POSITIVE, 0),
-            false_negative=counters.get(FALSE_NEGATIVE, 0),
-            latency=latency,
-            groups=groups,
-            flags=flags,
-        )
+            groups.setdefault(attr, {})[group_value] = GroupStats(**_counts(stats))
+        return cls(**_counts(counters), latency=latency, groups=groups, flags=flags)
 
     @property
     def latency_count(self) -> int:
         """How many events carried a latency."""
         return sum(self.latency.values())
-
-    @property
-    def accuracy(self) -> float | None:
-        """Correct / labelled predictions, None without labels."""
-        return self.correct / self.labelled if self.labelled else None
 
     @property
     def label_coverage(self) -> float | None:
