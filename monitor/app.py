@@ -103,7 +103,13 @@ class Monitor:
             incidents_topic=settings.topics.incidents,
         )
         self.evaluator = Evaluator(
-            self.redis, Keys(settings.key_prefix), self.rules, self.publisher, clock=clock
+            self.redis,
+            Keys(settings.key_prefix),
+            self.rules,
+            self.publisher,
+            clock=clock,
+            evidence_dir=settings.evidence_dir,
+            contact=settings.incident_contact,
         )
         self.evaluator_metrics = EvaluatorMetrics(self.registry)
         self._publisher_started = False
@@ -207,6 +213,21 @@ class Monitor:
         m.level.clear()
         for model_id, level in report.levels.items():
             m.level.labels(model_id).set(level)
+        for gauge in (m.disparate_impact, m.favourable_rate, m.false_negative_rate):
+            gauge.clear()
+        for finding in report.findings:
+            obs = finding.observation
+            if "attribute" not in obs or "group" not in obs:
+                continue
+            labels = (finding.model_id, finding.version or "", obs["attribute"], obs["group"])
+            reference = (finding.model_id, finding.version or "", obs["attribute"], obs.get("reference_group", ""))
+            if obs["metric"] == "disparate_impact":
+                m.disparate_impact.labels(*labels).set(obs["value"])
+                m.favourable_rate.labels(*labels).set(obs["favourable_rate"])
+                m.favourable_rate.labels(*reference).set(obs["reference_rate"])
+            elif obs["metric"] == "fnr_gap":
+                m.false_negative_rate.labels(*labels).set(obs["false_negative_rate"])
+                m.false_negative_rate.labels(*reference).set(obs["reference_false_negative_rate"])
         m.accuracy.clear()
         m.coverage.clear()
         for (model_id, version), day in report.day.items():

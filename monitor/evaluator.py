@@ -10,23 +10,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
 
 from redis.asyncio import Redis
 
+from monitor.aggregates.batch import group_prefix
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.control import Cause, Publisher, build_message, target_level
+from monitor.incidents.evidence import incident_dir, write_evidence
 from monitor.incidents.model import Incident, open_incident, refire, settle
+from monitor.incidents.notify import render_bias_notification
 from monitor.incidents.store import ControlState, IncidentStore
+from monitor.rules.bias import BIAS_METRICS, evaluate_bias
 from monitor.rules.evaluate import Finding, evaluate, evaluate_silence
 from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
+from monitor.stats import benjamini_hochberg
+from monitor.store.impact import affected
 from monitor.store.keys import Keys
 from monitor.store.windows import VersionWindows, WindowReader
 
 log = logging.getLogger(__name__)
 
 ACTIVE_S = 8 * 86_400  # a version with no prediction for this long is no longer evaluated
-ACCURACY_METRICS = {"accuracy", "accuracy_gap"}
+ACCURACY_METRICS = {"accuracy", "accuracy_gap", "fnr_gap"}
+EVIDENCE_LIST_BOUND = 10_000  # request and subject ids kept per bias incident; the rest are counted
 
 
 @dataclass
@@ -68,12 +78,16 @@ class Evaluator:
         *,
         clock: Callable[[], float] = time.time,
         reader: WindowReader | None = None,
+        evidence_dir: Path = Path("evidence"),
+        contact: str = "the on-call incident commander",
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.rules = rules
         self.publisher = publisher
         self.clock = clock
+        self.evidence_dir = evidence_dir
+        self.contact = contact
         self.reader = reader or WindowReader(redis, keys)
         self.incidents = IncidentStore(redis, keys)
         self.last_report = TickReport()
@@ -97,8 +111,16 @@ class Evaluator:
         model_ids = [m.model_id for m in models]
         open_by_model = await self.incidents.open_incidents(model_ids)
         states = await self.incidents.control_states(model_ids)
+        # Phase 1: every finding of every model, so the false-discovery rate is controlled over
+        # the whole tick. Phase 2: act on them model by model.
+        findings = {m.model_id: self._model_findings(m, now) for m in models}
+        self._control_false_discoveries(findings)
         for model in models:
-            await self._evaluate_model(model, open_by_model[model.model_id], states[model.model_id], now, report)
+            report.findings.extend(f for fs in findings[model.model_id].values() for f in fs)
+            await self._act(
+                model, findings[model.model_id], open_by_model[model.model_id],
+                states[model.model_id], now, report,
+            )
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return report
@@ -167,48 +189,114 @@ class Evaluator:
                 return frozen
         return own
 
-    async def _evaluate_model(
-        self, model: ModelView, incidents: list[Incident], state: ControlState, now: float, report: TickReport
-    ) -> None:
-        open_rules = {i.rule for i in incidents}
-        findings: dict[str, Finding] = {}
+    def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
+        return {rule.id: self._findings(rule, model, now) for rule in self.rules.rules}
+
+    def _control_false_discoveries(self, findings: dict[str, dict[str, list[Finding]]]) -> None:
+        """Benjamini–Hochberg over each `fdr` rule's tests of all models, groups and versions."""
         for rule in self.rules.rules:
+            if not rule.fdr:
+                continue
+            family = [
+                (model_id, index, finding)
+                for model_id, by_rule in findings.items()
+                for index, finding in enumerate(by_rule[rule.id])
+            ]
+            adjusted = benjamini_hochberg([f.observation["test"]["p_value"] for _, _, f in family])
+            for (model_id, index, finding), p_adjusted in zip(family, adjusted, strict=True):
+                test = {**finding.observation["test"], "p_adjusted": p_adjusted, "tests_in_family": len(family)}
+                findings[model_id][rule.id][index] = replace(
+                    finding,
+                    fired=finding.fired and p_adjusted < 1.0 - rule.confidence,
+                    observation={**finding.observation, "test": test},
+                )
+
+    async def _act(
+        self,
+        model: ModelView,
+        findings: dict[str, list[Finding]],
+        incidents: list[Incident],
+        state: ControlState,
+        now: float,
+        report: TickReport,
+    ) -> None:
+        by_key = {i.dedup_key: i for i in incidents}
+        open_rules = {i.rule for i in incidents}
+        changed: list[Incident] = []
+        for rule in self.rules.rules:  # in file order: an incident opened now inhibits the rules after it
             if set(rule.inhibited_by) & open_rules:
                 continue
-            for finding in self._findings(rule, model, now):
-                report.findings.append(finding)
-                kept = findings.get(finding.dedup_key)
+            merged: dict[str, Finding] = {}
+            for finding in findings[rule.id]:
+                kept = merged.get(finding.dedup_key)
                 if kept is None or _worse(finding, kept):
-                    findings[finding.dedup_key] = finding
-        by_key = {i.dedup_key: i for i in incidents}
-        changed: list[Incident] = []
-        for key, finding in findings.items():
-            rule = self.rules.by_id(finding.rule_id)
-            incident = by_key.get(key)
-            if finding.fired and incident is None:
-                incident = open_incident(rule, finding, now)
-                by_key[key] = incident
-                report.opened.append(incident)
-                changed.append(incident)
-                log.warning(
-                    "incident %s opened: %s %s on %s %s (value %.4g, threshold %s)",
-                    incident.id, rule.id, incident.severity, model.model_id, finding.version or "",
-                    finding.observation.get("value", float("nan")), finding.observation.get("threshold"),
-                )
-            elif finding.fired and incident is not None:
-                if refire(incident, finding, now):
-                    report.updated.append(incident)
-                changed.append(incident)
-            elif incident is not None:
-                if settle(incident, finding, rule.hold_s, now):
-                    report.resolved.append(incident)
-                    log.info("incident %s resolved by the monitor: %s back inside", incident.id, rule.id)
-                changed.append(incident)
+                    merged[finding.dedup_key] = finding
+            for key, finding in merged.items():
+                incident = by_key.get(key)
+                if finding.fired and incident is None:
+                    incident = open_incident(rule, finding, now)
+                    if rule.category == "bias":
+                        await self._record_impact(incident, model, finding)
+                    by_key[key] = incident
+                    open_rules.add(rule.id)
+                    report.opened.append(incident)
+                    changed.append(incident)
+                    log.warning("incident %s opened: %s (%s)", incident.id, incident.summary, incident.severity)
+                elif finding.fired and incident is not None:
+                    if refire(incident, finding, now):
+                        report.updated.append(incident)
+                    changed.append(incident)
+                elif incident is not None:
+                    if settle(incident, finding, rule.hold_s, now):
+                        report.resolved.append(incident)
+                        log.info("incident %s resolved by the monitor: %s back inside", incident.id, rule.id)
+                    changed.append(incident)
         await self.incidents.save(changed)
         await self._publish_incidents(changed)
         live = [i for i in by_key.values() if i.is_open]
         report.live.extend(live)
         await self._escalate(model, live, state, now, report)
+
+    async def _record_impact(self, incident: Incident, model: ModelView, finding: Finding) -> None:
+        """Who was affected: count them, keep their decision records in the evidence, notify."""
+        obs = finding.observation
+        version = finding.version or ""
+        windows = model.windows[version]
+        start = windows.start_of(int(obs["window_s"]))
+        kept = await affected(
+            self.redis, self.keys, model.model_id, version,
+            group_prefix(obs["attribute"], obs["group"]), start, windows.now,
+        )
+        unfavourable = int(obs["unfavourable"])
+        bound = EVIDENCE_LIST_BOUND
+        incident.scope = {
+            "window_start_s": start,
+            "window_end_s": windows.now,
+            "group": f"{obs['attribute']}={obs['group']}",
+            "affected_decisions": unfavourable,
+            "affected_subjects": len(kept.subject_ids),
+            "kept_decisions": len(kept.request_ids),
+            "complete": len(kept.request_ids) == unfavourable,
+            "request_ids_preview": kept.request_ids[:20],
+        }
+        affected_file = {
+            "incident": incident.id,
+            "group": incident.scope["group"],
+            "window": [start, windows.now],
+            "affected_decisions": unfavourable,
+            "request_ids": kept.request_ids[:bound],
+            "request_ids_beyond_bound": max(0, len(kept.request_ids) - bound),
+            "subject_ids": kept.subject_ids[:bound],
+            "subject_ids_beyond_bound": max(0, len(kept.subject_ids) - bound),
+            "not_kept": unfavourable - len(kept.request_ids),
+        }
+        folder = incident_dir(self.evidence_dir, incident.id)
+        incident.evidence_ref = str(folder)
+        notification = render_bias_notification(incident, contact=self.contact)
+        write_evidence(self.evidence_dir, incident.id, {
+            "affected.json": orjson.dumps(affected_file, option=orjson.OPT_INDENT_2),
+            "notification.txt": notification.encode(),
+        })
 
     def _findings(self, rule: Rule, model: ModelView, now: float) -> list[Finding]:
         if rule.compare == "silence":
@@ -217,10 +305,13 @@ class Evaluator:
         facts = self.rules.models.get(model.model_id)
         found: list[Finding] = []
         for version in model.versions:
-            found += evaluate(
-                rule, model.model_id, version, model.windows[version],
-                baseline=self._baseline(rule, model, version), facts=facts,
-            )
+            windows, baseline = model.windows[version], self._baseline(rule, model, version)
+            if rule.metric in BIAS_METRICS:
+                found += evaluate_bias(
+                    rule, model.model_id, version, windows, baseline=baseline, fairness=self.rules.fairness
+                )
+            else:
+                found += evaluate(rule, model.model_id, version, windows, baseline=baseline, facts=facts)
         return found
 
     async def _publish_incidents(self, incidents: list[Incident]) -> None:

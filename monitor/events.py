@@ -152,6 +152,8 @@ class IncidentEvent(msgspec.Struct, kw_only=True):
     actions: list[dict[str, Any]] = []
     evidence_ref: str | None = None
     group: str | None = None
+    summary: str = ""
+    remediation: list[str] = []
 
 
 E = TypeVar("E", bound=_Timed)

@@ -93,6 +93,22 @@ class EvaluatorMetrics:
         self.accuracy = Gauge(
             "aimon_model_accuracy", "Correct / labelled predictions.", ["model_id", "version", "window"], registry=registry
         )
+        group_labels = ["model_id", "version", "attribute", "group"]
+        self.disparate_impact = Gauge(
+            "aimon_disparate_impact_ratio",
+            "A group's favourable rate / its reference group's (the 80 % rule).",
+            group_labels,
+            registry=registry,
+        )
+        self.favourable_rate = Gauge(
+            "aimon_group_favourable_rate", "Favourable decisions / decisions of a group.", group_labels, registry=registry
+        )
+        self.false_negative_rate = Gauge(
+            "aimon_group_false_negative_rate",
+            "Labelled favourable cases decided unfavourably / labelled favourable cases, per group.",
+            group_labels,
+            registry=registry,
+        )
         self.coverage = Gauge(
             "aimon_model_label_coverage",
             "Labelled / answered predictions.",

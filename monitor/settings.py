@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     evidence_dir: Path = Path("evidence")
     eval_interval_s: float = Field(1.0, gt=0)
     api_token: SecretStr | None = None
+    incident_contact: str = Field(
+        "the on-call incident commander", description="Who the notifications name for questions."
+    )
 
     batch_max_events: int = Field(1000, ge=1, description="Messages an agent takes per batch.")
     batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")

@@ -94,3 +94,70 @@ def difference_above(
 
 def _clip(p: float, floor: float) -> float:
     return min(max(p, floor), 1 - floor)
+
+
+def ratio_below(
+    k1: int, n1: int, k2: int, n2: int, ratio: float, confidence: float
+) -> TestResult:
+    """One-sided test of H1: p1 / p2 < ratio (the 80 % rule), as H1: p1 − ratio·p2 < 0.
+
+    The decision uses a Wald z-test on the linear contrast (defined even when p1 is 0); the reported
+    interval is Katz's log-ratio interval, with a half-count correction for empty cells.
+    """
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("a ratio test needs samples on both sides")
+    p1, p2 = k1 / n1, k2 / n2
+    q1, q2 = _clip(p1, 0.5 / n1), _clip(p2, 0.5 / n2)
+    se = math.sqrt(q1 * (1 - q1) / n1 + ratio**2 * q2 * (1 - q2) / n2)
+    z = (p1 - ratio * p2) / se
+    p_value = float(stats.norm.cdf(z))
+    a1, a2 = k1 + 0.5, k2 + 0.5  # Katz with a half-count correction for zero cells
+    log_ratio = math.log((a1 / (n1 + 0.5)) / (a2 / (n2 + 0.5)))
+    log_se = math.sqrt(1 / a1 - 1 / (n1 + 0.5) + 1 / a2 - 1 / (n2 + 0.5))
+    zc = float(stats.norm.ppf(1 - (1 - confidence) / 2))
+    return TestResult(
+        method="ratio of proportions, one-sided z on p1 − r·p2; Katz log interval",
+        estimate=p1 / p2 if p2 > 0 else math.inf,
+        p_value=p_value,
+        significant=p_value < 1.0 - confidence,
+        interval=(math.exp(log_ratio - zc * log_se), math.exp(log_ratio + zc * log_se)),
+        samples=n1 + n2,
+    )
+
+
+def shift_beyond(
+    now_g: tuple[int, int],
+    ref_g: tuple[int, int],
+    now_o: tuple[int, int],
+    ref_o: tuple[int, int],
+    margin: float,
+    confidence: float,
+) -> TestResult:
+    """Test of H1: |(p_now_g − p_ref_g) − (p_now_o − p_ref_o)| > margin (a group moved, the others not).
+
+    Each argument is (successes, trials). One-sided on the magnitude of the difference in differences.
+    """
+    parts = (now_g, ref_g, now_o, ref_o)
+    if any(n <= 0 for _, n in parts):
+        raise ValueError("a shift test needs samples in all four cells")
+    rates = [k / n for k, n in parts]
+    d = (rates[0] - rates[1]) - (rates[2] - rates[3])
+    var = sum(_clip(p, 0.5 / n) * (1 - _clip(p, 0.5 / n)) / n for p, (_, n) in zip(rates, parts, strict=True))
+    se = math.sqrt(var)
+    p_value = float(stats.norm.sf((abs(d) - margin) / se))
+    half = float(stats.norm.ppf(1 - (1 - confidence) / 2)) * se
+    return TestResult(
+        method="difference in differences of proportions, z on |d| − margin",
+        estimate=d,
+        p_value=p_value,
+        significant=p_value < 1.0 - confidence,
+        interval=(d - half, d + half),
+        samples=sum(n for _, n in parts),
+    )
+
+
+def benjamini_hochberg(p_values: list[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (false-discovery rate), in the input order."""
+    if not p_values:
+        return []
+    return [float(p) for p in stats.false_discovery_control(p_values, method="bh")]

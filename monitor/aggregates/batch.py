@@ -106,6 +106,9 @@ class Share:
     users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     failed_users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     joins: dict[str, str] = field(default_factory=dict)  # request_id -> join record (JSON)
+    # Unfavourable decisions, kept (bounded) so a bias incident can name who was affected:
+    # (event time, JSON [request_id, subject_id, version, [group field prefixes]])
+    unfavourable: list[tuple[float, str]] = field(default_factory=list)
     last_event_s: float = 0.0
     events: int = 0
 
@@ -162,6 +165,8 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
                 share.failed_users.setdefault(key, set()).add(event.user_id)
         if not event.failed:
             share.joins[event.request_id] = join_record(event, minute)
+        if event.positive is False and event.groups:
+            share.unfavourable.append((ts, affected_record(event)))
         share.last_event_s = max(share.last_event_s, ts)
         share.events += 1
     for (model_id, version, minute), values in latencies.items():
@@ -182,6 +187,12 @@ def join_record(event: PredictionEvent, minute: int) -> str:
     return orjson.dumps(
         [event.model_version, minute, canonical(event.prediction), positive, prefixes]
     ).decode()
+
+
+def affected_record(event: PredictionEvent) -> str:
+    """Who got an unfavourable decision, and in which groups (for a bias incident's impact)."""
+    prefixes = [group_prefix(attr, group_value(v)) for attr, v in event.groups.items()]
+    return orjson.dumps([event.request_id, event.subject_id, event.model_version, prefixes]).decode()
 
 
 def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[Located]:

@@ -38,6 +38,8 @@ class Incident(msgspec.Struct, kw_only=True):
     timeline: list[dict[str, Any]] = []
     auto_recover: bool = True
     rollback: bool = False
+    summary: str = ""
+    remediation: list[str] = []
     clear_since: float | None = None  # since when the metric has been back inside its threshold
     outbox: list[str] = []  # events persisted but not yet published (published, then removed)
 
@@ -78,6 +80,8 @@ class Incident(msgspec.Struct, kw_only=True):
             actions=self.actions,
             evidence_ref=self.evidence_ref,
             group=self.group,
+            summary=self.summary,
+            remediation=self.remediation,
         )
 
 
@@ -85,6 +89,32 @@ def new_incident_id(now: float) -> str:
     """A sortable, readable id: INC-<UTC date>-<8 hex>."""
     day = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
     return f"INC-{day}-{uuid.uuid4().hex[:8]}"
+
+
+# The playbook's remediation options for a bias incident.
+BIAS_REMEDIATION = [
+    "Remove the discriminatory feature (or the proxy) from the model",
+    "Retrain with debiasing techniques",
+    "Increase human oversight for the affected group",
+    "Revert to the previous model version",
+    "Retire the system pending redesign",
+]
+
+
+def summarize(rule: Rule, finding: Finding) -> str:
+    """One line a person can read: what fired, where, and how far past the threshold."""
+    obs = finding.observation
+    where = f"{finding.model_id} {finding.version or ''}".strip()
+    if rule.category == "bias":
+        prefix = "possible proxy discrimination" if obs.get("proxy") else "potential discrimination"
+        via = f" (via {obs['attribute']}, may stand in for {obs.get('proxy_for') or 'a protected characteristic'})" if obs.get("proxy") else ""
+        return (
+            f"{prefix}{via}: {rule.metric.replace('_', ' ')} of {obs['attribute']}={obs['group']} "
+            f"on {where} is {obs['value']:.3g} (threshold {obs['threshold']:.3g})"
+        )
+    value = obs.get("value")
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{rule.description or rule.id} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')})"
 
 
 def open_incident(rule: Rule, finding: Finding, now: float) -> Incident:
@@ -104,6 +134,8 @@ def open_incident(rule: Rule, finding: Finding, now: float) -> Incident:
         scope={"window_s": rule.window_s, "decisions": finding.observation.get("samples")},
         auto_recover=rule.auto_recover,
         rollback=rule.rollback,
+        summary=summarize(rule, finding),
+        remediation=list(BIAS_REMEDIATION) if rule.category == "bias" else [],
         outbox=["opened"],
     )
     incident.note(now, "opened", severity=finding.severity, level=finding.level, description=rule.description)

@@ -1,12 +1,27 @@
 """Detection rules: the file format, its loader and the resolved models the evaluator reads."""
 
+from monitor.rules.fairness import AttributeSelection, Fairness, ProtectedAttribute, ProxyAttribute
 from monitor.rules.loader import RulesFileError, check_command, load_rules, parse_duration
-from monitor.rules.schema import SEVERITY_RANK, Category, ModelFacts, Rule, RuleSet, Severity, Step
+from monitor.rules.schema import (
+    BIAS_METRICS,
+    SEVERITY_RANK,
+    Category,
+    ModelFacts,
+    Rule,
+    RuleSet,
+    Severity,
+    Step,
+)
 
 __all__ = [
+    "BIAS_METRICS",
     "SEVERITY_RANK",
+    "AttributeSelection",
     "Category",
+    "Fairness",
     "ModelFacts",
+    "ProtectedAttribute",
+    "ProxyAttribute",
     "Rule",
     "RuleSet",
     "RulesFileError",

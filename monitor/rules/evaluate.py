@@ -40,8 +40,9 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class _Probe:
-    """A metric reduced to a testable form: its value and a test per step threshold."""
+class Probe:
+    """A metric reduced to a testable form: its value, a test per step threshold, and the
+    "inside" check that hysteresis counts."""
 
     value: float
     samples: int
@@ -70,7 +71,7 @@ def evaluate(
     probe = _probe(rule, current, windows, baseline, published)
     if probe is None:
         return []
-    return [_conclude(rule, model_id, version, None, probe, rule.steps(published))]
+    return [conclude(rule, model_id, version, None, probe, rule.steps(published))]
 
 
 def evaluate_silence(rule: Rule, model_id: str, last_event_s: float | None, now: float) -> Finding | None:
@@ -98,7 +99,7 @@ def _probe(
     windows: VersionWindows,
     baseline: WindowStats | None,
     published: float | None,
-) -> _Probe | None:
+) -> Probe | None:
     c = rule.confidence
     if rule.metric == "accuracy":
         n, k = cur.labelled, cur.correct
@@ -111,13 +112,13 @@ def _probe(
             if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
                 return None
             base = baseline.correct / baseline.labelled
-            return _Probe(
+            return Probe(
                 (base - accuracy) / base, n, base,
                 lambda t: _rate(rule, k, n, base * (1 - t), c, "below"),
                 lambda t: (base - accuracy) / base <= t,
                 {**extra, "accuracy": accuracy, "baseline_samples": baseline.labelled},
             )
-        return _Probe(
+        return Probe(
             accuracy, n, published,
             lambda t: _rate(rule, k, n, t, c, "below"),
             lambda t: accuracy >= t,
@@ -136,18 +137,18 @@ def _probe(
     raise AssertionError(f"metric {rule.metric} has no probe")
 
 
-def _above(rule: Rule, k: int, n: int) -> _Probe | None:
+def _above(rule: Rule, k: int, n: int) -> Probe | None:
     if n < rule.min_samples:
         return None
     rate = k / n
-    return _Probe(
+    return Probe(
         rate, n, None,
         lambda t: _rate(rule, k, n, t, rule.confidence, "above"),
         lambda t: rate <= t,
     )
 
 
-def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> _Probe | None:
+def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> Probe | None:
     assert rule.quantile is not None
     q, n = rule.quantile, cur.latency_count
     value = cur.latency_quantile_s(q)
@@ -162,7 +163,7 @@ def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> _Pro
             return None
         scale = base
     # "the q-quantile exceeds X" ⟺ "more than 1−q of requests are slower than X": a rate test.
-    return _Probe(
+    return Probe(
         value / scale, n, base,
         lambda t: _rate(rule, cur.latency_above(t * scale), n, 1 - q, rule.confidence, "above"),
         lambda t: value / scale <= t,
@@ -180,9 +181,10 @@ def _rate(rule: Rule, k: int, n: int, p0: float, confidence: float, side: str) -
     return stats.rate_below(k, n, p0, confidence)
 
 
-def _conclude(
-    rule: Rule, model_id: str, version: str, group: str | None, probe: _Probe, steps: tuple[Step, ...]
+def conclude(
+    rule: Rule, model_id: str, version: str, group: str | None, probe: Probe, steps: tuple[Step, ...]
 ) -> Finding:
+    """Test every step; the base step decides whether it fires, the strongest significant one how hard."""
     results = [(step, probe.test(step.threshold)) for step in steps]
     significant = [(step, result) for step, result in results if result.significant]
     base_step, base_result = results[0]
@@ -242,13 +244,13 @@ def _accuracy_gaps(
         def inside(t: float, widened: float = gap - ref_gap) -> bool:
             return widened <= t
 
-        probe = _Probe(
+        probe = Probe(
             gap - ref_gap, best.labelled + worst.labelled, ref_gap if rule.compare == "widening" else None,
             test,
             inside,
             {"attribute": attr, "best": best_name, "worst": worst_name, "gap": gap},
         )
-        findings.append(_conclude(rule, model_id, version, attr, probe, rule.steps()))
+        findings.append(conclude(rule, model_id, version, attr, probe, rule.steps()))
     return findings
 
 

@@ -25,8 +25,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from monitor.exceptions import ConfigError
+from monitor.rules.fairness import FairnessSpec, ProtectedSpec, ProxySpec, selection_problem
 from monitor.rules.schema import (
-    ACCURACY_METRICS,
+    BIAS_METRICS,
+    LABEL_METRICS,
     RATE_METRICS,
     DefaultsSpec,
     FileSpec,
@@ -53,7 +55,8 @@ DEFAULT_LABEL_COVERAGE = 0.05
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _KNOWN_KEYS = sorted(
     set(RuleSpec.model_fields) | set(FileSpec.model_fields) | set(DefaultsSpec.model_fields)
-    | set(ModelSpec.model_fields)
+    | set(ModelSpec.model_fields) | set(FairnessSpec.model_fields) | set(ProtectedSpec.model_fields)
+    | set(ProxySpec.model_fields)
 )
 T = TypeVar("T")
 
@@ -84,6 +87,8 @@ def format_path(loc: Loc) -> str:
     """`rules[2].ladder[0].threshold` from ("rules", 2, "ladder", 0, "threshold")."""
     out = ""
     for part in loc:
+        if isinstance(part, str) and (not part or part != part.strip()):
+            part = repr(part)  # an empty or space-padded key must show up in the path
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
@@ -249,8 +254,15 @@ def _validate(out: _File, model: type[BaseModel], value: object, prefix: Loc) ->
         for hint in difflib.get_close_matches(str(e["loc"][-1]), _KNOWN_KEYS, n=1, cutoff=0.6)
     }
     for error in errors:
-        if error["type"] != "missing" or tuple(error["loc"]) not in hinted:
-            out.add((*prefix, *error["loc"]), _error_message(error))
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc in hinted:
+            continue
+        if loc[-1:] == ("[key]",):
+            # A key that is no string (`1: {}`): name it as written, which is also how its line is known.
+            key = loc[-2]
+            out.add((*prefix, *loc[:-2], str(key)), f"keys must be strings; quote it (got {_show(key)})")
+            continue
+        out.add((*prefix, *loc), _error_message(error))
     return None
 
 
@@ -299,6 +311,8 @@ class _Merged:
     defaults_at: str | None = None
     models: dict[str, ModelSpec] = field(default_factory=dict)
     models_at: dict[str, str] = field(default_factory=dict)
+    fairness: FairnessSpec = field(default_factory=FairnessSpec)
+    fairness_at: str | None = None
     rule_at: dict[str, str] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
 
@@ -315,6 +329,14 @@ def _merge(files: list[_File]) -> _Merged:
                 merged.defaults_at = f"{f.source}:{f.line(('defaults',))}"
                 if f.spec is not None and f.spec.defaults is not None:
                     merged.defaults = f.spec.defaults
+        if data.get("fairness") is not None:
+            if merged.fairness_at is not None:
+                where = merged.fairness_at
+                f.add(("fairness",), f"fairness is already defined at {where}; define it in one file only")
+            else:
+                merged.fairness_at = f"{f.source}:{f.line(('fairness',))}"
+                if f.spec is not None and f.spec.fairness is not None:
+                    merged.fairness = f.spec.fairness
         models = data.get("models")
         for model_id in models if isinstance(models, dict) else {}:
             if not isinstance(model_id, str):
@@ -345,6 +367,14 @@ def _merge(files: list[_File]) -> _Merged:
                 for pos, other in enumerate(rule.inhibited_by):
                     if other not in merged.rule_at:
                         f.add(("rules", index, "inhibited_by", pos), f"unknown rule id {other!r}")
+    # Likewise the attributes a bias rule tests, once the fairness section (if any) has validated.
+    if all(f.data is not None and (f.spec is not None or "fairness" not in f.data) for f in files):
+        for f in files:
+            for index, rule in f.rules:
+                which = rule.attributes or "all"
+                problem = selection_problem(merged.fairness, which, merged.fairness_at)
+                if rule.metric in BIAS_METRICS and problem:
+                    f.add(("rules", index, "attributes"), problem)
     return merged
 
 
@@ -357,7 +387,7 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
     else:
         threshold = float(spec.threshold)
     coverage = spec.min_label_coverage
-    if coverage is None and spec.metric in ACCURACY_METRICS:
+    if coverage is None and spec.metric in LABEL_METRICS:
         coverage = DEFAULT_LABEL_COVERAGE
     auto_recover = spec.auto_recover
     if auto_recover is None:
@@ -376,6 +406,9 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
         auto_recover=auto_recover,
         hold_s=_first(spec.hold, defaults.hold, BUILTIN_HOLD_S),
         inhibited_by=tuple(spec.inhibited_by),
+        # Bias rules test every group of every attribute each tick: without FDR control, noise fires.
+        fdr=spec.metric in BIAS_METRICS if spec.fdr is None else spec.fdr,
+        attributes=spec.attributes or "all",
     )
 
 
@@ -405,6 +438,7 @@ def load_rules(path: Path) -> RuleSet:
     return RuleSet(
         rules=tuple(_resolve(spec, merged.defaults) for spec in merged.rules),
         models={m: ModelFacts(**facts.model_dump()) for m, facts in merged.models.items()},
+        fairness=merged.fairness.resolve(),
         sources=tuple(f.source for f in files),
         sha256=digest.hexdigest(),
     )
@@ -424,5 +458,11 @@ def check_command(path: Path) -> tuple[int, str]:
         models = sorted(ruleset.models.items())
         facts = (f"{m} (published_min_accuracy {f.published_min_accuracy})" for m, f in models)
         lines.append("models: " + ", ".join(facts))
+    declared = ruleset.fairness
+    if declared.protected or declared.proxies:
+        protected = [f"{a} (reference {p.reference})" if p.reference else a for a, p in declared.protected.items()]
+        proxies = [f"{a} (for {p.proxy_for})" if p.proxy_for else a for a, p in declared.proxies.items()]
+        listed = (", ".join(sorted(names)) or "-" for names in (protected, proxies))
+        lines.append("fairness: protected {}; proxies {}".format(*listed))
     lines.append(f"sha256: {ruleset.sha256}")
     return 0, "\n".join(lines)

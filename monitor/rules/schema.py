@@ -4,7 +4,8 @@
 (defaults applied, durations in seconds). The `*Spec` models are a file as written, and
 `rule_problems` / `file_problems` are every cross-field check of the format; they return paths relative
 to the checked node so the loader can put a file and line on each. The resolved models repeat the
-simple ranges so a Rule built by hand in a test cannot hold an impossible value either.
+simple ranges so a Rule built by hand in a test cannot hold an impossible value either. The models
+and checks of the `fairness:` section live in monitor.rules.fairness (re-exported here).
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
+# Re-exported (`X as X`): the evaluator reads every resolved model from this module.
+from monitor.rules.fairness import AttributeSelection as AttributeSelection
+from monitor.rules.fairness import Fairness as Fairness
+from monitor.rules.fairness import FairnessSpec, fairness_problems
+from monitor.rules.fairness import ProtectedAttribute as ProtectedAttribute
+from monitor.rules.fairness import ProxyAttribute as ProxyAttribute
+
 Category = Literal["performance", "availability", "output_quality", "bias", "security"]
 Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
 Metric = Literal[
-    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence"
+    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence",
+    "disparate_impact", "fnr_gap", "group_shift",
 ]
 Compare = Literal[
-    "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence"
+    "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence",
+    "shift",
 ]
 Baseline = Literal["reference", "week_ago"]
 Test = Literal["binomial", "none"]
@@ -40,14 +50,28 @@ METRIC_COMPARES: dict[str, frozenset[str]] = {
     "unserved_users": frozenset({"above"}),
     "flag_rate": frozenset({"above"}),
     "silence": frozenset({"silence"}),
+    "disparate_impact": frozenset({"below"}),
+    "fnr_gap": frozenset({"above"}),
+    "group_shift": frozenset({"shift"}),
 }
+# The metrics of category bias, and its only ones: each compares the groups of declared attributes.
+BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
 # Metrics tested as proportions of counted events. A latency quantile counts too: "the q-quantile
 # exceeds X" is "more than 1−q of the requests are slower than X", a binomial question.
 RATE_METRICS = frozenset(
-    {"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate", "latency"}
+    {"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate", "latency"} | BIAS_METRICS
 )
-ACCURACY_METRICS = frozenset({"accuracy", "accuracy_gap"})  # computed from labels: coverage matters
-BASELINE_COMPARES = frozenset({"relative_drop", "ratio_above", "widening"})
+ACCURACY_METRICS = frozenset({"accuracy", "accuracy_gap"})
+LABEL_METRICS = ACCURACY_METRICS | {"fnr_gap"}  # computed from labels: coverage matters
+# The compares that need a baseline, and the baselines each takes. A group's shift is measured against
+# its own reference only: a week ago may already hold the drift being looked for.
+COMPARE_BASELINES: dict[str, tuple[str, ...]] = {
+    "relative_drop": ("reference", "week_ago"),
+    "ratio_above": ("reference", "week_ago"),
+    "widening": ("reference", "week_ago"),
+    "shift": ("reference",),
+}
+BASELINE_COMPARES = frozenset(COMPARE_BASELINES)
 DOWN_COMPARES = frozenset({"below", "below_published_minimum"})
 NO_LADDER_COMPARES = frozenset({"silence", "below_published_minimum"})
 
@@ -95,6 +119,8 @@ class Rule(BaseModel):
     flag: str | None = None
     quantile: float | None = Field(default=None, gt=0.0, lt=1.0)
     attribute: str | None = None
+    fdr: bool = False  # Benjamini–Hochberg across every test of the tick, not per test
+    attributes: AttributeSelection = "all"  # which of RuleSet.fairness the rule tests (bias metrics)
 
     def steps(self, published_minimum: float | None = None) -> tuple[Step, ...]:
         """The base step (this rule's threshold, severity, level) then the ladder, weakest to strongest.
@@ -111,7 +137,7 @@ class Rule(BaseModel):
 
     @property
     def direction(self) -> Direction:
-        """"down" when a smaller value is worse (below, below_published_minimum), else "up"."""
+        """"down" when a smaller value is worse (below, below_published_minimum), else "up" (shift too)."""
         return "down" if self.compare in DOWN_COMPARES else "up"
 
 
@@ -124,12 +150,13 @@ class ModelFacts(BaseModel):
 
 
 class RuleSet(BaseModel):
-    """Every rule of a load, the per-model facts, and where they came from (for evidence)."""
+    """Every rule of a load, the per-model facts, the fairness declarations, and where they came from."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rules: tuple[Rule, ...]
     models: dict[str, ModelFacts] = Field(default_factory=dict)
+    fairness: Fairness = Field(default_factory=Fairness)
     sources: tuple[str, ...] = ()
     sha256: str = ""  # over the raw bytes of `sources`, in load order
 
@@ -237,6 +264,8 @@ class RuleSpec(BaseModel):
     flag: Annotated[str, Field(min_length=1)] | None = None
     quantile: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     attribute: Annotated[str, Field(min_length=1)] | None = None
+    fdr: bool | None = None
+    attributes: AttributeSelection | None = None
 
 
 class DefaultsSpec(BaseModel):
@@ -265,6 +294,7 @@ class FileSpec(BaseModel):
     version: int
     defaults: DefaultsSpec | None = None
     models: dict[str, ModelSpec] | None = None
+    fairness: FairnessSpec | None = None
     rules: list[Any] = []
 
 
@@ -281,14 +311,16 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
         return f"must be a number {_got(value)}"
     if not math.isfinite(value):
         return f"must be a finite number {_got(value)}"
-    low, high, high_open = 0.0, 1.0, True  # a fraction: above on rates, relative_drop, widening
+    low, high, high_open = 0.0, 1.0, True  # a fraction: above on rates, relative_drop, widening, shift
     if compare == "ratio_above":
         low, high = 1.0, math.inf
     elif compare == "below":
-        high_open = False  # below 1.0 means "any error at all": odd, but meaningful
+        # Accuracy below 1.0 means "any error at all": odd, but meaningful. A disparate impact ratio
+        # below 1.0 means any difference at all, which sampling noise always shows.
+        high_open = metric == "disparate_impact"
     elif compare == "above" and metric == "latency":
         high = math.inf  # seconds
-    what = f"for compare {compare!r}" + (f" on metric {metric!r}" if compare == "above" else "")
+    what = f"for compare {compare!r}" + (f" on metric {metric!r}" if compare in ("above", "below") else "")
     if value <= low:
         return f"must be greater than {low:g} {what} {_got(value)}"
     if value > high or (high_open and value == high):
@@ -298,11 +330,17 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
 
 def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Problems of `threshold`, and of `baseline`, which each compare either needs or refuses."""
-    if rule.compare in BASELINE_COMPARES and rule.baseline is None:
-        yield ("baseline",), f"required for compare {rule.compare!r} (reference or week_ago)"
-    elif rule.compare not in BASELINE_COMPARES and rule.baseline is not None:
-        only = "only relative_drop, ratio_above, widening compare against a baseline"
+    baselines = COMPARE_BASELINES.get(rule.compare, ())
+    if baselines and rule.baseline is None:
+        yield ("baseline",), f"required for compare {rule.compare!r} ({' or '.join(baselines)})"
+    elif not baselines and rule.baseline is not None:
+        only = f"only {', '.join(sorted(BASELINE_COMPARES))} compare against a baseline"
         yield ("baseline",), f"not allowed for compare {rule.compare!r} ({only})"
+    elif rule.baseline is not None and rule.baseline not in baselines:
+        yield ("baseline",), (
+            f"must be {' or '.join(baselines)} for compare {rule.compare!r}"
+            f" (a group's shift is measured against its own reference) {_got(rule.baseline)}"
+        )
     if rule.compare == "below_published_minimum":
         if rule.threshold is not None:
             yield ("threshold",), (
@@ -356,12 +394,14 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
 
 
 def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    """flag, quantile, attribute, min_label_coverage and a binomial test belong to some metrics only."""
+    """Keys that belong to some metrics only, a binomial test, and the metrics of category bias."""
     owners: tuple[tuple[str, object, frozenset[str], bool], ...] = (
         ("flag", rule.flag, frozenset({"flag_rate"}), True),
         ("quantile", rule.quantile, frozenset({"latency"}), True),
         ("attribute", rule.attribute, frozenset({"accuracy_gap"}), False),
-        ("min_label_coverage", rule.min_label_coverage, ACCURACY_METRICS, False),
+        ("min_label_coverage", rule.min_label_coverage, LABEL_METRICS, False),
+        ("fdr", rule.fdr, BIAS_METRICS, False),
+        ("attributes", rule.attributes, BIAS_METRICS, False),
     )
     for key, value, metrics, required in owners:
         if rule.metric not in metrics and value is not None:
@@ -371,6 +411,11 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
             yield (key,), f"required for metric {rule.metric!r}"
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
         yield ("test",), f"a binomial test needs a rate metric, not {rule.metric!r}; use test: none"
+    if rule.metric in BIAS_METRICS and rule.category != "bias":
+        yield ("category",), f"must be bias for metric {rule.metric!r} {_got(rule.category)}"
+    elif rule.category == "bias" and rule.metric not in BIAS_METRICS:
+        names = ", ".join(sorted(BIAS_METRICS))
+        yield ("category",), f"category 'bias' is only for metrics {names} (this rule's metric is {rule.metric!r})"
 
 
 def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
@@ -416,3 +461,6 @@ def file_problems(spec: FileSpec) -> Iterator[tuple[Loc, str]]:
     for model_id in spec.models or {}:
         if not model_id.strip():
             yield ("models", model_id), "a model id must not be empty"
+    if spec.fairness is not None:
+        for loc, message in fairness_problems(spec.fairness):
+            yield ("fairness", *loc), message

@@ -38,6 +38,10 @@ class Keys:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"
 
+    def unfavourable(self, model_id: str) -> str:
+        """Sorted set of recent unfavourable decisions by event time (bounded; bias impact)."""
+        return f"{self.model(model_id)}:unfav"
+
     def first_seen(self, model_id: str) -> str:
         """Hash version -> first minute it was seen (orders versions: predecessor, successor)."""
         return f"{self.model(model_id)}:versions:first"

@@ -74,6 +74,7 @@ class RedisStore:
         minute_ttl_s: int,
         hour_ttl_s: int,
         label_join_ttl_s: int = 7 * DAY_S,
+        impact_sample_max: int = 20_000,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
@@ -81,6 +82,7 @@ class RedisStore:
         self.minute_ttl_s = minute_ttl_s
         self.hour_ttl_s = hour_ttl_s
         self.label_join_ttl_s = label_join_ttl_s
+        self.impact_sample_max = impact_sample_max
         self.clock = clock
         self._predictions = redis.register_script(_load_script("predictions"))
         self._labels = redis.register_script(_load_script("labels"))
@@ -162,6 +164,7 @@ class RedisStore:
             k.waiting_labels(model_id),
             k.waiting_until(model_id),
             k.first_seen(model_id),
+            k.unfavourable(model_id),
         ]
 
         def index(key: str) -> int:
@@ -204,6 +207,9 @@ class RedisStore:
             "buckets": buckets,
             "hlls": hlls,
             "joins": joins,
+            "unfavourable": [part for ts, member in share.unfavourable for part in (repr(ts), member)],
+            "unfavourable_max": self.impact_sample_max,
+            "unfavourable_ttl": self.minute_ttl_s,
         }
         return _Call(self._predictions, keys, orjson.dumps(payload), share.events)
 

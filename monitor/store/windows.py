@@ -48,6 +48,14 @@ class VersionWindows:
             self._cache[key] = WindowStats.from_counters(_sum(parts))
         return self._cache[key]
 
+    def start_of(self, window_s: int) -> float:
+        """Where `window(window_s)` begins (its first bucket's start)."""
+        if window_s <= MINUTES_KEPT * MINUTE_S:
+            minute0 = int(self.now) - int(self.now) % MINUTE_S
+            return float(minute0 - (max(1, window_s // MINUTE_S) - 1) * MINUTE_S)
+        hour0 = int(self.now) - int(self.now) % HOUR_S
+        return float(hour0 - (max(1, window_s // HOUR_S) - 1) * HOUR_S)
+
     def reference_counters(self) -> Counter[str]:
         """Summed counters of the trailing 7 days before the current 24 h."""
         return _sum(self.hours[REFERENCE_HOURS.start : REFERENCE_HOURS.stop])

@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 
 from monitor.exceptions import ConfigError
-from monitor.rules import Rule, RuleSet, RulesFileError, check_command, load_rules, parse_duration
+from monitor.rules import (
+    Fairness,
+    ProtectedAttribute,
+    ProxyAttribute,
+    Rule,
+    RuleSet,
+    RulesFileError,
+    check_command,
+    load_rules,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "rules" / "default.yaml"
@@ -47,6 +57,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
     "error-rate": dict(
         metric="error_rate", window_s=300, compare="above", threshold=0.01, severity="MEDIUM", level=1,
         min_samples=200, ladder_=((0.05, "HIGH", 2), (0.20, "CRITICAL", 4)), auto_recover=True,
+        fdr=False, attributes="all",
     ),
     "latency-vs-normal": dict(
         metric="latency", quantile=0.95, window_s=300, compare="ratio_above", baseline="reference",
@@ -65,6 +76,27 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "contradictions": dict(flag="contradiction", threshold=0.02, severity="MEDIUM", level=1),
     "known-false-outputs": dict(flag="known_false", threshold=0.01, severity="HIGH", level=2),
+    "disparate-impact": dict(
+        category="bias", metric="disparate_impact", window_s=900, compare="below", baseline=None,
+        threshold=0.80, min_samples=100, min_label_coverage=None, test="binomial", severity="HIGH", level=3,
+        ladder_=(), rollback=False, auto_recover=True, hold_s=900,
+        inhibited_by=("group-shift", "disparate-impact-24h"), fdr=True, attributes="all", direction="down",
+    ),
+    "disparate-impact-24h": dict(
+        category="bias", metric="disparate_impact", window_s=86400, compare="below", threshold=0.80,
+        min_samples=100, severity="HIGH", level=3, inhibited_by=("disparate-impact", "group-shift"), fdr=True,
+    ),
+    "fnr-gap": dict(
+        category="bias", metric="fnr_gap", window_s=86400, compare="above", baseline=None, threshold=0.05,
+        min_samples=100, min_label_coverage=0.05, test="binomial", severity="HIGH", level=3, ladder_=(),
+        auto_recover=True, inhibited_by=(), fdr=True, attributes="all", direction="up",
+    ),
+    "group-shift": dict(
+        category="bias", metric="group_shift", window_s=3600, compare="shift", baseline="reference",
+        threshold=0.10, min_samples=100, min_label_coverage=None, test="binomial", severity="HIGH", level=3,
+        ladder_=(), auto_recover=True, inhibited_by=("disparate-impact", "disparate-impact-24h"), fdr=True,
+        attributes="all", direction="up",
+    ),
 }
 
 
@@ -76,12 +108,34 @@ def test_default_file_loads_with_the_playbook_rules() -> None:
     assert ruleset.models["credit-scoring"].published_min_accuracy == 0.80
 
 
+def test_default_fairness_section() -> None:
+    fairness = load_rules(DEFAULT).fairness
+    assert fairness == Fairness(
+        protected={"sex": ProtectedAttribute(), "age_band": ProtectedAttribute()},
+        proxies={"zip3": ProxyAttribute(proxy_for="race or ethnicity")},
+    )
+    assert fairness.protected["sex"].reference is None  # the most favoured group at each evaluation
+    assert fairness.attributes("all") == [("age_band", False), ("sex", False), ("zip3", True)]
+    assert fairness.attributes("protected") == [("age_band", False), ("sex", False)]
+    assert fairness.attributes("proxies") == [("zip3", True)]
+
+
+def test_bias_rules_inhibit_each_other() -> None:
+    # Mutual inhibition is allowed: whichever of the two opens first silences the other.
+    ruleset = load_rules(DEFAULT)
+    assert ruleset.by_id("disparate-impact").inhibited_by == ("group-shift", "disparate-impact-24h")
+    assert ruleset.by_id("group-shift").inhibited_by == ("disparate-impact", "disparate-impact-24h")
+    assert RuleSet(rules=ruleset.rules, fairness=ruleset.fairness).by_id("group-shift").fdr
+
+
 @pytest.mark.parametrize("rule_id", list(EXPECTED_DEFAULTS))
 def test_default_rule_resolved_values(rule_id: str) -> None:
     rule = load_rules(DEFAULT).by_id(rule_id)
     for name, want in EXPECTED_DEFAULTS[rule_id].items():
         if name == "ladder_":
             assert tuple((s.threshold, s.severity, s.level) for s in rule.ladder) == want
+        elif name == "direction":
+            assert rule.direction == want
         else:
             assert getattr(rule, name) == want, name
     assert rule.confidence == 0.99 and rule.hold_s in (300, 900)
@@ -108,6 +162,21 @@ def test_ruleset_built_by_hand_checks_ids() -> None:
         RuleSet(rules=(rule, rule))
     with pytest.raises(ValueError, match="inhibited_by"):
         RuleSet(rules=(rule.model_copy(update={"inhibited_by": ("ghost",)}),))
+    with pytest.raises(ValueError, match="inhibited_by"):
+        RuleSet(rules=(rule.model_copy(update={"inhibited_by": ("error-rate",)}),))
+    a = rule.model_copy(update={"id": "a", "inhibited_by": ("b",)})
+    b = rule.model_copy(update={"id": "b", "inhibited_by": ("a",)})
+    assert RuleSet(rules=(a, b)).fairness == Fairness()  # mutual is fine; no fairness section is empty
+
+
+def test_fairness_built_by_hand_checks_names() -> None:
+    assert Fairness().attributes("all") == []
+    with pytest.raises(ValueError, match="both protected and proxies: zip3"):
+        Fairness(protected={"zip3": ProtectedAttribute()}, proxies={"zip3": ProxyAttribute()})
+    with pytest.raises(ValueError, match="must not be empty"):
+        Fairness(protected={" ": ProtectedAttribute()})
+    with pytest.raises(ValueError):
+        ProtectedAttribute(reference="")
 
 
 # --- durations ------------------------------------------------------------------------------------
@@ -142,16 +211,23 @@ FLAGS: Fields = {**ERROR_RATE, "metric": "flag_rate", "flag": "toxic"}
 SILENCE: Fields = {**ERROR_RATE, "metric": "silence", "compare": "silence", "window": "24h", "threshold": "30m"}
 MINIMUM: Fields = {**ACCURACY, "compare": "below_published_minimum", "threshold": None}
 GAP: Fields = {
-    **ERROR_RATE, "category": "bias", "metric": "accuracy_gap", "compare": "widening", "baseline": "reference",
-    "threshold": "0.05",
+    **ERROR_RATE, "category": "performance", "metric": "accuracy_gap", "compare": "widening",
+    "baseline": "reference", "threshold": "0.05",
 }
+IMPACT: Fields = {
+    **ERROR_RATE, "category": "bias", "metric": "disparate_impact", "window": "1h", "compare": "below",
+    "threshold": "0.8", "severity": "HIGH", "level": "3",
+}
+FNR: Fields = {**IMPACT, "metric": "fnr_gap", "compare": "above", "threshold": "0.05"}
+SHIFT: Fields = {**IMPACT, "metric": "group_shift", "compare": "shift", "baseline": "reference", "threshold": "0.1"}
 OTHER_RULE = "  - {id: other, category: availability, metric: error_rate, window: 5m, compare: above,\n" \
              "     threshold: 0.5, severity: HIGH, level: 2}\n"
 
 
 def render(fields: dict[str, str | None]) -> str:
     """A file with one rule `rules[1]` (after a valid `other`) written one key per line."""
-    lines = ["version: 1", "models:", "  m: {published_min_accuracy: 0.9}", "rules:"]
+    lines = ["version: 1", "models:", "  m: {published_min_accuracy: 0.9}"]
+    lines += ["fairness: {protected: {sex: {}}, proxies: {zip3: {}}}", "rules:"]
     lines += OTHER_RULE.rstrip("\n").split("\n")
     keys = [k for k, v in fields.items() if v is not None]
     for i, key in enumerate(keys):
@@ -257,6 +333,52 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
     ("hold-long", ERROR_RATE, {"hold": "8d"}, "hold", "hold", "at most 7d"),
     ("hold-bad", ERROR_RATE, {"hold": "1.5"}, "hold", "hold", "must be a duration"),
     ("rollback-type", ERROR_RATE, {"rollback": "maybe"}, "rollback", "rollback", "true or false"),
+    # bias rules
+    ("bias-metric-elsewhere", IMPACT, {"category": "performance"}, "category", "category",
+     "must be bias for metric 'disparate_impact' (got 'performance')"),
+    ("bias-category-other-metric", ERROR_RATE, {"category": "bias"}, "category", "category",
+     "category 'bias' is only for metrics disparate_impact, fnr_gap, group_shift (this rule's metric is"
+     " 'error_rate')"),
+    ("bias-accuracy-gap", {**GAP, "category": "bias"}, {}, "category", "category", "only for metrics"),
+    ("impact-compare", IMPACT, {"compare": "above"}, "compare", "compare",
+     "compare 'above' is not allowed for metric 'disparate_impact' (allowed: below)"),
+    ("fnr-compare", FNR, {"compare": "below"}, "compare", "compare", "(allowed: above)"),
+    ("shift-compare-elsewhere", ERROR_RATE, {"compare": "shift"}, "compare", "compare",
+     "compare 'shift' is not allowed for metric 'error_rate'"),
+    ("group-shift-compare", SHIFT, {"compare": "widening"}, "compare", "compare", "(allowed: shift)"),
+    ("impact-1", IMPACT, {"threshold": "1.0"}, "threshold", "threshold",
+     "must be less than 1 for compare 'below' on metric 'disparate_impact' (got 1.0)"),
+    ("impact-0", IMPACT, {"threshold": "0"}, "threshold", "threshold", "must be greater than 0"),
+    ("fnr-1", FNR, {"threshold": "1"}, "threshold", "threshold",
+     "must be less than 1 for compare 'above' on metric 'fnr_gap' (got 1)"),
+    ("shift-range", SHIFT, {"threshold": "1.5"}, "threshold", "threshold", "must be less than 1 for compare 'shift'"),
+    ("shift-negative", SHIFT, {"threshold": "-0.1"}, "threshold", "threshold", "greater than 0"),
+    ("shift-baseline-missing", SHIFT, {"baseline": None}, "baseline", "-", "required for compare 'shift' (reference)"),
+    ("shift-week-ago", SHIFT, {"baseline": "week_ago"}, "baseline", "baseline",
+     "must be reference for compare 'shift' (a group's shift is measured against its own reference) (got"
+     " 'week_ago')"),
+    ("impact-baseline", IMPACT, {"baseline": "reference"}, "baseline", "baseline",
+     "only ratio_above, relative_drop, shift, widening compare against a baseline"),
+    ("impact-ladder-not-smaller", IMPACT, {"ladder": "[{threshold: 0.9, severity: CRITICAL, level: 4}]"},
+     "ladder[0].threshold", "ladder", "must be smaller than the rule's threshold 0.8"),
+    ("shift-ladder-not-larger", SHIFT, {"ladder": "[{threshold: 0.05, severity: CRITICAL, level: 4}]"},
+     "ladder[0].threshold", "ladder", "must be larger than the rule's threshold 0.1"),
+    ("fnr-ladder-range", FNR, {"ladder": "[{threshold: 1.2, severity: CRITICAL, level: 4}]"},
+     "ladder[0].threshold", "ladder", "must be less than 1"),
+    ("fdr-elsewhere", ERROR_RATE, {"fdr": "true"}, "fdr", "fdr",
+     "only allowed for metric disparate_impact, fnr_gap, group_shift (this rule's metric is 'error_rate')"),
+    ("fdr-false-elsewhere", GAP, {"fdr": "false"}, "fdr", "fdr", "this rule's metric is 'accuracy_gap'"),
+    ("fdr-type", IMPACT, {"fdr": "bh"}, "fdr", "fdr", "must be true or false (got 'bh')"),
+    ("attributes-elsewhere", ACCURACY, {"attributes": "all"}, "attributes", "attributes",
+     "only allowed for metric disparate_impact, fnr_gap, group_shift"),
+    ("attributes-bad", IMPACT, {"attributes": "race"}, "attributes", "attributes",
+     "must be 'protected', 'proxies' or 'all' (got 'race')"),
+    ("attribute-on-bias", IMPACT, {"attribute": "sex"}, "attribute", "attribute",
+     "only allowed for metric accuracy_gap"),
+    ("coverage-impact", IMPACT, {"min_label_coverage": "0.1"}, "min_label_coverage", "min_label_coverage",
+     "only allowed for metric accuracy, accuracy_gap, fnr_gap"),
+    ("coverage-fnr-range", FNR, {"min_label_coverage": "2"}, "min_label_coverage", "min_label_coverage",
+     "at most 1"),
 ]
 
 
@@ -288,7 +410,8 @@ def test_rule_refusals(
 
 
 def test_every_rule_base_is_valid(tmp_path: Path) -> None:
-    for index, base in enumerate((ERROR_RATE, ACCURACY, DROP, LATENCY, FLAGS, SILENCE, MINIMUM, GAP)):
+    bases = (ERROR_RATE, ACCURACY, DROP, LATENCY, FLAGS, SILENCE, MINIMUM, GAP, IMPACT, FNR, SHIFT)
+    for index, base in enumerate(bases):
         source = tmp_path / f"ok{index}.yaml"
         source.write_text(render(base))
         assert isinstance(load_rules(source).by_id("r"), Rule)
@@ -301,7 +424,38 @@ def test_resolved_defaults_of_a_minimal_rule(tmp_path: Path) -> None:
     assert (rule.confidence, rule.hold_s, rule.min_samples) == (0.95, 3600, 50)
     assert (rule.test, rule.min_label_coverage, rule.auto_recover, rule.rollback) == ("binomial", 0.05, True, False)
     assert (rule.window_s, rule.ladder, rule.inhibited_by, rule.description) == (300, (), (), "")
+    assert (rule.fdr, rule.attributes) == (False, "all")
 
+
+@pytest.mark.parametrize(
+    ("base", "changes", "want"),
+    [
+        (IMPACT, {}, dict(fdr=True, attributes="all", test="binomial", min_label_coverage=None, direction="down")),
+        (FNR, {}, dict(fdr=True, min_label_coverage=0.05, direction="up")),
+        (FNR, {"min_label_coverage": "0.2", "fdr": "false"}, dict(fdr=False, min_label_coverage=0.2)),
+        (SHIFT, {"attributes": "proxies", "test": "none"}, dict(attributes="proxies", test="none", direction="up")),
+        (IMPACT, {"attributes": "protected", "ladder": "[{threshold: 0.5, severity: CRITICAL, level: 4}]"},
+         dict(attributes="protected", auto_recover=True, steps=[(0.8, "HIGH", 3), (0.5, "CRITICAL", 4)])),
+    ],
+    ids=["impact", "fnr", "fnr-explicit", "shift-proxies", "impact-ladder"],
+)
+def test_resolved_bias_rule(tmp_path: Path, base: Fields, changes: Fields, want: dict[str, Any]) -> None:
+    source = tmp_path / "r.yaml"
+    source.write_text(render({**base, **changes}))
+    ruleset = load_rules(source)
+    rule = ruleset.by_id("r")
+    for name, value in want.items():
+        if name == "steps":
+            assert [(s.threshold, s.severity, s.level) for s in rule.steps()] == value
+        else:
+            assert getattr(rule, name) == value, name
+    assert ruleset.fairness.attributes(rule.attributes) == {
+        "all": [("sex", False), ("zip3", True)], "protected": [("sex", False)], "proxies": [("zip3", True)]
+    }[rule.attributes]
+
+
+BIAS_RULE = "  - {id: d, category: bias, metric: disparate_impact, window: 1h, compare: below, threshold: 0.8,\n" \
+            "     severity: HIGH, level: 3,\n"
 
 # Whole-file cases as written, each with `#<` on the line the problem must name (or the line number).
 FILE_CASES: list[tuple[str, str, str, str]] = [
@@ -332,6 +486,42 @@ FILE_CASES: list[tuple[str, str, str, str]] = [
     ("duplicate-yaml-key", "version: 1\nversion: 1 #<\n", "version", "duplicate key (first given at line 1)"),
     ("duplicate-id", "version: 1\nrules:\n" + OTHER_RULE + OTHER_RULE.replace("{id: other,", "{id: other, #<\n    "),
      "rules[1].id", "duplicate rule id 'other' (first defined at {file}:3)"),
+    # the fairness section
+    ("fairness-typo", "version: 1\nfairnes: {} #<\n", "fairnes", "unknown key 'fairnes' (did you mean 'fairness'?)"),
+    ("fairness-not-mapping", "version: 1\nfairness: [sex] #<\n", "fairness", "must be a mapping (got a list)"),
+    ("fairness-unknown-key", "version: 1\nfairness:\n  protect: {sex: {}} #<\n", "fairness.protect",
+     "unknown key 'protect' (did you mean 'protected'?)"),
+    ("protected-list", "version: 1\nfairness:\n  protected: [sex, age_band] #<\n", "fairness.protected",
+     "must be a mapping (got a list)"),
+    ("protected-null", "version: 1\nfairness:\n  protected:\n    sex: #<\n", "fairness.protected.sex",
+     "must be a mapping (got nothing)"),
+    ("reference-typo", "version: 1\nfairness:\n  protected:\n    sex: {refrence: M} #<\n",
+     "fairness.protected.sex.refrence", "unknown key 'refrence' (did you mean 'reference'?)"),
+    ("reference-number", "version: 1\nfairness:\n  protected:\n    age: {reference: 01} #<\n",
+     "fairness.protected.age.reference",
+     "must be a string: group values are compared as text, so quote it (got 1)"),
+    ("reference-bool", "version: 1\nfairness:\n  protected:\n    member:\n      reference: no #<\n",
+     "fairness.protected.member.reference", "quote it (got false)"),
+    ("reference-empty", "version: 1\nfairness:\n  protected:\n    sex: {reference: ''} #<\n",
+     "fairness.protected.sex.reference", "must not be empty (leave it out for the most favoured group)"),
+    ("reference-list", "version: 1\nfairness:\n  protected:\n    sex: {reference: [M, F]} #<\n",
+     "fairness.protected.sex.reference", "must be a string naming one group (got a list)"),
+    ("attribute-name-empty", "version: 1\nfairness:\n  protected:\n    '': {} #<\n", "fairness.protected.''",
+     "an attribute name must not be empty"),
+    ("attribute-name-number", "version: 1\nfairness:\n  protected:\n    sex: {}\n    7: {} #<\n",
+     "fairness.protected.7", "keys must be strings; quote it (got 7)"),
+    ("proxy-for-type", "version: 1\nfairness:\n  proxies:\n    zip3: {proxy_for: 3} #<\n",
+     "fairness.proxies.zip3.proxy_for", "must be a string (got 3)"),
+    ("proxy-typo", "version: 1\nfairness:\n  proxies:\n    zip3: {proxy: race} #<\n", "fairness.proxies.zip3.proxy",
+     "unknown key 'proxy'"),
+    ("protected-and-proxy", "version: 1\nfairness:\n  protected: {zip3: {}}\n  proxies:\n    zip3: {} #<\n",
+     "fairness.proxies.zip3", "'zip3' is also declared protected; an attribute is either protected or a proxy"),
+    ("bias-selects-nothing", "version: 1\nfairness:\n  protected: {sex: {}}\nrules:\n" + BIAS_RULE
+     + "     attributes: proxies} #<\n", "rules[0].attributes",
+     "attributes 'proxies' selects nothing to test: the fairness section at {file}:2 declares no proxies"),
+    ("bias-without-fairness", "version: 1\nrules:\n" + BIAS_RULE.replace("{id: d,", "{id: d, #<\n    ")
+     + "     fdr: true}\n", "rules[0].attributes",
+     "attributes 'all' selects nothing to test: no file has a fairness section"),
 ]
 
 
@@ -348,6 +538,15 @@ def test_file_refusals(tmp_path: Path, text: str, path: str, message: str) -> No
     got = one_problem(exc)
     assert (got["file"], got["path"], int(got["line"])) == (str(source), path, marked_line(text)), text
     assert message.format(file=source) in got["message"]
+
+
+def test_a_broken_fairness_section_is_not_blamed_on_the_bias_rules(tmp_path: Path) -> None:
+    # The section's typo hides its attributes; "selects nothing to test" would be a cascade.
+    source = write(tmp_path, "f.yaml", "version: 1\nfairness:\n  protectd: {sex: {}}\nrules:\n" + BIAS_RULE
+                   + "     attributes: protected}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(source)
+    assert one_problem(exc).group("line", "path") == ("3", "fairness.protectd")
 
 
 def test_block_ladder_points_at_the_step_line(tmp_path: Path) -> None:
@@ -478,6 +677,24 @@ def test_second_definition_across_files_names_both(tmp_path: Path, second: str, 
     assert message.format(a=a) in got["message"]
 
 
+def test_fairness_in_two_files_is_refused_naming_both(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "version: 1\nrules: []\nfairness:\n  protected: {sex: {}}\n")
+    b = write(tmp_path, "b.yaml", "version: 1\nfairness: #<\n  proxies: {zip3: {}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(tmp_path)
+    got = one_problem(exc)
+    assert (got["file"], got["path"], got["line"]) == (str(b), "fairness", "2")
+    assert f"fairness is already defined at {a}:3; define it in one file only" in got["message"]
+
+
+def test_bias_rules_may_use_the_fairness_section_of_another_file(tmp_path: Path) -> None:
+    write(tmp_path, "10-fairness.yaml", "version: 1\nfairness:\n  proxies: {zip3: {proxy_for: race}}\n")
+    write(tmp_path, "20-bias.yaml", "version: 1\nrules:\n" + BIAS_RULE + "     attributes: proxies}\n")
+    ruleset = load_rules(tmp_path)
+    assert ruleset.fairness.attributes(ruleset.by_id("d").attributes) == [("zip3", True)]
+    assert ruleset.fairness.proxies["zip3"].proxy_for == "race"
+
+
 def test_a_bad_file_refuses_the_whole_directory(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", f"version: 1\nrules:\n{RULE_A}{RULE_B}")
     bad = write(tmp_path, "b.yaml", "version: 1\nrules:\n  - {id: c, metric: nope}\n")
@@ -510,9 +727,10 @@ def test_check_command_summarises_a_good_load(tmp_path: Path) -> None:
     shutil.copy(DEFAULT, tmp_path / "default.yaml")
     code, text = check_command(tmp_path)
     assert code == 0
-    assert "12 rules" in text
-    for category, count in (("availability", 4), ("output_quality", 4), ("performance", 4)):
+    assert "16 rules" in text
+    for category, count in (("availability", 4), ("bias", 4), ("output_quality", 4), ("performance", 4)):
         assert re.search(rf"^\s+{category}\s+{count}$", text, re.M), text
+    assert "\nfairness: protected age_band, sex; proxies zip3 (for race or ethnicity)\n" in text
     assert f"sha256: {hashlib.sha256(DEFAULT.read_bytes()).hexdigest()}" in text
 
 

@@ -3,12 +3,14 @@
 -- KEYS[1] offsets hash (field "<topic>|<partition>" -> last applied offset: the replay guard)
 -- KEYS[2] meta hash (last_event_s, events)   KEYS[3] versions hash (version -> newest minute)
 -- KEYS[4] labels waiting for their prediction (hash)   KEYS[5] their expiry times (zset)
--- KEYS[6] version -> minute first seen (hash)   KEYS[7..] the keys the share's parts name by index.
+-- KEYS[6] version -> minute first seen (hash)   KEYS[7] recent unfavourable decisions (zset)
+-- KEYS[8..] the keys the share's parts name by index.
 -- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
 --   hlls: [[key_index, expire_at, [member...]]...],
---   joins: [[key_index, expire_at, [request_id, record, ...]]...]}
+--   joins: [[key_index, expire_at, [request_id, record, ...]]...],
+--   unfavourable: [score, member, ...], unfavourable_max, unfavourable_ttl}
 --
 -- Returns {0, labels_matched} when applied, or {1, field, stored_offset, ...} when part of the
 -- share was applied before: nothing is written and the caller resends only the new events.
@@ -62,6 +64,16 @@ for _, j in ipairs(share.joins) do
     hset_many(key, items)
     redis.call('EXPIREAT', key, j[2])
   end
+end
+
+-- Who got an unfavourable decision: newest kept, the oldest dropped past the bound.
+local unfav = share.unfavourable
+if #unfav > 0 then
+  for i = 1, #unfav, 1000 do
+    redis.call('ZADD', KEYS[7], unpack(unfav, i, math.min(i + 999, #unfav)))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -(share.unfavourable_max + 1))
+  redis.call('EXPIRE', KEYS[7], share.unfavourable_ttl)
 end
 
 keep_max(KEYS[2], 'last_event_s', share.last_event_s)

@@ -1,0 +1,39 @@
+"""Evidence files of an incident, each listed with its SHA-256 in a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import orjson
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def incident_dir(root: Path, incident_id: str) -> Path:
+    """The incident's evidence folder; an id that could leave `root` is refused."""
+    if not SAFE_ID.match(incident_id):
+        raise ValueError(f"unsafe incident id {incident_id!r}")
+    path = (root / incident_id).resolve()
+    if path.parent != root.resolve():
+        raise ValueError(f"incident id {incident_id!r} escapes the evidence directory")
+    return path
+
+
+def write_evidence(root: Path, incident_id: str, files: dict[str, bytes]) -> Path:
+    """Write the files and `manifest.json` (name → sha256, size); returns the folder."""
+    folder = incident_dir(root, incident_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    manifest = orjson.loads(manifest_path.read_bytes()) if manifest_path.exists() else {"files": {}}
+    for name, content in files.items():
+        if "/" in name or name.startswith(".") or name == "manifest.json":
+            raise ValueError(f"bad evidence file name {name!r}")
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(content)
+        os.replace(tmp, folder / name)  # a reader never sees half a file
+        manifest["files"][name] = {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+    manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return folder

@@ -1,0 +1,99 @@
+"""Notifications rendered from the playbook's communication templates (Jinja2, strict)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from monitor.control import LEVELS
+from monitor.incidents.model import Incident
+
+_env = Environment(
+    loader=PackageLoader("monitor", "templates"),
+    undefined=StrictUndefined,  # a missing figure is an error, never an empty hole in the text
+    keep_trailing_newline=True,
+    autoescape=False,  # plain-text messages
+)
+
+ROUTING = {
+    0: "normal automated operation with random human sampling",
+    1: "all decisions logged and 15 % sampled for human review",
+    2: "decisions below 0.80 confidence go to human review",
+    3: "every decision is reviewed by a human; the AI only recommends",
+    4: "the AI is paused; people decide everything",
+}
+# The playbook's bias-incident timeline, counted from detection.
+NEXT_STEPS_H = {"root_cause": 4, "affected": 6, "plan": 12, "execution": 48}
+
+
+def _when(start: float, hours: int) -> str:
+    moment = datetime.fromtimestamp(start, UTC) + timedelta(hours=hours)
+    return f"within {hours} hours (by {moment:%Y-%m-%d %H:%M} UTC)"
+
+
+def _duration(seconds: int) -> str:
+    if seconds % 86_400 == 0:
+        days = seconds // 86_400
+        return f"{days} day{'s' if days > 1 else ''}"
+    if seconds % 3600 == 0:
+        hours = seconds // 3600
+        return f"{hours} hour{'s' if hours > 1 else ''}"
+    return f"{seconds // 60} minutes"
+
+
+def render_bias_notification(incident: Incident, *, contact: str) -> str:
+    """The internal stakeholder notification of a bias incident, with the incident's real figures."""
+    obs = incident.observation
+    test = obs["test"]
+    metric = obs["metric"]
+    group = f"{obs['attribute']}={obs['group']}"
+    if metric == "disparate_impact":
+        kind = "Potential discrimination (disparate impact)"
+        what = (
+            f"The favourable-decision rate of {group} is {obs['favourable_rate']:.1%} against "
+            f"{obs['reference_rate']:.1%} for the reference group {obs['attribute']}={obs['reference_group']}: "
+            f"a disparate impact ratio of {obs['value']:.2f}, below the {obs['threshold']:.2f} (80 %) rule."
+        )
+    elif metric == "fnr_gap":
+        kind = "Potential discrimination (false-negative rate gap)"
+        what = (
+            f"Members of {group} who deserved a favourable decision were refused {obs['false_negative_rate']:.1%} "
+            f"of the time, against {obs['reference_false_negative_rate']:.1%} for "
+            f"{obs['attribute']}={obs['reference_group']}: a gap of {obs['value'] * 100:.1f} points "
+            f"(threshold {obs['threshold'] * 100:.0f})."
+        )
+    else:
+        kind = "Potential discrimination (sudden shift in group treatment)"
+        what = (
+            f"The favourable-decision rate of {group} moved from {obs['reference_rate']:.1%} to "
+            f"{obs['favourable_rate']:.1%} while the other groups moved {obs['others_shift'] * 100:+.1f} points: "
+            f"a shift of {obs['value'] * 100:+.1f} points beyond theirs (threshold {obs['threshold'] * 100:.0f})."
+        )
+    if obs.get("proxy"):
+        stands_for = obs.get("proxy_for") or "a protected characteristic"
+        kind = f"Possible proxy discrimination via {obs['attribute']} (may stand in for {stands_for})"
+        what += f" {obs['attribute']} is declared a possible proxy for {stands_for}."
+    level = incident.level
+    status = (
+        "All new decisions of this system are being reviewed by humans. "
+        "Automated operation is suspended pending investigation."
+        if level >= 3
+        else f"Routing is at level {level} ({LEVELS[level].name}); the monitor continues to watch the fairness metrics."
+    )
+    return _env.get_template("bias_internal.txt.j2").render(
+        incident=incident,
+        obs=obs,
+        test=test,
+        scope=incident.scope,
+        kind=kind,
+        what_happened=what,
+        window=_duration(int(obs["window_s"])),
+        opened=f"{datetime.fromtimestamp(incident.opened_at, UTC):%Y-%m-%d %H:%M:%S} UTC",
+        level_name=LEVELS[level].name,
+        routing=ROUTING[level],
+        evidence=incident.evidence_ref or "in the incident record",
+        deadlines={k: _when(incident.opened_at, h) for k, h in NEXT_STEPS_H.items()},
+        status=status,
+        contact=contact,
+    )
