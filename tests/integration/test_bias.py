@@ -33,7 +33,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MINUTE, HOUR, DAY = 60, 3600, 86_400
-NOW = time.time()
+# Bucket-aligned (minute 45 of an hour), so windows cut the generated traffic the same way on
+# every run and the detection point of the seeded traffic is reproducible.
+NOW = time.time() // HOUR * HOUR - 15 * MINUTE
 
 
 @dataclass
@@ -115,11 +117,11 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
             opened = report.opened
             break
     assert opened is not None, "the disparity was never detected"
-    # The bound: the 15-minute window still holds fair minutes from before T, and the ratio must
+    # The bound: the 30-minute window still holds fair minutes from before T, and the ratio must
     # be below 0.80 at 99 % confidence after false-discovery control. At 40 decisions a minute per
-    # group this took 680 of the group's decisions (17 minutes); the bound leaves room for noise.
+    # group this took 1,160 of the group's decisions (29 minutes); the bound is 1,400 (35 minutes).
     print(f"\ndetected after {after_switch_f} decisions of sex=F after T")
-    assert 0 < after_switch_f <= 1000, after_switch_f
+    assert 0 < after_switch_f <= 1400, after_switch_f
     [incident] = opened
     assert (incident.group, incident.severity, incident.level) == ("sex=F", "HIGH", 3)
     obs = incident.observation
