@@ -17,7 +17,14 @@ from redis.asyncio import Redis
 
 from monitor.agents.ingest import BatchIngestor, RawMessage
 from monitor.agents.stream import register_ingest_agent
-from monitor.events import EventDecoder, LabelEvent, PredictionEvent, Rejected
+from monitor.events import (
+    AccessEvent,
+    EventDecoder,
+    LabelEvent,
+    PredictionEvent,
+    RegistryEvent,
+    Rejected,
+)
 from monitor.evaluator import Evaluator
 from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
@@ -97,6 +104,7 @@ class Monitor:
         self.model_stats = ModelStatsCollector(self.store, clock=clock)
         self.registry.register(self.model_stats)
         self.rules = load_rules(settings.rules_path)
+        self.store.configure_access(self.rules)
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap,
             control_topic=settings.topics.control,
@@ -160,6 +168,23 @@ class Monitor:
                 s.topics.labels,
                 EventDecoder(LabelEvent, s.max_value_bytes),
                 self.store.apply_labels,
+                dead_letters,
+                self.metrics,
+                **ingest_options,
+            ),
+            BatchIngestor(
+                s.topics.access_logs,
+                EventDecoder(AccessEvent, s.max_value_bytes),
+                self.store.apply_access,
+                dead_letters,
+                self.metrics,
+                topic_kind="access",
+                **ingest_options,
+            ),
+            BatchIngestor(
+                s.topics.model_registry,
+                EventDecoder(RegistryEvent, s.max_value_bytes),
+                self.store.apply_registry,
                 dead_letters,
                 self.metrics,
                 **ingest_options,

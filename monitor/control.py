@@ -42,6 +42,8 @@ class Cause:
     level: int
     version: str | None
     rollback: bool
+    revoke: tuple[str, ...] = ()
+    rollback_to: str | None = None  # named by the incident itself (integrity: the last approved version)
 
 
 def target_level(causes: Sequence[Cause], override: int | None) -> int:

@@ -18,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from monitor.aggregates.batch import group_prefix
+from monitor.aggregates.security import ACCESS_VERSION
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.control import Cause, Publisher, build_message, target_level
 from monitor.incidents.evidence import incident_dir, write_evidence
@@ -25,6 +26,7 @@ from monitor.incidents.model import Incident, open_incident, refire, settle
 from monitor.incidents.notify import render_bias_notification
 from monitor.incidents.store import ControlState, IncidentStore
 from monitor.rules.bias import BIAS_METRICS, evaluate_bias
+from monitor.rules.security import SECURITY_METRICS, evaluate_security
 from monitor.rules.evaluate import Finding, evaluate, evaluate_silence
 from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
 from monitor.stats import benjamini_hochberg
@@ -49,6 +51,7 @@ class ModelView:
     predecessors: dict[str, list[str]]  # version -> earlier versions, newest first
     windows: dict[str, VersionWindows] = field(default_factory=dict)
     frozen: dict[str, WindowStats] = field(default_factory=dict)  # version -> frozen reference
+    access: VersionWindows | None = None  # access-log and registry counters, if the model has any
 
 
 @dataclass
@@ -97,12 +100,14 @@ class Evaluator:
         started = time.perf_counter()
         now = self.clock()
         report = TickReport()
-        models = await self._models(now)
+        models, access = await self._models(now)
         pairs = [(m.model_id, v) for m in models for v in m.versions]
+        pairs += [(m.model_id, ACCESS_VERSION) for m in models if m.model_id in access]
         windows = await self.reader.read(pairs, now)
         self.reader.forget(set(pairs))
         for model in models:
             model.windows = {v: windows[(model.model_id, v)] for v in model.versions}
+            model.access = windows.get((model.model_id, ACCESS_VERSION))
             for version, w in model.windows.items():
                 report.day[(model.model_id, version)] = w.window(86_400)
             if model.last_event_s is not None:
@@ -125,8 +130,14 @@ class Evaluator:
         self.last_report = report
         return report
 
-    async def _models(self, now: float) -> list[ModelView]:
-        ids = sorted(_text(m) for m in await self.redis.smembers(self.keys.models()))
+    async def _models(self, now: float) -> tuple[list[ModelView], set[str]]:
+        """Every model with predictions or access events, and which of them have the latter."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.models())
+            pipe.smembers(self.keys.access_models())
+            predicting, accessed = await pipe.execute()
+        access = {_text(m) for m in accessed}
+        ids = sorted({_text(m) for m in predicting} | access)
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id in ids:
                 pipe.hget(self.keys.meta(model_id), "last_event_s")
@@ -143,7 +154,7 @@ class Evaluator:
             models.append(
                 ModelView(model_id, None if last is None else float(last), active, predecessors)
             )
-        return models
+        return models, access
 
     async def _freeze_references(self, models: list[ModelView]) -> None:
         """Keep each superseded version's reference as it stood when its successor appeared."""
@@ -237,6 +248,8 @@ class Evaluator:
                     incident = open_incident(rule, finding, now)
                     if rule.category == "bias":
                         await self._record_impact(incident, model, finding)
+                    elif rule.category == "security":
+                        await self._record_security(incident, finding)
                     by_key[key] = incident
                     open_rules.add(rule.id)
                     report.opened.append(incident)
@@ -256,6 +269,46 @@ class Evaluator:
         live = [i for i in by_key.values() if i.is_open]
         report.live.extend(live)
         await self._escalate(model, live, state, now, report)
+
+    async def _record_security(self, incident: Incident, finding: Finding) -> None:
+        """Containment evidence: the principal's recent access records and the Kafka offsets that
+        bound them; for a tampered artifact, expected and observed checksums and a rollback target."""
+        obs = finding.observation
+        files: dict[str, bytes] = {}
+        model_id = incident.model_id
+        if "sha256" in obs:
+            approved = {_text(k): orjson.loads(v) for k, v in (await self.redis.hgetall(self.keys.approvals(model_id))).items()}
+            seen = await self.redis.hget(self.keys.tampered(model_id), f"{obs['version']}|{obs['sha256']}")
+            deployments = [orjson.loads(d) for d in await self.redis.lrange(self.keys.deployments(model_id), 0, -1)]
+            good = [d for d in deployments if d["approved"] and d["version"] != obs["version"]]
+            by_time = sorted(approved.items(), key=lambda kv: kv[1]["ts"], reverse=True)
+            fallback = [k.split("|", 1)[0] for k, _ in by_time if not k.startswith(f"{obs['version']}|")]
+            incident.rollback_to = good[0]["version"] if good else (fallback[0] if fallback else None)
+            integrity = {
+                "model_id": model_id,
+                "version": obs["version"],
+                "observed_sha256": obs["sha256"],
+                "expected_sha256": sorted(k.split("|", 1)[1] for k in approved if k.startswith(f"{obs['version']}|")),
+                "unapproved_event": orjson.loads(seen) if seen else None,
+                "rollback_to": incident.rollback_to,
+                "approved_deployments": [d for d in deployments if d["approved"]][:20],
+            }
+            incident.observation = {**incident.observation, **{k: integrity[k] for k in ("expected_sha256", "rollback_to")}}
+            files["integrity.json"] = orjson.dumps(integrity, option=orjson.OPT_INDENT_2)
+        who = obs.get("principal") or obs.get("api_key")
+        if who:
+            records = [orjson.loads(r) for r in await self.redis.lrange(self.keys.recent_access(model_id), 0, -1)]
+            mine = [r for r in records if r["principal"] == who or r.get("api_key_id") == who]
+            offsets: dict[str, list[int]] = {}
+            for r in mine:
+                span = offsets.setdefault(f"{r['topic']}:{r['partition']}", [r["offset"], r["offset"]])
+                span[0], span[1] = min(span[0], r["offset"]), max(span[1], r["offset"])
+            incident.scope = {"principal": who, "recent_access_events": len(mine), "kafka_offsets": offsets}
+            files["access_events.json"] = orjson.dumps(
+                {"principal": who, "kafka_offsets": offsets, "events": mine[:EVIDENCE_LIST_BOUND]},
+                option=orjson.OPT_INDENT_2,
+            )
+        incident.evidence_ref = str(write_evidence(self.evidence_dir, incident.id, files))
 
     async def _record_impact(self, incident: Incident, model: ModelView, finding: Finding) -> None:
         """Who was affected: count them, keep their decision records in the evidence, notify."""
@@ -302,6 +355,10 @@ class Evaluator:
         if rule.compare == "silence":
             finding = evaluate_silence(rule, model.model_id, model.last_event_s, now)
             return [] if finding is None else [finding]
+        if rule.metric in SECURITY_METRICS:
+            if model.access is None:
+                return []
+            return evaluate_security(rule, model.model_id, model.access, baseline=model.access.reference())
         facts = self.rules.models.get(model.model_id)
         found: list[Finding] = []
         for version in model.versions:
@@ -331,20 +388,27 @@ class Evaluator:
             await self.publisher.control(state.pending)
             await self.incidents.control_published(state.pending)
         causes = [
-            Cause(i.id, i.rule, i.severity, i.level, i.model_version, i.rollback) for i in live
+            Cause(i.id, i.rule, i.severity, i.level, i.model_version, i.rollback, tuple(i.revoke), i.rollback_to)
+            for i in live
         ]
         level = target_level(causes, state.override)
         report.levels[model.model_id] = level
-        if level == state.level:
-            return
         rollback_to = None
         for cause in causes:
-            if cause.rollback and cause.version:
+            if cause.rollback_to:
+                rollback_to = cause.rollback_to
+            elif cause.rollback and cause.version and rollback_to is None:
                 earlier = model.predecessors.get(cause.version, [])
                 rollback_to = earlier[0] if earlier else None
+        revoke = sorted({who for cause in causes for who in cause.revoke})
+        last = state.last
+        sent = (last.level, last.revoke_principals, last.rollback_to) if last else (state.level, [], None)
+        if (level, revoke, rollback_to) == sent:
+            return  # gateways already route this way
         message = build_message(
             model.model_id, state.seq + 1, level, causes,
             override=state.override, rollback_to=rollback_to, issued_at=now,
+            revoke_principals=revoke,
         )
         await self.incidents.stage_control(message)
         await self.publisher.control(message)

@@ -52,6 +52,16 @@ class IngestMetrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
         )
+        self.details = Counter(
+            "aimon_ingest_outcomes_total",
+            "What the ingest scripts did beyond counting: labels_matched, labels_waiting, "
+            "new_principal, new_source, integrity_checks, tampered.",
+            ["topic", "outcome"],
+            registry=registry,
+        )
+        self.access_denied = Counter(
+            "aimon_access_denied_total", "Access-log events whose outcome was denied.", registry=registry
+        )
         self.redis_retries = Counter(
             "aimon_redis_retries_total",
             "Batch writes retried because Redis did not answer.",

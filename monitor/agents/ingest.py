@@ -63,6 +63,7 @@ class BatchIngestor(Generic[E]):
         retry_max_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_redis_down: Callable[[bool], None] = lambda down: None,
+        topic_kind: str = "",
     ) -> None:
         self.topic = topic
         self.decoder = decoder
@@ -73,6 +74,7 @@ class BatchIngestor(Generic[E]):
         self.retry_max_s = retry_max_s
         self.clock = clock
         self.on_redis_down = on_redis_down
+        self.topic_kind = topic_kind
 
     async def handle(self, messages: Sequence[RawMessage]) -> ApplyResult:
         """Process one batch; returns only when every event is applied or dead-lettered."""
@@ -87,6 +89,11 @@ class BatchIngestor(Generic[E]):
         self.metrics.batch_seconds.labels(self.topic).observe(time.perf_counter() - started)
         self.metrics.events.labels(self.topic).inc(result.applied_events)
         self.metrics.replayed.labels(self.topic).inc(result.skipped_events)
+        for name, count in result.details.items():
+            self.metrics.details.labels(self.topic, name).inc(count)
+        if self.topic_kind == "access":
+            denied = sum(1 for item in located if getattr(item.event, "outcome", None) == "denied")
+            self.metrics.access_denied.inc(denied)
         return result
 
     def split(

@@ -83,6 +83,8 @@ class WindowStats(Counts):
     latency: dict[int, int] = field(default_factory=dict)
     groups: dict[str, dict[str, GroupStats]] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
+    # Security counters by kind (see monitor.aggregates.security): kind -> escaped key -> count
+    security: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_counters(cls, counters: Mapping[str, int]) -> WindowStats:
@@ -90,6 +92,7 @@ class WindowStats(Counts):
         latency: dict[int, int] = {}
         flags: dict[str, int] = {}
         raw_groups: dict[tuple[str, str], dict[str, int]] = {}
+        security: dict[str, dict[str, int]] = {}
         for name, value in counters.items():
             kind, _, rest = name.partition(SEP)
             if kind == "lat":
@@ -99,10 +102,12 @@ class WindowStats(Counts):
             elif kind == "g":
                 attr, group_value, stat = rest.split(SEP)
                 raw_groups.setdefault((unescape(attr), unescape(group_value)), {})[stat] = value
+            elif kind.startswith("s"):
+                security.setdefault(kind, {})[rest] = value
         groups: dict[str, dict[str, GroupStats]] = {}
         for (attr, group_value), stats in raw_groups.items():
             groups.setdefault(attr, {})[group_value] = GroupStats(**_counts(stats))
-        return cls(**_counts(counters), latency=latency, groups=groups, flags=flags)
+        return cls(**_counts(counters), latency=latency, groups=groups, flags=flags, security=security)
 
     @property
     def latency_count(self) -> int:

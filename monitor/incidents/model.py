@@ -40,6 +40,8 @@ class Incident(msgspec.Struct, kw_only=True):
     rollback: bool = False
     summary: str = ""
     remediation: list[str] = []
+    revoke: list[str] = []  # principals / API keys the gateways should cut off
+    rollback_to: str | None = None  # a version named by the incident itself (e.g. the last approved)
     clear_since: float | None = None  # since when the metric has been back inside its threshold
     outbox: list[str] = []  # events persisted but not yet published (published, then removed)
 
@@ -105,6 +107,10 @@ def summarize(rule: Rule, finding: Finding) -> str:
     """One line a person can read: what fired, where, and how far past the threshold."""
     obs = finding.observation
     where = f"{finding.model_id} {finding.version or ''}".strip()
+    if rule.category == "security":
+        who = obs.get("principal") or obs.get("api_key")
+        subject = f"{obs['version']} (sha256 {obs['sha256'][:12]}…)" if "sha256" in obs else f"{who}"
+        return f"{rule.description or rule.id}: {subject} on {where}, {obs['value']} in {obs['window_s']}s"
     if rule.category == "bias":
         prefix = "possible proxy discrimination" if obs.get("proxy") else "potential discrimination"
         via = f" (via {obs['attribute']}, may stand in for {obs.get('proxy_for') or 'a protected characteristic'})" if obs.get("proxy") else ""
@@ -115,6 +121,13 @@ def summarize(rule: Rule, finding: Finding) -> str:
     value = obs.get("value")
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
     return f"{rule.description or rule.id} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')})"
+
+
+def _revoked(rule: Rule, finding: Finding) -> list[str]:
+    if not rule.revoke:
+        return []
+    who = finding.observation.get("principal") or finding.observation.get("api_key")
+    return [str(who)] if who else []
 
 
 def open_incident(rule: Rule, finding: Finding, now: float) -> Incident:
@@ -136,6 +149,7 @@ def open_incident(rule: Rule, finding: Finding, now: float) -> Incident:
         rollback=rule.rollback,
         summary=summarize(rule, finding),
         remediation=list(BIAS_REMEDIATION) if rule.category == "bias" else [],
+        revoke=_revoked(rule, finding),
         outbox=["opened"],
     )
     incident.note(now, "opened", severity=finding.severity, level=finding.level, description=rule.description)

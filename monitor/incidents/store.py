@@ -28,6 +28,7 @@ class ControlState:
     level: int = 0
     override: int | None = None
     pending: ControlMessage | None = None  # the outbox: written, not yet acknowledged by Kafka
+    last: ControlMessage | None = None  # the last message acknowledged by Kafka
 
 
 class IncidentStore:
@@ -94,6 +95,7 @@ class IncidentStore:
                 level=int(fields.get("level", 0)),
                 override=int(fields["override"]) if fields.get("override") not in (None, b"") else None,
                 pending=_control_decoder.decode(fields["pending"]) if fields.get("pending") else None,
+                last=_control_decoder.decode(fields["last"]) if fields.get("last") else None,
             )
         return states
 

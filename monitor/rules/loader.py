@@ -25,11 +25,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from monitor.exceptions import ConfigError
+from monitor.rules.access import AccessPolicySpec, GrantSpec, NormalHoursSpec
 from monitor.rules.fairness import FairnessSpec, ProtectedSpec, ProxySpec, selection_problem
 from monitor.rules.schema import (
     BIAS_METRICS,
+    DEFAULT_FOLLOW_S,
     LABEL_METRICS,
     RATE_METRICS,
+    SECURITY_METRICS,
     DefaultsSpec,
     FileSpec,
     Loc,
@@ -50,13 +53,15 @@ __all__ = ["Problem", "RulesFileError", "check_command", "format_duration", "loa
 BUILTIN_CONFIDENCE = 0.99
 BUILTIN_HOLD_S = 15 * 60
 BUILTIN_MIN_SAMPLES = 200
+SECURITY_MIN_SAMPLES = 1  # a count needs no sample: one unauthorized download is an incident
 DEFAULT_LABEL_COVERAGE = 0.05
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _KNOWN_KEYS = sorted(
     set(RuleSpec.model_fields) | set(FileSpec.model_fields) | set(DefaultsSpec.model_fields)
     | set(ModelSpec.model_fields) | set(FairnessSpec.model_fields) | set(ProtectedSpec.model_fields)
-    | set(ProxySpec.model_fields)
+    | set(ProxySpec.model_fields) | set(AccessPolicySpec.model_fields) | set(NormalHoursSpec.model_fields)
+    | set(GrantSpec.model_fields)
 )
 T = TypeVar("T")
 
@@ -313,6 +318,8 @@ class _Merged:
     models_at: dict[str, str] = field(default_factory=dict)
     fairness: FairnessSpec = field(default_factory=FairnessSpec)
     fairness_at: str | None = None
+    access: AccessPolicySpec = field(default_factory=AccessPolicySpec)
+    access_at: str | None = None
     rule_at: dict[str, str] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
 
@@ -337,6 +344,14 @@ def _merge(files: list[_File]) -> _Merged:
                 merged.fairness_at = f"{f.source}:{f.line(('fairness',))}"
                 if f.spec is not None and f.spec.fairness is not None:
                     merged.fairness = f.spec.fairness
+        if data.get("access_policy") is not None:
+            if merged.access_at is not None:
+                where = merged.access_at
+                f.add(("access_policy",), f"access_policy is already defined at {where}; define it in one file only")
+            else:
+                merged.access_at = f"{f.source}:{f.line(('access_policy',))}"
+                if f.spec is not None and f.spec.access_policy is not None:
+                    merged.access = f.spec.access_policy
         models = data.get("models")
         for model_id in models if isinstance(models, dict) else {}:
             if not isinstance(model_id, str):
@@ -398,7 +413,9 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
         **same,
         window_s=spec.window,
         threshold=threshold,
-        min_samples=_first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
+        # Security rules count events: the defaults' sample size is for rates and would silence them.
+        min_samples=_first(spec.min_samples, SECURITY_MIN_SAMPLES) if spec.metric in SECURITY_METRICS
+        else _first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
         min_label_coverage=coverage,
         test=spec.test or ("binomial" if spec.metric in RATE_METRICS else "none"),
         confidence=_first(spec.confidence, defaults.confidence, BUILTIN_CONFIDENCE),
@@ -409,6 +426,9 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
         # Bias rules test every group of every attribute each tick: without FDR control, noise fires.
         fdr=spec.metric in BIAS_METRICS if spec.fdr is None else spec.fdr,
         attributes=spec.attributes or "all",
+        revoke=bool(spec.revoke),
+        min_volume=spec.min_volume or 0,
+        follow_s=_first(spec.follow, DEFAULT_FOLLOW_S),
     )
 
 
@@ -439,6 +459,7 @@ def load_rules(path: Path) -> RuleSet:
         rules=tuple(_resolve(spec, merged.defaults) for spec in merged.rules),
         models={m: ModelFacts(**facts.model_dump()) for m, facts in merged.models.items()},
         fairness=merged.fairness.resolve(),
+        access_policy=merged.access.resolve(),
         sources=tuple(f.source for f in files),
         sha256=digest.hexdigest(),
     )
@@ -464,5 +485,10 @@ def check_command(path: Path) -> tuple[int, str]:
         proxies = [f"{a} (for {p.proxy_for})" if p.proxy_for else a for a, p in declared.proxies.items()]
         listed = (", ".join(sorted(names)) or "-" for names in (protected, proxies))
         lines.append("fairness: protected {}; proxies {}".format(*listed))
+    policy = ruleset.access_policy
+    lines.append(
+        f"access policy: {len(policy.grants)} grant{'' if len(policy.grants) == 1 else 's'};"
+        f" normal hours {policy.normal_hours.describe()}; learning period {format_duration(policy.learning_s)}"
+    )
     lines.append(f"sha256: {ruleset.sha256}")
     return 0, "\n".join(lines)

@@ -5,7 +5,8 @@
 `rule_problems` / `file_problems` are every cross-field check of the format; they return paths relative
 to the checked node so the loader can put a file and line on each. The resolved models repeat the
 simple ranges so a Rule built by hand in a test cannot hold an impossible value either. The models
-and checks of the `fairness:` section live in monitor.rules.fairness (re-exported here).
+and checks of the `fairness:` section live in monitor.rules.fairness, those of the `access_policy:`
+section in monitor.rules.access (both re-exported here).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 # Re-exported (`X as X`): the evaluator reads every resolved model from this module.
+from monitor.rules.access import AccessPolicy as AccessPolicy
+from monitor.rules.access import AccessPolicySpec, access_problems
+from monitor.rules.access import Grant as Grant
+from monitor.rules.access import NormalHours as NormalHours
 from monitor.rules.fairness import AttributeSelection as AttributeSelection
 from monitor.rules.fairness import Fairness as Fairness
 from monitor.rules.fairness import FairnessSpec, fairness_problems
@@ -29,6 +34,8 @@ Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
 Metric = Literal[
     "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence",
     "disparate_impact", "fnr_gap", "group_shift",
+    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
+    "denied_burst", "new_source_privileged", "query_volume",
 ]
 Compare = Literal[
     "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence",
@@ -53,9 +60,30 @@ METRIC_COMPARES: dict[str, frozenset[str]] = {
     "disparate_impact": frozenset({"below"}),
     "fnr_gap": frozenset({"above"}),
     "group_shift": frozenset({"shift"}),
+    "policy_violations": frozenset({"above"}),
+    "off_hours_access": frozenset({"above"}),
+    "new_principal_access": frozenset({"above"}),
+    "access_volume": frozenset({"ratio_above"}),
+    "unapproved_artifacts": frozenset({"above"}),
+    "denied_burst": frozenset({"above"}),
+    "new_source_privileged": frozenset({"above"}),
+    "query_volume": frozenset({"ratio_above", "above"}),
 }
 # The metrics of category bias, and its only ones: each compares the groups of declared attributes.
 BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
+# The metrics of category security, and its only ones: counts of events per principal, API key or
+# artifact, never rates (one unauthorized download is an incident), so no binomial test applies.
+SECURITY_METRICS = frozenset({
+    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
+    "denied_burst", "new_source_privileged", "query_volume",
+})
+# Security metrics whose ratio compares an amount with the principal's or key's own past; `min_volume`
+# is the absolute amount below which that ratio means nothing (3 files read instead of 0 is no theft).
+VOLUME_METRICS = frozenset({"access_volume", "query_volume"})
+# The categories that take their own metrics only (and whose metrics belong to no other category).
+CATEGORY_METRICS: dict[str, frozenset[str]] = {"bias": BIAS_METRICS, "security": SECURITY_METRICS}
+# The smallest "above" threshold of a count: 0 is "any at all"; a query cap of 0 would fire on all use.
+MIN_COUNT_THRESHOLD: dict[str, int] = {metric: 0 for metric in SECURITY_METRICS} | {"query_volume": 1}
 # Metrics tested as proportions of counted events. A latency quantile counts too: "the q-quantile
 # exceeds X" is "more than 1−q of the requests are slower than X", a binomial question.
 RATE_METRICS = frozenset(
@@ -72,6 +100,13 @@ COMPARE_BASELINES: dict[str, tuple[str, ...]] = {
     "shift": ("reference",),
 }
 BASELINE_COMPARES = frozenset(COMPARE_BASELINES)
+# Metrics that narrow their compare's baselines, and why. A volume is compared with the principal's (or
+# key's) own average over the previous 7 days, which is what their `reference` means.
+METRIC_BASELINES: dict[str, tuple[tuple[str, ...], str]] = {
+    metric: (("reference",), "a volume is compared with its principal's or key's own previous 7 days")
+    for metric in VOLUME_METRICS
+}
+BASELINE_REASONS = {"shift": "a group's shift is measured against its own reference"}
 DOWN_COMPARES = frozenset({"below", "below_published_minimum"})
 NO_LADDER_COMPARES = frozenset({"silence", "below_published_minimum"})
 
@@ -79,6 +114,7 @@ FORMAT_VERSION = 1
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 MIN_WINDOW_S = 60
 MAX_WINDOW_S = 7 * 86400
+DEFAULT_FOLLOW_S = 3600
 
 
 class Step(BaseModel):
@@ -121,6 +157,10 @@ class Rule(BaseModel):
     attribute: str | None = None
     fdr: bool = False  # Benjamini–Hochberg across every test of the tick, not per test
     attributes: AttributeSelection = "all"  # which of RuleSet.fairness the rule tests (bias metrics)
+    revoke: bool = False  # security: name the principal or API key in the control message's revoke_principals
+    min_volume: int = Field(default=0, ge=0)  # volume metrics: below this amount a ratio never fires
+    # new_source_privileged: how long after a login from a new source its privileged actions count.
+    follow_s: int = Field(default=DEFAULT_FOLLOW_S, ge=MIN_WINDOW_S, le=MAX_WINDOW_S)
 
     def steps(self, published_minimum: float | None = None) -> tuple[Step, ...]:
         """The base step (this rule's threshold, severity, level) then the ladder, weakest to strongest.
@@ -150,13 +190,14 @@ class ModelFacts(BaseModel):
 
 
 class RuleSet(BaseModel):
-    """Every rule of a load, the per-model facts, the fairness declarations, and where they came from."""
+    """Every rule of a load, the per-model facts, fairness, access policy, and where they came from."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rules: tuple[Rule, ...]
     models: dict[str, ModelFacts] = Field(default_factory=dict)
     fairness: Fairness = Field(default_factory=Fairness)
+    access_policy: AccessPolicy = Field(default_factory=AccessPolicy)
     sources: tuple[str, ...] = ()
     sha256: str = ""  # over the raw bytes of `sources`, in load order
 
@@ -266,6 +307,9 @@ class RuleSpec(BaseModel):
     attribute: Annotated[str, Field(min_length=1)] | None = None
     fdr: bool | None = None
     attributes: AttributeSelection | None = None
+    revoke: bool | None = None
+    min_volume: Annotated[int, Field(ge=0)] | None = None
+    follow: Duration = None
 
 
 class DefaultsSpec(BaseModel):
@@ -295,6 +339,7 @@ class FileSpec(BaseModel):
     defaults: DefaultsSpec | None = None
     models: dict[str, ModelSpec] | None = None
     fairness: FairnessSpec | None = None
+    access_policy: AccessPolicySpec | None = None
     rules: list[Any] = []
 
 
@@ -311,6 +356,8 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
         return f"must be a number {_got(value)}"
     if not math.isfinite(value):
         return f"must be a finite number {_got(value)}"
+    if compare == "above" and metric in SECURITY_METRICS:
+        return _count_problem(metric, value)
     low, high, high_open = 0.0, 1.0, True  # a fraction: above on rates, relative_drop, widening, shift
     if compare == "ratio_above":
         low, high = 1.0, math.inf
@@ -328,18 +375,32 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
     return None
 
 
+def _count_problem(metric: str, value: float) -> str | None:
+    """Why `value` is no "above" threshold for a count of security events, or None."""
+    what = f"for compare 'above' on metric {metric!r} (a count)"
+    least = MIN_COUNT_THRESHOLD[metric]
+    if not float(value).is_integer():
+        return f"must be a whole number {what} {_got(value)}"
+    if value < least:
+        return f"must be at least {least} {what} {_got(value)}"
+    return None
+
+
 def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Problems of `threshold`, and of `baseline`, which each compare either needs or refuses."""
     baselines = COMPARE_BASELINES.get(rule.compare, ())
+    reason, on = BASELINE_REASONS.get(rule.compare), ""
+    if baselines and rule.metric in METRIC_BASELINES:
+        (baselines, reason), on = METRIC_BASELINES[rule.metric], f" on metric {rule.metric!r}"
     if baselines and rule.baseline is None:
         yield ("baseline",), f"required for compare {rule.compare!r} ({' or '.join(baselines)})"
     elif not baselines and rule.baseline is not None:
         only = f"only {', '.join(sorted(BASELINE_COMPARES))} compare against a baseline"
         yield ("baseline",), f"not allowed for compare {rule.compare!r} ({only})"
     elif rule.baseline is not None and rule.baseline not in baselines:
+        why = f" ({reason})" if reason else ""
         yield ("baseline",), (
-            f"must be {' or '.join(baselines)} for compare {rule.compare!r}"
-            f" (a group's shift is measured against its own reference) {_got(rule.baseline)}"
+            f"must be {' or '.join(baselines)} for compare {rule.compare!r}{on}{why} {_got(rule.baseline)}"
         )
     if rule.compare == "below_published_minimum":
         if rule.threshold is not None:
@@ -394,7 +455,10 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
 
 
 def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    """Keys that belong to some metrics only, a binomial test, and the metrics of category bias."""
+    """Keys that belong to some metrics only, a binomial test, and the metrics of categories bias and security."""
+    category = _category_problem(rule)
+    if category:
+        yield ("category",), category
     owners: tuple[tuple[str, object, frozenset[str], bool], ...] = (
         ("flag", rule.flag, frozenset({"flag_rate"}), True),
         ("quantile", rule.quantile, frozenset({"latency"}), True),
@@ -402,20 +466,44 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         ("min_label_coverage", rule.min_label_coverage, LABEL_METRICS, False),
         ("fdr", rule.fdr, BIAS_METRICS, False),
         ("attributes", rule.attributes, BIAS_METRICS, False),
+        ("revoke", rule.revoke, SECURITY_METRICS, False),
+        ("min_volume", rule.min_volume, VOLUME_METRICS, False),
+        ("follow", rule.follow, frozenset({"new_source_privileged"}), False),
     )
     for key, value, metrics, required in owners:
         if rule.metric not in metrics and value is not None:
-            names = ", ".join(sorted(metrics))
-            yield (key,), f"only allowed for metric {names} (this rule's metric is {rule.metric!r})"
+            if category and metrics <= CATEGORY_METRICS.get(rule.category, frozenset()):
+                continue  # a key of the rule's category: the metric is the slip, and the category says so
+            names = "the security metrics" if metrics == SECURITY_METRICS else f"metric {', '.join(sorted(metrics))}"
+            yield (key,), f"only allowed for {names} (this rule's metric is {rule.metric!r})"
         elif rule.metric in metrics and value is None and required:
             yield (key,), f"required for metric {rule.metric!r}"
+    if rule.min_volume is not None and rule.metric in VOLUME_METRICS and rule.compare != "ratio_above":
+        yield ("min_volume",), (
+            f"only meaningful with compare 'ratio_above' (compare {rule.compare!r} is already an absolute amount)"
+        )
+    if rule.follow is not None and rule.metric == "new_source_privileged":
+        if not MIN_WINDOW_S <= rule.follow <= MAX_WINDOW_S:
+            yield ("follow",), f"must be between 1m and 7d (got {format_duration(rule.follow)})"
+    if rule.rollback and rule.metric in SECURITY_METRICS and rule.metric != "unapproved_artifacts":
+        yield ("rollback",), (
+            f"not allowed for metric {rule.metric!r}: of the security metrics only unapproved_artifacts rolls back"
+            " (an access incident is no fault of the model version; use revoke)"
+        )
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
         yield ("test",), f"a binomial test needs a rate metric, not {rule.metric!r}; use test: none"
-    if rule.metric in BIAS_METRICS and rule.category != "bias":
-        yield ("category",), f"must be bias for metric {rule.metric!r} {_got(rule.category)}"
-    elif rule.category == "bias" and rule.metric not in BIAS_METRICS:
-        names = ", ".join(sorted(BIAS_METRICS))
-        yield ("category",), f"category 'bias' is only for metrics {names} (this rule's metric is {rule.metric!r})"
+
+
+def _category_problem(rule: RuleSpec) -> str | None:
+    """Why the rule's category and metric disagree (bias and security take their own metrics only), or None."""
+    for category, metrics in CATEGORY_METRICS.items():
+        if rule.metric in metrics and rule.category != category:
+            return f"must be {category} for metric {rule.metric!r} {_got(rule.category)}"
+    own = CATEGORY_METRICS.get(rule.category)
+    if own is not None and rule.metric not in own:
+        names = ", ".join(sorted(own))
+        return f"category {rule.category!r} is only for metrics {names} (this rule's metric is {rule.metric!r})"
+    return None
 
 
 def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
@@ -464,3 +552,6 @@ def file_problems(spec: FileSpec) -> Iterator[tuple[Loc, str]]:
     if spec.fairness is not None:
         for loc, message in fairness_problems(spec.fairness):
             yield ("fairness", *loc), message
+    if spec.access_policy is not None:
+        for loc, message in access_problems(spec.access_policy):
+            yield ("access_policy", *loc), message

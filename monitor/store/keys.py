@@ -38,6 +38,42 @@ class Keys:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"
 
+    def access_models(self) -> str:
+        """Set of every model key with access-log or registry events (cross-slot index)."""
+        return f"{self.prefix}:access_models"
+
+    def access_facts(self, model_id: str) -> str:
+        """Hash of access facts: since (first access event time, for the learning period)."""
+        return f"{self.model(model_id)}:access:meta"
+
+    def known_access(self, model_id: str) -> str:
+        """Hash "<principal>|<resource>" -> first access: who is known to which data."""
+        return f"{self.model(model_id)}:access:known"
+
+    def known_sources(self, model_id: str) -> str:
+        """Hash "<principal>|<source_ip>" -> first login: who is known to log in from where."""
+        return f"{self.model(model_id)}:access:sources"
+
+    def new_source_logins(self, model_id: str) -> str:
+        """Hash principal -> time of its last login from a new source."""
+        return f"{self.model(model_id)}:access:newsrc"
+
+    def recent_access(self, model_id: str) -> str:
+        """List of recent access records (JSON, newest first, bounded): a security incident's evidence."""
+        return f"{self.model(model_id)}:access:recent"
+
+    def approvals(self, model_id: str) -> str:
+        """Hash "<version>|<sha256>" -> approval (actor, reference, time); kept without expiry."""
+        return f"{self.model(model_id)}:registry:approved"
+
+    def tampered(self, model_id: str) -> str:
+        """Hash "<version>|<sha256>" -> the unapproved artifact write or deployment seen."""
+        return f"{self.model(model_id)}:registry:tampered"
+
+    def deployments(self, model_id: str) -> str:
+        """List of deployments, newest first (JSON: version, sha256, ts, approved)."""
+        return f"{self.model(model_id)}:registry:deployments"
+
     def unfavourable(self, model_id: str) -> str:
         """Sorted set of recent unfavourable decisions by event time (bounded; bias impact)."""
         return f"{self.model(model_id)}:unfav"

@@ -13,7 +13,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 
 import orjson
@@ -23,9 +24,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.aggregates.batch import HOUR_S, MINUTE_S, Located, after_offsets, canonical, fold
+from monitor.aggregates.security import ACCESS_VERSION, fold_access, fold_registry, model_key
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict
+from monitor.rules.access import AccessPolicy
+from monitor.rules.schema import RuleSet
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,19 @@ class ApplyResult:
     applied_events: int
     skipped_events: int  # already applied by an earlier delivery of the same offsets
     round_trips: int
-    labels_matched: int = 0  # labels counted against their prediction in this batch
-    labels_waiting: int = 0  # labels that arrived before their prediction
+    # What the scripts reported beyond the counts, by name: labels_matched, labels_waiting,
+    # new_principal, new_source, tampered, integrity_checks.
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labels_matched(self) -> int:
+        """Labels counted against their prediction in this batch."""
+        return self.details.get("labels_matched", 0)
+
+    @property
+    def labels_waiting(self) -> int:
+        """Labels that arrived before their prediction."""
+        return self.details.get("labels_waiting", 0)
 
 
 @dataclass(slots=True)
@@ -61,6 +76,7 @@ class _Call:
     keys: list[str]
     payload: bytes
     events: int
+    reply: tuple[str, ...] = ()  # names of the numbers the script returns after its status
 
 
 class RedisStore:
@@ -86,14 +102,39 @@ class RedisStore:
         self.clock = clock
         self._predictions = redis.register_script(_load_script("predictions"))
         self._labels = redis.register_script(_load_script("labels"))
+        self._access = redis.register_script(_load_script("access"))
+        self._registry = redis.register_script(_load_script("registry"))
+        self.access_policy = AccessPolicy()
+        self.follow_s = 3600
+        self.recent_access_max = 10_000
+
+    def configure_access(self, rules: RuleSet) -> None:
+        """Take the access policy, and how long after a new-source login a privileged action counts."""
+        self.access_policy = rules.access_policy
+        follows = [r.follow_s for r in rules.rules if r.metric == "new_source_privileged"]
+        self.follow_s = max(follows, default=self.follow_s)
 
     async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
-        return await self._apply_guarded(topic, located, self._prediction_call, register=True)
+        return await self._apply_guarded(
+            topic, located, self._prediction_call, index=self.keys.models()
+        )
 
     async def apply_labels(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Join a batch of labels to their predictions; at most once per (model, offset)."""
         return await self._apply_guarded(topic, located, self._label_call)
+
+    async def apply_access(self, topic: str, located: Sequence[Located]) -> ApplyResult:
+        """Count a batch of access-log events (classified by the access policy); at most once."""
+        return await self._apply_guarded(
+            topic, located, self._access_call, index=self.keys.access_models(), model_of=model_key
+        )
+
+    async def apply_registry(self, topic: str, located: Sequence[Located]) -> ApplyResult:
+        """Record approvals and check every artifact write and deployment against them; at most once."""
+        return await self._apply_guarded(
+            topic, located, self._registry_call, index=self.keys.access_models()
+        )
 
     async def _apply_guarded(
         self,
@@ -101,41 +142,42 @@ class RedisStore:
         located: Sequence[Located],
         build: Callable[[str, str, list[Located]], _Call],
         *,
-        register: bool = False,
+        index: str | None = None,
+        model_of: Callable[[Any], str] = lambda event: str(event.model_id),
     ) -> ApplyResult:
         pending: dict[str, list[Located]] = {}
         for item in located:
-            pending.setdefault(item.event.model_id, []).append(item)
-        applied = skipped = rounds = matched = waiting = 0
+            pending.setdefault(model_of(item.event), []).append(item)
+        applied = skipped = rounds = 0
+        details: Counter[str] = Counter()
         while pending:
             if rounds == MAX_CONFLICT_ROUNDS:
                 raise OffsetConflict(f"shares of {sorted(pending)} kept conflicting")
             rounds += 1
             calls = {model_id: build(topic, model_id, items) for model_id, items in pending.items()}
-            replies = await self._send(list(calls.values()), list(calls) if register else [])
+            replies = await self._send(list(calls.values()), index, list(calls))
             retry: dict[str, list[Located]] = {}
             for model_id, reply in zip(calls, replies, strict=True):
                 status, *rest = reply
                 if int(status) == 0:
                     applied += calls[model_id].events
-                    matched += int(rest[0]) if rest else 0
-                    waiting += int(rest[1]) if len(rest) > 1 else 0
+                    details.update(dict(zip(calls[model_id].reply, map(int, rest), strict=False)))
                     continue
                 fresh = after_offsets(pending[model_id], _stored_offsets(rest))
                 skipped += len(pending[model_id]) - len(fresh)
                 if fresh:
                     retry[model_id] = fresh
             pending = retry
-        return ApplyResult(applied, skipped, rounds, matched, waiting)
+        return ApplyResult(applied, skipped, rounds, dict(details))
 
-    async def _send(self, calls: list[_Call], new_models: list[str]) -> list[list[bytes]]:
+    async def _send(self, calls: list[_Call], index: str | None, models: list[str]) -> list[list[bytes]]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            if new_models:
-                pipe.sadd(self.keys.models(), *new_models)  # cross-slot index: outside the scripts
+            if index is not None:
+                pipe.sadd(index, *models)  # a cross-slot index: written beside the scripts
             for call in calls:
                 await call.script(keys=call.keys, args=[call.payload], client=pipe)
             replies = await pipe.execute()
-        return [list(reply) for reply in replies[1 if new_models else 0 :]]
+        return [list(reply) for reply in replies[0 if index is None else 1 :]]
 
     def _common(self, topic: str, model_id: str, located: list[Located]) -> dict[str, object]:
         offsets: dict[int, tuple[int, int]] = {}
@@ -211,7 +253,49 @@ class RedisStore:
             "unfavourable_max": self.impact_sample_max,
             "unfavourable_ttl": self.minute_ttl_s,
         }
-        return _Call(self._predictions, keys, orjson.dumps(payload), share.events)
+        return _Call(self._predictions, keys, orjson.dumps(payload), share.events, ("labels_matched",))
+
+    def _access_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
+        share = fold_access(located, self.access_policy, topic)[model_id]
+        k = self.keys
+        keys = [
+            k.offsets(model_id), k.access_facts(model_id), k.known_access(model_id),
+            k.known_sources(model_id), k.new_source_logins(model_id), k.recent_access(model_id),
+        ]
+        floor = int(self.clock()) + MINUTE_S
+        buckets: list[list[object]] = []
+        for resolution, counters, ttl_s in (
+            (MINUTE, share.minutes, self.minute_ttl_s),
+            (HOUR, share.hours(), self.hour_ttl_s),
+        ):
+            for start_s, counts in counters.items():
+                keys.append(k.bucket(model_id, ACCESS_VERSION, resolution, start_s))
+                buckets.append([len(keys), max(start_s + ttl_s, floor), _flatten(counts)])
+        payload = {
+            **self._common(topic, model_id, located),
+            "version": ACCESS_VERSION,
+            "learning_s": self.access_policy.learning_s,
+            "follow_s": self.follow_s,
+            "first_ts": min(item.event.epoch_s for item in located),
+            "buckets": buckets,
+            "stateful": sorted(share.stateful, key=lambda e: e[0]),  # type: ignore[arg-type,return-value]
+            "recent": share.recent,
+            "recent_max": self.recent_access_max,
+        }
+        return _Call(self._access, keys, orjson.dumps(payload), share.events, ("new_principal", "new_source"))
+
+    def _registry_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
+        share = fold_registry(located)[model_id]
+        k = self.keys
+        keys = [k.offsets(model_id), k.approvals(model_id), k.tampered(model_id), k.deployments(model_id)]
+        payload = {
+            **self._common(topic, model_id, located),
+            "version": ACCESS_VERSION,
+            "events": share.events,
+        }
+        return _Call(
+            self._registry, keys, orjson.dumps(payload), len(share.events), ("tampered", "integrity_checks")
+        )
 
     def _label_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
         k = self.keys
@@ -229,7 +313,10 @@ class RedisStore:
             "wait_until": now + self.label_join_ttl_s,
         }
         keys = [k.offsets(model_id), k.waiting_labels(model_id), k.waiting_until(model_id)]
-        return _Call(self._labels, keys, orjson.dumps(payload), len(located))
+        return _Call(
+            self._labels, keys, orjson.dumps(payload), len(located),
+            ("labels_matched", "labels_waiting", "labels_expired"),
+        )
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -1,10 +1,14 @@
-"""The rules loader: the shipped file, durations, each refusal with file/line/path, merging, `rules check`."""
+"""The rules loader: the shipped file, durations, each refusal with file/line/path, merging, `rules check`.
+
+Also the access policy (monitor.rules.access): its resolved models and their checks.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,11 @@ import pytest
 
 from monitor.exceptions import ConfigError
 from monitor.rules import (
+    SECURITY_METRICS,
+    AccessPolicy,
     Fairness,
+    Grant,
+    NormalHours,
     ProtectedAttribute,
     ProxyAttribute,
     Rule,
@@ -97,6 +105,47 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         ladder_=(), auto_recover=True, inhibited_by=("disparate-impact", "disparate-impact-24h"), fdr=True,
         attributes="all", direction="up",
     ),
+    # security: counts, no test, no sample size, never auto-recovering
+    "unauthorized-access": dict(
+        category="security", metric="policy_violations", window_s=3600, compare="above", baseline=None,
+        threshold=0.0, min_samples=1, test="none", severity="CRITICAL", level=4, ladder_=(), rollback=False,
+        auto_recover=False, revoke=True, min_volume=0, follow_s=3600, fdr=False, direction="up",
+    ),
+    "training-data-off-hours": dict(
+        category="security", metric="off_hours_access", window_s=3600, compare="above", threshold=0.0,
+        min_samples=1, test="none", severity="HIGH", level=1, auto_recover=False, revoke=False,
+    ),
+    "training-data-new-principal": dict(
+        category="security", metric="new_principal_access", window_s=86400, compare="above", threshold=0.0,
+        min_samples=1, test="none", severity="HIGH", level=1, auto_recover=False, revoke=False,
+    ),
+    "training-data-volume": dict(
+        category="security", metric="access_volume", window_s=86400, compare="ratio_above", baseline="reference",
+        threshold=10.0, min_volume=1_000_000_000, min_samples=1, test="none", severity="CRITICAL", level=4,
+        auto_recover=False, revoke=True,
+    ),
+    "weights-tampered": dict(
+        category="security", metric="unapproved_artifacts", window_s=86400, compare="above", threshold=0.0,
+        min_samples=1, test="none", severity="CRITICAL", level=4, rollback=True, auto_recover=False, revoke=False,
+    ),
+    "denied-burst": dict(
+        category="security", metric="denied_burst", window_s=300, compare="above", threshold=20.0, min_samples=1,
+        test="none", severity="HIGH", level=1, auto_recover=False, revoke=False,
+    ),
+    "new-source-privileged": dict(
+        category="security", metric="new_source_privileged", window_s=3600, compare="above", threshold=0.0,
+        follow_s=3600, min_samples=1, test="none", severity="CRITICAL", level=4, auto_recover=False, revoke=True,
+    ),
+    "model-extraction": dict(
+        category="security", metric="query_volume", window_s=3600, compare="ratio_above", baseline="reference",
+        threshold=20.0, min_volume=5000, min_samples=1, test="none", severity="HIGH", level=2, auto_recover=False,
+        revoke=True, rollback=False,
+    ),
+    "model-extraction-cap": dict(
+        category="security", metric="query_volume", window_s=3600, compare="above", baseline=None,
+        threshold=100000.0, min_volume=0, min_samples=1, test="none", severity="HIGH", level=2,
+        auto_recover=False, revoke=True,
+    ),
 }
 
 
@@ -179,6 +228,238 @@ def test_fairness_built_by_hand_checks_names() -> None:
         ProtectedAttribute(reference="")
 
 
+# --- the access policy ---------------------------------------------------------------------------
+
+def at(text: str) -> float:
+    """Epoch seconds of an ISO time with its offset, e.g. "2024-01-01T07:00:00+00:00" (a Monday)."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_default_access_policy_section() -> None:
+    policy = load_rules(DEFAULT).access_policy
+    hours = policy.normal_hours
+    assert (hours.start_min, hours.end_min, hours.days, hours.timezone) == (420, 1200, frozenset(range(5)), "UTC")
+    assert hours == NormalHours()
+    assert policy.learning_s == 7 * 86400
+    assert policy.unchecked_actions == frozenset({"login"})
+    assert policy.privileged_actions == frozenset({"write", "delete", "deploy", "grant"})
+    assert policy.grants[0] == Grant(
+        principals=("svc-training-*",), actions=frozenset({"read", "download"}),
+        resource_types=frozenset({"training_data"}), models=("*",), hours="any",
+    )
+    assert [(g.principals, g.hours) for g in policy.grants] == [
+        (("svc-training-*",), "any"), (("role:ml-engineer*", "ml-*"), "normal"), (("svc-deployer",), "normal"),
+        (("svc-gateway-*",), "normal"), (("role:security*",), "normal"),
+    ]
+    assert policy.grants[4].resource_types == frozenset(
+        {"model_weights", "training_data", "endpoint", "config", "credentials"}
+    )
+
+
+# (principal, action, resource_type, model_id): what the shipped policy's organisation does every day.
+NORMAL_OPERATION = [
+    ("svc-training-nightly", "read", "training_data", "credit-scoring"),
+    ("svc-training-nightly", "download", "training_data", None),
+    ("role:ml-engineer", "write", "model_weights", "credit-scoring"),
+    ("role:ml-engineer-lead", "download", "training_data", "fraud-detector"),
+    ("ml-alice", "write", "config", "credit-scoring"),
+    ("svc-deployer", "deploy", "endpoint", "credit-scoring"),
+    ("svc-deployer", "write", "model_weights", "fraud-detector"),
+    ("svc-gateway-eu-1", "query", "endpoint", "credit-scoring"),
+    ("role:security-oncall", "read", "credentials", None),
+    ("mallory", "login", "credentials", None),  # unchecked: anyone may log in
+]
+# ... and what it should never see.
+VIOLATIONS = [
+    ("svc-training-nightly", "read", "model_weights", "credit-scoring"),  # resource type not granted
+    ("svc-training-nightly", "write", "training_data", "credit-scoring"),  # action not granted
+    ("ml-alice", "deploy", "endpoint", "credit-scoring"),
+    ("ml-alice", "delete", "training_data", "credit-scoring"),
+    ("svc-gateway-eu-1", "download", "model_weights", "credit-scoring"),
+    ("role:security-oncall", "write", "config", "credit-scoring"),
+    ("SVC-DEPLOYER", "deploy", "endpoint", "credit-scoring"),  # globs are case-sensitive
+    ("mallory", "download", "model_weights", "credit-scoring"),
+    ("mallory", "query", "endpoint", None),
+]
+
+
+@pytest.mark.parametrize("access", NORMAL_OPERATION, ids=lambda a: "-".join(str(p) for p in a))
+def test_default_policy_allows_normal_operation(access: tuple[str, str, str, str | None]) -> None:
+    assert load_rules(DEFAULT).access_policy.allows(*access)
+
+
+@pytest.mark.parametrize("access", VIOLATIONS, ids=lambda a: "-".join(str(p) for p in a))
+def test_default_policy_refuses_the_rest(access: tuple[str, str, str, str | None]) -> None:
+    assert not load_rules(DEFAULT).access_policy.allows(*access)
+
+
+def test_default_policy_hours() -> None:
+    policy = load_rules(DEFAULT).access_policy
+    assert policy.any_hours("svc-training-nightly", "read", "training_data", "credit-scoring")
+    assert not policy.any_hours("ml-alice", "read", "training_data", "credit-scoring")  # engineers: normal hours
+    assert not policy.any_hours("svc-training-nightly", "write", "training_data", "m")  # not even allowed
+
+
+def test_no_access_policy_section_allows_only_login(tmp_path: Path) -> None:
+    source = write(tmp_path, "r.yaml", render(DENIED))
+    policy = load_rules(source).access_policy
+    assert policy == AccessPolicy()
+    assert policy.grants == () and policy.learning_s == 7 * 86400
+    assert policy.allows("anyone", "login", "endpoint", None)
+    assert not policy.allows("anyone", "read", "training_data", "m")  # deny by default
+    assert not policy.any_hours("anyone", "login", "endpoint", None)  # unchecked is not "any hours"
+
+
+def test_access_policy_section_resolved(tmp_path: Path) -> None:
+    source = write(tmp_path, "p.yaml", (
+        "version: 1\n"
+        "access_policy:\n"
+        "  normal_hours: {start: '9:00', end: '24:00', days: [sun, sat], timezone: Europe/Paris}\n"
+        "  learning_period: 3d\n"
+        "  unchecked_actions: []\n"
+        "  privileged_actions: [grant]\n"
+        "  grants:\n"
+        "    - {principals: [a, 'b-*'], actions: [query, read], resource_types: [endpoint], models: ['credit-*']}\n"
+        "    - {principals: [c], actions: [read], resource_types: [training_data], hours: any}\n"
+    ))
+    policy = load_rules(source).access_policy
+    assert policy == AccessPolicy(
+        normal_hours=NormalHours(start_min=540, end_min=1440, days=frozenset({5, 6}), timezone="Europe/Paris"),
+        learning_s=3 * 86400,
+        unchecked_actions=frozenset(),
+        privileged_actions=frozenset({"grant"}),
+        grants=(
+            Grant(principals=("a", "b-*"), actions=frozenset({"query", "read"}),
+                  resource_types=frozenset({"endpoint"}), models=("credit-*",)),
+            Grant(principals=("c",), actions=frozenset({"read"}), resource_types=frozenset({"training_data"}),
+                  hours="any"),
+        ),
+    )
+    assert not policy.allows("a", "login", "endpoint", None)  # no unchecked actions: login needs a grant too
+    assert policy.allows("b-7", "query", "endpoint", "credit-scoring")
+    assert not policy.allows("b-7", "query", "endpoint", None)  # the grant names models: `*` only matches none
+    assert isinstance(hash(policy), int)  # frozen
+    code, text = check_command(source)
+    assert code == 0
+    assert "\naccess policy: 2 grants; normal hours 09:00-24:00 sat,sun Europe/Paris; learning period 3d\n" in text
+
+
+@pytest.mark.parametrize(
+    ("hours", "when", "inside"),
+    [
+        (NormalHours(), "2024-01-01T06:59:59+00:00", False),  # Monday, a second too early
+        (NormalHours(), "2024-01-01T07:00:00+00:00", True),
+        (NormalHours(), "2024-01-05T19:59:59+00:00", True),  # Friday
+        (NormalHours(), "2024-01-05T20:00:00+00:00", False),  # the end is exclusive
+        (NormalHours(), "2024-01-06T12:00:00+00:00", False),  # Saturday
+        (NormalHours(), "2024-01-07T12:00:00+00:00", False),  # Sunday
+        (NormalHours(), "2024-01-01T08:00:00+02:00", False),  # 06:00 UTC, whatever the writer's offset
+        # New York: UTC-5 in January, UTC-4 in July
+        (NormalHours(timezone="America/New_York"), "2024-01-01T11:59:00+00:00", False),  # 06:59 local
+        (NormalHours(timezone="America/New_York"), "2024-01-01T12:00:00+00:00", True),  # 07:00 local
+        (NormalHours(timezone="America/New_York"), "2024-07-01T11:00:00+00:00", True),  # 07:00 local (DST)
+        (NormalHours(timezone="America/New_York"), "2024-07-01T10:59:00+00:00", False),
+        (NormalHours(timezone="America/New_York"), "2024-01-06T00:59:00+00:00", True),  # Fri 19:59 local, Sat UTC
+        (NormalHours(timezone="America/New_York"), "2024-01-06T01:00:00+00:00", False),  # Fri 20:00 local
+        (NormalHours(timezone="Asia/Tokyo"), "2024-01-07T22:00:00+00:00", True),  # Mon 07:00 local, Sun UTC
+        (NormalHours(timezone="Asia/Tokyo"), "2024-01-05T22:00:00+00:00", False),  # Sat 07:00 local, Fri UTC
+        # the whole weekend, to midnight
+        (NormalHours(start_min=0, end_min=1440, days=frozenset({5, 6})), "2024-01-07T23:59:59+00:00", True),
+        (NormalHours(start_min=0, end_min=1440, days=frozenset({5, 6})), "2024-01-06T00:00:00+00:00", True),
+        (NormalHours(start_min=0, end_min=1440, days=frozenset({5, 6})), "2024-01-05T23:59:59+00:00", False),
+    ],
+)
+def test_normal_hours_contains(hours: NormalHours, when: str, inside: bool) -> None:
+    assert hours.contains(at(when)) is inside
+
+
+GRANT = Grant(
+    principals=("svc-trainer-*", "role:ml-engineer"), actions=frozenset({"read", "download"}),
+    resource_types=frozenset({"training_data"}), models=("credit-*", "fraud-v?"),
+)
+
+
+@pytest.mark.parametrize(
+    ("principal", "action", "resource_type", "model_id", "matches"),
+    [
+        ("svc-trainer-7", "read", "training_data", "credit-scoring", True),
+        ("role:ml-engineer", "download", "training_data", "fraud-v2", True),
+        ("role:ml-engineer-2", "read", "training_data", "credit-scoring", False),  # no glob: exactly that name
+        ("svc-trainer", "read", "training_data", "credit-scoring", False),  # the glob wants "svc-trainer-"
+        ("Svc-Trainer-7", "read", "training_data", "credit-scoring", False),  # case-sensitive
+        ("svc-trainer-7", "write", "training_data", "credit-scoring", False),
+        ("svc-trainer-7", "read", "model_weights", "credit-scoring", False),
+        ("svc-trainer-7", "read", "training_data", "fraud-v10", False),  # `?` is one character
+        ("svc-trainer-7", "read", "training_data", "scoring", False),
+        ("svc-trainer-7", "read", "training_data", None, False),  # no model: only "*" matches
+    ],
+)
+def test_grant_matches(principal: str, action: str, resource_type: str, model_id: str | None, matches: bool) -> None:
+    assert GRANT.matches(principal, action, resource_type, model_id) is matches
+
+
+def test_grant_without_models_covers_every_model_and_none() -> None:
+    grant = GRANT.model_copy(update={"models": ("*",)})
+    assert grant.models == ("*",) and grant.hours == "normal"
+    assert grant.matches("svc-trainer-7", "read", "training_data", None)
+    assert grant.matches("svc-trainer-7", "read", "training_data", "anything")
+    assert Grant(principals=("p",), actions=frozenset({"read"}), resource_types=frozenset({"config"})).models == ("*",)
+    # "*" among other patterns still matches an access that names no model.
+    either = GRANT.model_copy(update={"models": ("credit-*", "*")})
+    assert either.matches("svc-trainer-1", "read", "training_data", None)
+
+
+def test_allows_and_any_hours() -> None:
+    any_hours = Grant(principals=("svc-etl",), actions=frozenset({"read"}), resource_types=frozenset({"training_data"}),
+                      hours="any")
+    policy = AccessPolicy(grants=(GRANT, any_hours))
+    assert policy.allows("svc-trainer-1", "read", "training_data", "credit-scoring")
+    assert policy.allows("svc-etl", "read", "training_data", None)
+    assert policy.allows("nobody", "login", "credentials", None)
+    assert not policy.allows("svc-etl", "download", "training_data", None)
+    assert policy.any_hours("svc-etl", "read", "training_data", "m")
+    assert not policy.any_hours("svc-trainer-1", "read", "training_data", "credit-scoring")  # allowed, normal hours
+    assert not policy.any_hours("svc-etl", "download", "training_data", "m")  # the any-hours grant must match
+    # Two grants to one principal: one with any hours is enough.
+    both = AccessPolicy(grants=(any_hours.model_copy(update={"hours": "normal"}), any_hours))
+    assert both.any_hours("svc-etl", "read", "training_data", "m")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: NormalHours(start_min=600, end_min=600), "must be before end"),
+        (lambda: NormalHours(start_min=0, end_min=1441), "less than or equal to 1440"),
+        (lambda: NormalHours(days=frozenset()), "non-empty set"),
+        (lambda: NormalHours(days=frozenset({7})), "0 (Monday) .. 6 (Sunday)"),
+        (lambda: NormalHours(timezone="Mars/Olympus"), "unknown timezone 'Mars/Olympus'"),
+        (lambda: Grant(principals=(), actions=frozenset({"read"}), resource_types=frozenset({"config"})), "at least 1"),
+        (lambda: Grant(principals=("a",), actions=frozenset({"steal"}), resource_types=frozenset({"config"})), "steal"),
+        (lambda: Grant(principals=("a",), actions=frozenset({"read"}), resource_types=frozenset({"gpu"})), "gpu"),
+        (lambda: Grant(principals=("a",), actions=frozenset({"read"}), resource_types=frozenset({"config"}),
+                       models=("",)), "must not be empty"),
+        (lambda: Grant(principals=("a",), actions=frozenset({"read"}), resource_types=frozenset({"config"}),
+                       hours="sometimes"), "'normal' or 'any'"),
+        (lambda: AccessPolicy(privileged_actions=frozenset()), "at least 1"),
+        (lambda: AccessPolicy(unchecked_actions=frozenset({"sudo"})), "sudo"),
+        (lambda: AccessPolicy(learning_s=-1), "greater than or equal to 0"),
+    ],
+    ids=["empty-span", "end-past-midnight", "no-days", "day-7", "timezone", "no-principals", "action",
+         "resource-type", "empty-model", "hours", "no-privileged", "unchecked", "learning"],
+)
+def test_access_models_built_by_hand_check_values(make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_rule_built_by_hand_checks_security_ranges() -> None:
+    rule = load_rules(DEFAULT).by_id("training-data-volume")
+    assert Rule(**{**rule.model_dump(), "follow_s": 60}).follow_s == 60
+    for bad in ({"min_volume": -1}, {"follow_s": 59}, {"follow_s": 8 * 86400}):
+        with pytest.raises(ValueError):
+            Rule(**{**rule.model_dump(), **bad})
+
+
 # --- durations ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -220,6 +501,18 @@ IMPACT: Fields = {
 }
 FNR: Fields = {**IMPACT, "metric": "fnr_gap", "compare": "above", "threshold": "0.05"}
 SHIFT: Fields = {**IMPACT, "metric": "group_shift", "compare": "shift", "baseline": "reference", "threshold": "0.1"}
+DENIED: Fields = {**ERROR_RATE, "category": "security", "metric": "denied_burst", "threshold": "20", "severity": "HIGH"}
+VOLUME: Fields = {
+    **DENIED, "metric": "access_volume", "window": "24h", "compare": "ratio_above", "baseline": "reference",
+    "threshold": "10", "min_volume": "1000000000",
+}
+QUERIES: Fields = {**VOLUME, "metric": "query_volume", "window": "1h", "threshold": "20", "min_volume": "5000"}
+CAP: Fields = {**DENIED, "metric": "query_volume", "threshold": "100000"}
+NEW_SOURCE: Fields = {**DENIED, "metric": "new_source_privileged", "threshold": "0", "follow": "1h", "revoke": "true"}
+ARTIFACTS: Fields = {
+    **DENIED, "metric": "unapproved_artifacts", "threshold": "0", "rollback": "true", "severity": "CRITICAL",
+    "level": "4",
+}
 OTHER_RULE = "  - {id: other, category: availability, metric: error_rate, window: 5m, compare: above,\n" \
              "     threshold: 0.5, severity: HIGH, level: 2}\n"
 
@@ -313,8 +606,8 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
      "not allowed with compare 'below_published_minimum'"),
     ("auto-recover-critical", ERROR_RATE, {"severity": "CRITICAL", "auto_recover": "true"}, "auto_recover",
      "auto_recover", "CRITICAL"),
-    ("auto-recover-security", {**ERROR_RATE, "category": "security"}, {"auto_recover": "true"}, "auto_recover",
-     "auto_recover", "security"),
+    ("auto-recover-security", DENIED, {"auto_recover": "true"}, "auto_recover", "auto_recover",
+     "must be false for category security (a person closes a security incident)"),
     ("inhibit-self", ERROR_RATE, {"inhibited_by": "[other, r]"}, "inhibited_by[1]", "inhibited_by",
      "cannot inhibit itself"),
     ("inhibit-unknown", ERROR_RATE, {"inhibited_by": "[ghost]"}, "inhibited_by[0]", "inhibited_by",
@@ -379,6 +672,66 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
      "only allowed for metric accuracy, accuracy_gap, fnr_gap"),
     ("coverage-fnr-range", FNR, {"min_label_coverage": "2"}, "min_label_coverage", "min_label_coverage",
      "at most 1"),
+    # security rules
+    ("security-category-other-metric", ERROR_RATE, {"category": "security"}, "category", "category",
+     "category 'security' is only for metrics access_volume, denied_burst, new_principal_access,"
+     " new_source_privileged, off_hours_access, policy_violations, query_volume, unapproved_artifacts"
+     " (this rule's metric is 'error_rate')"),
+    ("security-metric-elsewhere", DENIED, {"category": "availability"}, "category", "category",
+     "must be security for metric 'denied_burst' (got 'availability')"),
+    ("security-metric-in-bias", VOLUME, {"category": "bias"}, "category", "category",
+     "must be security for metric 'access_volume' (got 'bias')"),
+    # The category names the slip; "revoke only for security metrics" would be a cascade.
+    ("security-key-wrong-metric", {**ERROR_RATE, "category": "security"}, {"revoke": "true", "min_volume": "5"},
+     "category", "category", "category 'security' is only for metrics"),
+    ("security-compare", DENIED, {"compare": "below"}, "compare", "compare",
+     "compare 'below' is not allowed for metric 'denied_burst' (allowed: above)"),
+    ("volume-compare-above", VOLUME, {"compare": "above", "baseline": None, "min_volume": None}, "compare",
+     "compare", "compare 'above' is not allowed for metric 'access_volume' (allowed: ratio_above)"),
+    ("count-negative", DENIED, {"threshold": "-1"}, "threshold", "threshold",
+     "must be at least 0 for compare 'above' on metric 'denied_burst' (a count) (got -1)"),
+    ("count-fraction", DENIED, {"threshold": "0.5"}, "threshold", "threshold",
+     "must be a whole number for compare 'above' on metric 'denied_burst' (a count) (got 0.5)"),
+    ("count-string", DENIED, {"threshold": "many"}, "threshold", "threshold", "must be a number (got 'many')"),
+    ("cap-zero", CAP, {"threshold": "0"}, "threshold", "threshold",
+     "must be at least 1 for compare 'above' on metric 'query_volume' (a count) (got 0)"),
+    ("count-ladder-not-larger", DENIED, {"ladder": "[{threshold: 10, severity: CRITICAL, level: 4}]"},
+     "ladder[0].threshold", "ladder", "must be larger than the rule's threshold 20"),
+    ("count-ladder-fraction", DENIED, {"ladder": "[{threshold: 50.5, severity: CRITICAL, level: 4}]"},
+     "ladder[0].threshold", "ladder", "must be a whole number"),
+    ("volume-ratio-1", VOLUME, {"threshold": "1"}, "threshold", "threshold",
+     "must be greater than 1 for compare 'ratio_above' (got 1)"),
+    ("volume-baseline-missing", VOLUME, {"baseline": None}, "baseline", "-",
+     "required for compare 'ratio_above' (reference)"),
+    ("volume-week-ago", QUERIES, {"baseline": "week_ago"}, "baseline", "baseline",
+     "must be reference for compare 'ratio_above' on metric 'query_volume' (a volume is compared with its"
+     " principal's or key's own previous 7 days) (got 'week_ago')"),
+    ("cap-baseline", CAP, {"baseline": "reference"}, "baseline", "baseline", "not allowed for compare 'above'"),
+    ("security-binomial", DENIED, {"test": "binomial"}, "test", "test",
+     "a binomial test needs a rate metric, not 'denied_burst'; use test: none"),
+    ("security-min-samples-zero", DENIED, {"min_samples": "0"}, "min_samples", "min_samples", "at least 1"),
+    ("revoke-elsewhere", ERROR_RATE, {"revoke": "true"}, "revoke", "revoke",
+     "only allowed for the security metrics (this rule's metric is 'error_rate')"),
+    ("revoke-false-elsewhere", FLAGS, {"revoke": "false"}, "revoke", "revoke", "only allowed for the security metrics"),
+    ("revoke-type", DENIED, {"revoke": "always"}, "revoke", "revoke", "must be true or false (got 'always')"),
+    ("min-volume-elsewhere", DENIED, {"min_volume": "10"}, "min_volume", "min_volume",
+     "only allowed for metric access_volume, query_volume (this rule's metric is 'denied_burst')"),
+    ("min-volume-on-rate", LATENCY, {"min_volume": "10"}, "min_volume", "min_volume",
+     "only allowed for metric access_volume, query_volume (this rule's metric is 'latency')"),
+    ("min-volume-with-cap", CAP, {"min_volume": "10"}, "min_volume", "min_volume",
+     "only meaningful with compare 'ratio_above' (compare 'above' is already an absolute amount)"),
+    ("min-volume-negative", VOLUME, {"min_volume": "-1"}, "min_volume", "min_volume", "must be at least 0 (got -1)"),
+    ("min-volume-float", VOLUME, {"min_volume": "1.5"}, "min_volume", "min_volume", "must be an integer (got 1.5)"),
+    ("follow-elsewhere", DENIED, {"follow": "1h"}, "follow", "follow",
+     "only allowed for metric new_source_privileged (this rule's metric is 'denied_burst')"),
+    ("follow-bad", NEW_SOURCE, {"follow": "soon"}, "follow", "follow", "must be a duration like 90s"),
+    ("follow-short", NEW_SOURCE, {"follow": "30s"}, "follow", "follow", "must be between 1m and 7d (got 30s)"),
+    ("follow-long", NEW_SOURCE, {"follow": "8d"}, "follow", "follow", "must be between 1m and 7d (got 8d)"),
+    ("follow-seconds-key", NEW_SOURCE, {"follow": None, "follow_s": "3600"}, "follow_s", "follow_s",
+     "unknown key 'follow_s' (did you mean 'follow'?)"),
+    ("rollback-on-access", DENIED, {"rollback": "true"}, "rollback", "rollback",
+     "not allowed for metric 'denied_burst': of the security metrics only unapproved_artifacts rolls back"
+     " (an access incident is no fault of the model version; use revoke)"),
 ]
 
 
@@ -410,7 +763,10 @@ def test_rule_refusals(
 
 
 def test_every_rule_base_is_valid(tmp_path: Path) -> None:
-    bases = (ERROR_RATE, ACCURACY, DROP, LATENCY, FLAGS, SILENCE, MINIMUM, GAP, IMPACT, FNR, SHIFT)
+    bases = (
+        ERROR_RATE, ACCURACY, DROP, LATENCY, FLAGS, SILENCE, MINIMUM, GAP, IMPACT, FNR, SHIFT,
+        DENIED, VOLUME, QUERIES, CAP, NEW_SOURCE, ARTIFACTS,
+    )
     for index, base in enumerate(bases):
         source = tmp_path / f"ok{index}.yaml"
         source.write_text(render(base))
@@ -452,6 +808,46 @@ def test_resolved_bias_rule(tmp_path: Path, base: Fields, changes: Fields, want:
     assert ruleset.fairness.attributes(rule.attributes) == {
         "all": [("sex", False), ("zip3", True)], "protected": [("sex", False)], "proxies": [("zip3", True)]
     }[rule.attributes]
+
+
+@pytest.mark.parametrize(
+    ("base", "changes", "want"),
+    [
+        (DENIED, {}, dict(
+            min_samples=1, test="none", auto_recover=False, revoke=False, min_volume=0, follow_s=3600,
+            rollback=False, baseline=None, fdr=False, direction="up",
+        )),
+        (DENIED, {"min_samples": "5", "revoke": "true", "ladder": "[{threshold: 100, severity: CRITICAL, level: 4}]"},
+         dict(min_samples=5, revoke=True, steps=[(20.0, "HIGH", 1), (100.0, "CRITICAL", 4)])),
+        (VOLUME, {}, dict(min_volume=1_000_000_000, baseline="reference", threshold=10.0, window_s=86400)),
+        (QUERIES, {"min_volume": "0"}, dict(min_volume=0, threshold=20.0)),
+        (CAP, {}, dict(threshold=100000.0, min_volume=0, baseline=None)),
+        (NEW_SOURCE, {"follow": "30m"}, dict(follow_s=1800, revoke=True)),
+        (NEW_SOURCE, {"follow": None}, dict(follow_s=3600)),
+        (ARTIFACTS, {}, dict(rollback=True, auto_recover=False, severity="CRITICAL", threshold=0.0)),
+    ],
+    ids=["count", "count-explicit", "volume", "queries-no-minimum", "cap", "follow", "follow-default", "artifacts"],
+)
+def test_resolved_security_rule(tmp_path: Path, base: Fields, changes: Fields, want: dict[str, Any]) -> None:
+    source = tmp_path / "r.yaml"
+    source.write_text(render({**base, **changes}) + "defaults: {min_samples: 50}\n")
+    ruleset = load_rules(source)
+    rule = ruleset.by_id("r")
+    for name, value in want.items():
+        if name == "steps":
+            assert [(s.threshold, s.severity, s.level) for s in rule.steps()] == value
+        elif name == "direction":
+            assert rule.direction == value
+        else:
+            assert getattr(rule, name) == value, name
+    # The defaults' sample size is for rates: it would make a count of 1 unauthorized download not count.
+    assert ruleset.by_id("other").min_samples == 50
+
+
+def test_security_metrics_are_exactly_category_security() -> None:
+    ruleset = load_rules(DEFAULT)
+    assert {r.metric for r in ruleset.rules if r.category == "security"} == SECURITY_METRICS
+    assert all(r.category == "security" for r in ruleset.rules if r.metric in SECURITY_METRICS)
 
 
 BIAS_RULE = "  - {id: d, category: bias, metric: disparate_impact, window: 1h, compare: below, threshold: 0.8,\n" \
@@ -522,6 +918,89 @@ FILE_CASES: list[tuple[str, str, str, str]] = [
     ("bias-without-fairness", "version: 1\nrules:\n" + BIAS_RULE.replace("{id: d,", "{id: d, #<\n    ")
      + "     fdr: true}\n", "rules[0].attributes",
      "attributes 'all' selects nothing to test: no file has a fairness section"),
+    # the access_policy section
+    ("access-typo", "version: 1\naccess_polcy: {} #<\n", "access_polcy",
+     "unknown key 'access_polcy' (did you mean 'access_policy'?)"),
+    ("access-not-mapping", "version: 1\naccess_policy: [a] #<\n", "access_policy", "must be a mapping (got a list)"),
+    ("access-unknown-key", "version: 1\naccess_policy:\n  grant: [] #<\n", "access_policy.grant",
+     "unknown key 'grant' (did you mean 'grants'?)"),
+    ("hours-typo", "version: 1\naccess_policy:\n  normal_hours:\n    time_zone: UTC #<\n",
+     "access_policy.normal_hours.time_zone", "unknown key 'time_zone' (did you mean 'timezone'?)"),
+    ("hours-not-mapping", "version: 1\naccess_policy:\n  normal_hours: 9-17 #<\n", "access_policy.normal_hours",
+     "must be a mapping (got '9-17')"),
+    ("start-unquoted", "version: 1\naccess_policy:\n  normal_hours:\n    start: 7:30 #<\n",
+     "access_policy.normal_hours.start",
+     'must be quoted text like "07:00" (got the number 450: unquoted, YAML reads 20:00 as 1200)'),
+    ("start-not-a-time", "version: 1\naccess_policy:\n  normal_hours: {start: 7am} #<\n",
+     "access_policy.normal_hours.start", 'must be a time "HH:MM" from 00:00 to 23:59 (got \'7am\')'),
+    ("start-24", "version: 1\naccess_policy:\n  normal_hours: {start: '24:00'} #<\n",
+     "access_policy.normal_hours.start", "from 00:00 to 23:59 (got '24:00')"),
+    ("end-minute-60", "version: 1\naccess_policy:\n  normal_hours: {end: '20:60'} #<\n",
+     "access_policy.normal_hours.end", "from 00:00 to 24:00 (got '20:60')"),
+    ("end-bool", "version: 1\naccess_policy:\n  normal_hours:\n    end: no #<\n", "access_policy.normal_hours.end",
+     'must be a time "HH:MM" in quotes (got false)'),
+    ("end-before-start", "version: 1\naccess_policy:\n  normal_hours:\n    start: '20:00'\n    end: '08:00' #<\n",
+     "access_policy.normal_hours.end",
+     "must be later than start 20:00 (normal hours cannot span midnight; give night work its own grant with"
+     " hours: any) (got '08:00')"),
+    ("end-equals-start", "version: 1\naccess_policy:\n  normal_hours: {start: '07:00', end: '07:00'} #<\n",
+     "access_policy.normal_hours.end", "must be later than start 07:00"),
+    ("days-unknown", "version: 1\naccess_policy:\n  normal_hours:\n    days: [mon, thurs] #<\n",
+     "access_policy.normal_hours.days[1]", "must be 'mon', 'tue', 'wed', 'thu', 'fri', 'sat' or 'sun' (got 'thurs')"),
+    ("days-empty", "version: 1\naccess_policy:\n  normal_hours:\n    days: [] #<\n", "access_policy.normal_hours.days",
+     "must list at least one day (mon .. sun)"),
+    ("timezone-unknown", "version: 1\naccess_policy:\n  normal_hours:\n    timezone: Europe/Pariss #<\n",
+     "access_policy.normal_hours.timezone", "unknown timezone 'Europe/Pariss' (did you mean 'Europe/Paris'?)"),
+    ("timezone-nowhere", "version: 1\naccess_policy:\n  normal_hours: {timezone: Mars/Olympus} #<\n",
+     "access_policy.normal_hours.timezone",
+     "unknown timezone 'Mars/Olympus' (an IANA name like UTC or Europe/Paris)"),
+    ("timezone-path", "version: 1\naccess_policy:\n  normal_hours: {timezone: ../../etc/passwd} #<\n",
+     "access_policy.normal_hours.timezone", "unknown timezone '../../etc/passwd'"),
+    ("learning-bad", "version: 1\naccess_policy:\n  learning_period: 1 week #<\n", "access_policy.learning_period",
+     "must be a duration like 90s, 30m, 24h or 7d (got '1 week')"),
+    ("unchecked-unknown", "version: 1\naccess_policy:\n  unchecked_actions: [login, sudo] #<\n",
+     "access_policy.unchecked_actions[1]",
+     "must be 'read', 'download', 'write', 'delete', 'deploy', 'query', 'login' or 'grant' (got 'sudo')"),
+    ("privileged-unknown", "version: 1\naccess_policy:\n  privileged_actions:\n    - write\n    - exec #<\n",
+     "access_policy.privileged_actions[1]", "(got 'exec')"),
+    ("privileged-empty", "version: 1\naccess_policy:\n  privileged_actions: [] #<\n",
+     "access_policy.privileged_actions", "must list at least one action (new_source_privileged rules watch these)"),
+    ("grants-not-list", "version: 1\naccess_policy:\n  grants: {a: 1} #<\n", "access_policy.grants",
+     "must be a list (got a mapping)"),
+    ("grant-principal-typo", "version: 1\naccess_policy:\n  grants:\n    - principal: [a] #<\n"
+     "      actions: [read]\n      resource_types: [config]\n", "access_policy.grants[0].principal",
+     "unknown key 'principal' (did you mean 'principals'?)"),
+    ("grant-actions-missing",
+     "version: 1\naccess_policy:\n  grants:\n    - {principals: [a], resource_types: [config]} #<\n",
+     "access_policy.grants[0].actions", "required key is missing"),
+    ("grant-action-unknown", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n"
+     "      actions: [read, steal] #<\n      resource_types: [config]\n", "access_policy.grants[0].actions[1]",
+     "must be 'read', 'download', 'write', 'delete', 'deploy', 'query', 'login' or 'grant' (got 'steal')"),
+    ("grant-resource-unknown", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n"
+     "      actions: [read]\n      resource_types: [weights] #<\n", "access_policy.grants[0].resource_types[0]",
+     "must be 'model_weights', 'training_data', 'endpoint', 'config' or 'credentials' (got 'weights')"),
+    ("grant-principals-string", "version: 1\naccess_policy:\n  grants:\n    - principals: svc-a #<\n"
+     "      actions: [read]\n      resource_types: [config]\n", "access_policy.grants[0].principals",
+     "must be a list (got 'svc-a')"),
+    ("grant-principals-empty", "version: 1\naccess_policy:\n  grants:\n    - principals: [] #<\n"
+     "      actions: [read]\n      resource_types: [config]\n", "access_policy.grants[0].principals",
+     "must list at least one principal pattern"),
+    ("grant-principal-blank", "version: 1\naccess_policy:\n  grants:\n    - principals:\n        - a\n"
+     "        - ' ' #<\n      actions: [read]\n      resource_types: [config]\n",
+     "access_policy.grants[0].principals[1]", "a pattern must not be empty (use '*' for any)"),
+    ("grant-actions-empty", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n      actions: [] #<\n"
+     "      resource_types: [config]\n", "access_policy.grants[0].actions", "must list at least one action"),
+    ("grant-resources-empty", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n      actions: [read]\n"
+     "      resource_types: [] #<\n", "access_policy.grants[0].resource_types", "must list at least one resource type"),
+    ("grant-models-empty", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n      actions: [read]\n"
+     "      resource_types: [config]\n      models: [] #<\n", "access_policy.grants[0].models",
+     "must list at least one model pattern ('*' for every model)"),
+    ("grant-model-blank", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n      actions: [read]\n"
+     "      resource_types: [config]\n      models: [''] #<\n", "access_policy.grants[0].models[0]",
+     "a pattern must not be empty"),
+    ("grant-hours", "version: 1\naccess_policy:\n  grants:\n    - principals: [a]\n      actions: [read]\n"
+     "      resource_types: [config]\n      hours: always #<\n", "access_policy.grants[0].hours",
+     "must be 'normal' or 'any' (got 'always')"),
 ]
 
 
@@ -538,6 +1017,17 @@ def test_file_refusals(tmp_path: Path, text: str, path: str, message: str) -> No
     got = one_problem(exc)
     assert (got["file"], got["path"], int(got["line"])) == (str(source), path, marked_line(text)), text
     assert message.format(file=source) in got["message"]
+
+
+def test_access_policy_problems_of_two_grants_are_each_reported(tmp_path: Path) -> None:
+    source = write(tmp_path, "p.yaml", "version: 1\naccess_policy:\n  grants:\n"
+                   "    - {principals: [a], actions: [], resource_types: [config]}\n"
+                   "    - {principals: [b], actions: [read], resource_types: [config], models: []}\n")
+    with pytest.raises(RulesFileError) as exc:
+        load_rules(source)
+    assert [(p.line, p.path) for p in exc.value.problems] == [
+        (4, "access_policy.grants[0].actions"), (5, "access_policy.grants[1].models")
+    ]
 
 
 def test_a_broken_fairness_section_is_not_blamed_on_the_bias_rules(tmp_path: Path) -> None:
@@ -687,6 +1177,24 @@ def test_fairness_in_two_files_is_refused_naming_both(tmp_path: Path) -> None:
     assert f"fairness is already defined at {a}:3; define it in one file only" in got["message"]
 
 
+def test_access_policy_in_two_files_is_refused_naming_both(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "version: 1\nrules: []\naccess_policy:\n  learning_period: 3d\n")
+    b = write(tmp_path, "b.yaml", "version: 1\naccess_policy: #<\n  grants: []\n")
+    with pytest.raises(ConfigError) as exc:
+        load_rules(tmp_path)
+    got = one_problem(exc)
+    assert (got["file"], got["path"], got["line"]) == (str(b), "access_policy", "2")
+    assert f"access_policy is already defined at {a}:3; define it in one file only" in got["message"]
+
+
+def test_security_rules_may_use_the_access_policy_of_another_file(tmp_path: Path) -> None:
+    write(tmp_path, "10-policy.yaml", "version: 1\naccess_policy:\n  learning_period: 3d\n")
+    write(tmp_path, "20-rules.yaml", render(DENIED))
+    ruleset = load_rules(tmp_path)
+    assert ruleset.access_policy.learning_s == 3 * 86400
+    assert ruleset.by_id("r").category == "security"
+
+
 def test_bias_rules_may_use_the_fairness_section_of_another_file(tmp_path: Path) -> None:
     write(tmp_path, "10-fairness.yaml", "version: 1\nfairness:\n  proxies: {zip3: {proxy_for: race}}\n")
     write(tmp_path, "20-bias.yaml", "version: 1\nrules:\n" + BIAS_RULE + "     attributes: proxies}\n")
@@ -727,10 +1235,12 @@ def test_check_command_summarises_a_good_load(tmp_path: Path) -> None:
     shutil.copy(DEFAULT, tmp_path / "default.yaml")
     code, text = check_command(tmp_path)
     assert code == 0
-    assert "16 rules" in text
-    for category, count in (("availability", 4), ("bias", 4), ("output_quality", 4), ("performance", 4)):
+    assert "25 rules" in text
+    counts = (("availability", 4), ("bias", 4), ("output_quality", 4), ("performance", 4), ("security", 9))
+    for category, count in counts:
         assert re.search(rf"^\s+{category}\s+{count}$", text, re.M), text
     assert "\nfairness: protected age_band, sex; proxies zip3 (for race or ethnicity)\n" in text
+    assert "\naccess policy: 5 grants; normal hours 07:00-20:00 mon-fri UTC; learning period 7d\n" in text
     assert f"sha256: {hashlib.sha256(DEFAULT.read_bytes()).hexdigest()}" in text
 
 
