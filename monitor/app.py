@@ -25,7 +25,11 @@ from monitor.events import (
     RegistryEvent,
     Rejected,
 )
+from monitor.api import ApiDeps, register_api
+from monitor.audit import AuditLog
 from monitor.evaluator import Evaluator
+from monitor.incidents.commands import CommandQueue
+from monitor.incidents.store import IncidentStore
 from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
@@ -212,6 +216,14 @@ class Monitor:
             await self.evaluate_once()
 
         self._add_views(app)
+        keys = Keys(s.key_prefix)
+        register_api(app, ApiDeps(
+            incidents=IncidentStore(self.redis, keys),
+            commands=CommandQueue(self.redis, keys),
+            audit=AuditLog(self.redis, keys),
+            store=self.store,
+            token=s.api_token.get_secret_value() if s.api_token else None,
+        ))
         return app
 
     async def evaluate_once(self) -> None:

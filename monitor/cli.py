@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -78,6 +82,125 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     return code
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from monitor.client import ApiClient
+
+    settings = _settings(args)
+    url = args.url or f"http://{settings.web_host}:{settings.web_port}"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return ApiClient(url, token)
+
+
+def _print(args: argparse.Namespace, value: Any, table: Callable[[Any], list[list[str]]]) -> None:
+    if args.json:
+        print(json.dumps(value, indent=2, sort_keys=True))
+        return
+    rows = table(value)
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _incident_rows(incidents: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["ID", "STATUS", "SEVERITY", "LEVEL", "MODEL", "RULE", "GROUP", "OPENED (UTC)"]]
+    for i in incidents:
+        opened = time.strftime("%Y-%m-%d %H:%M", time.gmtime(i["opened_at"]))
+        rows.append([i["id"], i["status"], i["severity"], str(i["level"]), i["model_id"], i["rule"],
+                     i.get("group") or "", opened])
+    return rows
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    """List, show, acknowledge, mitigate or resolve incidents through the worker's API."""
+    client = _client(args)
+    if args.action == "list":
+        query = f"/incidents?status={args.status}" + (f"&model={args.model}" if args.model else "")
+        _print(args, client.get(query)["incidents"], _incident_rows)
+    elif args.action == "show":
+        incident = client.get(f"/incidents/{args.id}")
+        if args.json:
+            print(json.dumps(incident, indent=2, sort_keys=True))
+        else:
+            _show_incident(incident)
+    else:
+        if not args.id or not args.why:
+            raise SystemExit(f"monitor incidents {args.action} ID --by NAME --why TEXT")
+        action = {"ack": "acknowledge"}.get(args.action, args.action)
+        reply = client.post(f"/incidents/{args.id}/{action}", {"by": args.by, "why": args.why})
+        print(json.dumps(reply, indent=2) if args.json else f"{args.id}: {reply.get('incident', {}).get('status', reply.get('status'))}")
+    return 0
+
+
+def _show_incident(i: dict[str, Any]) -> None:
+    print(f"{i['id']}  {i['severity']}  {i['status']}  level {i['level']}")
+    print(f"  {i.get('summary') or i['rule']}")
+    print(f"  model {i['model_id']} {i.get('model_version') or ''}  rule {i['rule']}  group {i.get('group') or '-'}")
+    obs = i.get("observation", {})
+    print(f"  value {obs.get('value')}  threshold {obs.get('threshold')}  baseline {obs.get('baseline')}  samples {obs.get('samples')}")
+    if i.get("evidence_ref"):
+        print(f"  evidence {i['evidence_ref']}")
+    for entry in i.get("timeline", []):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"]))
+        extra = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("at", "what"))
+        print(f"  {when}  {entry['what']}  {extra}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Show models and their levels; escalate or release a manual override."""
+    client = _client(args)
+    if args.action == "status":
+        if args.model:
+            model = client.get(f"/models/{args.model}")
+            if args.json:
+                print(json.dumps(model, indent=2, sort_keys=True))
+            else:
+                print(f"{model['model_id']}: level {model['level']} (override {model['override']}), seq {model['seq']}")
+                if model.get("control"):
+                    print(f"  {model['control']['reason']}")
+                _print(args, model["open_incidents"], _incident_rows)
+        else:
+            rows = lambda models: [["MODEL", "LEVEL", "OVERRIDE", "SEQ", "OPEN INCIDENTS"]] + [  # noqa: E731
+                [m["model_id"], str(m["level"]), str(m["override"] if m["override"] is not None else "-"),
+                 str(m["seq"]), str(m["open_incidents"])] for m in models]
+            _print(args, client.get("/models")["models"], rows)
+    else:
+        if not args.model or not args.why:
+            raise SystemExit(f"monitor models {args.action} MODEL [--level N] --by NAME --why TEXT")
+        body: dict[str, Any] = {"by": args.by, "why": args.why}
+        if args.action == "escalate":
+            body["level"] = args.level
+        reply = client.post(f"/models/{args.model}/{args.action}", body)
+        print(json.dumps(reply, indent=2) if args.json else f"{args.model}: {args.action} {'applied' if reply.get('ok') else reply}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the hash chain of the audit log."""
+    from redis.asyncio import Redis
+
+    from monitor.audit import AuditLog
+    from monitor.store.keys import Keys
+
+    settings = _settings(args)
+
+    async def verify() -> Any:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await AuditLog(redis, Keys(settings.key_prefix)).verify()
+        finally:
+            await redis.aclose()
+
+    result = asyncio.run(verify())
+    if result.ok:
+        print(f"audit log intact: {result.entries} entries")
+        return 0
+    print(f"audit log TAMPERED: {result.problem}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="monitor", description="AI incident-response monitor")
@@ -99,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
     check = rules_sub.add_parser("check", help="validate a rules file or directory")
     check.add_argument("path", nargs="?", default="rules")
     check.set_defaults(func=cmd_rules_check)
+
+    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser_ = sub.add_parser(name, help=help_text)
+        parser_.add_argument("--url", help="the worker's web address (default from MONITOR_WEB_HOST/PORT)")
+        parser_.add_argument("--json", action="store_true", help="machine-readable output")
+        parser_.add_argument("--by", default=os.environ.get("USER", "operator"), help="who you are (audited)")
+        parser_.add_argument("--why", help="the reason (audited)")
+        return parser_
+
+    incidents = api_command("incidents", "list, show, ack, mitigate or resolve incidents")
+    incidents.add_argument("action", choices=["list", "show", "ack", "mitigate", "resolve"])
+    incidents.add_argument("id", nargs="?")
+    incidents.add_argument("--status", default="open", choices=["open", "acknowledged", "mitigated", "resolved", "all"])
+    incidents.add_argument("--model")
+    incidents.set_defaults(func=cmd_incidents)
+
+    models = api_command("models", "model status; escalate or release a manual override")
+    models.add_argument("action", choices=["status", "escalate", "release"])
+    models.add_argument("model", nargs="?")
+    models.add_argument("--level", type=int, choices=range(5))
+    models.set_defaults(func=cmd_models)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit.add_argument("action", choices=["verify"])
+    audit.set_defaults(func=cmd_audit)
 
     demo = sub.add_parser("demo", help="run the daemon on live synthetic traffic")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

@@ -22,7 +22,8 @@ from monitor.aggregates.security import ACCESS_VERSION
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.control import Cause, Publisher, build_message, target_level
 from monitor.incidents.evidence import incident_dir, write_evidence
-from monitor.incidents.model import Incident, open_incident, refire, settle
+from monitor.incidents.commands import Command, CommandQueue, CommandResult
+from monitor.incidents.model import Incident, TransitionError, apply_action, open_incident, refire, settle
 from monitor.incidents.notify import render_bias_notification
 from monitor.incidents.store import ControlState, IncidentStore
 from monitor.rules.bias import BIAS_METRICS, evaluate_bias
@@ -93,6 +94,8 @@ class Evaluator:
         self.contact = contact
         self.reader = reader or WindowReader(redis, keys)
         self.incidents = IncidentStore(redis, keys)
+        self.commands = CommandQueue(redis, keys)
+        self._rule_ids = {rule.id for rule in rules.rules}
         self.last_report = TickReport()
 
     async def tick(self) -> TickReport:
@@ -116,6 +119,10 @@ class Evaluator:
         model_ids = [m.model_id for m in models]
         open_by_model = await self.incidents.open_incidents(model_ids)
         states = await self.incidents.control_states(model_ids)
+        commands = await self.commands.take(model_ids)
+        for model_id in model_ids:
+            await self._apply_commands(commands[model_id], open_by_model[model_id], states[model_id], now)
+        quiet = await self.incidents.quiet(model_ids)
         # Phase 1: every finding of every model, so the false-discovery rate is controlled over
         # the whole tick. Phase 2: act on them model by model.
         findings = {m.model_id: self._model_findings(m, now) for m in models}
@@ -124,7 +131,7 @@ class Evaluator:
             report.findings.extend(f for fs in findings[model.model_id].values() for f in fs)
             await self._act(
                 model, findings[model.model_id], open_by_model[model.model_id],
-                states[model.model_id], now, report,
+                states[model.model_id], now, report, quiet[model.model_id],
             )
         report.seconds = time.perf_counter() - started
         self.last_report = report
@@ -200,6 +207,35 @@ class Evaluator:
                 return frozen
         return own
 
+    async def _apply_commands(
+        self, commands: list[Command], incidents: list[Incident], state: ControlState, now: float
+    ) -> None:
+        """People's commands, in the order they came, before the monitor's own decisions."""
+        for command in commands:
+            error = ""
+            try:
+                if command.action in ("escalate", "release"):
+                    level = command.level if command.action == "escalate" else None
+                    await self.incidents.set_override(command.model_id, level)
+                    state.override = level
+                else:
+                    incident = next((i for i in incidents if i.id == command.incident_id), None)
+                    if incident is None:
+                        raise TransitionError(f"incident {command.incident_id} is not open on {command.model_id}")
+                    apply_action(incident, command.action, command.who, command.why, now)
+                    if incident.status == "resolved":
+                        incidents.remove(incident)
+                        rule = self.rules.by_id(incident.rule) if incident.rule in self._rule_ids else None
+                        hold = rule.window_s if rule else 0
+                        await self.incidents.keep_quiet(command.model_id, incident.dedup_key, now + hold)
+                    await self.incidents.save([incident])
+                    await self._publish_incidents([incident])
+            except TransitionError as exc:
+                error = str(exc)
+            await self.commands.record(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
+            log.info("command %s %s on %s by %s: %s", command.id, command.action, command.model_id,
+                     command.who, error or "applied")
+
     def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
         return {rule.id: self._findings(rule, model, now) for rule in self.rules.rules}
 
@@ -230,6 +266,7 @@ class Evaluator:
         state: ControlState,
         now: float,
         report: TickReport,
+        quiet: dict[str, float],
     ) -> None:
         by_key = {i.dedup_key: i for i in incidents}
         open_rules = {i.rule for i in incidents}
@@ -244,6 +281,8 @@ class Evaluator:
                     merged[finding.dedup_key] = finding
             for key, finding in merged.items():
                 incident = by_key.get(key)
+                if incident is None and quiet.get(key, 0.0) > now:
+                    continue  # a person resolved it; its window still holds what they judged
                 if finding.fired and incident is None:
                     incident = open_incident(rule, finding, now)
                     if rule.category == "bias":

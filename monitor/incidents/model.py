@@ -172,6 +172,31 @@ def refire(incident: Incident, finding: Finding, now: float) -> bool:
     return rose
 
 
+class TransitionError(ValueError):
+    """A person asked for a status change the incident cannot make."""
+
+
+ALLOWED_FROM: dict[str, set[str]] = {
+    "acknowledge": {"open"},
+    "mitigate": {"open", "acknowledged"},
+    "resolve": {"open", "acknowledged", "mitigated"},
+}
+STATUS_AFTER: dict[str, Status] = {"acknowledge": "acknowledged", "mitigate": "mitigated", "resolve": "resolved"}
+EVENT_AFTER: dict[str, str] = {"acknowledge": "acknowledged", "mitigate": "mitigated", "resolve": "resolved"}
+
+
+def apply_action(incident: Incident, action: str, who: str, why: str, now: float) -> None:
+    """A person acknowledges, mitigates or resolves the incident (with who, when and why)."""
+    if incident.status not in ALLOWED_FROM[action]:
+        raise TransitionError(f"cannot {action} incident {incident.id}: it is {incident.status}")
+    incident.status = STATUS_AFTER[action]
+    incident.updated_at = now
+    if action == "resolve":
+        incident.resolved_at = now
+    incident.note(now, EVENT_AFTER[action], by=who, why=why)
+    incident.outbox.append(EVENT_AFTER[action])
+
+
 def settle(incident: Incident, finding: Finding, hold_s: int, now: float) -> bool:
     """A finding that did not fire; returns True when the incident resolved itself (hysteresis)."""
     if not finding.inside:

@@ -60,6 +60,19 @@ class IncidentStore:
         raw = await self.redis.get(self.keys.incident(model_id, incident_id))
         return None if raw is None else _incident_decoder.decode(raw)
 
+    async def find(self, incident_id: str) -> Incident | None:
+        """One incident by id alone."""
+        model_id = await self.redis.hget(self.keys.incident_models(), incident_id)
+        return None if model_id is None else await self.get(_text(model_id), incident_id)
+
+    async def recent(self, limit: int = 100) -> list[Incident]:
+        """The newest incidents, newest first."""
+        pairs = await self.list_ids(limit)
+        if not pairs:
+            return []
+        raw = await self.redis.mget([self.keys.incident(m, i) for m, i in pairs])
+        return [_incident_decoder.decode(value) for value in raw if value]
+
     async def save(self, incidents: list[Incident]) -> None:
         """Write incidents and keep the open-incident and listing indexes in step."""
         if not incidents:
@@ -73,6 +86,7 @@ class IncidentStore:
                 else:
                     pipe.hdel(self.keys.open_incidents(m), incident.dedup_key)
                 pipe.zadd(self.keys.incident_index(), {f"{m}|{incident.id}": incident.opened_at})
+                pipe.hset(self.keys.incident_models(), incident.id, m)
             await pipe.execute()
 
     async def list_ids(self, limit: int = 100) -> list[tuple[str, str]]:
@@ -112,6 +126,22 @@ class IncidentStore:
             pipe.hdel(self.keys.control(message.model_id), "pending")
             pipe.hset(self.keys.control(message.model_id), "last", msgspec.json.encode(message))
             await pipe.execute()
+
+    async def quiet(self, model_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Per model, the incident keys a person resolved and until when they stay closed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.hgetall(self.keys.quiet(model_id))
+            replies = await pipe.execute()
+        return {
+            model_id: {_text(k): float(v) for k, v in raw.items()}
+            for model_id, raw in zip(model_ids, replies, strict=True)
+        }
+
+    async def keep_quiet(self, model_id: str, dedup_key: str, until: float) -> None:
+        """A person resolved this: do not reopen it from data the resolution already judged."""
+        await self.redis.hset(self.keys.quiet(model_id), dedup_key, until)
+        await self.redis.expire(self.keys.quiet(model_id), 8 * 86_400)
 
     async def set_override(self, model_id: str, level: int | None) -> None:
         """Set (or, None, release) a manual escalation override."""

@@ -98,6 +98,26 @@ class Keys:
         """String: one incident as JSON."""
         return f"{self.model(model_id)}:incident:{incident_id}"
 
+    def quiet(self, model_id: str) -> str:
+        """Hash "<rule>|<group>" -> until when a person's resolution keeps it from reopening."""
+        return f"{self.model(model_id)}:incidents:quiet"
+
+    def commands(self, model_id: str) -> str:
+        """List of queued people's commands for the model (JSON), oldest first."""
+        return f"{self.model(model_id)}:commands"
+
+    def command_result(self, command_id: str) -> str:
+        """String: what became of a command (kept an hour)."""
+        return f"{self.prefix}:command:{command_id}"
+
+    def audit(self) -> str:
+        """List of audit entries (JSON, hash-chained), oldest first."""
+        return f"{self.prefix}:audit"
+
+    def incident_models(self) -> str:
+        """Hash incident id -> model id (finds an incident from its id alone)."""
+        return f"{self.prefix}:incident_models"
+
     def incident_index(self) -> str:
         """Sorted set "<model_id>|<incident id>" by opening time (cross-slot listing index)."""
         return f"{self.prefix}:incidents"

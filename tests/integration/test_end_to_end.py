@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+
+import aiohttp
+from redis.asyncio import Redis
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from monitor.settings import Settings
+from monitor.store.keys import Keys
 from monitor.topics import ensure_topics
 from tests.conftest import WorkerProcess, unique_settings
 
 pytestmark = pytest.mark.integration
+TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture(scope="module")
 async def running(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Settings, WorkerProcess]]:
-    settings = unique_settings(*services)
+    settings = unique_settings(*services, api_token=TOKEN, evidence_dir=tmp_path_factory.mktemp("evidence"))
     await ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("e2e") / "worker.log")
     worker.start()
@@ -76,3 +85,79 @@ async def test_an_error_burst_pauses_the_model_within_seconds(running: tuple[Set
     print("\ncontrol message:", orjson.dumps(control, option=orjson.OPT_INDENT_2).decode())
     print("incident:", orjson.dumps({k: incident[k] for k in ("event", "id", "rule", "severity", "status", "observation")}, option=orjson.OPT_INDENT_2).decode())
     await asyncio.sleep(0)
+
+
+async def control_messages(settings: Settings, count: int, timeout_s: float = 20) -> list[dict[str, object]]:
+    consumer = AIOKafkaConsumer(settings.topics.control, bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(found) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found.extend(orjson.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return sorted(found, key=lambda m: m["seq"])  # type: ignore[arg-type,return-value]
+
+
+def cli(settings: Settings, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env()}
+    env.pop("MONITOR_API_TOKEN", None)
+    if token:
+        env["MONITOR_API_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "monitor", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_incident_command_through_the_api_and_cli(running: tuple[Settings, WorkerProcess]) -> None:
+    settings, worker = running
+    base = worker.base
+    listed = json.loads(cli(settings, "incidents", "list", "--json").stdout)
+    [incident] = [i for i in listed if i["model_id"] == "loan-approval"]
+    path = f"/incidents/{incident['id']}/acknowledge"
+    body = {"by": "dana", "why": "looking into the upstream timeouts"}
+    async with aiohttp.ClientSession() as http:
+        async def post(p: str, payload: object, token: str | None) -> tuple[int, dict[str, object]]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with http.post(base + p, json=payload, headers=headers) as resp:
+                return resp.status, await resp.json()
+
+        assert (await post(path, body, None))[0] == 401
+        assert (await post(path, body, "wrong"))[0] == 403
+        assert (await post(path, {"by": "dana"}, TOKEN))[0] == 400
+        assert (await post(path, {**body, "extra": 1}, TOKEN))[0] == 400
+        assert (await post("/incidents/INC-nope/acknowledge", body, TOKEN))[0] == 404
+        status, reply = await post(path, body, TOKEN)
+        assert status == 200 and reply["incident"]["status"] == "acknowledged"  # type: ignore[index]
+        status, reply = await post(path, body, TOKEN)
+        assert status == 409 and "acknowledged" in str(reply["error"])
+
+    # the CLI resolves it; the model goes back to level 0 and stays there (no reopening from the
+    # same window's data), then a manual override raises it and a release lowers it again
+    done = cli(settings, "incidents", "resolve", incident["id"], "--by", "dana", "--why", "upstream fixed")
+    assert done.returncode == 0, done.stderr
+    escalate = cli(settings, "models", "escalate", "loan-approval", "--level", "3", "--by", "dana", "--why", "audit week")
+    assert escalate.returncode == 0, escalate.stderr
+    release = cli(settings, "models", "release", "loan-approval", "--by", "dana", "--why", "audit over")
+    assert release.returncode == 0, release.stderr
+    messages = await control_messages(settings, 4)
+    assert [(m["seq"], m["level"]) for m in messages] == [(1, 4), (2, 0), (3, 3), (4, 0)]
+    assert messages[2]["reason"] == "level 3 (near-total oversight): manual override"
+    shown = json.loads(cli(settings, "incidents", "show", incident["id"], "--json").stdout)
+    assert [e["what"] for e in shown["timeline"]] == ["opened", "acknowledged", "resolved"]
+    assert shown["timeline"][2]["by"] == "human:dana" and shown["timeline"][2]["why"] == "upstream fixed"
+    assert cli(settings, "incidents", "resolve", incident["id"], "--why", "x", token=None).returncode == 1
+
+    verify = cli(settings, "audit", "verify")
+    assert verify.returncode == 0 and "5 entries" in verify.stdout, verify.stdout + verify.stderr
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        key = Keys(settings.key_prefix).audit()
+        entry = orjson.loads(await redis.lindex(key, 1))
+        entry["why"] = "nothing to see here"
+        await redis.lset(key, 1, orjson.dumps(entry))
+    finally:
+        await redis.aclose()
+    tampered = cli(settings, "audit", "verify")
+    assert tampered.returncode == 1 and "entry 1 was changed" in tampered.stderr
