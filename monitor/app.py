@@ -29,6 +29,7 @@ from monitor.api import ApiDeps, register_api
 from monitor.audit import AuditLog
 from monitor.evaluator import Evaluator
 from monitor.incidents.commands import CommandQueue
+from monitor.incidents.delivery import Deliverer
 from monitor.incidents.store import IncidentStore
 from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
@@ -122,6 +123,11 @@ class Monitor:
             clock=clock,
             evidence_dir=settings.evidence_dir,
             contact=settings.incident_contact,
+            deliverer=Deliverer(
+                alertmanager_url=settings.alertmanager_url,
+                webhook_urls=settings.webhook_urls,
+                generator_url=f"http://{settings.web_host}:{settings.web_port}/incidents",
+            ),
         )
         self.evaluator_metrics = EvaluatorMetrics(self.registry)
         self._publisher_started = False

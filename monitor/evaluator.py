@@ -23,6 +23,7 @@ from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.control import Cause, Publisher, build_message, target_level
 from monitor.incidents.evidence import incident_dir, write_evidence
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
+from monitor.incidents.delivery import Deliverer
 from monitor.incidents.model import Incident, TransitionError, apply_action, open_incident, refire, settle
 from monitor.incidents.notify import render_bias_notification
 from monitor.incidents.store import ControlState, IncidentStore
@@ -84,6 +85,7 @@ class Evaluator:
         reader: WindowReader | None = None,
         evidence_dir: Path = Path("evidence"),
         contact: str = "the on-call incident commander",
+        deliverer: Deliverer | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -92,6 +94,7 @@ class Evaluator:
         self.clock = clock
         self.evidence_dir = evidence_dir
         self.contact = contact
+        self.deliverer = deliverer
         self.reader = reader or WindowReader(redis, keys)
         self.incidents = IncidentStore(redis, keys)
         self.commands = CommandQueue(redis, keys)
@@ -414,7 +417,10 @@ class Evaluator:
         flushed = []
         for incident in incidents:
             for kind in incident.outbox:
-                await self.publisher.incident(incident.event(kind))
+                event = incident.event(kind)
+                await self.publisher.incident(event)
+                if self.deliverer is not None:
+                    self.deliverer.submit(event)
             if incident.outbox:
                 incident.outbox = []
                 flushed.append(incident)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     evidence_dir: Path = Path("evidence")
     eval_interval_s: float = Field(1.0, gt=0)
     api_token: SecretStr | None = None
+    alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")
+    webhook_urls: list[str] = Field(default_factory=list, description="JSON list of URLs")
     incident_contact: str = Field(
         "the on-call incident commander", description="Who the notifications name for questions."
     )
@@ -68,7 +71,10 @@ class Settings(BaseSettings):
         """The MONITOR_* environment that rebuilds these settings in another process."""
         env: dict[str, str] = {}
         for name, value in self.model_dump(exclude={"topics", "api_token"}).items():
-            env[f"MONITOR_{name.upper()}"] = str(value)
+            if value is None:
+                continue
+            text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            env[f"MONITOR_{name.upper()}"] = text
         for name, value in self.topics.model_dump().items():
             env[f"MONITOR_TOPIC_{name.upper()}"] = str(value)
         if self.api_token is not None:

@@ -1,0 +1,116 @@
+"""Delivery of incident events to Alertmanager (`/api/v2/alerts`) and to generic webhooks.
+
+Kafka's `incidents` topic is the record; these are the pagers. A slow or absent receiver must not
+hold up the evaluator, so deliveries run in the background with retries and exponential backoff,
+and what could not be delivered after the last try is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from monitor.events import IncidentEvent
+
+log = logging.getLogger(__name__)
+
+
+def _rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def alertmanager_alert(event: IncidentEvent, *, generator_url: str = "") -> dict[str, Any]:
+    """The Alertmanager v2 alert of an incident event; a resolved incident ends the alert."""
+    alert: dict[str, Any] = {
+        "labels": {
+            "alertname": event.rule,
+            "incident_id": event.id,
+            "model_id": event.model_id,
+            "severity": event.severity.lower(),
+            "category": event.category,
+            "source": "aimon",
+            **({"group": event.group} if event.group else {}),
+        },
+        "annotations": {
+            "summary": event.summary or event.rule,
+            "status": event.status,
+            "value": str(event.observation.get("value")),
+            "threshold": str(event.observation.get("threshold")),
+            **({"evidence": event.evidence_ref} if event.evidence_ref else {}),
+        },
+        "startsAt": _rfc3339(event.opened_at),
+    }
+    if generator_url:
+        alert["generatorURL"] = generator_url
+    if event.status == "resolved":
+        alert["endsAt"] = _rfc3339(event.updated_at)
+    return alert
+
+
+class Deliverer:
+    """Sends incident events to Alertmanager and webhooks in the background, with retries."""
+
+    def __init__(
+        self,
+        *,
+        alertmanager_url: str | None,
+        webhook_urls: Sequence[str] = (),
+        attempts: int = 5,
+        first_backoff_s: float = 0.5,
+        generator_url: str = "",
+    ) -> None:
+        self.alertmanager_url = alertmanager_url.rstrip("/") if alertmanager_url else None
+        self.webhook_urls = list(webhook_urls)
+        self.attempts = attempts
+        self.first_backoff_s = first_backoff_s
+        self.generator_url = generator_url
+        self.failed = 0
+        self.delivered = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is anywhere to deliver to."""
+        return bool(self.alertmanager_url or self.webhook_urls)
+
+    def submit(self, event: IncidentEvent) -> None:
+        """Start delivering one event; returns at once."""
+        targets: list[tuple[str, Any]] = []
+        if self.alertmanager_url:
+            alert = alertmanager_alert(event, generator_url=self.generator_url)
+            targets.append((f"{self.alertmanager_url}/api/v2/alerts", [alert]))
+        payload = msgspec.to_builtins(event)
+        targets += [(url, payload) for url in self.webhook_urls]
+        for url, body in targets:
+            task = asyncio.get_running_loop().create_task(self._post(url, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every delivery under way (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _post(self, url: str, body: Any) -> None:
+        delay = self.first_backoff_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                    async with session.post(url, json=body) as response:
+                        if response.status < 300:
+                            self.delivered += 1
+                            return
+                        problem = f"HTTP {response.status}: {(await response.text())[:200]}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if attempt < self.attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+        self.failed += 1
+        log.error("could not deliver an incident event to %s after %d tries: %s", url, self.attempts, problem)
