@@ -201,6 +201,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_evidence(args: argparse.Namespace) -> int:
+    """Check an incident's evidence files against their SHA-256 manifest."""
+    from monitor.incidents.evidence import verify_evidence
+
+    settings = _settings(args)
+    try:
+        problems = verify_evidence(settings.evidence_dir, args.id)
+    except ValueError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems:
+            print(f"TAMPERED {args.id}: {problem}", file=sys.stderr)
+        return 1
+    print(f"evidence of {args.id} intact ({settings.evidence_dir / args.id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="monitor", description="AI incident-response monitor")
@@ -247,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log")
     audit.add_argument("action", choices=["verify"])
     audit.set_defaults(func=cmd_audit)
+
+    evidence = sub.add_parser("evidence", help="incident evidence bundles")
+    evidence.add_argument("action", choices=["verify"])
+    evidence.add_argument("id")
+    evidence.set_defaults(func=cmd_evidence)
 
     demo = sub.add_parser("demo", help="run the daemon on live synthetic traffic")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

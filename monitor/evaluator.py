@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import msgspec
 import orjson
 
 from redis.asyncio import Redis
@@ -25,7 +26,7 @@ from monitor.incidents.evidence import incident_dir, write_evidence
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.model import Incident, TransitionError, apply_action, open_incident, refire, settle
-from monitor.incidents.notify import render_bias_notification
+from monitor.incidents.notify import render_bias_notification, render_notification
 from monitor.incidents.store import ControlState, IncidentStore
 from monitor.rules.bias import BIAS_METRICS, evaluate_bias
 from monitor.rules.security import SECURITY_METRICS, evaluate_security
@@ -292,6 +293,7 @@ class Evaluator:
                         await self._record_impact(incident, model, finding)
                     elif rule.category == "security":
                         await self._record_security(incident, finding)
+                    await self._record_evidence(incident, rule, model, finding)
                     by_key[key] = incident
                     open_rules.add(rule.id)
                     report.opened.append(incident)
@@ -311,6 +313,37 @@ class Evaluator:
         live = [i for i in by_key.values() if i.is_open]
         report.live.extend(live)
         await self._escalate(model, live, state, now, report)
+
+    async def _record_evidence(self, incident: Incident, rule: Rule, model: ModelView, finding: Finding) -> None:
+        """The evidence every incident keeps (DESIGN.md): window aggregates, the rule and the rules
+        file hash, model version and checksum, the newest raw events, Kafka offsets at detection."""
+        model_id = incident.model_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.keys.recent_predictions(model_id), 0, -1)
+            pipe.hgetall(self.keys.offsets(model_id))
+            pipe.lrange(self.keys.deployments(model_id), 0, 19)
+            recent, offsets, deployments = await pipe.execute()
+        windows = model.windows.get(finding.version or "") or model.access
+        window = asdict(windows.window(rule.window_s)) if windows else None
+        deployed = [orjson.loads(d) for d in deployments]
+        checksum = next((d["sha256"] for d in deployed if d["version"] == incident.model_version), None)
+        pretty = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+        folder = incident_dir(self.evidence_dir, incident.id)
+        incident.evidence_ref = str(folder)
+        files = {
+            "incident.json": msgspec.json.format(msgspec.json.encode(incident), indent=2),
+            "rule.json": orjson.dumps({"rule": rule.model_dump(), "rules_sha256": self.rules.sha256,
+                                       "rules_files": list(self.rules.sources)}, option=pretty),
+            "window.json": orjson.dumps({"window_s": rule.window_s, "now": self.clock(), "stats": window}, option=pretty),
+            "model.json": orjson.dumps({"model_id": model_id, "version": incident.model_version,
+                                        "sha256": checksum, "versions": model.versions,
+                                        "deployments": deployed}, option=pretty),
+            "recent_events.json": b"[" + b",".join(recent) + b"]",
+            "offsets.json": orjson.dumps({_text(k): int(v) for k, v in offsets.items()}, option=pretty),
+        }
+        if rule.category != "bias":  # the bias notification is written with its impact
+            files["notification.txt"] = render_notification(incident, contact=self.contact).encode()
+        write_evidence(self.evidence_dir, incident.id, files)
 
     async def _record_security(self, incident: Incident, finding: Finding) -> None:
         """Containment evidence: the principal's recent access records and the Kafka offsets that

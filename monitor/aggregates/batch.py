@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -109,6 +110,7 @@ class Share:
     # Unfavourable decisions, kept (bounded) so a bias incident can name who was affected:
     # (event time, JSON [request_id, subject_id, version, [group field prefixes]])
     unfavourable: list[tuple[float, str]] = field(default_factory=list)
+    recent: list[Located] = field(default_factory=list)  # the batch's events, newest kept as evidence
     last_event_s: float = 0.0
     events: int = 0
 
@@ -169,6 +171,7 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
             share.unfavourable.append((ts, affected_record(event)))
         share.last_event_s = max(share.last_event_s, ts)
         share.events += 1
+        share.recent.append(item)
     for (model_id, version, minute), values in latencies.items():
         counts = shares[model_id].minutes[(version, minute)]
         indices, per_index = np.unique(
@@ -193,6 +196,14 @@ def affected_record(event: PredictionEvent) -> str:
     """Who got an unfavourable decision, and in which groups (for a bias incident's impact)."""
     prefixes = [group_prefix(attr, group_value(v)) for attr, v in event.groups.items()]
     return orjson.dumps([event.request_id, event.subject_id, event.model_version, prefixes]).decode()
+
+
+def recent_records(share: Share, keep: int) -> list[str]:
+    """The share's newest `keep` events as JSON evidence records (with where they came from)."""
+    return [
+        orjson.dumps({"partition": item.partition, "offset": item.offset, "event": msgspec.to_builtins(item.event)}).decode()
+        for item in share.recent[-keep:]
+    ]
 
 
 def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[Located]:

@@ -37,3 +37,23 @@ def write_evidence(root: Path, incident_id: str, files: dict[str, bytes]) -> Pat
         manifest["files"][name] = {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
     manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     return folder
+
+
+def verify_evidence(root: Path, incident_id: str) -> list[str]:
+    """Problems with an incident's evidence folder (empty when every file matches its manifest)."""
+    folder = incident_dir(root, incident_id)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return [f"{folder}: no manifest.json"]
+    listed = orjson.loads(manifest_path.read_bytes())["files"]
+    problems = []
+    for name, entry in sorted(listed.items()):
+        path = folder / name
+        if not path.exists():
+            problems.append(f"{name}: missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            problems.append(f"{name}: changed (sha256 does not match the manifest)")
+    for path in sorted(folder.iterdir()):
+        if path.name != "manifest.json" and path.name not in listed:
+            problems.append(f"{path.name}: not in the manifest")
+    return problems

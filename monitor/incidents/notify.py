@@ -97,3 +97,46 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         status=status,
         contact=contact,
     )
+
+
+KIND = {
+    "performance": "Performance degradation",
+    "availability": "Availability incident",
+    "output_quality": "Output quality incident",
+    "security": "Security and data incident",
+    "bias": "Potential discrimination",
+}
+# The playbook's immediate actions for performance incidents (0–30 minutes), from detection.
+FIRST_STEPS_MIN = {"verify": 30, "impact": 30, "contain": 30}
+
+
+def render_notification(incident: Incident, *, contact: str) -> str:
+    """The internal stakeholder notification of any incident (bias has its own template)."""
+    if incident.category == "bias":
+        return render_bias_notification(incident, contact=contact)
+    obs = incident.observation
+    test = obs.get("test", {})
+    if "p_value" in test:
+        test_line = f"{test['method']}, p = {test['p_value']:.2g} at {obs.get('confidence', 0.99):.0%} confidence"
+    else:
+        test_line = str(test.get("method", "threshold check"))
+    level = incident.level
+    return _env.get_template("incident_internal.txt.j2").render(
+        incident=incident,
+        obs={"value": obs.get("value"), "threshold": obs.get("threshold"), "baseline": obs.get("baseline"),
+             "samples": obs.get("samples")},
+        kind=KIND.get(incident.category, incident.category),
+        window=_duration(int(obs.get("window_s", 0)) or 60),
+        test_line=test_line,
+        opened=f"{datetime.fromtimestamp(incident.opened_at, UTC):%Y-%m-%d %H:%M:%S} UTC",
+        level_name=LEVELS[level].name,
+        routing=ROUTING[level],
+        evidence=incident.evidence_ref or "in the incident record",
+        deadlines={k: f"within {m} minutes (by {datetime.fromtimestamp(incident.opened_at + m * 60, UTC):%H:%M} UTC)"
+                   for k, m in FIRST_STEPS_MIN.items()},
+        status=(
+            "The AI is paused; people decide everything." if level == 4
+            else f"Routing is at level {level} ({LEVELS[level].name}); the monitor keeps watching."
+        ),
+        contact=contact,
+    )

@@ -74,6 +74,10 @@ class Keys:
         """List of deployments, newest first (JSON: version, sha256, ts, approved)."""
         return f"{self.model(model_id)}:registry:deployments"
 
+    def recent_predictions(self, model_id: str) -> str:
+        """List of the model's newest prediction events (JSON, newest first, bounded): evidence."""
+        return f"{self.model(model_id)}:recent"
+
     def unfavourable(self, model_id: str) -> str:
         """Sorted set of recent unfavourable decisions by event time (bounded; bias impact)."""
         return f"{self.model(model_id)}:unfav"

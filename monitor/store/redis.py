@@ -23,7 +23,15 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.aggregates.batch import HOUR_S, MINUTE_S, Located, after_offsets, canonical, fold
+from monitor.aggregates.batch import (
+    HOUR_S,
+    MINUTE_S,
+    Located,
+    after_offsets,
+    canonical,
+    fold,
+    recent_records,
+)
 from monitor.aggregates.security import ACCESS_VERSION, fold_access, fold_registry, model_key
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
@@ -107,6 +115,7 @@ class RedisStore:
         self.access_policy = AccessPolicy()
         self.follow_s = 3600
         self.recent_access_max = 10_000
+        self.recent_events_max = 200  # raw prediction events kept per model for evidence
 
     def configure_access(self, rules: RuleSet) -> None:
         """Take the access policy, and how long after a new-source login a privileged action counts."""
@@ -207,6 +216,7 @@ class RedisStore:
             k.waiting_until(model_id),
             k.first_seen(model_id),
             k.unfavourable(model_id),
+            k.recent_predictions(model_id),
         ]
 
         def index(key: str) -> int:
@@ -251,6 +261,8 @@ class RedisStore:
             "joins": joins,
             "unfavourable": [part for ts, member in share.unfavourable for part in (repr(ts), member)],
             "unfavourable_max": self.impact_sample_max,
+            "recent": recent_records(share, self.recent_events_max),
+            "recent_max": self.recent_events_max,
             "unfavourable_ttl": self.minute_ttl_s,
         }
         return _Call(self._predictions, keys, orjson.dumps(payload), share.events, ("labels_matched",))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from redis.asyncio import Redis
@@ -82,6 +83,15 @@ async def test_an_error_burst_pauses_the_model_within_seconds(running: tuple[Set
     assert isinstance(observation, dict) and observation["samples"] == 1000 and observation["value"] == pytest.approx(0.3)
     assert await worker.metric("aimon_escalation_level", model_id="loan-approval") == 4
     assert await worker.metric("aimon_incidents_open", category="availability", severity="CRITICAL") == 1
+    folder = Path(str(incident["evidence_ref"]))
+    assert {p.name for p in folder.iterdir()} >= {
+        "incident.json", "rule.json", "window.json", "model.json", "recent_events.json", "offsets.json",
+        "notification.txt", "manifest.json",
+    }
+    assert len(orjson.loads((folder / "recent_events.json").read_bytes())) == 200
+    last_offsets = orjson.loads((folder / "offsets.json").read_bytes()).values()
+    assert sum(offset + 1 for offset in last_offsets) == 10  # all 10 messages (arrays of 100) applied
+    assert "error-rate" in (folder / "notification.txt").read_text()
     print("\ncontrol message:", orjson.dumps(control, option=orjson.OPT_INDENT_2).decode())
     print("incident:", orjson.dumps({k: incident[k] for k in ("event", "id", "rule", "severity", "status", "observation")}, option=orjson.OPT_INDENT_2).decode())
     await asyncio.sleep(0)
@@ -161,3 +171,10 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
         await redis.aclose()
     tampered = cli(settings, "audit", "verify")
     assert tampered.returncode == 1 and "entry 1 was changed" in tampered.stderr
+
+    assert cli(settings, "evidence", "verify", incident["id"]).returncode == 0
+    window = Path(str(shown["evidence_ref"])) / "window.json"
+    window.write_text(window.read_text().replace("300", "301"))
+    broken = cli(settings, "evidence", "verify", incident["id"])
+    assert broken.returncode == 1 and "window.json: changed" in broken.stderr
+    assert cli(settings, "evidence", "verify", "../../etc").returncode == 2

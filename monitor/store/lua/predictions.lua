@@ -4,7 +4,7 @@
 -- KEYS[2] meta hash (last_event_s, events)   KEYS[3] versions hash (version -> newest minute)
 -- KEYS[4] labels waiting for their prediction (hash)   KEYS[5] their expiry times (zset)
 -- KEYS[6] version -> minute first seen (hash)   KEYS[7] recent unfavourable decisions (zset)
--- KEYS[8..] the keys the share's parts name by index.
+-- KEYS[8] the newest raw events (list, evidence)   KEYS[9..] the keys the share's parts name by index.
 -- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
@@ -74,6 +74,12 @@ if #unfav > 0 then
   end
   redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -(share.unfavourable_max + 1))
   redis.call('EXPIRE', KEYS[7], share.unfavourable_ttl)
+end
+
+if #share.recent > 0 then
+  redis.call('LPUSH', KEYS[8], unpack(share.recent))
+  redis.call('LTRIM', KEYS[8], 0, share.recent_max - 1)
+  redis.call('EXPIRE', KEYS[8], share.ttl_s)
 end
 
 keep_max(KEYS[2], 'last_event_s', share.last_event_s)
