@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +41,7 @@ def free_port() -> int:
 def unique_settings(kafka: str, redis: str, **overrides: object) -> Settings:
     """Settings whose topics, consumer group and Redis keys no other test uses."""
     tag = uuid.uuid4().hex[:10]
+    overrides.setdefault("evidence_dir", Path(tempfile.mkdtemp(prefix="aimon-evidence-")))
     topics = Topics(**{name: f"{default}-{tag}" for name, default in Topics().model_dump().items()})
     return Settings(
         kafka_bootstrap=kafka,

@@ -72,10 +72,11 @@ class World:
     publisher: KafkaPublisher
     bus: Bus
     rules: RuleSet
+    evidence: Path
 
 
 @pytest.fixture(scope="module")
-async def world(services: tuple[str, str]) -> AsyncIterator[World]:
+async def world(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     settings = unique_settings(*services)
     await ensure_topics(settings)
     publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
@@ -88,7 +89,8 @@ async def world(services: tuple[str, str]) -> AsyncIterator[World]:
     rules = load_rules(ROOT / "rules" / "default.yaml")
     redis = Redis.from_url(settings.redis_url)
     try:
-        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules)
+        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules,
+                    tmp_path_factory.mktemp("evidence"))
     finally:
         await publisher.stop()
         await consumer.stop()
@@ -176,7 +178,8 @@ def evaluator(world: World, keys: Keys, clock: Callable[[], float], facts: dict[
     rules = world.rules
     if facts:
         rules = rules.model_copy(update={"models": {**rules.models, model_id: ModelFacts(**facts)}})
-    return Evaluator(world.redis, keys, rules, world.publisher, clock=clock, reader=WindowReader(world.redis, keys, closed_refresh_s=0))
+    return Evaluator(world.redis, keys, rules, world.publisher, clock=clock,
+                     reader=WindowReader(world.redis, keys, closed_refresh_s=0), evidence_dir=world.evidence)
 
 
 NOW = time.time()
@@ -355,7 +358,7 @@ async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) ->
             offset += len(part)
     clock = [ticks[0]]
     ev = Evaluator(world.redis, keys, world.rules, world.publisher, clock=lambda: clock[0],
-                   reader=WindowReader(world.redis, keys, closed_refresh_s=0))
+                   reader=WindowReader(world.redis, keys, closed_refresh_s=0), evidence_dir=world.evidence)
     evaluated = 0
     for tick in ticks:
         clock[0] = tick
