@@ -128,6 +128,7 @@ class Monitor:
                 webhook_urls=settings.webhook_urls,
                 generator_url=f"http://{settings.web_host}:{settings.web_port}/incidents",
             ),
+            renotify_s=settings.renotify_s,
         )
         self.evaluator_metrics = EvaluatorMetrics(self.registry)
         self._publisher_started = False

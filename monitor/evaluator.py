@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE_S = 8 * 86_400  # a version with no prediction for this long is no longer evaluated
 ACCURACY_METRICS = {"accuracy", "accuracy_gap", "fnr_gap"}
+# Alertmanager resolves an alert nobody re-sends within its resolve_timeout (5 min by default).
+ALERT_REFRESH_S = 60.0
 EVIDENCE_LIST_BOUND = 10_000  # request and subject ids kept per bias incident; the rest are counted
 
 
@@ -87,6 +89,7 @@ class Evaluator:
         evidence_dir: Path = Path("evidence"),
         contact: str = "the on-call incident commander",
         deliverer: Deliverer | None = None,
+        renotify_s: float = 4 * 3600,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -96,6 +99,7 @@ class Evaluator:
         self.evidence_dir = evidence_dir
         self.contact = contact
         self.deliverer = deliverer
+        self.renotify_s = renotify_s
         self.reader = reader or WindowReader(redis, keys)
         self.incidents = IncidentStore(redis, keys)
         self.commands = CommandQueue(redis, keys)
@@ -312,6 +316,12 @@ class Evaluator:
         await self._publish_incidents(changed)
         live = [i for i in by_key.values() if i.is_open]
         report.live.extend(live)
+        for incident in changed:  # just published: Alertmanager and webhooks have them
+            incident.notified_at = incident.notified_at or now
+            incident.reminded_at = incident.reminded_at or now
+        before = {i.id: (i.notified_at, i.reminded_at) for i in live}
+        self._renotify(live, set(), now)
+        await self.incidents.save([i for i in live if (i.notified_at, i.reminded_at) != before[i.id] or i in changed])
         await self._escalate(model, live, state, now, report)
 
     async def _record_evidence(self, incident: Incident, rule: Rule, model: ModelView, finding: Finding) -> None:
@@ -448,16 +458,34 @@ class Evaluator:
 
     async def _publish_incidents(self, incidents: list[Incident]) -> None:
         flushed = []
+        events = []
         for incident in incidents:
             for kind in incident.outbox:
                 event = incident.event(kind)
                 await self.publisher.incident(event)
-                if self.deliverer is not None:
-                    self.deliverer.submit(event)
+                events.append(event)
             if incident.outbox:
                 incident.outbox = []
                 flushed.append(incident)
+        if self.deliverer is not None:
+            self.deliverer.submit_group(events)
         await self.incidents.save(flushed)
+
+    def _renotify(self, live: list[Incident], notified: set[str], now: float) -> None:
+        """Keep open incidents alive in Alertmanager, and remind the webhooks of unattended ones."""
+        if self.deliverer is None:
+            return
+        refresh = [i for i in live if i.id not in notified and now - i.notified_at >= ALERT_REFRESH_S]
+        remind = [i for i in refresh if i.status == "open" and now - i.reminded_at >= self.renotify_s]
+        for incident in refresh:
+            incident.notified_at = now
+        for incident in remind:
+            incident.reminded_at = now
+        if remind:
+            self.deliverer.submit_group([i.event("updated") for i in remind])
+        rest = [i for i in refresh if i not in remind]
+        if rest:
+            self.deliverer.submit_group([i.event("updated") for i in rest], webhooks=False)
 
     async def _escalate(
         self, model: ModelView, live: list[Incident], state: ControlState, now: float, report: TickReport

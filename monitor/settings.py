@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     eval_interval_s: float = Field(1.0, gt=0)
     api_token: SecretStr | None = None
     alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")
+    renotify_s: float = Field(4 * 3600, gt=0, description="Remind the webhooks of incidents left open.")
     webhook_urls: list[str] = Field(default_factory=list, description="JSON list of URLs")
     incident_contact: str = Field(
         "the on-call incident commander", description="Who the notifications name for questions."

@@ -81,16 +81,32 @@ class Deliverer:
 
     def submit(self, event: IncidentEvent) -> None:
         """Start delivering one event; returns at once."""
-        targets: list[tuple[str, Any]] = []
+        self.submit_group([event])
+
+    def submit_group(self, events: Sequence[IncidentEvent], *, webhooks: bool = True) -> None:
+        """Deliver related events (one model, one tick) as one notification; returns at once.
+
+        Alertmanager gets one alert per incident (it groups them by its own routes); each webhook
+        gets a single message listing them all, so five incidents of one outage page once.
+        """
+        if not events:
+            return
         if self.alertmanager_url:
-            alert = alertmanager_alert(event, generator_url=self.generator_url)
-            targets.append((f"{self.alertmanager_url}/api/v2/alerts", [alert]))
-        payload = msgspec.to_builtins(event)
-        targets += [(url, payload) for url in self.webhook_urls]
-        for url, body in targets:
-            task = asyncio.get_running_loop().create_task(self._post(url, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            alerts = [alertmanager_alert(e, generator_url=self.generator_url) for e in events]
+            self._start(f"{self.alertmanager_url}/api/v2/alerts", alerts)
+        if webhooks and self.webhook_urls:
+            body = {
+                "model_id": events[0].model_id,
+                "summary": f"{len(events)} incident event(s) for {events[0].model_id}",
+                "events": [msgspec.to_builtins(e) for e in events],
+            }
+            for url in self.webhook_urls:
+                self._start(url, body)
+
+    def _start(self, url: str, body: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(url, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         """Wait for every delivery under way (tests, shutdown)."""

@@ -43,6 +43,8 @@ class Incident(msgspec.Struct, kw_only=True):
     revoke: list[str] = []  # principals / API keys the gateways should cut off
     rollback_to: str | None = None  # a version named by the incident itself (e.g. the last approved)
     clear_since: float | None = None  # since when the metric has been back inside its threshold
+    notified_at: float = 0.0  # last sent to Alertmanager (refreshed while open)
+    reminded_at: float = 0.0  # last sent to the webhooks (again after the re-notify interval)
     outbox: list[str] = []  # events persisted but not yet published (published, then removed)
 
     @property

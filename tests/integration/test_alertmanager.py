@@ -98,7 +98,7 @@ async def test_webhooks_are_retried_with_backoff() -> None:
     async def hook(request: web.Request) -> web.Response:
         calls.append(time.monotonic())
         body = await request.json()
-        assert body["id"] == "INC-20261126-abcdef01"
+        assert body["events"][0]["id"] == "INC-20261126-abcdef01"
         return web.Response(status=503 if len(calls) < 3 else 200)
 
     app = web.Application()
@@ -114,4 +114,73 @@ async def test_webhooks_are_retried_with_backoff() -> None:
         assert len(calls) == 3 and deliverer.delivered == 1 and deliverer.failed == 0
         assert calls[2] - calls[1] > calls[1] - calls[0] > 0.09  # the wait doubles
     finally:
+        await runner.cleanup()
+
+
+async def test_related_incidents_page_once_and_open_ones_are_re_notified(services: tuple[str, str], tmp_path: Path) -> None:
+    """Two rules fire on one model in one tick: one webhook message with both; hours later, one reminder."""
+    from redis.asyncio import Redis
+
+    from monitor.aggregates.batch import Located
+    from monitor.evaluator import Evaluator
+    from monitor.events import PredictionEvent
+    from monitor.publisher import KafkaPublisher
+    from monitor.rules.loader import load_rules
+    from monitor.store.keys import Keys
+    from monitor.store.redis import RedisStore
+    from monitor.store.windows import WindowReader
+    from monitor.topics import ensure_topics
+    from tests.conftest import unique_settings
+
+    received: list[dict[str, object]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    settings = unique_settings(*services)
+    await ensure_topics(settings)
+    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
+    await publisher.start()
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        keys = Keys(settings.key_prefix)
+        store = RedisStore(redis, keys, minute_ttl_s=26 * 3600, hour_ttl_s=15 * 86400)
+        now = time.time()
+        events = [
+            PredictionEvent(model_id="chatbot", model_version="1", request_id=f"r{i}", ts=now - 200 + i * 0.1,
+                            prediction="ok", error=(i % 10 == 0) or None, flags=["toxic"] if i % 50 == 0 else [],
+                            user_id=f"u{i}")
+            for i in range(1500)
+        ]
+        await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
+        deliverer = Deliverer(alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"])
+        clock = [now]
+        ev = Evaluator(redis, keys, load_rules(Path(__file__).resolve().parents[2] / "rules" / "default.yaml"),
+                       publisher, clock=lambda: clock[0], reader=WindowReader(redis, keys, closed_refresh_s=0),
+                       evidence_dir=tmp_path, deliverer=deliverer, renotify_s=3600)
+        report = await ev.tick()
+        assert len(report.opened) >= 2
+        await deliverer.drain()
+        assert len(received) == 1 and len(received[0]["events"]) == len(report.opened)  # type: ignore[arg-type]
+        clock[0] = now + 120
+        await ev.tick()
+        await deliverer.drain()
+        assert len(received) == 1  # no reminder yet
+        clock[0] = now + 3700
+        await ev.tick()
+        await deliverer.drain()
+        # an hour of silence also opens a downtime incident: a page of its own
+        reminders = [m for m in received[1:] if all(e["event"] == "updated" for e in m["events"])]  # type: ignore[union-attr]
+        assert len(reminders) == 1
+        assert {e["id"] for e in reminders[0]["events"]} == {i.id for i in report.opened}  # type: ignore[union-attr]
+    finally:
+        await publisher.stop()
+        await redis.aclose()
         await runner.cleanup()
