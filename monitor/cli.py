@@ -219,6 +219,24 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Run drill scenarios against a running worker; exit 1 if any fails."""
+    from pathlib import Path
+
+    from monitor.drill import load_scenario, run_drill
+
+    settings = _settings(args)
+    paths = [p for arg in args.scenarios for p in (sorted(Path(arg).glob("*.yaml")) if Path(arg).is_dir() else [Path(arg)])]
+    scenarios = [load_scenario(path) for path in paths]
+    failed = 0
+    for scenario in scenarios:
+        report = asyncio.run(run_drill(scenario, settings))
+        print(report.text(), flush=True)
+        failed += not report.passed
+    print(f"{len(scenarios) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="monitor", description="AI incident-response monitor")
@@ -270,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("action", choices=["verify"])
     evidence.add_argument("id")
     evidence.set_defaults(func=cmd_evidence)
+
+    drill = sub.add_parser("drill", help="run drill scenarios against a running worker")
+    drill.add_argument("scenarios", nargs="+", help="scenario files or folders (see drills/)")
+    drill.set_defaults(func=cmd_drill)
 
     demo = sub.add_parser("demo", help="run the daemon on live synthetic traffic")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

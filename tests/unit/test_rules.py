@@ -87,7 +87,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
     "disparate-impact": dict(
         category="bias", metric="disparate_impact", window_s=1800, compare="below", baseline=None,
         threshold=0.80, min_samples=100, min_label_coverage=None, test="binomial", severity="HIGH", level=3,
-        ladder_=(), rollback=False, auto_recover=True, hold_s=900,
+        ladder_=(), rollback=True, auto_recover=True, hold_s=900,
         inhibited_by=("group-shift", "disparate-impact-24h"), fdr=True, attributes="all", direction="down",
     ),
     "disparate-impact-24h": dict(

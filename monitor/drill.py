@@ -1,0 +1,244 @@
+"""Tabletop drills: produce a scenario's traffic into Kafka against a running worker, and check that
+the right incidents and control messages come out in time.
+
+A scenario (YAML, see `drills/`) has phases of traffic, placed in time relative to the drill's
+start (history in the past, live traffic now), and expectations: which rule opens an incident, at
+what severity and level, within how long, with which rollback and revocations; and which rules
+must stay quiet. Every run uses a fresh model id, so drills never see each other's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from monitor.exceptions import ConfigError
+from monitor.rules.schema import parse_duration
+from monitor.settings import Settings
+
+
+def _offset(value: str | int) -> int:
+    """A time relative to the drill's start: "-8d", "-30m", "0" (seconds)."""
+    text = str(value).strip()
+    sign = -1 if text.startswith("-") else 1
+    body = text.lstrip("+-")
+    return 0 if body in ("", "0") else sign * parse_duration(body)
+
+
+class Phase(BaseModel):
+    """A slice of traffic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["predictions", "access", "registry"] = "predictions"
+    start: Annotated[int, BeforeValidator(_offset)]
+    end: Annotated[int, BeforeValidator(_offset)]
+    events: int = Field(1, ge=1, le=200_000)
+    version: str = "1.0"
+    accuracy: float | None = Field(None, ge=0, le=1)  # label every prediction with this accuracy
+    approval: float = Field(0.6, ge=0, le=1)
+    group_approval: dict[str, float] | None = None  # attribute `sex`: value -> approval rate
+    error_rate: float = Field(0.0, ge=0, le=1)
+    latency_ms: float = Field(40.0, ge=0)
+    principal: str = "svc-training-etl"
+    action: str = "read"
+    resource_type: str = "training_data"
+    resource: str = "s3://datasets/train"
+    outcome: Literal["allowed", "denied"] = "allowed"
+    bytes: int | None = None
+    event: Literal["approved", "deployed", "artifact_written", "retired"] = "deployed"
+    sha256: str = "0" * 64
+
+
+class Expectation(BaseModel):
+    """An incident that must open."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: str
+    severity: Literal["MEDIUM", "HIGH", "CRITICAL"]
+    level: int = Field(ge=0, le=4)
+    within: Annotated[int, BeforeValidator(parse_duration)] = 60
+    rollback_to: str | None = "unchecked"
+    revoke: list[str] | None = None
+
+
+class Scenario(BaseModel):
+    """A drill scenario file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    model: str
+    phases: list[Phase]
+    expect: list[Expectation]
+    quiet: list[str] = []  # rules that must not fire
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and check a scenario file; a wrong one is refused with the field that is wrong."""
+    try:
+        return Scenario.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"{path}: {where}: {error['msg']}") from None
+
+
+@dataclass
+class Outcome:
+    """How one expectation fared."""
+
+    expectation: Expectation
+    passed: bool
+    detail: str
+    delay_s: float | None = None
+
+
+@dataclass
+class DrillReport:
+    """The result of a drill."""
+
+    scenario: Scenario
+    model_id: str
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every expectation met and nothing fired that had to stay quiet."""
+        return all(o.passed for o in self.outcomes)
+
+    def text(self) -> str:
+        """A report a person reads."""
+        lines = [f"drill {self.scenario.name} on {self.model_id}: {'PASS' if self.passed else 'FAIL'}"]
+        for o in self.outcomes:
+            delay = f" after {o.delay_s:.1f}s" if o.delay_s is not None else ""
+            lines.append(f"  {'✓' if o.passed else '✗'} {o.expectation.rule}{delay}: {o.detail}")
+        return "\n".join(lines)
+
+
+def _events(phase: Phase, model_id: str, now: float, rng: random.Random, tag: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    start, end = now + phase.start, now + phase.end
+    out: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    for i in range(phase.events):
+        ts = start + (end - start) * (i + 0.5) / phase.events
+        if phase.kind == "access":
+            out.append({"ts": ts, "principal": phase.principal, "action": phase.action,
+                        "resource_type": phase.resource_type, "resource": phase.resource, "outcome": phase.outcome,
+                        "model_id": model_id, "source_ip": "10.0.0.9", "bytes": phase.bytes})
+            continue
+        if phase.kind == "registry":
+            out.append({"ts": ts, "model_id": model_id, "version": phase.version, "event": phase.event,
+                        "sha256": phase.sha256, "actor": "drill"})
+            continue
+        rid = f"{tag}-{phase.version}-{i}"
+        sex = rng.choice(sorted(phase.group_approval)) if phase.group_approval else rng.choice("FM")
+        approval = phase.group_approval[sex] if phase.group_approval else phase.approval
+        failed = rng.random() < phase.error_rate
+        approved = rng.random() < approval
+        event: dict[str, Any] = {"model_id": model_id, "model_version": phase.version, "request_id": rid, "ts": ts,
+                                 "latency_ms": phase.latency_ms, "groups": {"sex": sex}, "subject_id": f"s-{rid}",
+                                 "user_id": f"u{rng.randrange(2000)}"}
+        if failed:
+            event["error"] = "drill"
+        else:
+            event.update(prediction=int(approved), positive=approved, confidence=0.9)
+            if phase.accuracy is not None:
+                correct = rng.random() < phase.accuracy
+                truth = approved if correct else not approved
+                labels.append({"request_id": rid, "model_id": model_id, "ts": min(ts + 60, now),
+                               "label": int(truth), "positive": truth})
+        out.append(event)
+    return out, labels
+
+
+async def run_drill(scenario: Scenario, settings: Settings, *, timeout_s: float | None = None, seed: int = 7) -> DrillReport:
+    """Produce the scenario and watch the incidents and control topics until it passes or times out."""
+    model_id = f"{scenario.model}-drill-{uuid.uuid4().hex[:6]}"
+    report = DrillReport(scenario, model_id)
+    t = settings.topics
+    watcher = AIOKafkaConsumer(t.incidents, t.control, bootstrap_servers=settings.kafka_bootstrap,
+                               auto_offset_reset="latest", enable_auto_commit=False)
+    await watcher.start()
+    await watcher.seek_to_end()
+    for partition in watcher.assignment():  # resolve "latest" now, before anything is produced
+        await watcher.position(partition)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    rng = random.Random(seed)
+    now = time.time()
+    topics = {"predictions": t.predictions, "access": t.access_logs, "registry": t.model_registry}
+    try:
+        for phase in scenario.phases:
+            events, labels = _events(phase, model_id, now, rng, uuid.uuid4().hex[:6])
+            for topic, batch in ((topics[phase.kind], events), (t.labels, labels)):
+                for start in range(0, len(batch), 500):
+                    await producer.send(topic, orjson.dumps(batch[start : start + 500]), key=model_id.encode())
+        await producer.flush()
+        produced_at = time.time()
+        limit = timeout_s or max(e.within for e in scenario.expect) + 30
+        opened: dict[str, dict[str, Any]] = {}
+        controls: list[dict[str, Any]] = []
+        deadline = produced_at + limit
+        while time.time() < deadline and not all(e.rule in opened for e in scenario.expect):
+            for records in (await watcher.getmany(timeout_ms=250)).values():
+                for record in records:
+                    body = orjson.loads(record.value)
+                    if body.get("model_id") != model_id:
+                        continue
+                    if record.topic == t.control:
+                        controls.append(body)
+                    elif body["event"] == "opened":
+                        opened.setdefault(body["rule"], {**body, "_seen": time.time()})
+        await asyncio.sleep(1.5)  # let the control message of the last incident arrive
+        for records in (await watcher.getmany(timeout_ms=500)).values():
+            controls += [orjson.loads(r.value) for r in records if r.topic == t.control]
+        controls = [c for c in controls if c.get("model_id") == model_id]
+    finally:
+        await producer.stop()
+        await watcher.stop()
+    for expectation in scenario.expect:
+        report.outcomes.append(_judge(expectation, opened.get(expectation.rule), controls, produced_at))
+    for rule in scenario.quiet:
+        if rule in opened:
+            report.outcomes.append(Outcome(Expectation(rule=rule, severity="MEDIUM", level=0), False,
+                                           "fired but should have stayed quiet"))
+    return report
+
+
+def _judge(e: Expectation, incident: dict[str, Any] | None, controls: list[dict[str, Any]], produced_at: float) -> Outcome:
+    if incident is None:
+        return Outcome(e, False, f"no incident within {e.within}s")
+    delay = max(0.0, incident["_seen"] - produced_at)
+    problems = []
+    if incident["severity"] != e.severity:
+        problems.append(f"severity {incident['severity']}, wanted {e.severity}")
+    mine = [c for c in controls if incident["id"] in c["incident_ids"]]
+    if not mine:
+        problems.append("no control message names it")
+    else:
+        last = mine[-1]
+        if last["level"] < e.level:
+            problems.append(f"level {last['level']}, wanted {e.level}")
+        if e.rollback_to != "unchecked" and last["rollback_to"] != e.rollback_to:
+            problems.append(f"rollback_to {last['rollback_to']}, wanted {e.rollback_to}")
+        if e.revoke is not None and sorted(last["revoke_principals"]) != sorted(e.revoke):
+            problems.append(f"revoke {last['revoke_principals']}, wanted {e.revoke}")
+    if delay > e.within:
+        problems.append(f"took {delay:.1f}s, allowed {e.within}s")
+    detail = "; ".join(problems) or f"{incident['severity']} level {e.level} ({incident['id']})"
+    return Outcome(e, not problems, detail, delay)
