@@ -151,6 +151,8 @@ class Monitor:
             producer_max_request_size=TOPIC_MAX_MESSAGE_BYTES,
             consumer_max_fetch_size=TOPIC_MAX_MESSAGE_BYTES,
             broker_commit_interval=1.0,
+            broker_session_timeout=s.kafka_session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_s / 3),
         )
         config = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}

@@ -39,11 +39,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
+    asyncio.run(_check_redis(settings.redis_url))
     asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)
     worker = faust.Worker(monitor.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
+
+
+async def _check_redis(url: str) -> None:
+    """At start, an unreachable Redis is a configuration error (later, an outage is waited out)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from monitor.exceptions import ServicesError
+
+    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise ServicesError(
+            f"Redis at {url} does not answer ({exc}); start it with `monitor services up` or set MONITOR_REDIS_URL"
+        ) from None
+    finally:
+        await client.aclose()
 
 
 def cmd_services(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         "the on-call incident commander", description="Who the notifications name for questions."
     )
 
+    kafka_session_timeout_s: float = Field(
+        30.0, ge=6, description="How long a silent worker keeps its partitions before a rebalance."
+    )
     batch_max_events: int = Field(1000, ge=1, description="Messages an agent takes per batch.")
     batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")
     max_value_bytes: int = Field(
@@ -67,6 +70,13 @@ class Settings(BaseSettings):
         if not given:
             return self
         return type(self).model_validate({**self.model_dump(), **given})
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0")
+        return value
 
     def to_env(self) -> dict[str, str]:
         """The MONITOR_* environment that rebuilds these settings in another process."""
