@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from monitor import services
+from monitor.gateway import GatewayClient
+from monitor.incidents.store import IncidentStore
 from monitor.settings import Settings, Topics
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
@@ -93,11 +95,15 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
         enable_auto_commit=False,
     )
     await watcher.start()
+    gateway = GatewayClient(settings.kafka_bootstrap, settings.topics.control)
+    await gateway.start()
+    await gateway.wait_caught_up()
     streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
     per_model = rate_per_s / len(PROFILES)
     started = time.monotonic()
     degraded = False
     sent = 0
+    seen_levels: dict[str, int] = {}
     async with BatchingProducer(settings.kafka_bootstrap, settings.topics.predictions) as producer:
         while (elapsed := time.monotonic() - started) < duration_s:
             if not degraded and elapsed >= duration_s / 2:
@@ -113,9 +119,28 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
             sent += len(batch)
             await _show(store, base, sent, elapsed)
             await _show_messages(watcher, settings)
+            _show_gateway(gateway, seen_levels)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
     await watcher.stop()
+    await gateway.stop()
+    opened = await IncidentStore(redis, Keys(settings.key_prefix)).recent(20)
     await redis.aclose()
+    print("\nsummary:")
+    for incident in opened:
+        print(f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}")
+        print(f"      evidence {incident.evidence_ref}")
+    if not opened:
+        print("  no incident opened")
+
+
+def _show_gateway(gateway: GatewayClient, seen: dict[str, int]) -> None:
+    """What a gateway now does with a request of 0.70 confidence, whenever a model's level changes."""
+    for profile in PROFILES:
+        route = gateway.route(profile.model_id, confidence=0.70)
+        if seen.get(profile.model_id, 0) != route.level:
+            seen[profile.model_id] = route.level
+            print(f"\n=== GATEWAY {profile.model_id}: a request with confidence 0.70 now goes to "
+                  f"{route.decision} (level {route.level}: {route.reason})\n")
 
 
 async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
