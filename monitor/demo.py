@@ -29,7 +29,7 @@ PROFILES = (
     TrafficProfile("resume-screening", "1.4.1", approval_rate=0.35, latency_median_ms=90.0),
     TrafficProfile("claims-triage", "0.9.0", approval_rate=0.8, latency_median_ms=25.0),
 )
-# Halfway through, the credit model degrades: errors jump from 0.2 % to 8 % and latency triples.
+# After 20 s (or halfway through a shorter demo), the credit model degrades: errors jump from 0.2 % to 8 % and latency triples.
 DEGRADED = TrafficProfile(
     "credit-scoring", "2.3.0", approval_rate=0.62, error_rate=0.08, latency_median_ms=120.0
 )
@@ -106,7 +106,7 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
     seen_levels: dict[str, int] = {}
     async with BatchingProducer(settings.kafka_bootstrap, settings.topics.predictions) as producer:
         while (elapsed := time.monotonic() - started) < duration_s:
-            if not degraded and elapsed >= duration_s / 2:
+            if not degraded and elapsed >= min(20.0, duration_s / 2):
                 degraded = True
                 streams[DEGRADED.model_id] = predictions(DEGRADED, seed=99)
                 print(f"\n>>> injected: {DEGRADED.model_id} errors 0.2 % → 8 %, latency ×3\n")
