@@ -204,15 +204,23 @@ class EventDecoder(Generic[E]):
         return decoded if isinstance(decoded, list) else [decoded]
 
     def _decode_elements(self, value: bytes) -> tuple[list[E], list[Rejected]]:
+        # msgspec validates while it parses, so a value can fail validation before the parser
+        # reaches a syntax error further on: the JSON itself is checked again here.
         if not value.lstrip().startswith(b"["):
             try:
                 self._one.decode(value)
             except msgspec.ValidationError as exc:
                 return [], [Rejected(REASON_INVALID_EVENT, str(exc), value)]
+            except msgspec.DecodeError as exc:
+                return [], [Rejected(REASON_INVALID_JSON, str(exc), value)]
             raise AssertionError("a value that failed validation passed it on its own")
+        try:
+            elements = self._elements.decode(value)
+        except msgspec.DecodeError as exc:
+            return [], [Rejected(REASON_INVALID_JSON, str(exc), value)]
         good: list[E] = []
         bad: list[Rejected] = []
-        for index, raw in enumerate(self._elements.decode(value)):
+        for index, raw in enumerate(elements):
             element = bytes(raw)
             try:
                 good.append(self._one.decode(element))

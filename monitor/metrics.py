@@ -94,6 +94,10 @@ class EvaluatorMetrics:
         self.opened = Counter(
             "aimon_incidents_opened_total", "Incidents opened.", ["category", "severity"], registry=registry
         )
+        # Every labelled counter exists from the start at 0, so the first increment shows in increase().
+        for category in ("performance", "availability", "output_quality", "bias", "security"):
+            for severity in ("MEDIUM", "HIGH", "CRITICAL"):
+                self.opened.labels(category, severity)
         self.open = Gauge(
             "aimon_incidents_open", "Incidents not resolved.", ["category", "severity"], registry=registry
         )

@@ -129,6 +129,8 @@ def test_bad_values_are_rejected_with_the_field_named(changes: dict[str, object]
         (b'"a string"', REASON_INVALID_EVENT),
         (b"null", REASON_INVALID_EVENT),
         (b"x" * (64 * 1024 + 1), REASON_TOO_LARGE),
+        # found by fuzzing: validation fails at [0] before the parser reaches the bad token
+        (b"[null, Infinity]", REASON_INVALID_JSON),
     ],
 )
 def test_whole_value_rejects(raw: bytes | None, reason: str) -> None:
