@@ -415,6 +415,16 @@ def down(config: ServiceConfig | None = None) -> None:
         svc.pidfile.unlink(missing_ok=True)
 
 
+def stop_kafka(config: ServiceConfig | None = None) -> None:
+    """Stop only the broker (reliability tests restart it under a running worker)."""
+    kafka, _ = _services(config or ServiceConfig.from_env())
+    pid = _read_pid(kafka)
+    if pid is None:
+        raise ServicesError("no broker started by `monitor services up` is running here")
+    _stop([pid])
+    kafka.pidfile.unlink(missing_ok=True)
+
+
 def status(config: ServiceConfig | None = None) -> dict[str, str]:
     """Whether "kafka" and "redis" run, with pid and address; drops stale pid files on the way."""
     config = config or ServiceConfig.from_env()

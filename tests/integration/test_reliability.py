@@ -200,3 +200,29 @@ def test_bad_configuration_is_one_clear_line(env: dict[str, str], message: str) 
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("monitor:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+async def test_the_broker_restarts_mid_stream(services: tuple[str, str], redis: Redis, tmp_path: Path) -> None:
+    """The broker goes away and comes back (same data): the worker resumes, the counts are exact."""
+    from monitor import services as local
+
+    settings = unique_settings(*services, kafka_session_timeout_s=6)
+    await ensure_topics(settings)
+    events = traffic(12_000, time.time())
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await worker.wait_ready()
+        await produce_slowly(settings, events[:6000], per_second=3000)
+        await worker.wait_metric("aimon_events_ingested_total", 2000, topic=settings.topics.predictions)
+        await asyncio.to_thread(local.stop_kafka)
+        await asyncio.sleep(5)
+        status, _ = await worker.get("/readyz")
+        assert status == 503
+        await asyncio.to_thread(local.up)
+        await produce_slowly(settings, events[6000:], per_second=3000)
+        counts = await wait_for_total(redis, Keys(settings.key_prefix), len(events), timeout_s=180)
+        assert counts == expected(events)
+        await worker.wait_ready()
+    finally:
+        worker.stop()

@@ -1,0 +1,176 @@
+"""Ingest throughput: the monitor against the limits of its own stack, on the local broker.
+
+Pre-loads N prediction events (20 models, 6 group attributes) into two topics, once as arrays of
+100 and once as single-object messages, then measures in the same run:
+  (a) a bare aiokafka consumer that decodes every value with orjson (a Python consumer's limit),
+  (b) a no-op Faust agent (Faust's per-message ceiling), on the single-object topic,
+  (m) `monitor run`, until every event is aggregated in Redis.
+Usage: .venv/bin/python bench/ingest_throughput.py [--events 200000] [--single 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monitor import services  # noqa: E402
+from monitor.settings import Settings, Topics  # noqa: E402
+from monitor.topics import ensure_topics  # noqa: E402
+
+GROUPS = {"sex": "FM", "age_band": "abcde", "zip3": "0123456789", "region": "nesw", "income": "lmh", "channel": "wb"}
+
+
+def events(n: int) -> list[dict[str, object]]:
+    rng = random.Random(1)
+    now = time.time()
+    return [
+        {"model_id": f"model-{i % 20}", "model_version": "1", "request_id": f"r{i}", "ts": now - rng.uniform(0, 3600),
+         "prediction": 1, "positive": rng.random() < 0.6, "confidence": 0.8, "latency_ms": rng.lognormvariate(3.5, 0.5),
+         "groups": {k: rng.choice(v) for k, v in GROUPS.items()}, "user_id": f"u{rng.randrange(10000)}",
+         "subject_id": f"s{i}"}
+        for i in range(n)
+    ]
+
+
+async def preload(bootstrap: str, topic: str, evs: list[dict[str, object]], batch: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for start in range(0, len(evs), batch):
+            chunk = evs[start : start + batch]
+            await producer.send(topic, orjson.dumps(chunk if batch > 1 else chunk[0]))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def bare_consumer(bootstrap: str, topic: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"bench-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < total:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                for record in records:
+                    value = orjson.loads(record.value)
+                    seen += len(value) if isinstance(value, list) else 1
+    finally:
+        elapsed = time.perf_counter() - started
+        await consumer.stop()
+    return total / elapsed
+
+
+FAUST_NOOP = textwrap.dedent('''
+    import sys, time, faust
+    bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = faust.App("bench-noop-" + str(time.time_ns()), broker="kafka://" + bootstrap, store="memory://",
+                    web_enabled=False, consumer_auto_offset_reset="earliest")
+    source = app.topic(topic, value_type=bytes, value_serializer="raw")
+    state = {"n": 0, "t0": None}
+    @app.agent(source)
+    async def noop(stream):
+        async for _ in stream:
+            if state["t0"] is None:
+                state["t0"] = time.perf_counter()
+            state["n"] += 1
+            if state["n"] >= total:
+                print("RATE", total / (time.perf_counter() - state["t0"]), flush=True)
+                raise SystemExit(0)
+    if __name__ == "__main__":
+        faust.Worker(app, loglevel="error", quiet=True).execute_from_commandline()
+''')
+
+
+def faust_noop(bootstrap: str, topic: str, total: int) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+        script.write(FAUST_NOOP)
+    proc = subprocess.Popen([sys.executable, script.name, bootstrap, topic, str(total)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("RATE"):
+                return float(line.split()[1])
+        raise RuntimeError("the Faust no-op agent did not report")
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(script.name)
+
+
+def monitor_rate(settings: Settings, topic: str, total: int) -> float:
+    env = {**os.environ, **settings.model_copy(update={"topics": settings.topics.model_copy(update={"predictions": topic})}).to_env()}
+    proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{settings.web_port}/metrics"
+    started = None
+    try:
+        while True:
+            try:
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            value = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("aimon_events_ingested_total{"))
+            if value > 0 and started is None:
+                started = (time.perf_counter(), value)
+            if value >= total and started is not None:
+                return (value - started[1]) / (time.perf_counter() - started[0])
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--single", type=int, default=50_000)
+    args = parser.parse_args()
+    status = services.up()
+    tag = uuid.uuid4().hex[:6]
+    topics = Topics.model_validate({k: f"bench-{tag}-{v}" for k, v in Topics().model_dump().items()})
+    settings = Settings().with_overrides(kafka_bootstrap=status.kafka_bootstrap, redis_url=status.redis_url,
+                                         topics=topics, app_id=f"bench-{tag}", key_prefix=f"bench-{tag}",
+                                         web_port=16099, partitions=4, batch_max_events=100)
+    await ensure_topics(settings)
+    arrays, singles = f"bench-{tag}-arrays", f"bench-{tag}-singles"
+    await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": arrays})}))
+    await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": singles})}))
+    data = events(args.events)
+    await preload(settings.kafka_bootstrap, arrays, data, 100)
+    await preload(settings.kafka_bootstrap, singles, data[: args.single], 1)
+    a_arrays = await bare_consumer(settings.kafka_bootstrap, arrays, args.events)
+    a_single = await bare_consumer(settings.kafka_bootstrap, singles, args.single)
+    b_single = faust_noop(settings.kafka_bootstrap, singles, args.single)
+    m_arrays = monitor_rate(settings, arrays, args.events)
+    m_single = monitor_rate(settings.model_copy(update={"app_id": f"bench-{tag}-2", "key_prefix": f"bench-{tag}-2"}),
+                            singles, args.single)
+    print(f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)")
+    print(f"{'':34}{'arrays of 100':>16}{'single messages':>18}")
+    print(f"{'(a) aiokafka + orjson, events/s':34}{a_arrays:>16,.0f}{a_single:>18,.0f}")
+    print(f"{'(b) no-op Faust agent, events/s':34}{'':>16}{b_single:>18,.0f}")
+    print(f"{'(m) monitor, events/s':34}{m_arrays:>16,.0f}{m_single:>18,.0f}")
+    print(f"{'ratio':34}{m_arrays / a_arrays:>15.2f}a{m_single / b_single:>17.2f}b")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
