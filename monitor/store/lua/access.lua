@@ -17,31 +17,11 @@ if #conflicts > 0 then
 end
 guard_set(KEYS[1], share.guard)
 
-for _, b in ipairs(share.buckets) do
-  local key, fields = KEYS[b[1]], b[3]
-  for j = 1, #fields, 2 do
-    redis.call('HINCRBY', key, fields[j], fields[j + 1])
-  end
-  redis.call('EXPIREAT', key, b[2])
-end
+apply_buckets(share.buckets)
 
 -- "New" means nothing until the model has a learning period of access history.
 redis.call('HSETNX', KEYS[2], 'since', share.first_ts)
 local since = tonumber(redis.call('HGET', KEYS[2], 'since'))
-
-local function bump(minute, field)
-  local hour = minute - minute % 3600
-  local targets = {
-    {share.head .. ':m:' .. share.version .. ':' .. string.format('%d', minute), minute + share.minute_ttl},
-    {share.head .. ':h:' .. share.version .. ':' .. string.format('%d', hour), hour + share.hour_ttl},
-  }
-  for _, t in ipairs(targets) do
-    if t[2] > share.now then
-      redis.call('HINCRBY', t[1], field, 1)
-      redis.call('EXPIREAT', t[1], string.format('%d', t[2]))
-    end
-  end
-end
 
 local new_principal, new_source = 0, 0
 for _, e in ipairs(share.stateful) do
@@ -49,7 +29,7 @@ for _, e in ipairs(share.stateful) do
   local learned = ts - since >= share.learning_s
   if rtype == 'training_data' then
     if redis.call('HSETNX', KEYS[3], principal .. '|' .. e[6], ts) == 1 and learned then
-      bump(minute, 'snp|' .. principal)
+      bump(share, minute, 'snp|' .. principal)
       new_principal = new_principal + 1
     end
   end
@@ -62,7 +42,7 @@ for _, e in ipairs(share.stateful) do
   if e[8] == 1 then
     local since_new = redis.call('HGET', KEYS[5], principal)
     if since_new and ts >= tonumber(since_new) and ts - tonumber(since_new) <= share.follow_s then
-      bump(minute, 'snsp|' .. principal)
+      bump(share, minute, 'snsp|' .. principal)
     end
   end
 end

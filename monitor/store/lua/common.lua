@@ -68,3 +68,30 @@ local function hset_many(key, flat)
     redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat)))
   end
 end
+
+-- Add counters to bucket hashes named in KEYS: buckets = [[key_index, expire_at, [field, incr, ...]]...]
+local function apply_buckets(buckets)
+  for _, b in ipairs(buckets) do
+    local key, fields = KEYS[b[1]], b[3]
+    for j = 1, #fields, 2 do
+      redis.call('HINCRBY', key, fields[j], fields[j + 1])
+    end
+    redis.call('EXPIREAT', key, b[2])
+  end
+end
+
+-- Count one event whose bucket keys are known only in the script (it depends on history): the
+-- minute and hour buckets of `share.version` that have not expired yet.
+local function bump(share, minute, field)
+  local hour = minute - minute % 3600
+  local targets = {
+    {share.head .. ':m:' .. share.version .. ':' .. string.format('%d', minute), minute + share.minute_ttl},
+    {share.head .. ':h:' .. share.version .. ':' .. string.format('%d', hour), hour + share.hour_ttl},
+  }
+  for _, t in ipairs(targets) do
+    if t[2] > share.now then
+      redis.call('HINCRBY', t[1], field, 1)
+      redis.call('EXPIREAT', t[1], string.format('%d', t[2]))
+    end
+  end
+end

@@ -23,13 +23,7 @@ if #conflicts > 0 then
 end
 guard_set(KEYS[1], share.guard)
 
-for _, b in ipairs(share.buckets) do
-  local key, fields = KEYS[b[1]], b[3]
-  for j = 1, #fields, 2 do
-    redis.call('HINCRBY', key, fields[j], fields[j + 1])
-  end
-  redis.call('EXPIREAT', key, b[2])
-end
+apply_buckets(share.buckets)
 
 for _, h in ipairs(share.hlls) do
   local key, members = KEYS[h[1]], h[3]

@@ -17,20 +17,6 @@ if #conflicts > 0 then
 end
 guard_set(KEYS[1], share.guard)
 
-local function bump(minute, field)
-  local hour = minute - minute % 3600
-  local targets = {
-    {share.head .. ':m:' .. share.version .. ':' .. string.format('%d', minute), minute + share.minute_ttl},
-    {share.head .. ':h:' .. share.version .. ':' .. string.format('%d', hour), hour + share.hour_ttl},
-  }
-  for _, t in ipairs(targets) do
-    if t[2] > share.now then
-      redis.call('HINCRBY', t[1], field, 1)
-      redis.call('EXPIREAT', t[1], string.format('%d', t[2]))
-    end
-  end
-end
-
 local tampered, checked = 0, 0
 for _, e in ipairs(share.events) do
   local kind, version, sha, ts = e[1], e[2], e[3], e[4]
@@ -42,7 +28,7 @@ for _, e in ipairs(share.events) do
     checked = checked + 1
     if not approved then
       tampered = tampered + 1
-      bump(e[5], 'sta|' .. e[9] .. '|' .. sha)
+      bump(share, e[5], 'sta|' .. e[9] .. '|' .. sha)
       redis.call('HSET', KEYS[3], id, cjson.encode(
         {event = kind, version = version, sha256 = sha, actor = e[6], ts = ts, offset = e[8]}))
     end
