@@ -140,9 +140,22 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
     redis_dir.mkdir()
 
     def start_redis() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "yes", "--dir", str(redis_dir)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with (tmp_path / "redis.log").open("ab") as log:
+            return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                     "--appendonly", "yes", "--dir", str(redis_dir)], stdout=log, stderr=log)
+
+    async def wait_redis_up() -> None:
+        probe = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            for _ in range(150):
+                try:
+                    await probe.ping()
+                    return
+                except RedisConnectionError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("Redis did not come back:\n" + (tmp_path / "redis.log").read_text()[-2000:])
+        finally:
+            await probe.aclose()
 
     server = start_redis()
     url = f"redis://127.0.0.1:{port}/0"
@@ -169,12 +182,13 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
         assert status == 503 and '"redis":false' in body.replace(" ", "")
         await asyncio.sleep(17)
         server = start_redis()
+        await wait_redis_up()
         await producing
         await client.aclose()
         client = Redis.from_url(url)
         counts = await wait_for_total(client, Keys(settings.key_prefix), len(events))
         assert counts == expected(events)
-        assert (await worker.get("/readyz"))[0] == 200
+        await worker.wait_ready(timeout_s=30)  # ready again once Redis answers
         assert "Redis unavailable" in worker.log_tail(400) and "holding a batch" in worker.log_tail(400)
     finally:
         worker.stop()
