@@ -39,7 +39,9 @@ from monitor.store.windows import VersionWindows, WindowReader
 
 log = logging.getLogger(__name__)
 
-ACTIVE_S = 8 * 86_400  # a version with no prediction for this long is no longer evaluated
+ACTIVE_S = 8 * 86_400
+FROZEN_AT = "_frozen_at"  # a field of the frozen reference hash: when it was first frozen
+REFREEZE_S = 3600.0  # a version with no prediction for this long is no longer evaluated
 ACCURACY_METRICS = {"accuracy", "accuracy_gap", "fnr_gap"}
 # Alertmanager resolves an alert nobody re-sends within its resolve_timeout (5 min by default).
 ALERT_REFRESH_S = 60.0
@@ -181,22 +183,33 @@ class Evaluator:
                 pipe.hgetall(self.keys.reference(model.model_id, version))
             stored = await pipe.execute()
         to_freeze = []
+        now = self.clock()
         for (model, version), raw in zip(wanted, stored, strict=True):
-            if raw:
-                model.frozen[version] = WindowStats.from_counters(sum_buckets([raw]))
-            elif version in model.windows:
-                reference = model.windows[version].reference()
-                if reference.count:
-                    to_freeze.append((model, version, reference))
+            fields: dict[str | bytes, str | bytes] = {_text(k): v for k, v in raw.items()}
+            frozen_at = float(fields.pop(FROZEN_AT, 0) or 0)
+            frozen = WindowStats.from_counters(sum_buckets([fields])) if fields else None
+            live = model.windows[version].reference() if version in model.windows else None
+            # The successor can show up before all of the predecessor's history (and its late
+            # labels) is in: for its first hour the frozen reference may still grow.
+            settling = frozen is None or now - frozen_at < REFREEZE_S
+            if settling and live is not None and live.count and (
+                frozen is None or live.count + live.labelled > frozen.count + frozen.labelled
+            ):
+                to_freeze.append((model, version, live, frozen_at or now))
+            elif frozen is not None:
+                model.frozen[version] = frozen
         if to_freeze:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for model, version, _ in to_freeze:
+                for model, version, _, frozen_at in to_freeze:
                     counters = model.windows[version].reference_counters()
                     key = self.keys.reference(model.model_id, version)
-                    pipe.hset(key, mapping={name: value for name, value in counters.items()})
+                    pipe.delete(key)
+                    mapping: dict[str | bytes, str | int | float] = {name: value for name, value in counters.items()}
+                    mapping[FROZEN_AT] = frozen_at
+                    pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping is invariant
                     pipe.expire(key, 15 * 86_400)
                 await pipe.execute()
-            for model, version, reference in to_freeze:
+            for model, version, reference, _ in to_freeze:
                 model.frozen[version] = reference
                 log.info("froze the reference of %s %s (a newer version is live)", model.model_id, version)
 
