@@ -36,11 +36,15 @@ from monitor.topics import ensure_topics  # noqa: E402
 GROUPS = {"sex": "FM", "age_band": "abcde", "zip3": "0123456789", "region": "nesw", "income": "lmh", "channel": "wb"}
 
 
-def events(n: int) -> list[dict[str, object]]:
+def events(n: int, span_s: float = 3600.0) -> list[dict[str, object]]:
+    """`n` events of 20 models over the last `span_s` seconds, in the order a gateway would send
+    them: by time, each up to 2 s late (the bench before 2026-11-27 spread every batch over the
+    whole hour, which no live stream does; BENCHMARKS.md keeps both figures)."""
     rng = random.Random(1)
-    now = time.time()
+    start = time.time() - span_s
     return [
-        {"model_id": f"model-{i % 20}", "model_version": "1", "request_id": f"r{i}", "ts": now - rng.uniform(0, 3600),
+        {"model_id": f"model-{i % 20}", "model_version": "1", "request_id": f"r{i}",
+         "ts": start + span_s * i / n - rng.uniform(0, 2),
          "prediction": 1, "positive": rng.random() < 0.6, "confidence": 0.8, "latency_ms": rng.lognormvariate(3.5, 0.5),
          "groups": {k: rng.choice(v) for k, v in GROUPS.items()}, "user_id": f"u{rng.randrange(10000)}",
          "subject_id": f"s{i}"}

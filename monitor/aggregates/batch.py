@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -88,13 +88,74 @@ def group_value(value: object) -> str:
     return str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
+class Located(NamedTuple):
     """A decoded event with where it came from (the partition and offset feed the replay guard)."""
 
     event: Any
     partition: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GroupShape:
+    """What one combination of group values (say sex=F, age_band=b) adds to a bucket, built once.
+
+    Events repeat a few thousand combinations; the fold looks the combination up instead of
+    building its field names for every event, and adds one event with a single `Counter.update`.
+    """
+
+    prefixes: tuple[str, ...]  # one per group value; the label join appends its stats to them
+    # (positive, failed) -> every field one such event increments by one
+    fields: dict[tuple[bool | None, bool], tuple[str, ...]]
+    plain: bool  # every group value is a string
+
+    @classmethod
+    def of(cls, items: tuple[tuple[str, object], ...]) -> GroupShape:
+        """The shape of one combination of (attribute, value) pairs."""
+        prefixes = tuple(group_prefix(attr, group_value(value)) for attr, value in items)
+        fields: dict[tuple[bool | None, bool], tuple[str, ...]] = {}
+        for positive in (None, False, True):
+            for failed in (False, True):
+                stats = [COUNT]
+                if failed:
+                    stats.append(ERRORS)
+                if positive is not None:
+                    stats.append(DECISIONS)
+                if positive:
+                    stats.append(FAVOURABLE)
+                fields[(positive, failed)] = (*stats, *(p + stat for stat in stats for p in prefixes))
+        return cls(prefixes, fields, all(value.__class__ is str for _, value in items))
+
+
+class _Shapes:
+    """A bounded cache of group shapes, keyed by the attribute names followed by the values.
+
+    True == 1 == 1.0 in Python, while they are different group values here, so a combination
+    with a value that is not a string is keyed with the values' types too.
+    """
+
+    MAX = 65_536
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[object, ...], GroupShape] = {}
+
+    def get(self, groups: dict[str, Any]) -> GroupShape:
+        """The shape of an event's `groups`."""
+        key = (*groups, *groups.values())  # unambiguous: as many names as values
+        shape = self._cache.get(key)
+        if shape is not None and shape.plain:
+            return shape  # a plain key only equals a key of the same strings
+        if not all(value.__class__ is str for value in groups.values()):
+            key = (*key, *(value.__class__ for value in groups.values()))
+            shape = self._cache.get(key)
+        if shape is None:
+            if len(self._cache) >= self.MAX:
+                self._cache.clear()
+            shape = self._cache[key] = GroupShape.of(tuple(groups.items()))
+        return shape
+
+
+_SHAPES = _Shapes()
 
 
 @dataclass(slots=True)
@@ -106,13 +167,17 @@ class Share:
     minutes: dict[tuple[str, int], Counter[str]] = field(default_factory=dict)
     users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
     failed_users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
-    joins: dict[str, str] = field(default_factory=dict)  # request_id -> join record (JSON)
+    joins: dict[str, tuple[int, str]] = field(default_factory=dict)  # request_id -> (minute, record)
     # Unfavourable decisions, kept (bounded) so a bias incident can name who was affected:
     # (event time, JSON [request_id, subject_id, version, [group field prefixes]])
     unfavourable: list[tuple[float, str]] = field(default_factory=list)
     recent: list[Located] = field(default_factory=list)  # the batch's events, newest kept as evidence
     last_event_s: float = 0.0
-    events: int = 0
+
+    @property
+    def events(self) -> int:
+        """How many events the share holds."""
+        return len(self.recent)
 
     def hours(self) -> dict[tuple[str, int], Counter[str]]:
         """The same increments rolled up into hour buckets (long windows read these)."""
@@ -122,55 +187,44 @@ class Share:
         return rolled
 
 
-def _count_event(counts: Counter[str], event: PredictionEvent) -> None:
-    counts[COUNT] += 1
-    if event.failed:
-        counts[ERRORS] += 1
-    if event.positive is not None:
-        counts[DECISIONS] += 1
-        counts[FAVOURABLE] += event.positive
-    for attr, raw in event.groups.items():
-        value = group_value(raw)
-        counts[group_field(attr, value, COUNT)] += 1
-        if event.positive is not None:
-            counts[group_field(attr, value, DECISIONS)] += 1
-            counts[group_field(attr, value, FAVOURABLE)] += event.positive
-        if event.failed:
-            counts[group_field(attr, value, ERRORS)] += 1
-    for flag in event.flags:
-        counts[flag_field(flag)] += 1
-
-
 def fold(located: Iterable[Located]) -> dict[str, Share]:
-    """Group a batch by model and sum each model's events into per-minute counters."""
+    """Group a batch by model and sum each model's events into per-minute counters.
+
+    This is the hot loop of ingest (see BENCHMARKS.md): per event, one cached shape lookup, one
+    `Counter.update` of the fields it increments, and what the label join and evidence need.
+    """
     shares: dict[str, Share] = {}
     latencies: dict[tuple[str, str, int], list[float]] = {}
     for item in located:
         event = item.event
-        share = shares.get(event.model_id)
+        model_id = event.model_id
+        share = shares.get(model_id)
         if share is None:
-            share = shares[event.model_id] = Share(event.model_id)
-        low, high = share.offsets.get(item.partition, (item.offset, item.offset))
-        share.offsets[item.partition] = (min(low, item.offset), max(high, item.offset))
+            share = shares[model_id] = Share(model_id)
+        _widen(share.offsets, item.partition, item.offset)
         ts = event.epoch_s
         minute = int(ts) - int(ts) % MINUTE_S
         key = (event.model_version, minute)
         counts = share.minutes.get(key)
         if counts is None:
             counts = share.minutes[key] = Counter()
-        _count_event(counts, event)
+        shape = _SHAPES.get(event.groups)
+        failed = event.failed
+        counts.update(shape.fields[(event.positive, failed)])
+        if event.flags:
+            counts.update(flag_field(flag) for flag in event.flags)
         if event.latency_ms is not None:
-            latencies.setdefault((event.model_id, *key), []).append(event.latency_ms)
+            latencies.setdefault((model_id, *key), []).append(event.latency_ms)
         if event.user_id:
             share.users.setdefault(key, set()).add(event.user_id)
-            if event.failed:
+            if failed:
                 share.failed_users.setdefault(key, set()).add(event.user_id)
-        if not event.failed:
-            share.joins[event.request_id] = join_record(event, minute)
-        if event.positive is False and event.groups:
-            share.unfavourable.append((ts, affected_record(event)))
-        share.last_event_s = max(share.last_event_s, ts)
-        share.events += 1
+        if not failed:
+            share.joins[event.request_id] = (minute, join_record(event, minute, shape))
+        if event.positive is False and shape.prefixes:
+            share.unfavourable.append((ts, affected_record(event, shape)))
+        if ts > share.last_event_s:
+            share.last_event_s = ts
         share.recent.append(item)
     for (model_id, version, minute), values in latencies.items():
         counts = shares[model_id].minutes[(version, minute)]
@@ -183,25 +237,39 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
     return shares
 
 
-def join_record(event: PredictionEvent, minute: int) -> str:
+def _widen(offsets: dict[int, tuple[int, int]], partition: int, offset: int) -> None:
+    bounds = offsets.get(partition)
+    if bounds is None:
+        offsets[partition] = (offset, offset)
+    elif not bounds[0] <= offset <= bounds[1]:
+        offsets[partition] = (min(bounds[0], offset), max(bounds[1], offset))
+
+
+def join_record(event: PredictionEvent, minute: int, shape: GroupShape) -> str:
     """What the label join needs of a prediction: where its counters live and what it decided."""
     positive = -1 if event.positive is None else int(event.positive)
-    prefixes = [group_prefix(attr, group_value(v)) for attr, v in event.groups.items()]
     return orjson.dumps(
-        [event.model_version, minute, canonical(event.prediction), positive, prefixes]
+        (event.model_version, minute, canonical(event.prediction), positive, shape.prefixes)
     ).decode()
 
 
-def affected_record(event: PredictionEvent) -> str:
+def affected_record(event: PredictionEvent, shape: GroupShape) -> str:
     """Who got an unfavourable decision, and in which groups (for a bias incident's impact)."""
-    prefixes = [group_prefix(attr, group_value(v)) for attr, v in event.groups.items()]
-    return orjson.dumps([event.request_id, event.subject_id, event.model_version, prefixes]).decode()
+    return orjson.dumps(
+        (event.request_id, event.subject_id, event.model_version, shape.prefixes)
+    ).decode()
+
+
+class _Recent(msgspec.Struct, array_like=False):
+    partition: int
+    offset: int
+    event: Any
 
 
 def recent_records(share: Share, keep: int) -> list[str]:
     """The share's newest `keep` events as JSON evidence records (with where they came from)."""
     return [
-        orjson.dumps({"partition": item.partition, "offset": item.offset, "event": msgspec.to_builtins(item.event)}).decode()
+        msgspec.json.encode(_Recent(item.partition, item.offset, item.event)).decode()
         for item in share.recent[-keep:]
     ]
 

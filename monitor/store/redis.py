@@ -1,7 +1,7 @@
 """The Redis side of ingest and of reading windows back.
 
-Writes: a batch is folded into one share per model; all shares go in one pipelined round trip, each
-as one `apply_share.lua` call (atomic, one hash slot). A share that reaches back into offsets already
+Writes: a batch is folded into one share per model, each applied by one script call (atomic, one
+hash slot); each call goes out as soon as its share is folded, so Redis works while Python folds. A share that reaches back into offsets already
 applied (a batch replayed after a crash or a rebalance) is refused by the script as a whole; we then
 drop exactly the replayed events and send the rest, so nothing is counted twice or lost.
 """
@@ -163,8 +163,7 @@ class RedisStore:
             if rounds == MAX_CONFLICT_ROUNDS:
                 raise OffsetConflict(f"shares of {sorted(pending)} kept conflicting")
             rounds += 1
-            calls = {model_id: build(topic, model_id, items) for model_id, items in pending.items()}
-            replies = await self._send(list(calls.values()), index, list(calls))
+            calls, replies = await self._send(topic, pending, build, index)
             retry: dict[str, list[Located]] = {}
             for model_id, reply in zip(calls, replies, strict=True):
                 status, *rest = reply
@@ -179,14 +178,31 @@ class RedisStore:
             pending = retry
         return ApplyResult(applied, skipped, rounds, dict(details))
 
-    async def _send(self, calls: list[_Call], index: str | None, models: list[str]) -> list[list[bytes]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if index is not None:
-                pipe.sadd(index, *models)  # a cross-slot index: written beside the scripts
-            for call in calls:
-                await call.script(keys=call.keys, args=[call.payload], client=pipe)
-            replies = await pipe.execute()
-        return [list(reply) for reply in replies[0 if index is None else 1 :]]
+    async def _send(
+        self,
+        topic: str,
+        pending: dict[str, list[Located]],
+        build: Callable[[str, str, list[Located]], _Call],
+        index: str | None,
+    ) -> tuple[dict[str, _Call], list[list[bytes]]]:
+        """Build each model's call and send it at once, so Redis runs one model's script while
+        the next model's share is folded here; the shares touch disjoint keys, so their order
+        does not matter. Returns once every call has answered (or raises the first error)."""
+        writes: list[asyncio.Future[Any]] = []
+        if index is not None:  # a cross-slot index, written beside the scripts
+            writes.append(asyncio.ensure_future(self.redis.sadd(index, *pending)))
+        calls: dict[str, _Call] = {}
+        for model_id, items in pending.items():
+            call = calls[model_id] = build(topic, model_id, items)
+            writes.append(asyncio.ensure_future(call.script(keys=call.keys, args=[call.payload])))
+            await asyncio.sleep(0)  # let the call go out before folding the next share
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        replies: list[list[bytes]] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # nothing is lost: the guard makes the whole batch safe to retry
+            replies.append(result if isinstance(result, list) else [])
+        return calls, replies[0 if index is None else 1 :]
 
     def _common(self, topic: str, model_id: str, located: list[Located]) -> dict[str, object]:
         offsets: dict[int, tuple[int, int]] = {}
@@ -238,9 +254,8 @@ class RedisStore:
                 key = k.users(model_id, version, minute, failed=failed)
                 hlls.append([index(key), max(minute + self.minute_ttl_s, floor), sorted(members)])
         by_day: dict[int, list[str]] = {}
-        for request_id, record in share.joins.items():
-            day = int(orjson.loads(record)[1]) // DAY_S * DAY_S
-            by_day.setdefault(day, []).extend((request_id, record))
+        for request_id, (minute, record) in share.joins.items():
+            by_day.setdefault(minute - minute % DAY_S, []).extend((request_id, record))
         joins = [
             [index(k.join(model_id, day)), max(day + DAY_S + self.label_join_ttl_s, floor), items]
             for day, items in by_day.items()
