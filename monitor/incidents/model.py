@@ -108,27 +108,35 @@ BIAS_REMEDIATION = [
 def summarize(rule: Rule, finding: Finding) -> str:
     """One line a person can read: what fired, where, and how far past the threshold."""
     obs = finding.observation
+    name = rule.description or rule.id
     where = f"{finding.model_id} {finding.version or ''}".strip()
     if rule.category == "security":
-        who = obs.get("principal") or obs.get("api_key")
-        subject = f"{obs['version']} (sha256 {obs['sha256'][:12]}…)" if "sha256" in obs else f"{who}"
-        return f"{rule.description or rule.id}: {subject} on {where}, {obs['value']} in {obs['window_s']}s"
+        subject = f"{obs['version']} (sha256 {obs['sha256'][:12]}…)" if "sha256" in obs else str(_who(obs))
+        return f"{name}: {subject} on {where}, {obs['value']} in {obs['window_s']}s"
     if rule.category == "bias":
-        prefix = "possible proxy discrimination" if obs.get("proxy") else "potential discrimination"
-        via = f" (via {obs['attribute']}, may stand in for {obs.get('proxy_for') or 'a protected characteristic'})" if obs.get("proxy") else ""
+        if obs.get("proxy"):
+            stands_for = obs.get("proxy_for") or "a protected characteristic"
+            kind = f"possible proxy discrimination (via {obs['attribute']}, may stand in for {stands_for})"
+        else:
+            kind = "potential discrimination"
         return (
-            f"{prefix}{via}: {rule.metric.replace('_', ' ')} of {obs['attribute']}={obs['group']} "
+            f"{kind}: {rule.metric.replace('_', ' ')} of {obs['attribute']}={obs['group']} "
             f"on {where} is {obs['value']:.3g} (threshold {obs['threshold']:.3g})"
         )
     value = obs.get("value")
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f"{rule.description or rule.id} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')})"
+    return f"{name} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')})"
+
+
+def _who(observation: dict[str, Any]) -> Any:
+    """The principal (or else the API key) a security finding is about; None for other findings."""
+    return observation.get("principal") or observation.get("api_key")
 
 
 def _revoked(rule: Rule, finding: Finding) -> list[str]:
     if not rule.revoke:
         return []
-    who = finding.observation.get("principal") or finding.observation.get("api_key")
+    who = _who(finding.observation)
     return [str(who)] if who else []
 
 
@@ -184,19 +192,23 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "resolve": {"open", "acknowledged", "mitigated"},
 }
 STATUS_AFTER: dict[str, Status] = {"acknowledge": "acknowledged", "mitigate": "mitigated", "resolve": "resolved"}
-EVENT_AFTER: dict[str, str] = {"acknowledge": "acknowledged", "mitigate": "mitigated", "resolve": "resolved"}
+
+
+def _move(incident: Incident, status: Status, now: float, **detail: Any) -> None:
+    """Change the status: noted on the timeline and published as the event of the same name."""
+    incident.status = status
+    incident.updated_at = now
+    if status == "resolved":
+        incident.resolved_at = now
+    incident.note(now, status, **detail)
+    incident.outbox.append(status)
 
 
 def apply_action(incident: Incident, action: str, who: str, why: str, now: float) -> None:
     """A person acknowledges, mitigates or resolves the incident (with who, when and why)."""
     if incident.status not in ALLOWED_FROM[action]:
         raise TransitionError(f"cannot {action} incident {incident.id}: it is {incident.status}")
-    incident.status = STATUS_AFTER[action]
-    incident.updated_at = now
-    if action == "resolve":
-        incident.resolved_at = now
-    incident.note(now, EVENT_AFTER[action], by=who, why=why)
-    incident.outbox.append(EVENT_AFTER[action])
+    _move(incident, STATUS_AFTER[action], now, by=who, why=why)
 
 
 def settle(incident: Incident, finding: Finding, hold_s: int, now: float) -> bool:
@@ -208,9 +220,6 @@ def settle(incident: Incident, finding: Finding, hold_s: int, now: float) -> boo
         incident.clear_since = now
     if not incident.may_auto_recover or now - incident.clear_since < hold_s:
         return False
-    incident.status = "resolved"
-    incident.resolved_at = incident.updated_at = now
     incident.observation = finding.observation
-    incident.note(now, "resolved", by="monitor", reason=f"inside its threshold for {hold_s}s")
-    incident.outbox.append("resolved")
+    _move(incident, "resolved", now, by="monitor", reason=f"inside its threshold for {hold_s}s")
     return True

@@ -313,45 +313,45 @@ class _Merged:
     """What the files add up to; every cross-file conflict is recorded on the file that repeats."""
 
     defaults: DefaultsSpec = field(default_factory=DefaultsSpec)
-    defaults_at: str | None = None
     models: dict[str, ModelSpec] = field(default_factory=dict)
     models_at: dict[str, str] = field(default_factory=dict)
     fairness: FairnessSpec = field(default_factory=FairnessSpec)
-    fairness_at: str | None = None
     access: AccessPolicySpec = field(default_factory=AccessPolicySpec)
-    access_at: str | None = None
+    section_at: dict[str, str] = field(default_factory=dict)  # "file:line" of each _ONE_FILE_SECTIONS key
     rule_at: dict[str, str] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
+
+
+# The top-level sections only one file of a directory may define, and what a second one is told.
+_ONE_FILE_SECTIONS = {
+    "defaults": "defaults are already defined at {where}; define them in one file only",
+    "fairness": "fairness is already defined at {where}; define it in one file only",
+    "access_policy": "access_policy is already defined at {where}; define it in one file only",
+}
+
+
+def _defines_first(f: _File, key: str, merged: _Merged) -> bool:
+    """Whether `f` is the first file to define the section `key`; a later one gets a problem naming the first."""
+    if (f.data or {}).get(key) is None:
+        return False
+    if key in merged.section_at:
+        f.add((key,), _ONE_FILE_SECTIONS[key].format(where=merged.section_at[key]))
+        return False
+    merged.section_at[key] = f"{f.source}:{f.line((key,))}"
+    return True
 
 
 def _merge(files: list[_File]) -> _Merged:
     merged = _Merged()
     for f in files:
-        data = f.data or {}
-        if data.get("defaults") is not None:
-            if merged.defaults_at is not None:
-                where = merged.defaults_at
-                f.add(("defaults",), f"defaults are already defined at {where}; define them in one file only")
-            else:
-                merged.defaults_at = f"{f.source}:{f.line(('defaults',))}"
-                if f.spec is not None and f.spec.defaults is not None:
-                    merged.defaults = f.spec.defaults
-        if data.get("fairness") is not None:
-            if merged.fairness_at is not None:
-                where = merged.fairness_at
-                f.add(("fairness",), f"fairness is already defined at {where}; define it in one file only")
-            else:
-                merged.fairness_at = f"{f.source}:{f.line(('fairness',))}"
-                if f.spec is not None and f.spec.fairness is not None:
-                    merged.fairness = f.spec.fairness
-        if data.get("access_policy") is not None:
-            if merged.access_at is not None:
-                where = merged.access_at
-                f.add(("access_policy",), f"access_policy is already defined at {where}; define it in one file only")
-            else:
-                merged.access_at = f"{f.source}:{f.line(('access_policy',))}"
-                if f.spec is not None and f.spec.access_policy is not None:
-                    merged.access = f.spec.access_policy
+        data, spec = f.data or {}, f.spec
+        # The check comes first in each `and`: a repeated section is a problem even in a file that did not validate.
+        if _defines_first(f, "defaults", merged) and spec is not None and spec.defaults is not None:
+            merged.defaults = spec.defaults
+        if _defines_first(f, "fairness", merged) and spec is not None and spec.fairness is not None:
+            merged.fairness = spec.fairness
+        if _defines_first(f, "access_policy", merged) and spec is not None and spec.access_policy is not None:
+            merged.access = spec.access_policy
         models = data.get("models")
         for model_id in models if isinstance(models, dict) else {}:
             if not isinstance(model_id, str):
@@ -361,7 +361,7 @@ def _merge(files: list[_File]) -> _Merged:
                 f.add(("models", model_id), f"model {model_id!r} is already defined at {where}")
                 continue
             merged.models_at[model_id] = f"{f.source}:{f.line(('models', model_id))}"
-            facts = f.spec.models.get(model_id) if f.spec is not None and f.spec.models else None
+            facts = spec.models.get(model_id) if spec is not None and spec.models else None
             if facts is not None:
                 merged.models[model_id] = facts
         items = data.get("rules")
@@ -387,7 +387,7 @@ def _merge(files: list[_File]) -> _Merged:
         for f in files:
             for index, rule in f.rules:
                 which = rule.attributes or "all"
-                problem = selection_problem(merged.fairness, which, merged.fairness_at)
+                problem = selection_problem(merged.fairness, which, merged.section_at.get("fairness"))
                 if rule.metric in BIAS_METRICS and problem:
                     f.add(("rules", index, "attributes"), problem)
     return merged

@@ -8,74 +8,27 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from monitor.aggregates.batch import Located
 from monitor.evaluator import Evaluator
 from monitor.events import LabelEvent, PredictionEvent
-from monitor.publisher import KafkaPublisher
-from monitor.rules.loader import load_rules
-from monitor.rules.schema import RuleSet
 from monitor.store.keys import Keys
-from monitor.store.redis import RedisStore
-from monitor.store.windows import WindowReader
-from monitor.topics import ensure_topics
-from tests.conftest import unique_settings
-from tests.integration.test_evaluator import Bus
+from tests.integration.conftest import World
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MINUTE, HOUR, DAY = 60, 3600, 86_400
 # Bucket-aligned (minute 45 of an hour), so windows cut the generated traffic the same way on
 # every run and the detection point of the seeded traffic is reproducible.
 NOW = time.time() // HOUR * HOUR - 15 * MINUTE
 
 
-@dataclass
-class World:
-    redis: Redis
-    publisher: KafkaPublisher
-    bus: Bus
-    rules: RuleSet
-    evidence: Path
-
-    def store(self, keys: Keys) -> RedisStore:
-        return RedisStore(self.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
-
-    def evaluator(self, keys: Keys, clock: list[float]) -> Evaluator:
-        return Evaluator(
-            self.redis, keys, self.rules, self.publisher, clock=lambda: clock[0],
-            reader=WindowReader(self.redis, keys, closed_refresh_s=0), evidence_dir=self.evidence,
-            contact="Dana Reyes, incident commander, +1 555 0100",
-        )
-
-
-@pytest.fixture(scope="module")
-async def world(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    settings = unique_settings(*services)
-    await ensure_topics(settings)
-    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
-    await publisher.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents),
-                    load_rules(ROOT / "rules" / "default.yaml"), tmp_path_factory.mktemp("evidence"))
-    finally:
-        await publisher.stop()
-        await consumer.stop()
-        await redis.aclose()
+def evaluator(world: World, keys: Keys, clock: list[float]) -> Evaluator:
+    """An evaluator on `clock[0]` whose notifications name the incident commander to contact."""
+    return world.evaluator(keys, lambda: clock[0], contact="Dana Reyes, incident commander, +1 555 0100")
 
 
 def loan(model_id: str, i: int, ts: float, sex: str, approved: bool, rng: random.Random, zip3: str | None = None) -> PredictionEvent:
@@ -92,7 +45,7 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
     rng = random.Random(4)
     keys = Keys(f"bias{uuid.uuid4().hex[:8]}")
     store, clock = world.store(keys), [0.0]
-    ev = world.evaluator(keys, clock)
+    ev = evaluator(world, keys, clock)
     model = "loan-approval"
     t_switch = NOW - 2 * HOUR  # 10 minutes of fair traffic, then the drop
     start = t_switch - 10 * MINUTE
@@ -177,7 +130,7 @@ async def test_fnr_gap_fires_with_enough_labels_and_not_on_thirty(world: World) 
                 labels.append(LabelEvent(request_id=rid, model_id=model, ts=ts + 3600, label=int(qualified), positive=qualified))
         await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
         await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(labels)])
-        report = await world.evaluator(keys, clock).tick()
+        report = await evaluator(world, keys, clock).tick()
         found = [(i.rule, i.group) for i in report.opened]
         if fires:
             assert found == [("fnr-gap", "sex=F")]
@@ -198,7 +151,7 @@ async def test_a_proxy_attribute_is_called_possible_proxy_discrimination(world: 
         approved = rng.random() < (0.6 if zip3 == "941" else 0.36)
         events.append(loan(model, i, NOW - rng.uniform(1, 50 * MINUTE), rng.choice("FM"), approved, rng, zip3=zip3))
     await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
-    report = await world.evaluator(keys, clock).tick()
+    report = await evaluator(world, keys, clock).tick()
     assert [(i.rule, i.group) for i in report.opened] == [("disparate-impact", "zip3=606")]
     incident = report.opened[0]
     assert incident.summary.startswith("possible proxy discrimination (via zip3, may stand in for race or ethnicity)")
@@ -212,7 +165,7 @@ async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: 
     rng = random.Random(50)
     keys = Keys(f"fair{uuid.uuid4().hex[:8]}")
     store, clock = world.store(keys), [0.0]
-    ev = world.evaluator(keys, clock)
+    ev = evaluator(world, keys, clock)
     ticks = [NOW - 6 * DAY, NOW - 3 * DAY, NOW - 1]
     rates = {f"z{g}": 0.5 + 0.01 * g for g in range(10)}  # 0.50 … 0.59: every ratio ≥ 0.847
     offset = 0

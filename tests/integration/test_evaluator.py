@@ -10,91 +10,21 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from monitor.aggregates.batch import Located
-from monitor.evaluator import Evaluator, TickReport
+from monitor.evaluator import Evaluator
 from monitor.events import LabelEvent, PredictionEvent
-from monitor.publisher import KafkaPublisher
-from monitor.rules.loader import load_rules
-from monitor.rules.schema import ModelFacts, RuleSet
+from monitor.rules.schema import ModelFacts
 from monitor.store.keys import Keys
-from monitor.store.redis import RedisStore
-from monitor.store.windows import WindowReader
-from monitor.topics import ensure_topics
-from tests.conftest import unique_settings
+from tests.integration.conftest import World
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 HOUR, DAY = 3600, 86_400
-
-
-@dataclass
-class Bus:
-    """Reads back what the evaluator published, per model."""
-
-    consumer: AIOKafkaConsumer
-    control_topic: str
-    incidents_topic: str
-    seen: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
-
-    async def drain(self) -> None:
-        tps = [TopicPartition(t, p) for t in (self.control_topic, self.incidents_topic) for p in range(4)]
-        end = await self.consumer.end_offsets(tps)
-        deadline = time.monotonic() + 15
-        while [tp for tp in tps if await self.consumer.position(tp) < end[tp]]:
-            assert time.monotonic() < deadline, "could not read the topics to their end"
-            for tp, records in (await self.consumer.getmany(timeout_ms=200)).items():
-                for record in records:
-                    self.seen.setdefault((tp.topic, record.key.decode()), []).append(orjson.loads(record.value))
-
-    async def control(self, model_id: str) -> list[dict[str, Any]]:
-        await self.drain()
-        return self.seen.get((self.control_topic, model_id), [])
-
-    async def incidents(self, model_id: str) -> list[dict[str, Any]]:
-        await self.drain()
-        return [e for (t, _), events in self.seen.items() if t == self.incidents_topic for e in events if e["model_id"] == model_id]
-
-
-@dataclass
-class World:
-    redis: Redis
-    publisher: KafkaPublisher
-    bus: Bus
-    rules: RuleSet
-    evidence: Path
-
-
-@pytest.fixture(scope="module")
-async def world(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    settings = unique_settings(*services)
-    await ensure_topics(settings)
-    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
-    await publisher.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    rules = load_rules(ROOT / "rules" / "default.yaml")
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules,
-                    tmp_path_factory.mktemp("evidence"))
-    finally:
-        await publisher.stop()
-        await consumer.stop()
-        await redis.aclose()
 
 
 def spread(n: int, rate: float, i: int) -> bool:
@@ -161,7 +91,7 @@ class Scenario:
 
 async def load(world: World, model_id: str, traffic: list[Traffic]) -> Keys:
     keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
-    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    store = world.store(keys)
     offset = 0
     for slice_ in traffic:
         predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
@@ -178,8 +108,7 @@ def evaluator(world: World, keys: Keys, clock: Callable[[], float], facts: dict[
     rules = world.rules
     if facts:
         rules = rules.model_copy(update={"models": {**rules.models, model_id: ModelFacts(**facts)}})
-    return Evaluator(world.redis, keys, rules, world.publisher, clock=clock,
-                     reader=WindowReader(world.redis, keys, closed_refresh_s=0), evidence_dir=world.evidence)
+    return world.evaluator(keys, clock, rules)
 
 
 NOW = time.time()
@@ -312,7 +241,7 @@ async def test_recovery_waits_for_the_hold_period(world: World) -> None:
 
 
 async def load_into(world: World, keys: Keys, model_id: str, traffic: list[Traffic]) -> None:
-    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    store = world.store(keys)
     for slice_ in traffic:
         predictions, _ = slice_.events(model_id, uuid.uuid4().hex[:6])
         await store.apply("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
@@ -324,7 +253,7 @@ async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) ->
 
     rng = random.Random(20)
     keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
-    store = RedisStore(world.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    store = world.store(keys)
     ticks = [NOW - 7 * DAY + k * 28 * HOUR for k in range(1, 7)]
     offset = 0
     for m in range(20):
@@ -357,8 +286,7 @@ async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) ->
             await store.apply_labels("labels", [Located(e, 0, offset + j) for j, e in enumerate(part)])
             offset += len(part)
     clock = [ticks[0]]
-    ev = Evaluator(world.redis, keys, world.rules, world.publisher, clock=lambda: clock[0],
-                   reader=WindowReader(world.redis, keys, closed_refresh_s=0), evidence_dir=world.evidence)
+    ev = world.evaluator(keys, lambda: clock[0])
     evaluated = 0
     for tick in ticks:
         clock[0] = tick

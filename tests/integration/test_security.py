@@ -7,78 +7,46 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from monitor.aggregates.batch import Located
-from monitor.evaluator import Evaluator, TickReport
+from monitor.evaluator import TickReport
 from monitor.events import AccessEvent, RegistryEvent
-from monitor.publisher import KafkaPublisher
-from monitor.rules.loader import load_rules
-from monitor.rules.schema import RuleSet
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
-from monitor.store.windows import WindowReader
-from monitor.topics import ensure_topics
-from tests.conftest import unique_settings
-from tests.integration.test_evaluator import Bus
+from tests.integration.conftest import World as BaseWorld
+from tests.integration.conftest import open_world
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MINUTE, HOUR, DAY = 60, 3600, 86_400
 NOW = time.time() // MINUTE * MINUTE
 DATASET = "s3://datasets/credit/train-2026-10"
 SHA = {name: (name * 64)[:64] for name in "abcdef"}
 
 
-@dataclass
-class World:
-    redis: Redis
-    publisher: KafkaPublisher
-    bus: Bus
-    rules: RuleSet
-    evidence: Path
+class World(BaseWorld):
+    """The shared world, plus a fresh access-policy store and a one-off tick at a given time."""
 
     def fresh(self) -> tuple[Keys, RedisStore]:
         keys = Keys(f"sec{uuid.uuid4().hex[:8]}")
-        store = RedisStore(self.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+        store = self.store(keys)
         store.configure_access(self.rules)
         return keys, store
 
     async def tick(self, keys: Keys, at: float) -> TickReport:
-        evaluator = Evaluator(
-            self.redis, keys, self.rules, self.publisher, clock=lambda: at,
-            reader=WindowReader(self.redis, keys, closed_refresh_s=0), evidence_dir=self.evidence,
-        )
-        return await evaluator.tick()
+        return await self.evaluator(keys, lambda: at).tick()
 
 
 @pytest.fixture(scope="module")
 async def world(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    settings = unique_settings(*services)
-    await ensure_topics(settings)
-    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
-    await publisher.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        yield World(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents),
-                    load_rules(ROOT / "rules" / "default.yaml"), tmp_path_factory.mktemp("evidence"))
-    finally:
-        await publisher.stop()
-        await consumer.stop()
-        await redis.aclose()
+    """This module's World in place of the shared fixture's."""
+    async with open_world(services, tmp_path_factory.mktemp("evidence"), World) as world:
+        yield world
 
 
 def access(ts: float, principal: str, action: str, resource_type: str, *, model: str = "credit-scoring",
