@@ -5,22 +5,24 @@
 -- leaves its hash slot (it runs unchanged on Redis Cluster).
 
 -- The replay guard: a share whose offsets reach back to ones already applied is refused whole.
-local function guard_conflicts(offsets_key, guard)
-  local conflicts = {}
-  for _, g in ipairs(guard) do
+-- Returns nil after recording the share's offsets, or the refusal the script returns as it is:
+-- {1, field, stored_offset, ...} (the caller resends only the events after the stored offsets).
+local function guard(offsets_key, offsets)
+  local refused = {1}
+  for _, g in ipairs(offsets) do
     local stored = redis.call('HGET', offsets_key, g[1])
     if stored and tonumber(stored) >= g[2] then
-      conflicts[#conflicts + 1] = g[1]
-      conflicts[#conflicts + 1] = stored
+      refused[#refused + 1] = g[1]
+      refused[#refused + 1] = stored
     end
   end
-  return conflicts
-end
-
-local function guard_set(offsets_key, guard)
-  for _, g in ipairs(guard) do
+  if #refused > 1 then
+    return refused
+  end
+  for _, g in ipairs(offsets) do
     redis.call('HSET', offsets_key, g[1], string.format('%d', g[3]))
   end
+  return nil
 end
 
 local function keep_max(key, field, value)

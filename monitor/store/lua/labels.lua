@@ -11,12 +11,8 @@
 -- on a replay, {1, field, stored_offset, ...} without writing anything.
 local share = cjson.decode(ARGV[1])
 
-local conflicts = guard_conflicts(KEYS[1], share.guard)
-if #conflicts > 0 then
-  table.insert(conflicts, 1, 1)
-  return conflicts
-end
-guard_set(KEYS[1], share.guard)
+local refused = guard(KEYS[1], share.guard)
+if refused then return refused end
 
 local matched, waiting = 0, 0
 for _, item in ipairs(share.labels) do

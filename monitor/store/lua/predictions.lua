@@ -16,12 +16,8 @@
 -- share was applied before: nothing is written and the caller resends only the new events.
 local share = cjson.decode(ARGV[1])
 
-local conflicts = guard_conflicts(KEYS[1], share.guard)
-if #conflicts > 0 then
-  table.insert(conflicts, 1, 1)
-  return conflicts
-end
-guard_set(KEYS[1], share.guard)
+local refused = guard(KEYS[1], share.guard)
+if refused then return refused end
 
 apply_buckets(share.buckets)
 

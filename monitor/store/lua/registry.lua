@@ -10,12 +10,8 @@
 -- counted as tampered ("sta|<version>|<sha256>") in the event's buckets and recorded in KEYS[3].
 local share = cjson.decode(ARGV[1])
 
-local conflicts = guard_conflicts(KEYS[1], share.guard)
-if #conflicts > 0 then
-  table.insert(conflicts, 1, 1)
-  return conflicts
-end
-guard_set(KEYS[1], share.guard)
+local refused = guard(KEYS[1], share.guard)
+if refused then return refused end
 
 local tampered, checked = 0, 0
 for _, e in ipairs(share.events) do
