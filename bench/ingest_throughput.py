@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,8 @@ def faust_noop(bootstrap: str, topic: str, total: int) -> float:
         os.unlink(script.name)
 
 
-def monitor_rate(settings: Settings, topic: str, total: int, evs: list[dict[str, object]], batch: int) -> float:
+def monitor_rate(settings: Settings, topic: str, total: int, evs: list[dict[str, object]], batch: int,
+                 profile: Path | None = None) -> float:
     """Start the worker on an empty topic, wait until it is ready, then load the topic and time
     from the first aggregated event to the last (the worker's start-up is not what is measured)."""
     env = {**os.environ, **settings.model_copy(update={"topics": settings.topics.model_copy(update={"predictions": topic})}).to_env()}
@@ -138,6 +140,10 @@ def monitor_rate(settings: Settings, topic: str, total: int, evs: list[dict[str,
             except OSError:
                 time.sleep(0.2)
         time.sleep(3)  # let the consumer group settle its assignment
+        if profile is not None:  # py-spy's collapsed stacks of the worker while it ingests
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
+                                    "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(profile)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         asyncio.run(preload(settings.kafka_bootstrap, topic, evs, batch))
         while True:
             try:
@@ -155,6 +161,9 @@ def monitor_rate(settings: Settings, topic: str, total: int, evs: list[dict[str,
                 raise RuntimeError(f"the monitor aggregated {value:.0f} of {total} events in 10 minutes")
             time.sleep(0.2)
     finally:
+        if profile is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         proc.kill()  # a worker's graceful shutdown is not what is measured
         proc.wait(30)
 
@@ -165,6 +174,7 @@ async def main() -> None:
     parser.add_argument("--single", type=int, default=50_000)
     parser.add_argument("--faust-noop", action="store_true",
                         help="also measure (b); known problem: the no-op worker does not report yet")
+    parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of the worker here")
     args = parser.parse_args()
     status = await asyncio.to_thread(services.up)
     tag = uuid.uuid4().hex[:6]
@@ -184,10 +194,11 @@ async def main() -> None:
     a_arrays = await bare_consumer(settings.kafka_bootstrap, arrays, args.events)
     a_single = await bare_consumer(settings.kafka_bootstrap, singles, args.single)
     b_single = faust_noop(settings.kafka_bootstrap, singles, args.single) if args.faust_noop else float("nan")
-    m_arrays = await asyncio.to_thread(monitor_rate, settings, f"{arrays}-m", args.events, data, 100)
+    m_arrays = await asyncio.to_thread(monitor_rate, settings, f"{arrays}-m", args.events, data, 100,
+                                       args.profile and args.profile.with_suffix(".arrays.txt"))
     m_single = await asyncio.to_thread(
         monitor_rate, settings.model_copy(update={"app_id": f"bench-{tag}-2", "key_prefix": f"bench-{tag}-2"}),
-        f"{singles}-m", args.single, data[: args.single], 1)
+        f"{singles}-m", args.single, data[: args.single], 1, args.profile and args.profile.with_suffix(".single.txt"))
     print(f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)")
     print(f"{'':34}{'arrays of 100':>16}{'single messages':>18}")
     print(f"{'(a) aiokafka + orjson, events/s':34}{a_arrays:>16,.0f}{a_single:>18,.0f}")

@@ -184,8 +184,18 @@ def _rate(rule: Rule, k: int, n: int, p0: float, confidence: float, side: str) -
 def conclude(
     rule: Rule, model_id: str, version: str, group: str | None, probe: Probe, steps: tuple[Step, ...]
 ) -> Finding:
-    """Test every step; the base step decides whether it fires, the strongest significant one how hard."""
-    results = [(step, probe.test(step.threshold)) for step in steps]
+    """Test every step; the base step decides whether it fires, the strongest significant one how hard.
+
+    Every test is one-sided, so an estimate on the safe side of the base threshold cannot be
+    significant at any step (its p-value is at least about one half): it is not tested at all,
+    which spares the statistics on the many healthy models of a tick. Its p-value is recorded as
+    1, which leaves a Benjamini–Hochberg family's decisions unchanged (a p-value of one half or
+    more is never rejected there, and raising it does not move any smaller one's rank).
+    """
+    if probe.inside(steps[0].threshold):
+        results = [(steps[0], _untested(probe))]
+    else:
+        results = [(step, probe.test(step.threshold)) for step in steps]
     significant = [(step, result) for step, result in results if result.significant]
     base_step, base_result = results[0]
     # Stronger steps are nested inside the base one, so the base test decides whether it fires.
@@ -210,6 +220,13 @@ def conclude(
     return Finding(
         rule.id, model_id, version, group, fired, probe.inside(base_step.threshold),
         step.severity, step.level, observation,
+    )
+
+
+def _untested(probe: Probe) -> stats.TestResult:
+    return stats.TestResult(
+        "not tested: the estimate is inside the threshold", probe.value, 1.0, False,
+        (math.nan, math.nan), probe.samples,
     )
 
 
