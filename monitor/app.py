@@ -220,9 +220,20 @@ class Monitor:
         async def check_health() -> None:
             await self.check_health()
 
-        @app.timer(s.eval_interval_s, on_leader=True)  # type: ignore[untyped-decorator]  # as above
+        @app.task  # type: ignore[untyped-decorator]  # as above
         async def evaluate() -> None:
-            await self.evaluate_once()
+            # At a fixed rate rather than with a fixed pause between ticks (as app.timer does), so
+            # a threshold crossing waits at most one interval for the tick that sees it.
+            interval = s.eval_interval_s
+            next_at = time.monotonic()
+            while True:
+                if app.is_leader():
+                    await self.evaluate_once()
+                next_at += interval
+                now = time.monotonic()
+                if now > next_at + interval:
+                    next_at = now  # a tick overran by a whole interval: start afresh, no burst
+                await asyncio.sleep(max(0.0, next_at - now))
 
         self._add_views(app)
         keys = Keys(s.key_prefix)

@@ -6,6 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
 from monitor import stats
 from monitor.aggregates.batch import group_field
@@ -113,3 +116,19 @@ def test_hysteresis_and_no_auto_recovery_from_critical() -> None:
     critical = evaluate(rule, "m", "1", windows(minutes=Counter({"n": 5000, "err": 1875})), baseline=None, facts=None)[0]
     stuck = open_incident(rule, critical, 0.0)
     assert not settle(stuck, good, rule.hold_s, 10 * rule.hold_s) and stuck.status == "open"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 5000), data=st.data(),
+    threshold=st.floats(0.0, 1.0), confidence=st.sampled_from([0.9, 0.95, 0.99, 0.999]),
+)
+def test_binomial_tests_agree_with_scipy_binomtest(n: int, data: st.DataObject, threshold: float, confidence: float) -> None:
+    k = data.draw(st.integers(0, n))
+    for alternative, ours in (("greater", stats.rate_above), ("less", stats.rate_below)):
+        reference = scipy_stats.binomtest(k, n, threshold, alternative=alternative)
+        ci = reference.proportion_ci(confidence_level=confidence, method="exact")
+        result = ours(k, n, threshold, confidence)
+        assert result.p_value == pytest.approx(reference.pvalue, rel=1e-9, abs=1e-12)
+        assert result.interval == pytest.approx((ci.low, ci.high), rel=1e-7, abs=1e-9)
+        assert result.significant == (reference.pvalue < 1 - confidence)
