@@ -17,8 +17,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -30,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from faust_noop import faust_noop  # noqa: E402  (bench/ is on sys.path when run as a script)
 from monitor import services  # noqa: E402
 from monitor.settings import Settings, Topics  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402
@@ -83,97 +82,57 @@ async def bare_consumer(bootstrap: str, topic: str, total: int) -> float:
     return total / elapsed
 
 
-FAUST_NOOP = textwrap.dedent('''
-    import sys, time, faust
-    bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    app = faust.App("bench-noop-" + str(time.time_ns()), broker="kafka://" + bootstrap, store="memory://",
-                    web_enabled=False, consumer_auto_offset_reset="earliest", topic_partitions=4)
-    source = app.topic(topic, value_type=bytes, value_serializer="raw")
-    state = {"n": 0, "t0": None}
-    @app.agent(source)
-    async def noop(stream):
-        async for _ in stream:
-            if state["t0"] is None:
-                state["t0"] = time.perf_counter()
-            state["n"] += 1
-            if state["n"] >= total:
-                print("RATE", total / (time.perf_counter() - state["t0"]), flush=True)
-                raise SystemExit(0)
-    if __name__ == "__main__":
-        faust.Worker(app, loglevel="error", quiet=True).execute_from_commandline()
-''')
-
-
-def faust_noop(bootstrap: str, topic: str, total: int) -> float:
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
-        script.write(FAUST_NOOP)
-    proc = subprocess.Popen([sys.executable, script.name, bootstrap, topic, str(total)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        lines = []
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("RATE"):
-                return float(line.split()[1])
-        raise RuntimeError("the Faust no-op agent did not report:\n" + "".join(lines[-20:]))
-    finally:
-        proc.kill()
-        proc.wait()
-        os.unlink(script.name)
-
-
-def monitor_rate(settings: Settings, topic: str, total: int, evs: list[dict[str, object]], batch: int,
-                 profile: Path | None = None) -> float:
-    """Start the worker on an empty topic, wait until it is ready, then load the topic and time
-    from the first aggregated event to the last (the worker's start-up is not what is measured)."""
+def monitor_rate(settings: Settings, topic: str, total: int, profile: Path | None = None) -> tuple[float, float]:
+    """Start `monitor run` on a pre-loaded topic and time from the first aggregated event to the
+    last, as counted by the worker's own metric (its start-up is not what is measured).
+    Returns (events/s, the worker's resident memory in MiB when it is done)."""
     env = {**os.environ, **settings.model_copy(update={"topics": settings.topics.model_copy(update={"predictions": topic})}).to_env()}
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800
     url = f"http://127.0.0.1:{settings.web_port}/metrics"
-    started = None
+    started: tuple[float, float] | None = None
+    spy = None
     try:
         while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/readyz", timeout=5).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        time.sleep(3)  # let the consumer group settle its assignment
-        if profile is not None:  # py-spy's collapsed stacks of the worker while it ingests
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
-                                    "--format", "raw", "--rate", "50", "--nonblocking", "-o", str(profile)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        asyncio.run(preload(settings.kafka_bootstrap, topic, evs, batch))
-        while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the monitor did not aggregate everything in 30 minutes")
             try:
                 text = urllib.request.urlopen(url, timeout=5).read().decode()
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.1)
                 continue
             value = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                         if line.startswith("aimon_events_ingested_total{"))
             if value > 0 and started is None:
-                started = (time.perf_counter(), 0.0)
+                started = (time.perf_counter(), value)
+                if profile is not None:  # py-spy's collapsed stacks of the worker while it ingests
+                    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                            str(proc.pid), "--format", "raw", "--rate", "50", "--nonblocking",
+                                            "-o", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if value >= total and started is not None:
-                return (value - started[1]) / (time.perf_counter() - started[0])
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the monitor aggregated {value:.0f} of {total} events in 10 minutes")
-            time.sleep(0.2)
+                rate = (value - started[1]) / (time.perf_counter() - started[0])
+                return rate, _rss_mib(proc.pid)
+            time.sleep(0.1)
     finally:
-        if profile is not None:
+        if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
         proc.kill()  # a worker's graceful shutdown is not what is measured
         proc.wait(30)
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--single", type=int, default=50_000)
-    parser.add_argument("--faust-noop", action="store_true",
-                        help="also measure (b); known problem: the no-op worker does not report yet")
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of the worker here")
     args = parser.parse_args()
     status = await asyncio.to_thread(services.up)
@@ -181,30 +140,30 @@ async def main() -> None:
     topics = Topics.model_validate({k: f"bench-{tag}-{v}" for k, v in Topics().model_dump().items()})
     settings = Settings().with_overrides(kafka_bootstrap=status.kafka_bootstrap, redis_url=status.redis_url,
                                          topics=topics, app_id=f"bench-{tag}", key_prefix=f"bench-{tag}",
-                                         web_port=16099, partitions=4, batch_max_events=100)
+                                         web_port=16099, partitions=4)
     await ensure_topics(settings)
     arrays, singles = f"bench-{tag}-arrays", f"bench-{tag}-singles"
     await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": arrays})}))
     await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": singles})}))
-    for name in (f"{arrays}-m", f"{singles}-m"):
-        await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": name})}))
     data = events(args.events)
     await preload(settings.kafka_bootstrap, arrays, data, 100)
     await preload(settings.kafka_bootstrap, singles, data[: args.single], 1)
+    # Every reader below reads the same pre-loaded topics from their start, one after the other.
     a_arrays = await bare_consumer(settings.kafka_bootstrap, arrays, args.events)
     a_single = await bare_consumer(settings.kafka_bootstrap, singles, args.single)
-    b_single = faust_noop(settings.kafka_bootstrap, singles, args.single) if args.faust_noop else float("nan")
-    m_arrays = await asyncio.to_thread(monitor_rate, settings, f"{arrays}-m", args.events, data, 100,
-                                       args.profile and args.profile.with_suffix(".arrays.txt"))
-    m_single = await asyncio.to_thread(
+    b_single = await asyncio.to_thread(faust_noop, settings.kafka_bootstrap, singles, args.single)
+    m_arrays, rss_arrays = await asyncio.to_thread(
+        monitor_rate, settings, arrays, args.events, args.profile and args.profile.with_suffix(".arrays.txt"))
+    m_single, rss_single = await asyncio.to_thread(
         monitor_rate, settings.model_copy(update={"app_id": f"bench-{tag}-2", "key_prefix": f"bench-{tag}-2"}),
-        f"{singles}-m", args.single, data[: args.single], 1, args.profile and args.profile.with_suffix(".single.txt"))
+        singles, args.single, args.profile and args.profile.with_suffix(".single.txt"))
     print(f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)")
     print(f"{'':34}{'arrays of 100':>16}{'single messages':>18}")
     print(f"{'(a) aiokafka + orjson, events/s':34}{a_arrays:>16,.0f}{a_single:>18,.0f}")
-    print(f"{'(b) no-op Faust agent, events/s':34}{'':>16}{b_single:>18,.0f}")  # nan unless --faust-noop
+    print(f"{'(b) no-op Faust agent, events/s':34}{'':>16}{b_single:>18,.0f}")
     print(f"{'(m) monitor, events/s':34}{m_arrays:>16,.0f}{m_single:>18,.0f}")
     print(f"{'ratio':34}{m_arrays / a_arrays:>15.2f}a{m_single / b_single:>17.2f}b")
+    print(f"{'monitor worker RSS at the end, MiB':34}{rss_arrays:>16,.0f}{rss_single:>18,.0f}")
 
 
 if __name__ == "__main__":

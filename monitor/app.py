@@ -314,7 +314,11 @@ class Monitor:
             if self._kafka_probe is None:
                 self._kafka_probe = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap)
                 await asyncio.wait_for(self._kafka_probe.bootstrap(), HEALTH_TIMEOUT_S)
-            await asyncio.wait_for(self._kafka_probe.fetch_all_metadata(), HEALTH_TIMEOUT_S)
+                # Ask for one topic's metadata, not the whole cluster's: on a broker with hundreds
+                # of topics, decoding all of them every second cost a few % of the worker's CPU.
+                self._kafka_probe.add_topic(self.settings.topics.predictions)
+            if not await asyncio.wait_for(self._kafka_probe.force_metadata_update(), HEALTH_TIMEOUT_S):
+                raise KafkaError("no broker answered a metadata request")
             health.kafka_ok = True
             health.detail.pop("kafka", None)
         except Exception as exc:  # any failure of the probe means "Kafka does not answer"
