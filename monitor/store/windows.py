@@ -24,6 +24,8 @@ from monitor.store.keys import HOUR, MINUTE, Keys
 MINUTES_KEPT = 60
 REFERENCE_HOURS = range(24, 24 + 7 * 24)  # the 7 days before the current 24 h (hours back)
 WEEK_S = 7 * 86_400
+YOUNG_S = 300.0  # for this long after a version is first read, its closed hours are re-read ...
+YOUNG_REFRESH_S = 5.0  # ... this often
 
 
 Range = tuple[int, int]  # closed hours: (first hour back, how many)
@@ -170,6 +172,7 @@ class WindowReader:
         # (model, version) -> (read at (monotonic), hour they end before, closed-hour range sums):
         # a few sums per version rather than two weeks of hour buckets.
         self._closed: dict[tuple[str, str], tuple[float, int, dict[Range, Counter[str]]]] = {}
+        self._first_read: dict[tuple[str, str], float] = {}  # (model, version) -> first read (monotonic)
 
     async def read(self, pairs: Sequence[tuple[str, str]], now: float) -> dict[tuple[str, str], VersionWindows]:
         """Windows of every (model, version) pair at event time `now`."""
@@ -216,14 +219,22 @@ class WindowReader:
             self._closed.clear()
 
     def _needs_refresh(self, pair: tuple[str, str], hour0: int) -> bool:
+        now = self.monotonic()
+        first = self._first_read.setdefault(pair, now)
         cached = self._closed.get(pair)
         if cached is None:
             return True
         read_at, hour_at_read, _ = cached
-        return hour_at_read != hour0 or self.monotonic() - read_at >= self.closed_refresh_s
+        # A version's history often arrives just after the reader first sees it (a backfill, a
+        # first start, a canary's predecessor still being replayed): while it is young, its closed
+        # hours are re-read every few seconds rather than every minute.
+        young = now - first < YOUNG_S
+        interval = min(self.closed_refresh_s, YOUNG_REFRESH_S) if young else self.closed_refresh_s
+        return hour_at_read != hour0 or now - read_at >= interval
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
         """Drop cached hours of pairs no longer evaluated."""
         for pair in list(self._closed):
             if pair not in keep:
                 del self._closed[pair]
+                self._first_read.pop(pair, None)
