@@ -35,7 +35,7 @@ from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
 from monitor.stats import benjamini_hochberg
 from monitor.store.impact import affected
 from monitor.store.keys import Keys
-from monitor.store.windows import VersionWindows, WindowReader, hour_ranges
+from monitor.store.windows import VersionWindows, WindowReader
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Evaluator:
         self.deliverer = deliverer
         self.renotify_s = renotify_s
         self.reader = reader or WindowReader(redis, keys)
-        self.reader.require(hour_ranges(rule.window_s for rule in rules.rules))
+        self.reader.require(rule.window_s for rule in rules.rules)
         self.incidents = IncidentStore(redis, keys)
         self.commands = CommandQueue(redis, keys)
         self._rule_ids = {rule.id for rule in rules.rules}

@@ -1,13 +1,13 @@
 """Reads the windows the evaluator needs, for many models at once, in few round trips.
 
-Short windows (≤ 1 h) are summed from minute buckets, read fresh every tick. Long windows are
-summed from hour buckets: the current hour fresh every tick, the closed hours (up to 14 days back,
-for a 7-day window and the 7 days before it) from a cache refreshed every `closed_refresh_s`.
-The cache keeps only the sums of the closed-hour ranges the rules read, not the hours.
-Closed hours still change when late labels arrive, so the cache is short-lived rather than
-permanent; a late label shows up in long windows within that refresh interval.
+Short windows (≤ 1 h) are summed from minute buckets: the two newest minutes are read every tick,
+the older minutes of each short window are summed once a minute (when the minute turns) and
+cached. Long windows are summed from hour buckets: the current hour every tick, the closed hours
+(up to 14 days back, for a 7-day window and the 7 days before it) from a cache refreshed every
+`closed_refresh_s`; the cache keeps only the sums of the closed-hour ranges the rules read.
+Closed buckets still change (late labels, events more than a minute late), so the caches are
+short-lived rather than permanent: such a change shows up within a refresh interval.
 """
-
 from __future__ import annotations
 
 import time
@@ -24,7 +24,10 @@ from monitor.store.keys import HOUR, MINUTE, Keys
 MINUTES_KEPT = 60
 REFERENCE_HOURS = range(24, 24 + 7 * 24)  # the 7 days before the current 24 h (hours back)
 WEEK_S = 7 * 86_400
-YOUNG_S = 300.0  # for this long after a version is first read, its closed hours are re-read ...
+# Minutes read every tick; the older minutes of a short window are summed once per minute (when
+# the minute turns, or every `closed_refresh_s`), so a tick reads 2 minute buckets, not 60.
+FRESH_MINUTES = 2
+YOUNG_S = 300.0  # for this long after a version is first read, its cached sums are re-read ...
 YOUNG_REFRESH_S = 5.0  # ... this often
 
 
@@ -43,7 +46,27 @@ def hour_ranges(windows_s: Iterable[int]) -> frozenset[Range]:
     return frozenset(ranges)
 
 
-DEFAULT_RANGES = hour_ranges((300, 1800, 3600, 86_400, WEEK_S))
+def minute_counts(windows_s: Iterable[int]) -> frozenset[int]:
+    """How many newest minutes each short window (≤ 1 h) of a rule set sums."""
+    return frozenset(max(1, w // MINUTE_S) for w in windows_s if w <= MINUTES_KEPT * MINUTE_S)
+
+
+def minute_tails(minutes: Sequence[Counter[str]], counts: Iterable[int]) -> dict[int, Counter[str]]:
+    """For each window of `count` minutes longer than FRESH_MINUTES, the sum of its older minutes
+    (minutes[FRESH_MINUTES:count]), from one running total."""
+    tails: dict[int, Counter[str]] = {}
+    running: Counter[str] = Counter()
+    done = FRESH_MINUTES
+    for count in sorted(c for c in counts if c > FRESH_MINUTES):
+        for part in minutes[done:count]:
+            running.update(part)
+        done = count
+        tails[count] = Counter(running)
+    return tails
+
+
+DEFAULT_WINDOWS_S = (300, 1800, 3600, 86_400, WEEK_S)
+DEFAULT_RANGES = hour_ranges(DEFAULT_WINDOWS_S)
 
 
 @dataclass
@@ -60,6 +83,8 @@ class VersionWindows:
     hours: list[Counter[str]]  # [0] is the current hour, [i] i hours back
     users: dict[int, tuple[int, int]] = field(default_factory=dict)  # window_s -> (users, failed)
     closed: dict[Range, Counter[str]] = field(default_factory=dict)
+    # minutes in a window -> the sum of its minutes beyond those in `minutes` (see `minute_tails`)
+    tails: dict[int, Counter[str]] = field(default_factory=dict)
     _cache: dict[tuple[str, int, int], WindowStats] = field(default_factory=dict)
     _minute_sums: dict[int, Counter[str]] = field(default_factory=dict)
 
@@ -82,6 +107,10 @@ class VersionWindows:
     def _first_minutes(self, count: int) -> Counter[str]:
         # Windows of 5, 30 and 60 minutes share their newest minutes: each sum starts from the
         # longest shorter one already summed.
+        if count not in self._minute_sums and count > len(self.minutes):
+            if count not in self.tails:
+                raise KeyError(f"the {count} newest minutes were not read (see minute_counts)")
+            self._minute_sums[count] = _sum([*self.minutes, self.tails[count]])
         if count not in self._minute_sums:
             done = max((n for n in self._minute_sums if n < count), default=0)
             total = Counter(self._minute_sums[done]) if done else Counter()
@@ -159,29 +188,36 @@ class WindowReader:
         *,
         closed_refresh_s: float = 60.0,
         user_windows_s: Sequence[int] = (300, 3600),
-        ranges: Iterable[Range] = DEFAULT_RANGES,
+        windows_s: Iterable[int] = DEFAULT_WINDOWS_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.closed_refresh_s = closed_refresh_s
         self.user_windows_s = tuple(user_windows_s)
-        self.ranges = frozenset(ranges)
-        self.closed_hours = max(first + count - 1 for first, count in self.ranges)
+        self.windows_s: frozenset[int] = frozenset()
+        self.ranges: frozenset[Range] = frozenset()
+        self.minute_counts: frozenset[int] = frozenset()
+        self.closed_hours = 0
         self.monotonic = clock
         # (model, version) -> (read at (monotonic), hour they end before, closed-hour range sums):
         # a few sums per version rather than two weeks of hour buckets.
         self._closed: dict[tuple[str, str], tuple[float, int, dict[Range, Counter[str]]]] = {}
+        # (model, version) -> (read at (monotonic), minute they were summed at, minute tails)
+        self._tails: dict[tuple[str, str], tuple[float, int, dict[int, Counter[str]]]] = {}
         self._first_read: dict[tuple[str, str], float] = {}  # (model, version) -> first read (monotonic)
+        self.require(windows_s)
 
     async def read(self, pairs: Sequence[tuple[str, str]], now: float) -> dict[tuple[str, str], VersionWindows]:
         """Windows of every (model, version) pair at event time `now`."""
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
         stale = [pair for pair in pairs if self._needs_refresh(pair, hour0)]
+        checked = self.monotonic()
+        read_minutes = {pair: self._minutes_to_read(pair, minute0, checked) for pair in pairs}
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id, version in pairs:
-                for i in range(MINUTES_KEPT):
+                for i in range(read_minutes[(model_id, version)]):
                     pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - i * MINUTE_S))
                 pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0))
                 for window_s in self.user_windows_s:
@@ -193,48 +229,57 @@ class WindowReader:
                     pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - i * HOUR_S))
             replies = iter(await pipe.execute())
         result: dict[tuple[str, str], VersionWindows] = {}
-        fresh: dict[tuple[str, str], dict[Range, Counter[str]]] = {}
         per_pair: list[tuple[tuple[str, str], list[Counter[str]], Counter[str], dict[int, tuple[int, int]]]] = []
         for pair in pairs:
-            minutes = [sum_buckets([next(replies)]) for _ in range(MINUTES_KEPT)]
+            minutes = [sum_buckets([next(replies)]) for _ in range(read_minutes[pair])]
+            if len(minutes) > FRESH_MINUTES:
+                self._tails[pair] = (checked, minute0, minute_tails(minutes, self.minute_counts))
+                minutes = minutes[:FRESH_MINUTES]
             current_hour = sum_buckets([next(replies)])
             users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
             per_pair.append((pair, minutes, current_hour, users))
         for pair in stale:
             hours = [sum_buckets([next(replies)]) for _ in range(self.closed_hours)]
-            fresh[pair] = range_sums(hours, self.ranges)
-        checked = self.monotonic()
-        for pair, sums in fresh.items():
-            self._closed[pair] = (checked, hour0, sums)
+            self._closed[pair] = (checked, hour0, range_sums(hours, self.ranges))
         for pair, minutes, current_hour, users in per_pair:
-            result[pair] = VersionWindows(now, minutes, [current_hour], users, self._closed[pair][2])
+            result[pair] = VersionWindows(
+                now, minutes, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
+            )
         return result
 
-    def require(self, ranges: Iterable[Range]) -> None:
-        """Also keep the sums of these closed-hour ranges (a rule set's, see `hour_ranges`)."""
-        wanted = self.ranges | frozenset(ranges)
-        if wanted != self.ranges:
-            self.ranges = wanted
-            self.closed_hours = max(first + count - 1 for first, count in wanted)
+    def require(self, windows_s: Iterable[int]) -> None:
+        """Also serve windows of these lengths (a rule set's): their closed-hour range sums and
+        minute tails are kept from the next read on."""
+        wanted = self.windows_s | frozenset(windows_s)
+        if wanted != self.windows_s:
+            self.windows_s = wanted
+            self.ranges = hour_ranges(wanted)
+            self.minute_counts = minute_counts(wanted)
+            self.closed_hours = max(first + count - 1 for first, count in self.ranges)
             self._closed.clear()
+            self._tails.clear()
+
+    def _minutes_to_read(self, pair: tuple[str, str], minute0: int, now: float) -> int:
+        cached = self._tails.get(pair)
+        if cached is not None and cached[1] == minute0 and now - cached[0] < self._refresh_s(pair, now):
+            return FRESH_MINUTES
+        return MINUTES_KEPT
+
+    def _refresh_s(self, pair: tuple[str, str], now: float) -> float:
+        # A version's history often arrives just after the reader first sees it (a backfill, a
+        # first start, a canary's predecessor still being replayed): while it is young, its
+        # cached sums are re-read every few seconds rather than every minute.
+        young = now - self._first_read.setdefault(pair, now) < YOUNG_S
+        return min(self.closed_refresh_s, YOUNG_REFRESH_S) if young else self.closed_refresh_s
 
     def _needs_refresh(self, pair: tuple[str, str], hour0: int) -> bool:
         now = self.monotonic()
-        first = self._first_read.setdefault(pair, now)
         cached = self._closed.get(pair)
-        if cached is None:
-            return True
-        read_at, hour_at_read, _ = cached
-        # A version's history often arrives just after the reader first sees it (a backfill, a
-        # first start, a canary's predecessor still being replayed): while it is young, its closed
-        # hours are re-read every few seconds rather than every minute.
-        young = now - first < YOUNG_S
-        interval = min(self.closed_refresh_s, YOUNG_REFRESH_S) if young else self.closed_refresh_s
-        return hour_at_read != hour0 or now - read_at >= interval
+        refresh_s = self._refresh_s(pair, now)
+        return cached is None or cached[1] != hour0 or now - cached[0] >= refresh_s
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
-        """Drop cached hours of pairs no longer evaluated."""
-        for pair in list(self._closed):
-            if pair not in keep:
-                del self._closed[pair]
-                self._first_read.pop(pair, None)
+        """Drop what is cached for pairs no longer evaluated."""
+        for cache in (self._closed, self._tails, self._first_read):
+            for pair in [p for p in cache if p not in keep]:
+                del cache[pair]

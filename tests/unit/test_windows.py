@@ -6,7 +6,15 @@ from collections import Counter
 
 import pytest
 
-from monitor.store.windows import DEFAULT_RANGES, VersionWindows, hour_ranges, range_sums
+from monitor.store.windows import (
+    DEFAULT_RANGES,
+    FRESH_MINUTES,
+    VersionWindows,
+    hour_ranges,
+    minute_counts,
+    minute_tails,
+    range_sums,
+)
 
 HOURS = [Counter({"n": i, "err": i % 3, f"g|sex|{'FM'[i % 2]}|n": i}) for i in range(1, 337)]
 MINUTES = [Counter({"n": 100 + i, "lat|3": i % 4}) for i in range(60)]
@@ -44,3 +52,17 @@ def test_a_range_nobody_asked_for_is_an_error() -> None:
     windows = VersionWindows(0.0, MINUTES, [Counter()], closed=range_sums(HOURS, {(1, 23)}))
     with pytest.raises(KeyError, match="were not read"):
         windows.counters(2 * 86_400)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 30, 60])
+def test_windows_from_minute_tails_equal_windows_from_every_minute(count: int) -> None:
+    every_minute = VersionWindows(0.0, MINUTES, [Counter()])
+    from_tails = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()],
+                                tails=minute_tails(MINUTES, minute_counts([60 * count, 300])))
+    assert +from_tails.counters(60 * count) == +every_minute.counters(60 * count)
+
+
+def test_a_minute_window_nobody_asked_for_is_an_error() -> None:
+    windows = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()], tails=minute_tails(MINUTES, {5}))
+    with pytest.raises(KeyError, match="newest minutes were not read"):
+        windows.counters(600)
