@@ -273,6 +273,8 @@ class Evaluator:
             ]
             adjusted = benjamini_hochberg([f.observation["test"]["p_value"] for _, _, f in family])
             for (model_id, index, finding), p_adjusted in zip(family, adjusted, strict=True):
+                if finding.observation["test"]["p_value"] >= 1.0:
+                    continue  # its adjusted p-value is 1 too: nothing to record (most of a tick)
                 test = {**finding.observation["test"], "p_adjusted": p_adjusted, "tests_in_family": len(family)}
                 findings[model_id][rule.id][index] = replace(
                     finding,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from monitor.aggregates import histogram
 from monitor.aggregates.batch import (
@@ -33,6 +34,24 @@ def sum_buckets(buckets: Iterable[Mapping[str | bytes, str | bytes]]) -> Counter
         for name, value in bucket.items():
             total[_text(name)] += int(value)
     return total
+
+
+@lru_cache(maxsize=262_144)
+def _parse_field(name: str) -> tuple[str, int, tuple[str, str], str]:
+    """A bucket field as (kind, latency bucket, (attribute, group value), rest), parsed once per
+    distinct name: the evaluator meets the same few hundred names in every window of every tick."""
+    kind, _, rest = name.partition(SEP)
+    if kind == "lat":
+        return kind, int(rest), NO_GROUP, ""
+    if kind == "f":
+        return kind, 0, NO_GROUP, unescape(rest)
+    if kind == "g":
+        attr, group_value, stat = rest.split(SEP)
+        return kind, 0, (unescape(attr), unescape(group_value)), stat
+    return kind, 0, NO_GROUP, rest
+
+
+NO_GROUP = ("", "")
 
 
 # Counter fields shared by a whole window and by each group value: attribute name -> bucket field.
@@ -94,14 +113,13 @@ class WindowStats(Counts):
         raw_groups: dict[tuple[str, str], dict[str, int]] = {}
         security: dict[str, dict[str, int]] = {}
         for name, value in counters.items():
-            kind, _, rest = name.partition(SEP)
+            kind, index, group, rest = _parse_field(name)
             if kind == "lat":
-                latency[int(rest)] = value
+                latency[index] = value
             elif kind == "f":
-                flags[unescape(rest)] = value
+                flags[rest] = value
             elif kind == "g":
-                attr, group_value, stat = rest.split(SEP)
-                raw_groups.setdefault((unescape(attr), unescape(group_value)), {})[stat] = value
+                raw_groups.setdefault(group, {})[rest] = value
             elif kind.startswith("s"):
                 security.setdefault(kind, {})[rest] = value
         groups: dict[str, dict[str, GroupStats]] = {}
