@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -27,10 +28,14 @@ WEEK_S = 7 * 86_400
 # Minutes read every tick; the older minutes of a short window are summed once per minute (when
 # the minute turns, or every `closed_refresh_s`), so a tick reads 2 minute buckets, not 60.
 FRESH_MINUTES = 2
+# A pipeline this long is ~10 MB of replies; one pipeline for a cold read of 1,000 models would
+# hold 600,000 commands and outlast the socket timeout.
+MAX_PIPELINE_COMMANDS = 5_000
 YOUNG_S = 300.0  # for this long after a version is first read, its cached sums are re-read ...
 YOUNG_REFRESH_S = 5.0  # ... this often
 
 
+T = TypeVar("T")
 Range = tuple[int, int]  # closed hours: (first hour back, how many)
 
 
@@ -150,6 +155,20 @@ class VersionWindows:
         return self.window(max(window_s, HOUR_S), shift_s=WEEK_S)
 
 
+def _chunks(steps: Sequence[T], cost: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """Consecutive runs of `steps` whose summed cost stays within `limit` (at least one step each)."""
+    chunk: list[T] = []
+    spent = 0
+    for step in steps:
+        if chunk and spent + cost(step) > limit:
+            yield chunk
+            chunk, spent = [], 0
+        chunk.append(step)
+        spent += cost(step)
+    if chunk:
+        yield chunk
+
+
 def _sum(parts: Sequence[Counter[str]]) -> Counter[str]:
     total: Counter[str] = Counter()
     for part in parts:
@@ -212,40 +231,45 @@ class WindowReader:
         """Windows of every (model, version) pair at event time `now`."""
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
-        stale = [pair for pair in pairs if self._needs_refresh(pair, hour0)]
+        stale = {pair for pair in pairs if self._needs_refresh(pair, hour0)}
         checked = self.monotonic()
-        read_minutes = {pair: self._minutes_to_read(pair, minute0, checked) for pair in pairs}
+        plan = [(pair, self._minutes_to_read(pair, minute0, checked), pair in stale) for pair in pairs]
+        result: dict[tuple[str, str], VersionWindows] = {}
+        for chunk in _chunks(plan, self._commands, MAX_PIPELINE_COMMANDS):
+            replies = iter(await self._fetch(chunk, minute0, hour0))
+            for pair, minute_count, refresh in chunk:
+                minutes = [sum_buckets([next(replies)]) for _ in range(minute_count)]
+                if minute_count > FRESH_MINUTES:
+                    self._tails[pair] = (checked, minute0, minute_tails(minutes, self.minute_counts))
+                    minutes = minutes[:FRESH_MINUTES]
+                current_hour = sum_buckets([next(replies)])
+                users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
+                if refresh:
+                    hours = [sum_buckets([next(replies)]) for _ in range(self.closed_hours)]
+                    self._closed[pair] = (checked, hour0, range_sums(hours, self.ranges))
+                result[pair] = VersionWindows(
+                    now, minutes, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
+                )
+        return result
+
+    def _commands(self, step: tuple[tuple[str, str], int, bool]) -> int:
+        _, minute_count, refresh = step
+        return minute_count + 1 + 2 * len(self.user_windows_s) + (self.closed_hours if refresh else 0)
+
+    async def _fetch(self, chunk: list[tuple[tuple[str, str], int, bool]], minute0: int, hour0: int) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for model_id, version in pairs:
-                for i in range(read_minutes[(model_id, version)]):
+            for (model_id, version), minute_count, refresh in chunk:
+                for i in range(minute_count):
                     pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - i * MINUTE_S))
                 pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0))
                 for window_s in self.user_windows_s:
                     starts = [minute0 - i * MINUTE_S for i in range(max(1, window_s // MINUTE_S))]
                     pipe.pfcount(*(self.keys.users(model_id, version, m) for m in starts))
                     pipe.pfcount(*(self.keys.users(model_id, version, m, failed=True) for m in starts))
-            for model_id, version in stale:
-                for i in range(1, self.closed_hours + 1):
-                    pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - i * HOUR_S))
-            replies = iter(await pipe.execute())
-        result: dict[tuple[str, str], VersionWindows] = {}
-        per_pair: list[tuple[tuple[str, str], list[Counter[str]], Counter[str], dict[int, tuple[int, int]]]] = []
-        for pair in pairs:
-            minutes = [sum_buckets([next(replies)]) for _ in range(read_minutes[pair])]
-            if len(minutes) > FRESH_MINUTES:
-                self._tails[pair] = (checked, minute0, minute_tails(minutes, self.minute_counts))
-                minutes = minutes[:FRESH_MINUTES]
-            current_hour = sum_buckets([next(replies)])
-            users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
-            per_pair.append((pair, minutes, current_hour, users))
-        for pair in stale:
-            hours = [sum_buckets([next(replies)]) for _ in range(self.closed_hours)]
-            self._closed[pair] = (checked, hour0, range_sums(hours, self.ranges))
-        for pair, minutes, current_hour, users in per_pair:
-            result[pair] = VersionWindows(
-                now, minutes, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
-            )
-        return result
+                if refresh:
+                    for i in range(1, self.closed_hours + 1):
+                        pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - i * HOUR_S))
+            return list(await pipe.execute())
 
     def require(self, windows_s: Iterable[int]) -> None:
         """Also serve windows of these lengths (a rule set's): their closed-hour range sums and

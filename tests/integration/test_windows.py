@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -15,6 +16,7 @@ from monitor.aggregates.batch import Located
 from monitor.events import PredictionEvent
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
+from monitor.store import windows as windows_module
 from monitor.store.windows import WindowReader
 
 pytestmark = pytest.mark.integration
@@ -74,3 +76,19 @@ async def test_cached_sums_equal_a_full_read_and_catch_up_when_the_minute_turns(
     mono[0] = 601.0
     turned = NOW + 60 - NOW % 60  # the next minute: older minutes are summed again
     assert await snapshot(cached, turned) == await snapshot(uncached, turned)
+
+
+async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(3)
+    for model in ("a", "b", "c"):
+        batch = events(rng, 300, NOW - 3 * 86_400, NOW)
+        await store.apply("predictions", [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS))
+                                          for e in batch])
+    pairs = [("a", "1"), ("b", "1"), ("c", "1")]
+    whole = await WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0).read(pairs, NOW)
+    monkeypatch.setattr(windows_module, "MAX_PIPELINE_COMMANDS", 50)  # below one pair's cold read
+    chunked = await WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0).read(pairs, NOW)
+    for pair in pairs:
+        assert chunked[pair].counters(86_400) == whole[pair].counters(86_400)
+        assert chunked[pair].counters(1800) == whole[pair].counters(1800)
+        assert chunked[pair].counters(86_400)["n"] > 0
