@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     max_value_bytes: int = Field(
         1_048_576, ge=1024, description="Larger message values are dead-lettered as too_large."
     )
-    minute_bucket_ttl_s: int = Field(26 * 3600, ge=3600)
+    # Minute buckets serve windows of up to 1 h; the rest is slack for late events and a paused
+    # evaluator. (26 h before 2026-11-27: 1,560 buckets per version, most never read again.)
+    minute_bucket_ttl_s: int = Field(3 * 3600, ge=3600)
     hour_bucket_ttl_s: int = Field(15 * 24 * 3600, ge=24 * 3600)
     redis_retry_max_s: float = Field(5.0, gt=0, description="Cap of the backoff while Redis is down.")
     log_level: str = "info"

@@ -47,6 +47,8 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 # A conflict means another writer applied part of a share; after this many rounds something is wrong.
 MAX_CONFLICT_ROUNDS = 8
 DAY_S = 86_400
+# Unfavourable decisions are kept for a day and a bit: the longest bias window is 24 h.
+IMPACT_TTL_S = 26 * 3600
 
 
 def _load_script(name: str) -> str:
@@ -278,7 +280,7 @@ class RedisStore:
             "unfavourable_max": self.impact_sample_max,
             "recent": recent_records(share, self.recent_events_max),
             "recent_max": self.recent_events_max,
-            "unfavourable_ttl": self.minute_ttl_s,
+            "unfavourable_ttl": IMPACT_TTL_S,
         }
         return _Call(self._predictions, keys, orjson.dumps(payload), share.events, ("labels_matched",))
 
