@@ -3,10 +3,12 @@
 Short windows (≤ 1 h) are summed from minute buckets: the two newest minutes are read every tick,
 the older minutes of each short window are summed once a minute (when the minute turns) and
 cached. Long windows are summed from hour buckets: the current hour every tick, the closed hours
-(up to 14 days back, for a 7-day window and the 7 days before it) from a cache refreshed every
-`closed_refresh_s`; the cache keeps only the sums of the closed-hour ranges the rules read.
+(up to 14 days back, for a 7-day window and the 7 days before it) from a cache that keeps only the
+sums of the closed-hour ranges the rules read. When the hour turns the sums are shifted (two
+buckets per range); they are re-read in full every `closed_refresh_s`, a few versions per tick.
 Closed buckets still change (late labels, events more than a minute late), so the caches are
-short-lived rather than permanent: such a change shows up within a refresh interval.
+short-lived rather than permanent: such a change shows up within a refresh interval (longer when
+there are many versions: the per-tick budget spreads their refreshes).
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ FRESH_MINUTES = 2
 # A pipeline this long is ~10 MB of replies; one pipeline for a cold read of 1,000 models would
 # hold 600,000 commands and outlast the socket timeout.
 MAX_PIPELINE_COMMANDS = 5_000
+# Closed-hour buckets a tick re-reads to refresh sums that are due (about two versions' worth):
+# the refresh of many versions is spread over ticks rather than stalling one.
+MAX_REFRESH_COMMANDS = 700
 YOUNG_S = 300.0  # for this long after a version is first read, its cached sums are re-read ...
 YOUNG_REFRESH_S = 5.0  # ... this often
 
@@ -231,34 +236,77 @@ class WindowReader:
         """Windows of every (model, version) pair at event time `now`."""
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
-        stale = {pair for pair in pairs if self._needs_refresh(pair, hour0)}
         checked = self.monotonic()
-        plan = [(pair, self._minutes_to_read(pair, minute0, checked), pair in stale) for pair in pairs]
+        closed = self._closed_plan(pairs, hour0, checked)
+        plan = [(pair, self._minutes_to_read(pair, minute0, checked), closed[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
         for chunk in _chunks(plan, self._commands, MAX_PIPELINE_COMMANDS):
             replies = iter(await self._fetch(chunk, minute0, hour0))
-            for pair, minute_count, refresh in chunk:
+            for pair, minute_count, hours in chunk:
                 minutes = [sum_buckets([next(replies)]) for _ in range(minute_count)]
                 if minute_count > FRESH_MINUTES:
                     self._tails[pair] = (checked, minute0, minute_tails(minutes, self.minute_counts))
                     minutes = minutes[:FRESH_MINUTES]
                 current_hour = sum_buckets([next(replies)])
                 users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
-                if refresh:
-                    hours = [sum_buckets([next(replies)]) for _ in range(self.closed_hours)]
-                    self._closed[pair] = (checked, hour0, range_sums(hours, self.ranges))
+                read = {back: sum_buckets([next(replies)]) for back in hours}
+                if len(hours) == self.closed_hours:
+                    sums = range_sums([read[back] for back in hours], self.ranges)
+                    self._closed[pair] = (checked, hour0, sums)
+                elif hours:
+                    self._closed[pair] = (self._closed[pair][0], hour0, self._shifted(pair, read))
                 result[pair] = VersionWindows(
                     now, minutes, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
                 )
         return result
 
-    def _commands(self, step: tuple[tuple[str, str], int, bool]) -> int:
-        _, minute_count, refresh = step
-        return minute_count + 1 + 2 * len(self.user_windows_s) + (self.closed_hours if refresh else 0)
+    def _closed_plan(
+        self, pairs: Sequence[tuple[str, str]], hour0: int, now: float
+    ) -> dict[tuple[str, str], tuple[int, ...]]:
+        """Which closed hours (hours back) to read per pair this tick.
 
-    async def _fetch(self, chunk: list[tuple[tuple[str, str], int, bool]], minute0: int, hour0: int) -> list[Any]:
+        All of them for a pair seen for the first time, after a gap, or whose sums are due for a
+        refresh; those due share a budget per tick (the oldest and the young first), so refreshing
+        a thousand versions is spread over many ticks instead of stalling one. When the hour turns
+        and a pair's sums are not due, they are shifted by an hour: each range gains the hour that
+        enters it and loses the one that leaves it (two buckets per range instead of 335).
+        """
+        every = tuple(range(1, self.closed_hours + 1))
+        edges = tuple(sorted({back for first, count in self.ranges for back in (first, first + count)}))
+        plan: dict[tuple[str, str], tuple[int, ...]] = {}
+        due: list[tuple[bool, float, tuple[str, str]]] = []
+        for pair in pairs:
+            cached = self._closed.get(pair)
+            if cached is None or cached[1] not in (hour0, hour0 - HOUR_S):
+                plan[pair] = every
+                continue
+            refresh_s = self._refresh_s(pair, now)
+            if now - cached[0] >= refresh_s:
+                due.append((refresh_s >= self.closed_refresh_s, cached[0], pair))
+            plan[pair] = edges if cached[1] != hour0 else ()
+        budget = len(due) if self.closed_refresh_s <= 0 else max(1, MAX_REFRESH_COMMANDS // self.closed_hours)
+        for _, _, pair in sorted(due)[:budget]:
+            plan[pair] = every
+        return plan
+
+    def _shifted(self, pair: tuple[str, str], read: dict[int, Counter[str]]) -> dict[Range, Counter[str]]:
+        shifted = {}
+        for (first, count), total in self._closed[pair][2].items():
+            moved = Counter(total)
+            moved.update(read[first])  # entered: it was the hour before the range
+            moved.subtract(read[first + count])  # left: it was the range's oldest hour
+            shifted[(first, count)] = +moved
+        return shifted
+
+    def _commands(self, step: tuple[tuple[str, str], int, tuple[int, ...]]) -> int:
+        _, minute_count, hours = step
+        return minute_count + 1 + 2 * len(self.user_windows_s) + len(hours)
+
+    async def _fetch(
+        self, chunk: list[tuple[tuple[str, str], int, tuple[int, ...]]], minute0: int, hour0: int
+    ) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (model_id, version), minute_count, refresh in chunk:
+            for (model_id, version), minute_count, hours in chunk:
                 for i in range(minute_count):
                     pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - i * MINUTE_S))
                 pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0))
@@ -266,9 +314,8 @@ class WindowReader:
                     starts = [minute0 - i * MINUTE_S for i in range(max(1, window_s // MINUTE_S))]
                     pipe.pfcount(*(self.keys.users(model_id, version, m) for m in starts))
                     pipe.pfcount(*(self.keys.users(model_id, version, m, failed=True) for m in starts))
-                if refresh:
-                    for i in range(1, self.closed_hours + 1):
-                        pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - i * HOUR_S))
+                for back in hours:
+                    pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - back * HOUR_S))
             return list(await pipe.execute())
 
     def require(self, windows_s: Iterable[int]) -> None:
@@ -295,12 +342,6 @@ class WindowReader:
         # cached sums are re-read every few seconds rather than every minute.
         young = now - self._first_read.setdefault(pair, now) < YOUNG_S
         return min(self.closed_refresh_s, YOUNG_REFRESH_S) if young else self.closed_refresh_s
-
-    def _needs_refresh(self, pair: tuple[str, str], hour0: int) -> bool:
-        now = self.monotonic()
-        cached = self._closed.get(pair)
-        refresh_s = self._refresh_s(pair, now)
-        return cached is None or cached[1] != hour0 or now - cached[0] >= refresh_s
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
         """Drop what is cached for pairs no longer evaluated."""

@@ -92,3 +92,17 @@ async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monke
         assert chunked[pair].counters(86_400) == whole[pair].counters(86_400)
         assert chunked[pair].counters(1800) == whole[pair].counters(1800)
         assert chunked[pair].counters(86_400)["n"] > 0
+
+
+async def test_sums_shifted_when_the_hour_turns_equal_a_full_read(store: RedisStore) -> None:
+    rng = random.Random(11)
+    await write(store, events(rng, 4000, NOW - 15 * 86_400, NOW + 3600))
+    mono = [0.0]
+    cached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0])
+    uncached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0)
+    await snapshot(cached, NOW)
+    mono[0] = 400.0  # past its youth and due: read in full
+    assert await snapshot(cached, NOW) == await snapshot(uncached, NOW)
+    mono[0] = 401.0  # not due; the hour turns: every range is shifted by one hour
+    later = NOW + 3600
+    assert await snapshot(cached, later) == await snapshot(uncached, later)
