@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ YOUNG_REFRESH_S = 5.0  # ... this often
 
 
 T = TypeVar("T")
+K = TypeVar("K")
 Range = tuple[int, int]  # closed hours: (first hour back, how many)
 
 
@@ -174,6 +175,18 @@ def _chunks(steps: Sequence[T], cost: Callable[[T], int], limit: int) -> Iterato
         yield chunk
 
 
+def _shift(sums: Mapping[K, tuple[Range, Counter[str]]], read: Mapping[int, Counter[str]]) -> dict[K, Counter[str]]:
+    """Range sums one bucket later: each (first, count) range gains the bucket now `first` back
+    (it was just before the range) and loses the one now `first + count` back (its oldest)."""
+    shifted: dict[K, Counter[str]] = {}
+    for key, ((first, count), total) in sums.items():
+        moved = Counter(total)
+        moved.update(read[first])
+        moved.subtract(read[first + count])
+        shifted[key] = +moved
+    return shifted
+
+
 def _sum(parts: Sequence[Counter[str]]) -> Counter[str]:
     total: Counter[str] = Counter()
     for part in parts:
@@ -237,84 +250,90 @@ class WindowReader:
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
         checked = self.monotonic()
-        closed = self._closed_plan(pairs, hour0, checked)
-        plan = [(pair, self._minutes_to_read(pair, minute0, checked), closed[pair]) for pair in pairs]
+        tails = {w: (FRESH_MINUTES, w - FRESH_MINUTES) for w in self.minute_counts if w > FRESH_MINUTES}
+        older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
+        closed_hours = tuple(range(1, self.closed_hours + 1))
+        minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, tails.values(), checked)
+        hour_plan = self._plan(pairs, self._closed, hour0, HOUR_S, closed_hours, self.ranges, checked)
+        plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
         for chunk in _chunks(plan, self._commands, MAX_PIPELINE_COMMANDS):
             replies = iter(await self._fetch(chunk, minute0, hour0))
-            for pair, minute_count, hours in chunk:
-                minutes = [sum_buckets([next(replies)]) for _ in range(minute_count)]
-                if minute_count > FRESH_MINUTES:
-                    self._tails[pair] = (checked, minute0, minute_tails(minutes, self.minute_counts))
-                    minutes = minutes[:FRESH_MINUTES]
+            for pair, minute_backs, hour_backs in chunk:
+                fresh = [sum_buckets([next(replies)]) for _ in range(FRESH_MINUTES)]
+                minutes = {back: sum_buckets([next(replies)]) for back in minute_backs}
                 current_hour = sum_buckets([next(replies)])
                 users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
-                read = {back: sum_buckets([next(replies)]) for back in hours}
-                if len(hours) == self.closed_hours:
-                    sums = range_sums([read[back] for back in hours], self.ranges)
+                hours = {back: sum_buckets([next(replies)]) for back in hour_backs}
+                if minute_backs == older_minutes:
+                    every = [*fresh, *(minutes[back] for back in minute_backs)]
+                    self._tails[pair] = (checked, minute0, minute_tails(every, self.minute_counts))
+                elif minute_backs:
+                    by_count = {w: (tails[w], total) for w, total in self._tails[pair][2].items()}
+                    self._tails[pair] = (self._tails[pair][0], minute0, _shift(by_count, minutes))
+                if hour_backs == closed_hours:
+                    sums = range_sums([hours[back] for back in hour_backs], self.ranges)
                     self._closed[pair] = (checked, hour0, sums)
-                elif hours:
-                    self._closed[pair] = (self._closed[pair][0], hour0, self._shifted(pair, read))
+                elif hour_backs:
+                    by_range = {r: (r, total) for r, total in self._closed[pair][2].items()}
+                    self._closed[pair] = (self._closed[pair][0], hour0, _shift(by_range, hours))
                 result[pair] = VersionWindows(
-                    now, minutes, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
+                    now, fresh, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
                 )
         return result
 
-    def _closed_plan(
-        self, pairs: Sequence[tuple[str, str]], hour0: int, now: float
+    def _plan(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        cache: Mapping[tuple[str, str], tuple[float, int, Any]],
+        start: int,
+        step_s: int,
+        every: tuple[int, ...],
+        ranges: Iterable[Range],
+        now: float,
     ) -> dict[tuple[str, str], tuple[int, ...]]:
-        """Which closed hours (hours back) to read per pair this tick.
+        """Which older buckets (buckets back, counted from the current one) to read per pair.
 
-        All of them for a pair seen for the first time, after a gap, or whose sums are due for a
-        refresh; those due share a budget per tick (the oldest and the young first), so refreshing
-        a thousand versions is spread over many ticks instead of stalling one. When the hour turns
-        and a pair's sums are not due, they are shifted by an hour: each range gains the hour that
-        enters it and loses the one that leaves it (two buckets per range instead of 335).
+        All of them (`every`) for a pair seen for the first time, after a gap, or whose sums are due
+        for a refresh; those due share a budget per tick (the young and the oldest first), so
+        refreshing a thousand versions is spread over many ticks instead of stalling one. When
+        the minute or hour turns and a pair's sums are not due, they are shifted instead: each
+        range gains the bucket that enters it and loses the one that leaves it.
         """
-        every = tuple(range(1, self.closed_hours + 1))
-        edges = tuple(sorted({back for first, count in self.ranges for back in (first, first + count)}))
+        edges = tuple(sorted({back for first, count in ranges for back in (first, first + count)}))
         plan: dict[tuple[str, str], tuple[int, ...]] = {}
         due: list[tuple[bool, float, tuple[str, str]]] = []
         for pair in pairs:
-            cached = self._closed.get(pair)
-            if cached is None or cached[1] not in (hour0, hour0 - HOUR_S):
+            cached = cache.get(pair)
+            if cached is None or cached[1] not in (start, start - step_s):
                 plan[pair] = every
                 continue
             refresh_s = self._refresh_s(pair, now)
             if now - cached[0] >= refresh_s:
                 due.append((refresh_s >= self.closed_refresh_s, cached[0], pair))
-            plan[pair] = edges if cached[1] != hour0 else ()
-        budget = len(due) if self.closed_refresh_s <= 0 else max(1, MAX_REFRESH_COMMANDS // self.closed_hours)
+            plan[pair] = edges if cached[1] != start else ()
+        budget = len(due) if self.closed_refresh_s <= 0 else max(1, MAX_REFRESH_COMMANDS // len(every))
         for _, _, pair in sorted(due)[:budget]:
             plan[pair] = every
         return plan
 
-    def _shifted(self, pair: tuple[str, str], read: dict[int, Counter[str]]) -> dict[Range, Counter[str]]:
-        shifted = {}
-        for (first, count), total in self._closed[pair][2].items():
-            moved = Counter(total)
-            moved.update(read[first])  # entered: it was the hour before the range
-            moved.subtract(read[first + count])  # left: it was the range's oldest hour
-            shifted[(first, count)] = +moved
-        return shifted
-
-    def _commands(self, step: tuple[tuple[str, str], int, tuple[int, ...]]) -> int:
-        _, minute_count, hours = step
-        return minute_count + 1 + 2 * len(self.user_windows_s) + len(hours)
+    def _commands(self, step: tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]) -> int:
+        _, minute_backs, hour_backs = step
+        return FRESH_MINUTES + len(minute_backs) + 1 + 2 * len(self.user_windows_s) + len(hour_backs)
 
     async def _fetch(
-        self, chunk: list[tuple[tuple[str, str], int, tuple[int, ...]]], minute0: int, hour0: int
+        self, chunk: list[tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]], minute0: int, hour0: int
     ) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (model_id, version), minute_count, hours in chunk:
-                for i in range(minute_count):
-                    pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - i * MINUTE_S))
+            for (model_id, version), minute_backs, hour_backs in chunk:
+                for back in (*range(FRESH_MINUTES), *minute_backs):
+                    pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - back * MINUTE_S))
                 pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0))
                 for window_s in self.user_windows_s:
                     starts = [minute0 - i * MINUTE_S for i in range(max(1, window_s // MINUTE_S))]
                     pipe.pfcount(*(self.keys.users(model_id, version, m) for m in starts))
                     pipe.pfcount(*(self.keys.users(model_id, version, m, failed=True) for m in starts))
-                for back in hours:
+                for back in hour_backs:
                     pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - back * HOUR_S))
             return list(await pipe.execute())
 
@@ -329,12 +348,6 @@ class WindowReader:
             self.closed_hours = max(first + count - 1 for first, count in self.ranges)
             self._closed.clear()
             self._tails.clear()
-
-    def _minutes_to_read(self, pair: tuple[str, str], minute0: int, now: float) -> int:
-        cached = self._tails.get(pair)
-        if cached is not None and cached[1] == minute0 and now - cached[0] < self._refresh_s(pair, now):
-            return FRESH_MINUTES
-        return MINUTES_KEPT
 
     def _refresh_s(self, pair: tuple[str, str], now: float) -> float:
         # A version's history often arrives just after the reader first sees it (a backfill, a

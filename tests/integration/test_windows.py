@@ -73,9 +73,28 @@ async def test_cached_sums_equal_a_full_read_and_catch_up_when_the_minute_turns(
     assert late[(300, 0)] == exact[(300, 0)]  # nothing landed in the 5 min window's older minutes
     assert late[(1800, 0)]["n"] == exact[(1800, 0)]["n"] - 40  # not yet seen by the 30 min window
 
+    turned = NOW + 60 - NOW % 60  # the next minute: the sums are shifted, not re-read
     mono[0] = 601.0
-    turned = NOW + 60 - NOW % 60  # the next minute: older minutes are summed again
+    shifted, exact = await snapshot(cached, turned), await snapshot(uncached, turned)
+    for window in ((300, 0), (1800, 0), (3600, 0)):
+        assert 0 <= exact[window].get("n", 0) - shifted[window].get("n", 0) <= 40
+    mono[0] = 661.0  # due: re-read in full, the late events are in
     assert await snapshot(cached, turned) == await snapshot(uncached, turned)
+
+
+async def test_minute_sums_shifted_when_the_minute_turns_equal_a_full_read(store: RedisStore) -> None:
+    rng = random.Random(5)
+    await write(store, events(rng, 3000, NOW - 7200, NOW + 600))
+    mono = [400.0]
+    cached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0])
+    uncached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0)
+    await snapshot(cached, NOW)
+    mono[0] = 800.0  # past its youth and due: read in full
+    assert await snapshot(cached, NOW) == await snapshot(uncached, NOW)
+    for minutes in range(1, 4):  # not due; the minute turns three times: shifted each time
+        mono[0] += 1
+        later = NOW + 60 * minutes
+        assert await snapshot(cached, later) == await snapshot(uncached, later)
 
 
 async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
