@@ -254,6 +254,11 @@ class WindowReader:
         older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
         closed_hours = tuple(range(1, self.closed_hours + 1))
         minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, tails.values(), checked)
+        for pair in pairs:
+            if self._refresh_s(pair, checked) < self.closed_refresh_s:
+                # Young (see _refresh_s): its history may still be arriving, minutes late, so
+                # every minute is read every tick until it is not.
+                minute_plan[pair] = older_minutes
         hour_plan = self._plan(pairs, self._closed, hour0, HOUR_S, closed_hours, self.ranges, checked)
         plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
