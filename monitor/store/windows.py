@@ -37,7 +37,7 @@ MAX_PIPELINE_COMMANDS = 5_000
 # the refresh of many versions is spread over ticks rather than stalling one.
 MAX_REFRESH_COMMANDS = 700
 YOUNG_S = 300.0  # for this long after a version is first read, its cached sums are re-read ...
-YOUNG_REFRESH_S = 5.0  # ... this often
+YOUNG_REFRESH_S = 1.0  # ... this often (every tick at the default interval)
 
 
 T = TypeVar("T")
@@ -254,11 +254,6 @@ class WindowReader:
         older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
         closed_hours = tuple(range(1, self.closed_hours + 1))
         minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, tails.values(), checked)
-        for pair in pairs:
-            if self._refresh_s(pair, checked) < self.closed_refresh_s:
-                # Young (see _refresh_s): its history may still be arriving, minutes late, so
-                # every minute is read every tick until it is not.
-                minute_plan[pair] = older_minutes
         hour_plan = self._plan(pairs, self._closed, hour0, HOUR_S, closed_hours, self.ranges, checked)
         plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
