@@ -237,6 +237,14 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
     return shares
 
 
+def offset_ranges(located: Iterable[Located]) -> dict[int, tuple[int, int]]:
+    """The lowest and highest offset per source partition (what the replay guard checks)."""
+    offsets: dict[int, tuple[int, int]] = {}
+    for item in located:
+        _widen(offsets, item.partition, item.offset)
+    return offsets
+
+
 def _widen(offsets: dict[int, tuple[int, int]], partition: int, offset: int) -> None:
     bounds = offsets.get(partition)
     if bounds is None:
@@ -260,7 +268,9 @@ def affected_record(event: PredictionEvent, shape: GroupShape) -> str:
     ).decode()
 
 
-class _Recent(msgspec.Struct, array_like=False):
+class _Recent(msgspec.Struct):
+    """An evidence record: a raw event and where it came from."""
+
     partition: int
     offset: int
     event: Any

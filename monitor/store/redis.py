@@ -30,6 +30,7 @@ from monitor.aggregates.batch import (
     after_offsets,
     canonical,
     fold,
+    offset_ranges,
     recent_records,
 )
 from monitor.aggregates.security import ACCESS_VERSION, fold_access, fold_registry, model_key
@@ -206,11 +207,9 @@ class RedisStore:
             replies.append(result if isinstance(result, list) else [])
         return calls, replies[0 if index is None else 1 :]
 
-    def _common(self, topic: str, model_id: str, located: list[Located]) -> dict[str, object]:
-        offsets: dict[int, tuple[int, int]] = {}
-        for item in located:
-            low, high = offsets.get(item.partition, (item.offset, item.offset))
-            offsets[item.partition] = (min(low, item.offset), max(high, item.offset))
+    def _common(self, topic: str, model_id: str, offsets: dict[int, tuple[int, int]]) -> dict[str, object]:
+        """What every script's payload starts with: the share's offsets per partition (the replay
+        guard), where the model's keys live, and the clock and TTLs."""
         return {
             "guard": [
                 [guard_field(topic, partition), low, high]
@@ -268,7 +267,7 @@ class RedisStore:
             newest[version] = max(newest.get(version, 0), start_s)
             first[version] = min(first.get(version, start_s), start_s)
         payload = {
-            **self._common(topic, model_id, located),
+            **self._common(topic, model_id, share.offsets),
             "last_event_s": repr(share.last_event_s),
             "events": share.events,
             "versions": newest,
@@ -301,7 +300,7 @@ class RedisStore:
                 keys.append(k.bucket(model_id, ACCESS_VERSION, resolution, start_s))
                 buckets.append([len(keys), max(start_s + ttl_s, floor), _flatten(counts)])
         payload = {
-            **self._common(topic, model_id, located),
+            **self._common(topic, model_id, offset_ranges(located)),
             "version": ACCESS_VERSION,
             "learning_s": self.access_policy.learning_s,
             "follow_s": self.follow_s,
@@ -318,7 +317,7 @@ class RedisStore:
         k = self.keys
         keys = [k.offsets(model_id), k.approvals(model_id), k.tampered(model_id), k.deployments(model_id)]
         payload = {
-            **self._common(topic, model_id, located),
+            **self._common(topic, model_id, offset_ranges(located)),
             "version": ACCESS_VERSION,
             "events": share.events,
         }
@@ -336,7 +335,7 @@ class RedisStore:
         days = range(max(label_days) + DAY_S, min(label_days) - (look_back + 1) * DAY_S, -DAY_S)
         now = int(self.clock())
         payload = {
-            **self._common(topic, model_id, located),
+            **self._common(topic, model_id, offset_ranges(located)),
             "labels": labels,
             "days": list(days),
             "wait_until": now + self.label_join_ttl_s,
