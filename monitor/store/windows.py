@@ -41,7 +41,6 @@ YOUNG_REFRESH_S = 1.0  # ... this often (every tick at the default interval)
 
 
 T = TypeVar("T")
-K = TypeVar("K")
 Range = tuple[int, int]  # closed hours: (first hour back, how many)
 
 
@@ -57,23 +56,11 @@ def hour_ranges(windows_s: Iterable[int]) -> frozenset[Range]:
     return frozenset(ranges)
 
 
-def minute_counts(windows_s: Iterable[int]) -> frozenset[int]:
-    """How many newest minutes each short window (≤ 1 h) of a rule set sums."""
-    return frozenset(max(1, w // MINUTE_S) for w in windows_s if w <= MINUTES_KEPT * MINUTE_S)
-
-
-def minute_tails(minutes: Sequence[Counter[str]], counts: Iterable[int]) -> dict[int, Counter[str]]:
-    """For each window of `count` minutes longer than FRESH_MINUTES, the sum of its older minutes
-    (minutes[FRESH_MINUTES:count]), from one running total."""
-    tails: dict[int, Counter[str]] = {}
-    running: Counter[str] = Counter()
-    done = FRESH_MINUTES
-    for count in sorted(c for c in counts if c > FRESH_MINUTES):
-        for part in minutes[done:count]:
-            running.update(part)
-        done = count
-        tails[count] = Counter(running)
-    return tails
+def minute_ranges(windows_s: Iterable[int]) -> frozenset[Range]:
+    """The older minutes each short window (≤ 1 h) of a rule set sums beyond the FRESH_MINUTES
+    read every tick, as (first minute back, how many)."""
+    counts = {max(1, w // MINUTE_S) for w in windows_s if w <= MINUTES_KEPT * MINUTE_S}
+    return frozenset((FRESH_MINUTES, n - FRESH_MINUTES) for n in counts if n > FRESH_MINUTES)
 
 
 DEFAULT_WINDOWS_S = (300, 1800, 3600, 86_400, WEEK_S)
@@ -94,8 +81,8 @@ class VersionWindows:
     hours: list[Counter[str]]  # [0] is the current hour, [i] i hours back
     users: dict[int, tuple[int, int]] = field(default_factory=dict)  # window_s -> (users, failed)
     closed: dict[Range, Counter[str]] = field(default_factory=dict)
-    # minutes in a window -> the sum of its minutes beyond those in `minutes` (see `minute_tails`)
-    tails: dict[int, Counter[str]] = field(default_factory=dict)
+    # sums of the older minutes of short windows, beyond those in `minutes` (see `minute_ranges`)
+    tails: dict[Range, Counter[str]] = field(default_factory=dict)
     _cache: dict[tuple[str, int, int], WindowStats] = field(default_factory=dict)
     _minute_sums: dict[int, Counter[str]] = field(default_factory=dict)
 
@@ -119,9 +106,10 @@ class VersionWindows:
         # Windows of 5, 30 and 60 minutes share their newest minutes: each sum starts from the
         # longest shorter one already summed.
         if count not in self._minute_sums and count > len(self.minutes):
-            if count not in self.tails:
-                raise KeyError(f"the {count} newest minutes were not read (see minute_counts)")
-            self._minute_sums[count] = _sum([*self.minutes, self.tails[count]])
+            older = (len(self.minutes), count - len(self.minutes))
+            if older not in self.tails:
+                raise KeyError(f"the {count} newest minutes were not read (see minute_ranges)")
+            self._minute_sums[count] = _sum([*self.minutes, self.tails[older]])
         if count not in self._minute_sums:
             done = max((n for n in self._minute_sums if n < count), default=0)
             total = Counter(self._minute_sums[done]) if done else Counter()
@@ -161,6 +149,31 @@ class VersionWindows:
         return self.window(max(window_s, HOUR_S), shift_s=WEEK_S)
 
 
+# What the reader caches per (model, version), for minutes and for hours alike:
+# (read in full at (monotonic), the minute or hour start they are aligned to, range sums).
+_Sums = tuple[float, int, dict[Range, Counter[str]]]
+
+
+def _update(
+    cache: dict[tuple[str, str], _Sums],
+    pair: tuple[str, str],
+    start: int,
+    backs: tuple[int, ...],
+    read: Mapping[int, Counter[str]],
+    every: tuple[int, ...],
+    ranges: Iterable[Range],
+    checked: float,
+) -> None:
+    """Record a pair's sums after reading the buckets `backs` (as `WindowReader._plan` chose):
+    summed anew when that was `every` older bucket, shifted by one bucket when it was only the
+    ranges' edges (the minute or hour turned), else kept as they are."""
+    if backs == every:
+        cache[pair] = (checked, start, range_sums([read[back] for back in range(1, every[-1] + 1)], ranges))
+    elif backs:
+        read_at, _, sums = cache[pair]
+        cache[pair] = (read_at, start, _shift(sums, read))
+
+
 def _chunks(steps: Sequence[T], cost: Callable[[T], int], limit: int) -> Iterator[list[T]]:
     """Consecutive runs of `steps` whose summed cost stays within `limit` (at least one step each)."""
     chunk: list[T] = []
@@ -175,15 +188,15 @@ def _chunks(steps: Sequence[T], cost: Callable[[T], int], limit: int) -> Iterato
         yield chunk
 
 
-def _shift(sums: Mapping[K, tuple[Range, Counter[str]]], read: Mapping[int, Counter[str]]) -> dict[K, Counter[str]]:
+def _shift(sums: Mapping[Range, Counter[str]], read: Mapping[int, Counter[str]]) -> dict[Range, Counter[str]]:
     """Range sums one bucket later: each (first, count) range gains the bucket now `first` back
     (it was just before the range) and loses the one now `first + count` back (its oldest)."""
-    shifted: dict[K, Counter[str]] = {}
-    for key, ((first, count), total) in sums.items():
+    shifted: dict[Range, Counter[str]] = {}
+    for (first, count), total in sums.items():
         moved = Counter(total)
         moved.update(read[first])
         moved.subtract(read[first + count])
-        shifted[key] = +moved
+        shifted[(first, count)] = +moved
     return shifted
 
 
@@ -195,8 +208,9 @@ def _sum(parts: Sequence[Counter[str]]) -> Counter[str]:
 
 
 def range_sums(closed: Sequence[Counter[str]], ranges: Iterable[Range]) -> dict[Range, Counter[str]]:
-    """Sums of closed-hour ranges (closed[0] is 1 hour back), from one running total: a range is
-    the difference of the totals at its two ends, so overlapping ranges cost one pass."""
+    """Sums of (first bucket back, how many) ranges of buckets (closed[0] is 1 bucket back), from
+    one running total: a range is the difference of the totals at its two ends, so overlapping
+    ranges cost one pass."""
     ranges = sorted(set(ranges))
     ends = sorted({end for first, count in ranges for end in (first - 1, first + count - 1)})
     running: Counter[str] = Counter()
@@ -234,14 +248,13 @@ class WindowReader:
         self.user_windows_s = tuple(user_windows_s)
         self.windows_s: frozenset[int] = frozenset()
         self.ranges: frozenset[Range] = frozenset()
-        self.minute_counts: frozenset[int] = frozenset()
+        self.minute_ranges: frozenset[Range] = frozenset()
         self.closed_hours = 0
         self.monotonic = clock
-        # (model, version) -> (read at (monotonic), hour they end before, closed-hour range sums):
-        # a few sums per version rather than two weeks of hour buckets.
-        self._closed: dict[tuple[str, str], tuple[float, int, dict[Range, Counter[str]]]] = {}
-        # (model, version) -> (read at (monotonic), minute they were summed at, minute tails)
-        self._tails: dict[tuple[str, str], tuple[float, int, dict[int, Counter[str]]]] = {}
+        # (model, version) -> (read at (monotonic), the hour or minute they are aligned to, range sums):
+        # a few sums per version rather than two weeks of hour buckets and an hour of minutes.
+        self._closed: dict[tuple[str, str], _Sums] = {}
+        self._tails: dict[tuple[str, str], _Sums] = {}
         self._first_read: dict[tuple[str, str], float] = {}  # (model, version) -> first read (monotonic)
         self.require(windows_s)
 
@@ -250,10 +263,9 @@ class WindowReader:
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
         checked = self.monotonic()
-        tails = {w: (FRESH_MINUTES, w - FRESH_MINUTES) for w in self.minute_counts if w > FRESH_MINUTES}
         older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
         closed_hours = tuple(range(1, self.closed_hours + 1))
-        minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, tails.values(), checked)
+        minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, self.minute_ranges, checked)
         hour_plan = self._plan(pairs, self._closed, hour0, HOUR_S, closed_hours, self.ranges, checked)
         plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
@@ -265,18 +277,9 @@ class WindowReader:
                 current_hour = sum_buckets([next(replies)])
                 users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
                 hours = {back: sum_buckets([next(replies)]) for back in hour_backs}
-                if minute_backs == older_minutes:
-                    every = [*fresh, *(minutes[back] for back in minute_backs)]
-                    self._tails[pair] = (checked, minute0, minute_tails(every, self.minute_counts))
-                elif minute_backs:
-                    by_count = {w: (tails[w], total) for w, total in self._tails[pair][2].items()}
-                    self._tails[pair] = (self._tails[pair][0], minute0, _shift(by_count, minutes))
-                if hour_backs == closed_hours:
-                    sums = range_sums([hours[back] for back in hour_backs], self.ranges)
-                    self._closed[pair] = (checked, hour0, sums)
-                elif hour_backs:
-                    by_range = {r: (r, total) for r, total in self._closed[pair][2].items()}
-                    self._closed[pair] = (self._closed[pair][0], hour0, _shift(by_range, hours))
+                minutes.update(enumerate(fresh))  # range sums count minutes back from the current one
+                _update(self._tails, pair, minute0, minute_backs, minutes, older_minutes, self.minute_ranges, checked)
+                _update(self._closed, pair, hour0, hour_backs, hours, closed_hours, self.ranges, checked)
                 result[pair] = VersionWindows(
                     now, fresh, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
                 )
@@ -285,7 +288,7 @@ class WindowReader:
     def _plan(
         self,
         pairs: Sequence[tuple[str, str]],
-        cache: Mapping[tuple[str, str], tuple[float, int, Any]],
+        cache: Mapping[tuple[str, str], _Sums],
         start: int,
         step_s: int,
         every: tuple[int, ...],
@@ -344,7 +347,7 @@ class WindowReader:
         if wanted != self.windows_s:
             self.windows_s = wanted
             self.ranges = hour_ranges(wanted)
-            self.minute_counts = minute_counts(wanted)
+            self.minute_ranges = minute_ranges(wanted)
             self.closed_hours = max(first + count - 1 for first, count in self.ranges)
             self._closed.clear()
             self._tails.clear()

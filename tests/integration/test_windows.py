@@ -47,6 +47,15 @@ async def write(store: RedisStore, batch: list[PredictionEvent]) -> None:
     await store.apply("predictions", [Located(e, 0, next(OFFSETS)) for e in batch])
 
 
+def readers(store: RedisStore, mono: list[float]) -> tuple[WindowReader, WindowReader]:
+    """A reader with the production caches on the monotonic clock `mono[0]`, and one that re-reads
+    every bucket on every read (the exact answer to compare it with)."""
+    return (
+        WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0]),
+        WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0),
+    )
+
+
 async def snapshot(reader: WindowReader, now: float) -> dict[tuple[int, int], dict[str, int]]:
     windows = (await reader.read([("m", "1")], now))[("m", "1")]
     shots = {(w, 0): dict(+windows.counters(w)) for w in WINDOWS}
@@ -60,8 +69,7 @@ async def test_cached_sums_equal_a_full_read_and_catch_up_when_the_minute_turns(
     await write(store, events(rng, 3000, NOW - 15 * 86_400, NOW))
     await write(store, events(rng, 2000, NOW - 3600, NOW))
     mono = [0.0]
-    cached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0])
-    uncached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0)
+    cached, uncached = readers(store, mono)
     assert await snapshot(cached, NOW) == await snapshot(uncached, NOW)
 
     mono[0] = 600.0  # no longer young: the caches live until the minute or hour turns, or 60 s
@@ -86,8 +94,7 @@ async def test_minute_sums_shifted_when_the_minute_turns_equal_a_full_read(store
     rng = random.Random(5)
     await write(store, events(rng, 3000, NOW - 7200, NOW + 600))
     mono = [400.0]
-    cached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0])
-    uncached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0)
+    cached, uncached = readers(store, mono)
     await snapshot(cached, NOW)
     mono[0] = 800.0  # past its youth and due: read in full
     assert await snapshot(cached, NOW) == await snapshot(uncached, NOW)
@@ -104,9 +111,9 @@ async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monke
         await store.apply("predictions", [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS))
                                           for e in batch])
     pairs = [("a", "1"), ("b", "1"), ("c", "1")]
-    whole = await WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0).read(pairs, NOW)
+    whole = await readers(store, [0.0])[1].read(pairs, NOW)
     monkeypatch.setattr(windows_module, "MAX_PIPELINE_COMMANDS", 50)  # below one pair's cold read
-    chunked = await WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0).read(pairs, NOW)
+    chunked = await readers(store, [0.0])[1].read(pairs, NOW)
     for pair in pairs:
         assert chunked[pair].counters(86_400) == whole[pair].counters(86_400)
         assert chunked[pair].counters(1800) == whole[pair].counters(1800)
@@ -117,8 +124,7 @@ async def test_sums_shifted_when_the_hour_turns_equal_a_full_read(store: RedisSt
     rng = random.Random(11)
     await write(store, events(rng, 4000, NOW - 15 * 86_400, NOW + 3600))
     mono = [0.0]
-    cached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, clock=lambda: mono[0])
-    uncached = WindowReader(store.redis, store.keys, windows_s=WINDOWS, closed_refresh_s=0)
+    cached, uncached = readers(store, mono)
     await snapshot(cached, NOW)
     mono[0] = 400.0  # past its youth and due: read in full
     assert await snapshot(cached, NOW) == await snapshot(uncached, NOW)

@@ -11,8 +11,7 @@ from monitor.store.windows import (
     FRESH_MINUTES,
     VersionWindows,
     hour_ranges,
-    minute_counts,
-    minute_tails,
+    minute_ranges,
     range_sums,
 )
 
@@ -58,11 +57,11 @@ def test_a_range_nobody_asked_for_is_an_error() -> None:
 def test_windows_from_minute_tails_equal_windows_from_every_minute(count: int) -> None:
     every_minute = VersionWindows(0.0, MINUTES, [Counter()])
     from_tails = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()],
-                                tails=minute_tails(MINUTES, minute_counts([60 * count, 300])))
+                                tails=range_sums(MINUTES[1:], minute_ranges([60 * count, 300])))
     assert +from_tails.counters(60 * count) == +every_minute.counters(60 * count)
 
 
 def test_a_minute_window_nobody_asked_for_is_an_error() -> None:
-    windows = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()], tails=minute_tails(MINUTES, {5}))
+    windows = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()], tails=range_sums(MINUTES[1:], minute_ranges([300])))
     with pytest.raises(KeyError, match="newest minutes were not read"):
         windows.counters(600)
