@@ -263,6 +263,8 @@ class WindowReader:
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
         checked = self.monotonic()
+        for pair in pairs:
+            self._first_read.setdefault(pair, checked)
         older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
         closed_hours = tuple(range(1, self.closed_hours + 1))
         minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, self.minute_ranges, checked)
@@ -355,8 +357,8 @@ class WindowReader:
     def _refresh_s(self, pair: tuple[str, str], now: float) -> float:
         # A version's history often arrives just after the reader first sees it (a backfill, a
         # first start, a canary's predecessor still being replayed): while it is young, its
-        # cached sums are re-read every few seconds rather than every minute.
-        young = now - self._first_read.setdefault(pair, now) < YOUNG_S
+        # cached sums are re-read every tick rather than every minute.
+        young = now - self._first_read.get(pair, now) < YOUNG_S
         return min(self.closed_refresh_s, YOUNG_REFRESH_S) if young else self.closed_refresh_s
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
