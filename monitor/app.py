@@ -31,7 +31,7 @@ from monitor.evaluator import Evaluator
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.store import IncidentStore
-from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector
+from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector, NotificationMetrics
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
 from monitor.settings import Settings
@@ -106,8 +106,11 @@ class Monitor:
             hour_ttl_s=settings.hour_bucket_ttl_s,
             clock=clock,
         )
-        self.model_stats = ModelStatsCollector(self.store, clock=clock)
+        # Set by the evaluation loop: per-model series are exported by the worker that evaluates only.
+        self.evaluating = False
+        self.model_stats = ModelStatsCollector(self.store, evaluating=lambda: self.evaluating, clock=clock)
         self.registry.register(self.model_stats)
+        self.notification_metrics = NotificationMetrics(self.registry)
         self.rules = load_rules(settings.rules_path)
         self.store.configure_access(self.rules)
         self.publisher = KafkaPublisher(
@@ -126,11 +129,14 @@ class Monitor:
             deliverer=Deliverer(
                 alertmanager_url=settings.alertmanager_url,
                 webhook_urls=settings.webhook_urls,
-                generator_url=f"http://{settings.web_host}:{settings.web_port}/incidents",
+                public_url=settings.api_url,
+                counters=self.notification_metrics,
             ),
             renotify_s=settings.renotify_s,
         )
-        self.evaluator_metrics = EvaluatorMetrics(self.registry)
+        self.evaluator_metrics = EvaluatorMetrics(
+            self.registry, self.rules, max_groups=settings.metrics_max_groups, evaluating=lambda: self.evaluating
+        )
         self._publisher_started = False
         self.app = self._build_app()
         self._kafka_probe: AIOKafkaClient | None = None
@@ -227,7 +233,8 @@ class Monitor:
             interval = s.eval_interval_s
             next_at = time.monotonic()
             while True:
-                if app.is_leader():
+                self.evaluating = bool(app.is_leader())
+                if self.evaluating:
                     await self.evaluate_once()
                 next_at += interval
                 now = time.monotonic()
@@ -264,34 +271,7 @@ class Monitor:
             last = report.last_event_s.get(incident.model_id)
             if last is not None and incident.rule != "downtime":
                 m.detection_lag.observe(max(0.0, incident.opened_at - last))
-        m.open.clear()
-        for incident in report.live:
-            m.open.labels(incident.category, incident.severity).inc()
-        m.level.clear()
-        for model_id, level in report.levels.items():
-            m.level.labels(model_id).set(level)
-        for gauge in (m.disparate_impact, m.favourable_rate, m.false_negative_rate):
-            gauge.clear()
-        for finding in report.findings:
-            obs = finding.observation
-            if "attribute" not in obs or "group" not in obs:
-                continue
-            labels = (finding.model_id, finding.version or "", obs["attribute"], obs["group"])
-            reference = (finding.model_id, finding.version or "", obs["attribute"], obs.get("reference_group", ""))
-            if obs["metric"] == "disparate_impact":
-                m.disparate_impact.labels(*labels).set(obs["value"])
-                m.favourable_rate.labels(*labels).set(obs["favourable_rate"])
-                m.favourable_rate.labels(*reference).set(obs["reference_rate"])
-            elif obs["metric"] == "fnr_gap":
-                m.false_negative_rate.labels(*labels).set(obs["false_negative_rate"])
-                m.false_negative_rate.labels(*reference).set(obs["reference_false_negative_rate"])
-        m.accuracy.clear()
-        m.coverage.clear()
-        for (model_id, version), day in report.day.items():
-            if day.accuracy is not None:
-                m.accuracy.labels(model_id, version, "24h").set(day.accuracy)
-            if day.label_coverage is not None:
-                m.coverage.labels(model_id, version, "24h").set(day.label_coverage)
+        m.record(report)
 
     def _on_redis_down(self, down: bool) -> None:
         self.health.redis_writes_failing = down

@@ -72,6 +72,8 @@ class TickReport:
     findings: list[Finding] = field(default_factory=list)
     live: list[Incident] = field(default_factory=list)  # every incident not resolved, after the tick
     day: dict[tuple[str, str], WindowStats] = field(default_factory=dict)  # 24 h window per version
+    # Every active version's windows as the rules read them (the metrics export the same windows)
+    windows: dict[tuple[str, str], VersionWindows] = field(default_factory=dict)
     last_event_s: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -124,6 +126,7 @@ class Evaluator:
             model.access = windows.get((model.model_id, ACCESS_VERSION))
             for version, w in model.windows.items():
                 report.day[(model.model_id, version)] = w.window(86_400)
+                report.windows[(model.model_id, version)] = w
             if model.last_event_s is not None:
                 report.last_event_s[model.model_id] = model.last_event_s
         await self._freeze_references(models)

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")
     renotify_s: float = Field(4 * 3600, gt=0, description="Remind the webhooks of incidents left open.")
     webhook_urls: list[str] = Field(default_factory=list, description="JSON list of URLs")
+    public_url: str | None = Field(
+        None,
+        description="Where people reach this worker's API (alerts link to {public_url}/incidents/{id}); "
+        "default http://{web_host}:{web_port}.",
+    )
+    metrics_max_groups: int = Field(
+        20, ge=1, description="Groups per (model, version, attribute, window) exported by name; the rest are `_other`."
+    )
     incident_contact: str = Field(
         "the on-call incident commander", description="Who the notifications name for questions."
     )
@@ -93,6 +101,11 @@ class Settings(BaseSettings):
         if self.api_token is not None:
             env["MONITOR_API_TOKEN"] = self.api_token.get_secret_value()
         return env
+
+    @property
+    def api_url(self) -> str:
+        """The API's public base URL, without a trailing slash."""
+        return (self.public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     @property
     def retention_s(self) -> int:

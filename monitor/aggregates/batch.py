@@ -26,7 +26,11 @@ HOUR_S = 3600
 # Bucket-hash fields. Group fields are "g|<attr>|<value>|<stat>", flags "f|<flag>", latency "lat|<i>".
 COUNT = "n"
 ERRORS = "err"
-DECISIONS = "dec"  # events that say whether the outcome was favourable (`positive` present)
+# A decision is a request that was answered (no `error`) and says whether the outcome was
+# favourable (`positive` present): an errored request is no decision, even when it carries
+# `positive`, just as it is never joined to a label (so accuracy and false-negative rates leave it
+# out too). One population for approval rates, accuracy and FNR.
+DECISIONS = "dec"
 FAVOURABLE = "pos"
 LATENCY_COUNT = "latn"
 # Written by the label join (store/lua/labels.lua) into the prediction's own buckets:
@@ -119,10 +123,10 @@ class GroupShape:
                 stats = [COUNT]
                 if failed:
                     stats.append(ERRORS)
-                if positive is not None:
+                if positive is not None and not failed:
                     stats.append(DECISIONS)
-                if positive:
-                    stats.append(FAVOURABLE)
+                    if positive:
+                        stats.append(FAVOURABLE)
                 fields[(positive, failed)] = (*stats, *(p + stat for stat in stats for p in prefixes))
         return cls(prefixes, fields, all(value.__class__ is str for _, value in items))
 
@@ -173,6 +177,7 @@ class Share:
     unfavourable: list[tuple[float, str]] = field(default_factory=list)
     recent: list[Located] = field(default_factory=list)  # the batch's events, newest kept as evidence
     last_event_s: float = 0.0
+    latency_sum_ms: dict[str, float] = field(default_factory=dict)  # version -> summed latency_ms
 
     @property
     def events(self) -> int:
@@ -221,7 +226,7 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
                 share.failed_users.setdefault(key, set()).add(event.user_id)
         if not failed:
             share.joins[event.request_id] = (minute, join_record(event, minute, shape))
-        if event.positive is False and shape.prefixes:
+        if event.positive is False and not failed and shape.prefixes:
             share.unfavourable.append((ts, affected_record(event, shape)))
         if ts > share.last_event_s:
             share.last_event_s = ts
@@ -234,6 +239,8 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
         for index, count in zip(indices.tolist(), per_index.tolist(), strict=True):
             counts[latency_field(index)] += count
         counts[LATENCY_COUNT] += len(values)
+        sums = shares[model_id].latency_sum_ms
+        sums[version] = sums.get(version, 0.0) + sum(values)
     return shares
 
 

@@ -2,7 +2,8 @@
 
 Kafka's `incidents` topic is the record; these are the pagers. A slow or absent receiver must not
 hold up the evaluator, so deliveries run in the background with retries and exponential backoff,
-and what could not be delivered after the last try is logged and counted.
+and what could not be delivered after the last try is logged and counted (per channel:
+`aimon_notification_deliveries_total` and `aimon_notification_failures_total`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -25,8 +27,35 @@ def _rfc3339(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def alertmanager_alert(event: IncidentEvent, *, generator_url: str = "") -> dict[str, Any]:
-    """The Alertmanager v2 alert of an incident event; a resolved incident ends the alert."""
+class ChannelCounter(Protocol):
+    """A counter by channel, as prometheus_client's `Counter(..., ["channel"])` is."""
+
+    def labels(self, channel: str) -> Any:
+        """The child counter of one channel (it has `inc()`)."""
+
+
+class DeliveryCounters(Protocol):
+    """Where delivery outcomes are counted (monitor.metrics.NotificationMetrics)."""
+
+    @property
+    def delivered(self) -> ChannelCounter:
+        """Notifications a receiver accepted."""
+
+    @property
+    def failed(self) -> ChannelCounter:
+        """Notifications given up after the last retry."""
+
+
+def incident_url(public_url: str, incident_id: str) -> str:
+    """The API address of one incident: what an alert's generatorURL points at."""
+    return f"{public_url.rstrip('/')}/incidents/{quote(incident_id, safe='')}"
+
+
+def alertmanager_alert(event: IncidentEvent, *, public_url: str = "") -> dict[str, Any]:
+    """The Alertmanager v2 alert of an incident event; a resolved incident ends the alert.
+
+    With `public_url`, the alert's generatorURL is the incident in the API, so "Source" in
+    Alertmanager's UI (and in every receiver's template) opens the incident itself."""
     alert: dict[str, Any] = {
         "labels": {
             "alertname": event.rule,
@@ -46,8 +75,8 @@ def alertmanager_alert(event: IncidentEvent, *, generator_url: str = "") -> dict
         },
         "startsAt": _rfc3339(event.opened_at),
     }
-    if generator_url:
-        alert["generatorURL"] = generator_url
+    if public_url:
+        alert["generatorURL"] = incident_url(public_url, event.id)
     if event.status == "resolved":
         alert["endsAt"] = _rfc3339(event.updated_at)
     return alert
@@ -63,13 +92,15 @@ class Deliverer:
         webhook_urls: Sequence[str] = (),
         attempts: int = 5,
         first_backoff_s: float = 0.5,
-        generator_url: str = "",
+        public_url: str = "",
+        counters: DeliveryCounters | None = None,
     ) -> None:
         self.alertmanager_url = alertmanager_url.rstrip("/") if alertmanager_url else None
         self.webhook_urls = list(webhook_urls)
         self.attempts = attempts
         self.first_backoff_s = first_backoff_s
-        self.generator_url = generator_url
+        self.public_url = public_url
+        self.counters = counters
         self.failed = 0
         self.delivered = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -92,8 +123,8 @@ class Deliverer:
         if not events:
             return
         if self.alertmanager_url:
-            alerts = [alertmanager_alert(e, generator_url=self.generator_url) for e in events]
-            self._start(f"{self.alertmanager_url}/api/v2/alerts", alerts)
+            alerts = [alertmanager_alert(e, public_url=self.public_url) for e in events]
+            self._start("alertmanager", f"{self.alertmanager_url}/api/v2/alerts", alerts)
         if webhooks and self.webhook_urls:
             body = {
                 "model_id": events[0].model_id,
@@ -101,10 +132,10 @@ class Deliverer:
                 "events": [msgspec.to_builtins(e) for e in events],
             }
             for url in self.webhook_urls:
-                self._start(url, body)
+                self._start("webhook", url, body)
 
-    def _start(self, url: str, body: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._post(url, body))
+    def _start(self, channel: str, url: str, body: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(channel, url, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -113,7 +144,7 @@ class Deliverer:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _post(self, url: str, body: Any) -> None:
+    async def _post(self, channel: str, url: str, body: Any) -> None:
         delay = self.first_backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
@@ -121,6 +152,8 @@ class Deliverer:
                     async with session.post(url, json=body) as response:
                         if response.status < 300:
                             self.delivered += 1
+                            if self.counters is not None:
+                                self.counters.delivered.labels(channel).inc()
                             return
                         problem = f"HTTP {response.status}: {(await response.text())[:200]}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -129,4 +162,6 @@ class Deliverer:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.failed += 1
+        if self.counters is not None:
+            self.counters.failed.labels(channel).inc()
         log.error("could not deliver an incident event to %s after %d tries: %s", url, self.attempts, problem)

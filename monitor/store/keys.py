@@ -34,6 +34,11 @@ class Keys:
         """Hash of model facts: last_event_s, events."""
         return f"{self.model(model_id)}:meta"
 
+    def totals(self, model_id: str) -> str:
+        """Hash "<escaped version>|<stat>" -> count since the version's first event (never decreases:
+        Prometheus counters; stats n, err, lat|<bucket>, and latus, summed latency in microseconds)."""
+        return f"{self.model(model_id)}:totals"
+
     def versions(self, model_id: str) -> str:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"

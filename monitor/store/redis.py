@@ -24,14 +24,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitor.aggregates.batch import (
+    COUNT,
+    ERRORS,
     HOUR_S,
     MINUTE_S,
+    SEP,
     Located,
+    Share,
     after_offsets,
     canonical,
+    escape,
     fold,
     offset_ranges,
     recent_records,
+    unescape,
 )
 from monitor.aggregates.security import ACCESS_VERSION, fold_access, fold_registry, model_key
 from monitor.aggregates.window import WindowStats, sum_buckets
@@ -249,6 +255,11 @@ class RedisStore:
             for (version, start_s), counts in counters.items():
                 key = k.bucket(model_id, version, resolution, start_s)
                 buckets.append([index(key), max(start_s + ttl_s, floor), _flatten(counts)])
+        # The version totals ride along as one more "bucket" (a hash of increments with an expiry),
+        # so the script needs no change: applied in the same atomic step, at most once.
+        totals = version_totals(share)
+        if totals:
+            buckets.append([index(k.totals(model_id)), floor + self.hour_ttl_s, _flatten(totals)])
         hlls: list[list[object]] = []
         for failed, users in ((False, share.users), (True, share.failed_users)):
             for (version, minute), members in users.items():
@@ -358,6 +369,29 @@ class RedisStore:
         raw = await self.redis.hgetall(self.keys.versions(model_id))
         return {_text(k): float(v) for k, v in raw.items()}
 
+    async def totals(self, model_ids: Sequence[str]) -> dict[str, dict[str, Counter[str]]]:
+        """Per model, version -> its monotonic totals (see `Keys.totals`), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.hgetall(self.keys.totals(model_id))
+            replies = await pipe.execute()
+        result: dict[str, dict[str, Counter[str]]] = {}
+        for model_id, raw in zip(model_ids, replies, strict=True):
+            by_version: dict[str, Counter[str]] = {}
+            for name, value in raw.items():
+                version, _, stat = _text(name).partition(SEP)
+                by_version.setdefault(unescape(version), Counter())[stat] = int(value)
+            result[model_id] = by_version
+        return result
+
+    async def last_events(self, model_ids: Sequence[str]) -> dict[str, float]:
+        """Event time of each model's newest prediction (models never seen are left out), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.hget(self.keys.meta(model_id), "last_event_s")
+            replies = await pipe.execute()
+        return {m: float(raw) for m, raw in zip(model_ids, replies, strict=True) if raw is not None}
+
     async def last_event_s(self, model_id: str) -> float | None:
         """Event time of the model's newest prediction, None if never seen."""
         raw = await self.redis.hget(self.keys.meta(model_id), "last_event_s")
@@ -404,6 +438,25 @@ class RedisStore:
                 on_retry(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, retry_max_s)
+
+
+TOTAL_STATS = (COUNT, ERRORS)
+LATENCY_SUM_US = "latus"
+LATENCY_PREFIX = "lat" + SEP  # the latency bucket fields, "lat|<index>"
+
+
+def version_totals(share: Share) -> Counter[str]:
+    """What a share adds to its model's monotonic totals: per version, requests, errors, latency
+    buckets (summed over the share's minutes) and the latency sum in whole microseconds."""
+    totals: Counter[str] = Counter()
+    for (version, _), counts in share.minutes.items():
+        head = escape(version) + SEP
+        for name, value in counts.items():
+            if name in TOTAL_STATS or name.startswith(LATENCY_PREFIX):
+                totals[head + name] += value
+    for version, total_ms in share.latency_sum_ms.items():
+        totals[escape(version) + SEP + LATENCY_SUM_US] += round(total_ms * 1000)
+    return totals
 
 
 def _flatten(counts: Counter[str]) -> list[object]:

@@ -15,8 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from prometheus_client import CollectorRegistry
+
 from monitor.events import IncidentEvent
 from monitor.incidents.delivery import Deliverer
+from monitor.metrics import NotificationMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +70,10 @@ def event(status: str, kind: str) -> IncidentEvent:
     )
 
 
+def counted(registry: CollectorRegistry, what: str, channel: str) -> float | None:
+    return registry.get_sample_value(f"aimon_notification_{what}_total", {"channel": channel})
+
+
 async def alerts(url: str) -> list[dict[str, object]]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}/api/v2/alerts") as resp:
@@ -74,7 +81,9 @@ async def alerts(url: str) -> list[dict[str, object]]:
 
 
 async def test_an_opened_incident_is_an_alert_and_a_resolved_one_ends_it(alertmanager: str) -> None:
-    deliverer = Deliverer(alertmanager_url=alertmanager, first_backoff_s=0.2)
+    registry = CollectorRegistry()
+    deliverer = Deliverer(alertmanager_url=alertmanager, first_backoff_s=0.2,
+                          public_url="https://aimon.example.org/", counters=NotificationMetrics(registry))
     deadline = time.monotonic() + 20
     while deliverer.delivered == 0 and time.monotonic() < deadline:  # Alertmanager may still be starting
         deliverer.submit(event("open", "opened"))
@@ -86,6 +95,9 @@ async def test_an_opened_incident_is_an_alert_and_a_resolved_one_ends_it(alertma
     }
     assert str(alert["annotations"]["summary"]).startswith("potential discrimination")  # type: ignore[index]
     assert alert["status"]["state"] == "active"  # type: ignore[index]
+    # "Source" in Alertmanager opens the incident in the monitor's API
+    assert alert["generatorURL"] == "https://aimon.example.org/incidents/INC-20261126-abcdef01"
+    assert counted(registry, "deliveries", "alertmanager") == deliverer.delivered >= 1
     deliverer.submit(event("resolved", "resolved"))
     await deliverer.drain()
     await asyncio.sleep(0.5)
@@ -115,6 +127,18 @@ async def test_webhooks_are_retried_with_backoff() -> None:
         assert calls[2] - calls[1] > calls[1] - calls[0] > 0.09  # the wait doubles
     finally:
         await runner.cleanup()
+
+
+async def test_a_delivery_given_up_is_counted_per_channel() -> None:
+    registry = CollectorRegistry()
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    deliverer = Deliverer(alertmanager_url=closed, webhook_urls=[f"{closed}/hook"], attempts=2,
+                          first_backoff_s=0.05, counters=NotificationMetrics(registry))
+    deliverer.submit(event("open", "opened"))
+    await deliverer.drain()
+    assert deliverer.failed == 2 and deliverer.delivered == 0
+    assert counted(registry, "failures", "alertmanager") == 1 and counted(registry, "failures", "webhook") == 1
+    assert counted(registry, "deliveries", "webhook") == 0
 
 
 async def test_related_incidents_page_once_and_open_ones_are_re_notified(services: tuple[str, str], tmp_path: Path) -> None:

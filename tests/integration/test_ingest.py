@@ -152,8 +152,13 @@ async def test_metrics_show_the_produced_numbers(deployment: Deployment, produce
     assert await worker.metric("aimon_events_ingested_total", topic=topic) == N_EVENTS
     assert await worker.metric("aimon_messages_consumed_total", topic=topic) == N_EVENTS // 2 + N_EVENTS // 50 // 2
     recent = [e for e in produced if e["model_id"] == RECENT_MODEL]
-    gauge = await worker.metric("aimon_model_predictions", model_id=RECENT_MODEL, version="3", window="5m")
+    # set by the evaluator's next tick, from the windows the rules read
+    gauge = await worker.wait_metric("aimon_model_predictions", len(recent), model_id=RECENT_MODEL, version="3", window="5m")
     assert gauge == len(recent)
+    for (model, version), counts in expected_counters(produced).items():  # the counters cover every event ever
+        assert await worker.metric("aimon_model_predictions_total", model_id=model, version=version) == counts["n"]
+        assert await worker.metric("aimon_model_errors_total", model_id=model, version=version) == counts["err"]
+        assert await worker.metric("aimon_model_latency_seconds_count", model_id=model, version=version) == counts["latn"]
     errors = sum(bool(e.get("error")) for e in recent)
     ratio = await worker.metric("aimon_model_error_ratio", model_id=RECENT_MODEL, version="3", window="5m")
     assert ratio == pytest.approx(errors / len(recent))

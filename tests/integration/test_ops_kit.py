@@ -178,7 +178,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
                 silent.add(check["alertname"])
             for alert in expected:
                 fired.add((check["alertname"], alert["exp_labels"]["severity"]))
-                assert set(alert["exp_annotations"]) == {"summary", "description"}
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
     rules = {(rule["alert"], rule["labels"]["severity"]) for rule in alert_rules()}
     assert rules - fired == set(), "alerts without a test where they fire"
     assert {name for name, _ in rules} - silent == set(), "alerts without a test where they stay silent"
@@ -192,6 +192,20 @@ def test_every_alert_tells_the_operator_what_to_check() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
         assert "Check first" in rule["annotations"]["description"], rule["alert"]
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    for rule in alert_rules():
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        doc = ROOT / path
+        assert doc.is_file(), f"{rule['alert']}: {path} does not exist"
+        # GitHub's heading anchors: lower case, spaces to dashes, punctuation dropped
+        anchors = {
+            re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in doc.read_text(encoding="utf-8").splitlines()
+            if line.startswith("#")
+        }
+        assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in {path}"
 
 
 def test_alert_rules_reference_only_exported_metrics() -> None:
@@ -293,9 +307,11 @@ def test_dashboard_shows_what_the_operators_asked_for() -> None:
     assert {
         "aimon_events_ingested_total",
         "aimon_dead_letters_total",
-        "aimon_model_predictions",
+        "aimon_model_predictions_total",
         "aimon_model_error_ratio",
-        "aimon_model_latency_seconds",
+        "aimon_model_latency_seconds_bucket",
+        "aimon_group_accuracy",
+        "aimon_group_false_negative_rate",
         "aimon_model_accuracy",
         "aimon_model_label_coverage",
         "aimon_disparate_impact_ratio",

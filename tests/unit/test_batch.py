@@ -84,3 +84,27 @@ def test_window_stats_parse_summed_counters() -> None:
     assert stats.latency_count == 10
     assert stats.latency_quantile_s(0.5) is not None
     assert abs(stats.latency_quantile_s(0.5) - 0.05) / 0.05 < 0.05  # type: ignore[operator]
+
+
+def test_an_errored_request_is_no_decision_even_with_positive() -> None:
+    batch = [
+        Located(ev(positive=True, groups={"sex": "F"}), 0, 1),
+        Located(ev(positive=True, error="timeout", groups={"sex": "F"}), 0, 2),
+        Located(ev(positive=False, error=True, groups={"sex": "F"}), 0, 3),
+    ]
+    share = fold(batch)["m"]
+    counts = share.minutes[("1", int(T0))]
+    assert counts["n"] == 3 and counts["err"] == 2
+    assert counts["dec"] == 1 and counts["pos"] == 1
+    assert counts[group_field("sex", "F", "dec")] == 1 and counts[group_field("sex", "F", "pos")] == 1
+    assert share.unfavourable == []  # the errored "unfavourable" request affected nobody's decision
+
+
+def test_fold_sums_latency_per_version() -> None:
+    batch = [
+        Located(ev(latency_ms=10.0), 0, 1),
+        Located(ev(latency_ms=2.5, ts=T0 + 60), 0, 2),
+        Located(ev(version="2", latency_ms=7.0), 0, 3),
+        Located(ev(version="2"), 0, 4),
+    ]
+    assert fold(batch)["m"].latency_sum_ms == {"1": 12.5, "2": 7.0}
