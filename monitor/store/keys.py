@@ -38,6 +38,11 @@ class Keys:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"
 
+    def consumer_lag(self, topic: str) -> str:
+        """Hash partition -> the owning worker's latest progress report on `topic` (JSON, see
+        `monitor.aggregates.lag`); every worker refreshes its own partitions' fields every second."""
+        return f"{self.prefix}:lag:{topic}"
+
     def access_models(self) -> str:
         """Set of every model key with access-log or registry events (cross-slot index)."""
         return f"{self.prefix}:access_models"
