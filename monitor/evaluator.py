@@ -108,6 +108,7 @@ class Evaluator:
         self.renotify_s = renotify_s
         self.reader = reader or WindowReader(redis, keys)
         self.reader.require(rule.window_s for rule in rules.rules)
+        self.reader.require_users(rule.window_s for rule in rules.rules if rule.metric == "unserved_users")
         self.incidents = IncidentStore(redis, keys)
         self.commands = CommandQueue(redis, keys)
         self._rule_ids = {rule.id for rule in rules.rules}

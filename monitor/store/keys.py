@@ -135,9 +135,16 @@ class Keys:
         """Hash of additive counters of one version over one minute or hour bucket."""
         return f"{self.model(model_id)}:{resolution}:{version}:{start_s}"
 
-    def users(self, model_id: str, version: str, minute_s: int, *, failed: bool = False) -> str:
-        """HyperLogLog of the users served (or, `failed`, not served) in one minute."""
-        return f"{self.model(model_id)}:{'uf' if failed else 'u'}:{version}:{minute_s}"
+    def users_seen(self, model_id: str, version: str) -> str:
+        """Sorted set user -> event time of the user's newest request to the version (any outcome);
+        trimmed to the longest users window, so it holds the users who asked recently."""
+        return f"{self.model(model_id)}:users:seen:{version}"
+
+    def users_served(self, model_id: str, version: str) -> str:
+        """Sorted set user -> event time of the user's newest successful prediction from the
+        version; trimmed like `users_seen`. A user is unserved in a window who is in `users_seen`
+        within it but not in this set within it."""
+        return f"{self.model(model_id)}:users:served:{version}"
 
     def join(self, model_id: str, day_s: int) -> str:
         """Hash request_id -> join record of the predictions of one UTC day still awaiting a label."""
