@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from monitor.agents.ingest import BatchIngestor, RawMessage
-from monitor.agents.stream import register_ingest_agent
+from monitor.agents.lag import AppliedTracker
+from monitor.agents.stream import register_ingest_agent, register_progress_reports
 from monitor.events import (
     AccessEvent,
     EventDecoder,
@@ -27,15 +28,23 @@ from monitor.events import (
 )
 from monitor.api import ApiDeps, register_api
 from monitor.audit import AuditLog
+from monitor.catchup import SilenceHold
 from monitor.evaluator import Evaluator
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.store import IncidentStore
-from monitor.metrics import EvaluatorMetrics, IngestMetrics, ModelStatsCollector, NotificationMetrics
+from monitor.metrics import (
+    CatchUpMetrics,
+    EvaluatorMetrics,
+    IngestMetrics,
+    ModelStatsCollector,
+    NotificationMetrics,
+)
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
 from monitor.settings import Settings
 from monitor.store.keys import Keys
+from monitor.store.lag import LagStore
 from monitor.store.redis import TRANSIENT, RedisStore
 from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
 
@@ -113,6 +122,19 @@ class Monitor:
         self.notification_metrics = NotificationMetrics(self.registry)
         self.rules = load_rules(settings.rules_path)
         self.store.configure_access(self.rules)
+        # The catch-up hold: every worker reports how far it has applied the predictions topic;
+        # the evaluator holds silence rules while any partition is behind (monitor/rules/catchup.py).
+        self.catchup_metrics = CatchUpMetrics(self.registry)
+        self.lag_store = LagStore(self.redis, Keys(settings.key_prefix))
+        self.applied = AppliedTracker(settings.topics.predictions)
+        self.silence_hold = SilenceHold(
+            self.lag_store,
+            settings.topics.predictions,
+            self._prediction_partitions,
+            caught_up_within_s=settings.caught_up_within_s,
+            stale_after_s=settings.lag_report_stale_s,
+            metrics=self.catchup_metrics,
+        )
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap,
             control_topic=settings.topics.control,
@@ -133,6 +155,7 @@ class Monitor:
                 counters=self.notification_metrics,
             ),
             renotify_s=settings.renotify_s,
+            silence_hold=self.silence_hold,
         )
         self.evaluator_metrics = EvaluatorMetrics(
             self.registry, self.rules, max_groups=settings.metrics_max_groups, evaluating=lambda: self.evaluating
@@ -216,7 +239,9 @@ class Monitor:
                 ingestor,
                 max_events=s.batch_max_events,
                 within_s=s.batch_within_s,
+                tracker=self.applied if ingestor.topic == s.topics.predictions else None,
             )
+        register_progress_reports(app, self.applied, self.lag_store, self.catchup_metrics, clock=self.clock)
 
         @app.task  # type: ignore[untyped-decorator]  # faust's decorators are not annotated
         async def declare_outbound_topics() -> None:
@@ -272,6 +297,14 @@ class Monitor:
             if last is not None and incident.rule != "downtime":
                 m.detection_lag.observe(max(0.0, incident.opened_at - last))
         m.record(report)
+
+    def _prediction_partitions(self) -> int:
+        """The predictions topic's partition count, from the consumer's metadata once it has it."""
+        try:
+            known = self.app.consumer.topic_partitions(self.settings.topics.predictions)
+        except Exception:  # the consumer is not started yet: faust raises its own errors here
+            known = None
+        return int(known) if known else self.settings.partitions
 
     def _on_redis_down(self, down: bool) -> None:
         self.health.redis_writes_failing = down

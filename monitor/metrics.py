@@ -437,3 +437,27 @@ def latency_buckets(totals: Mapping[str, int]) -> list[tuple[str, float]]:
     return pairs
 
 
+class CatchUpMetrics:
+    """How far behind its input the monitor is (the catch-up hold, `monitor.rules.catchup`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumer_lag = Gauge(
+            "aimon_consumer_lag_seconds",
+            "Age of the newest record applied from a partition this worker owns while records past "
+            "it exist (0 when caught up); absent while unknown.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.detection_delay = Gauge(
+            "aimon_detection_delay_seconds",
+            "How far behind the predictions input the evaluator judges (max over partitions; for a "
+            "partition without a fresh report, the time since its last one). Set on the leader.",
+            registry=registry,
+        )
+        self.silence_held = Gauge(
+            "aimon_silence_rules_held",
+            "1 while silence rules (downtime) hold because the monitor is behind its input, else 0.",
+            registry=registry,
+        )
+
+

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     minute_bucket_ttl_s: int = Field(3 * 3600, ge=3600)
     hour_bucket_ttl_s: int = Field(15 * 24 * 3600, ge=24 * 3600)
     redis_retry_max_s: float = Field(5.0, gt=0, description="Cap of the backoff while Redis is down.")
+    # The catch-up hold (monitor/rules/catchup.py): silence rules are judged only while every
+    # predictions partition is reported caught up, or behind by less than this.
+    caught_up_within_s: float = Field(
+        60.0, ge=0, description="A consumer lag under this counts as caught up for silence rules."
+    )
+    lag_report_stale_s: float = Field(
+        10.0, gt=1, description="A partition's progress report older than this counts as behind."
+    )
     log_level: str = "info"
 
     def with_overrides(self, **overrides: Any) -> Settings:

@@ -36,6 +36,7 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None = None  # Kafka record timestamp, epoch seconds (the catch-up hold)
 
 
 class DeadLetterSink(Protocol):

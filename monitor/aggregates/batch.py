@@ -169,8 +169,10 @@ class Share:
     model_id: str
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (min, max)
     minutes: dict[tuple[str, int], Counter[str]] = field(default_factory=dict)
-    users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
-    failed_users: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    # Who asked and who was served, for "unserved users": per version, user -> newest event time,
+    # and user -> newest successful event time (see `monitor.store.windows.unserved`).
+    users: dict[str, dict[str, float]] = field(default_factory=dict)
+    served: dict[str, dict[str, float]] = field(default_factory=dict)
     joins: dict[str, tuple[int, str]] = field(default_factory=dict)  # request_id -> (minute, record)
     # Unfavourable decisions, kept (bounded) so a bias incident can name who was affected:
     # (event time, JSON [request_id, subject_id, version, [group field prefixes]])
@@ -220,10 +222,11 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
             counts.update(flag_field(flag) for flag in event.flags)
         if event.latency_ms is not None:
             latencies.setdefault((model_id, *key), []).append(event.latency_ms)
-        if event.user_id:
-            share.users.setdefault(key, set()).add(event.user_id)
-            if failed:
-                share.failed_users.setdefault(key, set()).add(event.user_id)
+        user = event.user_id
+        if user:
+            _newest(share.users, event.model_version, user, ts)
+            if not failed:
+                _newest(share.served, event.model_version, user, ts)
         if not failed:
             share.joins[event.request_id] = (minute, join_record(event, minute, shape))
         if event.positive is False and not failed and shape.prefixes:
@@ -242,6 +245,14 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
         sums = shares[model_id].latency_sum_ms
         sums[version] = sums.get(version, 0.0) + sum(values)
     return shares
+
+
+def _newest(by_version: dict[str, dict[str, float]], version: str, user: str, ts: float) -> None:
+    users = by_version.get(version)
+    if users is None:
+        users = by_version[version] = {}
+    if users.get(user, -1.0) < ts:
+        users[user] = ts
 
 
 def offset_ranges(located: Iterable[Located]) -> dict[int, tuple[int, int]]:

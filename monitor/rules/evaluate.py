@@ -130,8 +130,10 @@ def _probe(
         assert rule.flag is not None
         return _above(rule, cur.flags.get(rule.flag, 0), cur.count)
     if rule.metric == "unserved_users":
-        users, failed = windows.users.get(rule.window_s, (0, 0))
-        return _above(rule, min(failed, users), users)
+        # Users with a request in the window who got no successful prediction in it (a user with
+        # one failed request among twenty good ones was served); see monitor.store.windows.
+        users, unserved = windows.users.get(rule.window_s, (0, 0))
+        return _above(rule, min(unserved, users), users)
     if rule.metric == "latency":
         return _latency(rule, cur, baseline)
     raise AssertionError(f"metric {rule.metric} has no probe")

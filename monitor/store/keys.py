@@ -43,6 +43,11 @@ class Keys:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"
 
+    def consumer_lag(self, topic: str) -> str:
+        """Hash partition -> the owning worker's latest progress report on `topic` (JSON, see
+        `monitor.aggregates.lag`); every worker refreshes its own partitions' fields every second."""
+        return f"{self.prefix}:lag:{topic}"
+
     def access_models(self) -> str:
         """Set of every model key with access-log or registry events (cross-slot index)."""
         return f"{self.prefix}:access_models"
@@ -135,9 +140,16 @@ class Keys:
         """Hash of additive counters of one version over one minute or hour bucket."""
         return f"{self.model(model_id)}:{resolution}:{version}:{start_s}"
 
-    def users(self, model_id: str, version: str, minute_s: int, *, failed: bool = False) -> str:
-        """HyperLogLog of the users served (or, `failed`, not served) in one minute."""
-        return f"{self.model(model_id)}:{'uf' if failed else 'u'}:{version}:{minute_s}"
+    def users_seen(self, model_id: str, version: str) -> str:
+        """Sorted set user -> event time of the user's newest request to the version (any outcome);
+        trimmed to the longest users window, so it holds the users who asked recently."""
+        return f"{self.model(model_id)}:users:seen:{version}"
+
+    def users_served(self, model_id: str, version: str) -> str:
+        """Sorted set user -> event time of the user's newest successful prediction from the
+        version; trimmed like `users_seen`. A user is unserved in a window who is in `users_seen`
+        within it but not in this set within it."""
+        return f"{self.model(model_id)}:users:served:{version}"
 
     def join(self, model_id: str, day_s: int) -> str:
         """Hash request_id -> join record of the predictions of one UTC day still awaiting a label."""

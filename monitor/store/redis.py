@@ -55,6 +55,9 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 MAX_CONFLICT_ROUNDS = 8
 DAY_S = 86_400
 # Unfavourable decisions are kept for a day and a bit: the longest bias window is 24 h.
+# Users seen / served are kept for the longest unserved-users window plus this (late events).
+USERS_SLACK_S = 600
+USERS_KEEP_DEFAULT_S = 3600 + USERS_SLACK_S
 IMPACT_TTL_S = 26 * 3600
 
 
@@ -125,12 +128,18 @@ class RedisStore:
         self.follow_s = 3600
         self.recent_access_max = 10_000
         self.recent_events_max = 200  # raw prediction events kept per model for evidence
+        # Users are kept as long as the longest `unserved_users` window reads back (and a bit
+        # for events that arrive late); `configure_access` takes it from the rules.
+        self.users_keep_s = USERS_KEEP_DEFAULT_S
 
     def configure_access(self, rules: RuleSet) -> None:
-        """Take the access policy, and how long after a new-source login a privileged action counts."""
+        """Take the access policy, how long after a new-source login a privileged action counts,
+        and how long users are kept for the unserved-users windows."""
         self.access_policy = rules.access_policy
         follows = [r.follow_s for r in rules.rules if r.metric == "new_source_privileged"]
         self.follow_s = max(follows, default=self.follow_s)
+        windows = [r.window_s for r in rules.rules if r.metric == "unserved_users"]
+        self.users_keep_s = max(windows, default=USERS_KEEP_DEFAULT_S) + USERS_SLACK_S
 
     async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
@@ -260,11 +269,11 @@ class RedisStore:
         totals = version_totals(share)
         if totals:
             buckets.append([index(k.totals(model_id)), floor + self.hour_ttl_s, _flatten(totals)])
-        hlls: list[list[object]] = []
-        for failed, users in ((False, share.users), (True, share.failed_users)):
-            for (version, minute), members in users.items():
-                key = k.users(model_id, version, minute, failed=failed)
-                hlls.append([index(key), max(minute + self.minute_ttl_s, floor), sorted(members)])
+        users: list[list[object]] = []
+        for key_of, by_version in ((k.users_seen, share.users), (k.users_served, share.served)):
+            for version, newest_ts in by_version.items():
+                flat = [part for user, ts in newest_ts.items() for part in (repr(ts), user)]
+                users.append([index(key_of(model_id, version)), flat])
         by_day: dict[int, list[str]] = {}
         for request_id, (minute, record) in share.joins.items():
             by_day.setdefault(minute - minute % DAY_S, []).extend((request_id, record))
@@ -284,7 +293,9 @@ class RedisStore:
             "versions": newest,
             "first_minutes": first,
             "buckets": buckets,
-            "hlls": hlls,
+            "users": users,
+            "users_since": str(int(self.clock() - self.users_keep_s)),
+            "users_ttl": int(self.users_keep_s) + 3600,
             "joins": joins,
             "unfavourable": [part for ts, member in share.unfavourable for part in (repr(ts), member)],
             "unfavourable_max": self.impact_sample_max,

@@ -9,6 +9,12 @@ buckets per range); they are re-read in full every `closed_refresh_s`, a few ver
 Closed buckets still change (late labels, events more than a minute late), so the caches are
 short-lived rather than permanent: such a change shows up within a refresh interval (longer when
 there are many versions: the per-tick budget spreads their refreshes).
+
+Users are not bucketed: "unserved users" counts people, and a person's requests span buckets. A
+user is unserved in a window when they made a request in it and got no successful prediction in
+it. Two sorted sets per version hold each user's newest request and newest success (event time);
+with them, users(W) = ZCOUNT(seen, now - W, +inf) and unserved(W) = users(W) - ZCOUNT(served,
+now - W, +inf), exact (no sketch) because every success is also a request, so served ⊆ seen.
 """
 from __future__ import annotations
 
@@ -42,6 +48,11 @@ YOUNG_REFRESH_S = 1.0  # ... this often (every tick at the default interval)
 
 T = TypeVar("T")
 Range = tuple[int, int]  # closed hours: (first hour back, how many)
+
+
+def unserved(seen: int, served: int) -> tuple[int, int]:
+    """(users, unserved users) of a window from the users seen in it and those served in it."""
+    return seen, max(0, seen - served)  # served ⊆ seen; the clamp covers a trim between the reads
 
 
 def hour_ranges(windows_s: Iterable[int]) -> frozenset[Range]:
@@ -79,7 +90,8 @@ class VersionWindows:
     now: float
     minutes: list[Counter[str]]  # [0] is the current minute, [i] i minutes back
     hours: list[Counter[str]]  # [0] is the current hour, [i] i hours back
-    users: dict[int, tuple[int, int]] = field(default_factory=dict)  # window_s -> (users, failed)
+    # window_s -> (users with a request in the window, those of them with no successful one)
+    users: dict[int, tuple[int, int]] = field(default_factory=dict)
     closed: dict[Range, Counter[str]] = field(default_factory=dict)
     # sums of the older minutes of short windows, beyond those in `minutes` (see `minute_ranges`)
     tails: dict[Range, Counter[str]] = field(default_factory=dict)
@@ -272,12 +284,12 @@ class WindowReader:
         plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
         for chunk in _chunks(plan, self._commands, MAX_PIPELINE_COMMANDS):
-            replies = iter(await self._fetch(chunk, minute0, hour0))
+            replies = iter(await self._fetch(chunk, minute0, hour0, now))
             for pair, minute_backs, hour_backs in chunk:
                 fresh = [sum_buckets([next(replies)]) for _ in range(FRESH_MINUTES)]
                 minutes = {back: sum_buckets([next(replies)]) for back in minute_backs}
                 current_hour = sum_buckets([next(replies)])
-                users = {w: (int(next(replies)), int(next(replies))) for w in self.user_windows_s}
+                users = {w: unserved(int(next(replies)), int(next(replies))) for w in self.user_windows_s}
                 hours = {back: sum_buckets([next(replies)]) for back in hour_backs}
                 minutes.update(enumerate(fresh))  # range sums count minutes back from the current one
                 _update(self._tails, pair, minute0, minute_backs, minutes, older_minutes, self.minute_ranges, checked)
@@ -327,7 +339,8 @@ class WindowReader:
         return FRESH_MINUTES + len(minute_backs) + 1 + 2 * len(self.user_windows_s) + len(hour_backs)
 
     async def _fetch(
-        self, chunk: list[tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]], minute0: int, hour0: int
+        self, chunk: list[tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]], minute0: int, hour0: int,
+        now: float,
     ) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for (model_id, version), minute_backs, hour_backs in chunk:
@@ -335,12 +348,16 @@ class WindowReader:
                     pipe.hgetall(self.keys.bucket(model_id, version, MINUTE, minute0 - back * MINUTE_S))
                 pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0))
                 for window_s in self.user_windows_s:
-                    starts = [minute0 - i * MINUTE_S for i in range(max(1, window_s // MINUTE_S))]
-                    pipe.pfcount(*(self.keys.users(model_id, version, m) for m in starts))
-                    pipe.pfcount(*(self.keys.users(model_id, version, m, failed=True) for m in starts))
+                    since = now - window_s
+                    pipe.zcount(self.keys.users_seen(model_id, version), since, "+inf")
+                    pipe.zcount(self.keys.users_served(model_id, version), since, "+inf")
                 for back in hour_backs:
                     pipe.hgetall(self.keys.bucket(model_id, version, HOUR, hour0 - back * HOUR_S))
             return list(await pipe.execute())
+
+    def require_users(self, windows_s: Iterable[int]) -> None:
+        """Also count users over these windows (a rule set's `unserved_users` windows)."""
+        self.user_windows_s = tuple(sorted(set(self.user_windows_s) | set(windows_s)))
 
     def require(self, windows_s: Iterable[int]) -> None:
         """Also serve windows of these lengths (a rule set's): their closed-hour range sums and

@@ -45,29 +45,34 @@ class Traffic:
     error_rate: float = 0.0
     latency_ms: float = 40.0
     flags: dict[str, float] = field(default_factory=dict)
-    users: int | None = None  # user ids cycle over this many users
-    failed_users: int = 0  # each of the first N users fails exactly one request
+    users: int | None = None  # this many users, each making an equal run of the requests
+    failed_users: int = 0  # N more users, each making one request that fails (never served)
 
     def events(self, model_id: str, tag: str) -> tuple[list[PredictionEvent], list[LabelEvent]]:
         predictions, labels = [], []
-        failed_done: set[int] = set()
         groups = list(self.group_accuracy or {})
         counters: dict[str, int] = {g: 0 for g in groups}
-        for i in range(self.n):
-            ts = self.start + (self.end - self.start) * (i + 0.5) / self.n
+        total = self.n + self.failed_users
+        regular = unserved = 0
+        for i in range(total):
+            ts = self.start + (self.end - self.start) * (i + 0.5) / total
             rid = f"{tag}-{self.version}-{i}"
-            user = i % self.users if self.users else None
-            failed = spread(self.n, self.error_rate, i)
-            if user is not None and user < self.failed_users and user not in failed_done:
-                failed_done.add(user)
+            if spread(total, self.failed_users / total, i):
+                user: str | None = f"x{unserved}"  # a caller whose only request failed
+                unserved += 1
                 failed = True
+            else:
+                # runs, not a cycle: a cycle would line the evenly spread errors up on a few users
+                user = f"u{regular * self.users // self.n}" if self.users else None
+                failed = spread(self.n, self.error_rate, regular)
+                regular += 1
             group = groups[i % len(groups)] if groups else "all"
             flags = [f for f, rate in self.flags.items() if spread(self.n, rate, i)]
             predictions.append(PredictionEvent(
                 model_id=model_id, model_version=self.version, request_id=rid, ts=ts,
                 prediction=None if failed else 1, positive=None if failed else True,
                 error=True if failed else None, latency_ms=self.latency_ms,
-                groups={"sex": group}, flags=flags, user_id=None if user is None else f"u{user}",
+                groups={"sex": group}, flags=flags, user_id=user,
             ))
             accuracy = self.group_accuracy[group] if self.group_accuracy else self.accuracy
             if accuracy is not None and not failed:
@@ -149,8 +154,11 @@ def scenarios() -> list[Scenario]:
             Traffic("1", 3000, *HISTORY, latency_ms=40.0),
             Traffic("1", 1000, *LAST_5M, latency_ms=latency),
         ], rule, "MEDIUM" if rule else None, 1 if rule else None))
-    for name, failed, rule in (("unserved-users", 100, "unserved-users"), ("unserved-inside", 40, None)):
-        out.append(Scenario(name, f"m-{name}", [Traffic("1", 20_000, *LAST_HOUR, users=1000, failed_users=failed)], rule, "HIGH" if rule else None, 2 if rule else None))
+    # 1,000 repeat users (20 requests an hour each) at a healthy 0.5 % error rate: every one of them
+    # was served. 87 more callers whose only request failed are 8 % of the users (an incident), 40
+    # are 3.8 % (none); the error rate stays under 1 % in every case.
+    for name, failed, rule in (("unserved-users", 87, "unserved-users"), ("unserved-inside", 40, None), ("unserved-repeat-users-healthy", 0, None)):
+        out.append(Scenario(name, f"m-{name}", [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=failed)], rule, "HIGH" if rule else None, 2 if rule else None))
     for flag, rate, inside, rule, sev, lvl in (
         ("gibberish", 0.02, 0.01, "gibberish-outputs", "HIGH", 2),
         ("toxic", 0.005, 0.001, "toxic-outputs", "CRITICAL", 4),
@@ -185,6 +193,27 @@ async def test_trigger(world: World, scenario: Scenario) -> None:
     assert observation["test"]["significant"] is True and observation["test"]["p_value"] < 0.01
     events = await world.bus.incidents(scenario.model_id)
     assert [e["event"] for e in events] == ["opened"] and events[0]["id"] == incident.id
+
+
+async def test_unserved_counts_users_never_served_not_users_with_a_failed_request(world: World) -> None:
+    """Repeat users at a healthy error rate: about 1 - 0.995^20 = 9.5 % of them had a request fail,
+    none went unserved. Replayed and late deliveries change nothing (ZADD GT, the offset guard)."""
+    traffic = Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000)
+    healthy = await load(world, "m-repeat", [traffic])
+    predictions, _ = traffic.events("m-repeat", "again")
+    # the same users again through another topic (no offset guard): ZADD GT leaves every score as it was
+    await world.store(healthy).apply("predictions-replayed", [Located(e, 0, j) for j, e in enumerate(predictions[:2000])])
+    report = await evaluator(world, healthy, lambda: NOW).tick()
+    (finding,) = [f for f in report.findings if f.rule_id == "unserved-users"]
+    assert (finding.observation["samples"], finding.observation["value"], finding.fired) == (1000, 0.0, False)
+    assert report.opened == []
+    assert 0 < await world.redis.ttl(healthy.users_seen("m-repeat", "1")) <= 4200 + 3600  # bounded, like every key
+    failing = await load(world, "m-never-served", [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=87)])
+    report = await evaluator(world, failing, lambda: NOW).tick()
+    (finding,) = [f for f in report.findings if f.rule_id == "unserved-users"]
+    assert (finding.observation["samples"], finding.fired) == (1087, True)
+    assert finding.observation["value"] == pytest.approx(87 / 1087)
+    assert [(i.rule, i.severity) for i in report.opened] == [("unserved-users", "HIGH")]
 
 
 async def test_a_few_events_never_fire_but_the_same_rate_over_many_does(world: World) -> None:

@@ -8,7 +8,7 @@
 -- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
---   hlls: [[key_index, expire_at, [member...]]...],
+--   users: [[key_index, [score, user, ...]]...], users_since, users_ttl,
 --   joins: [[key_index, expire_at, [request_id, record, ...]]...],
 --   unfavourable: [score, member, ...], unfavourable_max, unfavourable_ttl}
 --
@@ -21,12 +21,16 @@ if refused then return refused end
 
 apply_buckets(share.buckets)
 
-for _, h in ipairs(share.hlls) do
-  local key, members = KEYS[h[1]], h[3]
-  for i = 1, #members, 1000 do
-    redis.call('PFADD', key, unpack(members, i, math.min(i + 999, #members)))
+-- Who asked (users_seen) and who was served (users_served): each user's newest event time. ZADD GT
+-- never moves a user back, so a late or replayed event changes nothing it should not; users older
+-- than the longest users window are dropped, which bounds the sets by the recent users.
+for _, u in ipairs(share.users) do
+  local key, flat = KEYS[u[1]], u[2]
+  for i = 1, #flat, 1000 do
+    redis.call('ZADD', key, 'GT', unpack(flat, i, math.min(i + 999, #flat)))
   end
-  redis.call('EXPIREAT', key, h[2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. share.users_since)
+  redis.call('EXPIRE', key, share.users_ttl)
 end
 
 -- A label can arrive before its prediction; it waits in KEYS[4] and is counted now.
