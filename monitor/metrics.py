@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,9 +23,11 @@ from prometheus_client.registry import Collector
 from monitor.aggregates import histogram
 from monitor.aggregates.batch import COUNT, ERRORS
 from monitor.aggregates.window import GroupStats
-from monitor.evaluator import TickReport
 from monitor.rules.schema import RuleSet
 from monitor.store.redis import LATENCY_PREFIX, LATENCY_SUM_US, RedisStore
+
+if TYPE_CHECKING:  # the evaluator reports to these metrics; importing it here would loop
+    from monitor.evaluator import TickReport
 
 CATEGORIES = ("performance", "availability", "output_quality", "bias", "security")
 SEVERITIES = ("MEDIUM", "HIGH", "CRITICAL")
