@@ -169,7 +169,7 @@ async def _check_redis(url: str) -> None:
         await client.aclose()
 
 
-@cli.group("services")
+@cli.group("services", short_help="The local Kafka broker and Redis for development.")
 def services_group() -> None:
     """The local Kafka broker and Redis for development (ports from MONITOR_KAFKA_PORT, MONITOR_REDIS_PORT)."""
 
@@ -217,7 +217,7 @@ def services_status(as_json: bool) -> int:
     return 0
 
 
-@cli.command("demo")
+@cli.command("demo", short_help="A live demo: local services, a worker, synthetic traffic.")
 @click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds of traffic.")
 @click.option("--rate", type=click.FloatRange(min=3), default=500.0, show_default=True, help="Predictions per second.")
 def cmd_demo(duration: float, rate: float) -> int:
@@ -284,7 +284,7 @@ def audit_verify(g: Globals, as_json: bool) -> int:
     return 0 if result.ok else 1
 
 
-@cli.group("evidence")
+@cli.group("evidence", short_help="Incident evidence bundles.")
 def evidence_group() -> None:
     """Incident evidence bundles (files listed with their SHA-256 in a manifest)."""
 
@@ -317,7 +317,7 @@ def evidence_verify(g: Globals, incident_id: str, evidence_dir: Path | None, as_
 # ---------------------------------------------------------------- drills
 
 
-@cli.command("drill")
+@cli.command("drill", short_help="Run drill scenarios against a running worker.")
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @api_options
 @pass_globals

@@ -19,7 +19,7 @@ def incidents_group() -> None:
 
 
 @incidents_group.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default="open", show_default=True)
+@click.option("--status", type=click.Choice(STATUSES), default="open", show_default=True, help="Which incidents.")
 @click.option("--model", metavar="MODEL", help="Only this model's incidents.")
 @click.option("--limit", type=click.IntRange(1, 1000), metavar="N", help="At most N incidents, newest first (1..1000).")
 @api_options
@@ -73,10 +73,8 @@ _incident_action("resolve", "resolved", "Resolve an incident: the cause is fixed
 def _reply_line(target: str, reply: dict[str, Any], done: str) -> str:
     if "ok" not in reply:  # 202: the evaluator has not taken the command yet
         return f"{target}: {reply.get('status', 'queued')} (command {reply.get('command', '-')})"
-    incident = reply.get("incident") or {}
-    state = incident.get("status", done)
-    level = f", level {incident['level']}" if "level" in incident else ""
-    return f"{target}: {state}{level} (command {reply.get('command', '-')})"
+    state = (reply.get("incident") or {}).get("status", done)
+    return f"{target}: {state} (command {reply.get('command', '-')})"
 
 
 @cli.group("models")
@@ -120,7 +118,7 @@ def models_escalate(g: Globals, model: str, level: int, by: str, why: str, url: 
     if as_json:
         out.print_json(reply)
     else:
-        click.echo(_reply_line(model, reply, f"held at level {level}").replace(", level", " level"))
+        click.echo(_reply_line(model, reply, f"held at level {level}"))
     return 0
 
 

@@ -58,10 +58,15 @@ def value(v: Any, key: str = "") -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):
-        return ", ".join(f"{k}={value(x, k)}" for k, x in sorted(v.items())) or MISSING
+        return ", ".join(f"{k}={_nested(x, k)}" for k, x in sorted(v.items())) or MISSING
     if isinstance(v, (list, tuple)):
         return ", ".join(value(x) for x in v) or MISSING
     return str(v)
+
+
+def _nested(v: Any, key: str) -> str:
+    # Inside a `k=v, ...` line a list needs its brackets, or its commas read as the next field's.
+    return f"[{value(v, key)}]" if isinstance(v, (list, tuple)) else value(v, key)
 
 
 def use_rich() -> bool:
@@ -82,16 +87,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, styles: dict
     if use_rich():
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         grid = Table(box=None, header_style="bold", pad_edge=False)
         for header in headers:
             grid.add_column(header, no_wrap=True)
         for row in rows:
-            cells = [
-                f"[{styles[i][cell]}]{cell}[/]" if styles and i in styles and cell in styles[i] else cell
-                for i, cell in enumerate(row)
-            ]
-            grid.add_row(*cells)
+            # Text objects, not markup: an id or a group with "[" in it is shown as it is.
+            grid.add_row(*(Text(cell, style=(styles or {}).get(i, {}).get(cell, "")) for i, cell in enumerate(row)))
         Console().print(grid)
         return
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -144,7 +147,8 @@ def incident_text(i: dict[str, Any]) -> list[str]:
     obs = i.get("observation") or {}
     if obs:
         lines.append("  observation")
-        lines += [f"    {key:<14} {value(obs[key], key)}" for key in sorted(obs)]
+        width = max(len(key) for key in obs)
+        lines += [f"    {key:<{width}}  {value(obs[key], key)}" for key in sorted(obs)]
     for key, label in (("revoke", "revoke"), ("rollback_to", "rollback to"), ("evidence_ref", "evidence")):
         if i.get(key):
             lines.append(f"  {label:<9} {value(i[key])}")
@@ -176,7 +180,7 @@ def model_text(m: dict[str, Any]) -> list[str]:
     control = m.get("control") or {}
     if control:
         lines.append(f"  control  {value(control.get('mode'))}: {value(control.get('reason'))}")
-    versions = m.get("versions")
-    if versions:
-        lines.append(f"  versions {value(versions)}")
+    versions = m.get("versions") or {}
+    for version, newest in sorted(versions.items(), key=lambda item: item[1]):
+        lines.append(f"  version  {version}  (traffic up to {when(newest)} UTC)")
     return lines

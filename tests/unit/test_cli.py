@@ -27,7 +27,8 @@ INCIDENT = {
     "id": "INC-20260101-abcd1234", "category": "performance", "rule": "error-rate", "model_id": "credit",
     "model_version": None, "group": None, "severity": "HIGH", "level": 2, "status": "open",
     "opened_at": 1767225600.0, "updated_at": 1767225660.0, "resolved_at": None,
-    "observation": {"value": 0.0812345, "threshold": 0.05, "window_s": 86400, "samples": 1200, "baseline": None},
+    "observation": {"value": 0.0812345, "threshold": 0.05, "window_s": 86400, "samples": 1200, "baseline": None,
+                    "test": {"interval": [0.07, 0.09], "p_value": 0.00123, "significant": True}},
     "summary": "error rate 8.1 % over 24h", "evidence_ref": None, "remediation": ["Roll back"],
     "timeline": [{"at": 1767225600.0, "what": "opened", "by": None}],
 }
@@ -167,7 +168,7 @@ def test_by_defaults_to_user_and_the_action_is_posted(capsys: pytest.CaptureFixt
     code, out, _ = run(capsys, "incidents", "ack", "INC-1", "--why", "on it", "--url", stub.url)
     assert code == 0
     assert stub.requests == [("POST", "/incidents/INC-1/acknowledge", {"by": "alice", "why": "on it"})]
-    assert out == "INC-1: acknowledged, level 2 (command c1)\n"
+    assert out == "INC-1: acknowledged (command c1)\n"
 
 
 def test_a_user_less_shell_must_say_by(capsys: pytest.CaptureFixture[str], stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,11 +231,12 @@ def test_show_has_no_raw_none_or_seconds(capsys: pytest.CaptureFixture[str], stu
     assert code == 0
     assert "None" not in out and "86400" not in out
     lines = [line.strip() for line in out.splitlines()]
-    assert "window_s       24h" in lines
-    assert "value          0.08123" in lines
-    assert "baseline       -" in lines
+    assert "window_s   24h" in lines
+    assert "value      0.08123" in lines
+    assert "baseline   -" in lines
     assert "model     credit -" in lines
     assert "2026-01-01 00:00:00  opened  by=-" in lines
+    assert "test       interval=[0.07, 0.09], p_value=0.00123, significant=yes" in lines
 
 
 def test_an_api_error_is_one_line_with_status_and_message(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
