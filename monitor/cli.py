@@ -1,38 +1,129 @@
-"""The `monitor` command: thin subcommands that call library functions and return exit codes."""
+"""The `monitor` command: thin subcommands that call library functions and return exit codes.
+
+Built on Click: each action is its own subcommand with its own arguments and `--help`, and the
+parser enforces what is required before anything connects anywhere.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
+import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from monitor import cli_output as out
+from monitor.client import ApiClient
 from monitor.exceptions import MonitorError
 from monitor.settings import Settings
 
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
+# Loggers of the libraries underneath: chatty at INFO, and their warnings (a retried connection, a
+# rebalance) mean nothing to a person running one command. `--verbose` brings them back.
+NOISY_LOGGERS = ("faust", "aiokafka", "kafka", "mode", "urllib3", "asyncio", "aiohttp", "venusian", "redis")
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("monitor")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings().with_overrides(
-        kafka_bootstrap=args.kafka_bootstrap,
-        redis_url=args.redis_url,
-        web_port=getattr(args, "web_port", None),
-        log_level=getattr(args, "log_level", None),
+@dataclass
+class Globals:
+    """The options given before the subcommand."""
+
+    kafka_bootstrap: str | None
+    redis_url: str | None
+    verbose: bool
+
+    def settings(self, **overrides: Any) -> Settings:
+        """The settings from env, with the global flags and `overrides` applied (None keeps env)."""
+        return Settings().with_overrides(
+            kafka_bootstrap=self.kafka_bootstrap, redis_url=self.redis_url, **overrides
+        )
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.CRITICAL + 1)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="aimon", prog_name="monitor", message="%(prog)s %(version)s")
+@click.option("--kafka-bootstrap", metavar="HOST:PORT", help="The Kafka broker (env MONITOR_KAFKA_BOOTSTRAP).")
+@click.option("--redis-url", metavar="URL", help="redis://host:port/db (env MONITOR_REDIS_URL).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the libraries' logs (faust, aiokafka, ...) too.")
+@click.pass_context
+def cli(ctx: click.Context, kafka_bootstrap: str | None, redis_url: str | None, verbose: bool) -> None:
+    """AI incident-response monitor: run the worker, act on incidents and models, run drills."""
+    ctx.obj = Globals(kafka_bootstrap, redis_url, verbose)
+    _configure_logging(verbose)
+
+
+pass_globals = click.make_pass_decorator(Globals)
+
+
+def json_option(f: F) -> F:
+    """`--json`: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+
+
+def api_options(f: F) -> F:
+    """`--url` and `--json`, for the commands that talk to the worker's API."""
+    f = json_option(f)
+    return click.option(
+        "--url", metavar="URL", help="The worker's web address (default http://MONITOR_WEB_HOST:MONITOR_WEB_PORT)."
+    )(f)
+
+
+def action_options(f: F) -> F:
+    """`--by` (default $USER) and `--why`, both required, for every audited action."""
+    f = click.option("--why", required=True, metavar="TEXT", help="The reason (written to the audit log).")(f)
+    return click.option(
+        "--by", metavar="NAME", callback=_by_default, show_default="$USER",
+        help="Who you are (written to the audit log).",
+    )(f)
+
+
+def _by_default(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    # $USER is read when the command runs (not at import), and a shell without it must say --by.
+    value = value or os.environ.get("USER")
+    if not value:
+        raise click.MissingParameter(ctx=ctx, param=param)
+    return value
+
+
+def client_for(g: Globals, url: str | None) -> ApiClient:
+    """A client of the worker's API at `url` (default: the web host and port of the settings)."""
+    settings = g.settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return ApiClient(url or web_url(settings), token)
+
+
+def web_url(settings: Settings) -> str:
+    """The worker's web address from the settings."""
+    return f"http://{settings.web_host}:{settings.web_port}"
+
+
+# ---------------------------------------------------------------- worker and local services
+
+
+@cli.command("run")
+@click.option("--web-port", type=int, help="HTTP port of the API, /metrics, /healthz, /readyz (env MONITOR_WEB_PORT).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="(env MONITOR_LOG_LEVEL)")
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path), help="Rules file or folder (env MONITOR_RULES_PATH).")
+@pass_globals
+def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path: Path | None) -> int:
     """Run the worker until it is stopped (SIGTERM / Ctrl-C)."""
     import faust
 
@@ -40,7 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.rules.loader import load_rules
     from monitor.topics import ensure_topics
 
-    settings = _settings(args)
+    settings = g.settings(web_port=web_port, log_level=log_level, rules_path=rules_path)
+    # The worker's own log is the point of `run`: the libraries log at the chosen level.
+    logging.getLogger().setLevel(settings.log_level.upper())
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
     asyncio.run(_check_redis(settings.redis_url))
     asyncio.run(ensure_topics(settings))
@@ -74,280 +169,241 @@ async def _check_redis(url: str) -> None:
         await client.aclose()
 
 
-def cmd_services(args: argparse.Namespace) -> int:
-    """Start, stop or show the local Kafka broker and Redis."""
+@cli.group("services", short_help="The local Kafka broker and Redis for development.")
+def services_group() -> None:
+    """The local Kafka broker and Redis for development (ports from MONITOR_KAFKA_PORT, MONITOR_REDIS_PORT)."""
+
+
+@services_group.command("up")
+@json_option
+def services_up(as_json: bool) -> int:
+    """Start Kafka and Redis (or use the ones already running); wait until both answer."""
     from monitor import services
 
-    if args.action == "up":
-        status = services.up()
-        print(f"kafka  {status.kafka_bootstrap}{'  (external)' if status.kafka_external else ''}")
-        print(f"redis  {status.redis_url}{'  (external)' if status.redis_external else ''}")
-        print(f"ready in {status.startup_s:.1f}s")
-    elif args.action == "down":
-        services.down()
-        print("stopped")
-    else:
-        for name, state in services.status().items():
-            print(f"{name:6} {state}")
+    status = services.up()
+    if as_json:
+        out.print_json({"kafka": status.kafka_bootstrap, "kafka_external": status.kafka_external,
+                        "redis": status.redis_url, "redis_external": status.redis_external,
+                        "startup_s": status.startup_s})
+        return 0
+    click.echo(f"kafka  {status.kafka_bootstrap}{'  (external)' if status.kafka_external else ''}")
+    click.echo(f"redis  {status.redis_url}{'  (external)' if status.redis_external else ''}")
+    click.echo(f"ready in {status.startup_s:.1f}s")
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Local services, a worker and synthetic traffic, with live figures in the terminal."""
+@services_group.command("down")
+def services_down() -> int:
+    """Stop the Kafka and Redis started from here."""
+    from monitor import services
+
+    services.down()
+    click.echo("stopped")
+    return 0
+
+
+@services_group.command("status")
+@json_option
+def services_status(as_json: bool) -> int:
+    """Whether Kafka and Redis run, with pid and address."""
+    from monitor import services
+
+    states = services.status()
+    if as_json:
+        out.print_json(states)
+    else:
+        for name, state in states.items():
+            click.echo(f"{name:6} {state}")
+    return 0
+
+
+@cli.command("demo", short_help="A live demo: local services, a worker, synthetic traffic.")
+@click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds of traffic.")
+@click.option("--rate", type=click.FloatRange(min=3), default=500.0, show_default=True, help="Predictions per second.")
+def cmd_demo(duration: float, rate: float) -> int:
+    """Local services, a worker and synthetic traffic with an injected degradation, live in the terminal."""
     from monitor.demo import run_demo
 
-    return run_demo(duration_s=args.duration, rate_per_s=args.rate)
+    return run_demo(duration_s=duration, rate_per_s=rate)
 
 
-def cmd_rules_check(args: argparse.Namespace) -> int:
-    """Validate a rules file or directory; exit 1 with file:line: field: problem when wrong."""
-    from pathlib import Path
+@cli.group("rules")
+def rules_group() -> None:
+    """Detection rules."""
 
+
+@rules_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("rules"))
+def rules_check(path: Path) -> int:
+    """Validate a rules file or folder (default ./rules); exit 1 with file:line: field: problem when wrong."""
     from monitor.rules.loader import check_command
 
-    code, text = check_command(Path(args.path))
-    print(text, file=sys.stdout if code == 0 else sys.stderr)
+    code, text = check_command(path)
+    click.echo(text, err=code != 0)
     return code
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from monitor.client import ApiClient
-
-    settings = _settings(args)
-    url = args.url or f"http://{settings.web_host}:{settings.web_port}"
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    return ApiClient(url, token)
+# ---------------------------------------------------------------- offline checks
 
 
-def _print(args: argparse.Namespace, value: Any, table: Callable[[Any], list[list[str]]]) -> None:
-    if args.json:
-        print(json.dumps(value, indent=2, sort_keys=True))
-        return
-    rows = table(value)
-    if not rows:
-        print("(none)")
-        return
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+@cli.group("audit")
+def audit_group() -> None:
+    """The hash-chained audit log of every human action."""
 
 
-def _incident_rows(incidents: list[dict[str, Any]]) -> list[list[str]]:
-    rows = [["ID", "STATUS", "SEVERITY", "LEVEL", "MODEL", "RULE", "GROUP", "OPENED (UTC)"]]
-    for i in incidents:
-        opened = time.strftime("%Y-%m-%d %H:%M", time.gmtime(i["opened_at"]))
-        rows.append([i["id"], i["status"], i["severity"], str(i["level"]), i["model_id"], i["rule"],
-                     i.get("group") or "", opened])
-    return rows
-
-
-def cmd_incidents(args: argparse.Namespace) -> int:
-    """List, show, acknowledge, mitigate or resolve incidents through the worker's API."""
-    client = _client(args)
-    if args.action == "list":
-        query = f"/incidents?status={args.status}" + (f"&model={args.model}" if args.model else "")
-        _print(args, client.get(query)["incidents"], _incident_rows)
-    elif args.action == "show":
-        incident = client.get(f"/incidents/{args.id}")
-        if args.json:
-            print(json.dumps(incident, indent=2, sort_keys=True))
-        else:
-            _show_incident(incident)
-    else:
-        if not args.id or not args.why:
-            raise SystemExit(f"monitor incidents {args.action} ID --by NAME --why TEXT")
-        action = {"ack": "acknowledge"}.get(args.action, args.action)
-        reply = client.post(f"/incidents/{args.id}/{action}", {"by": args.by, "why": args.why})
-        print(json.dumps(reply, indent=2) if args.json else f"{args.id}: {reply.get('incident', {}).get('status', reply.get('status'))}")
-    return 0
-
-
-def _show_incident(i: dict[str, Any]) -> None:
-    print(f"{i['id']}  {i['severity']}  {i['status']}  level {i['level']}")
-    print(f"  {i.get('summary') or i['rule']}")
-    print(f"  model {i['model_id']} {i.get('model_version') or ''}  rule {i['rule']}  group {i.get('group') or '-'}")
-    obs = i.get("observation", {})
-    print(f"  value {obs.get('value')}  threshold {obs.get('threshold')}  baseline {obs.get('baseline')}  samples {obs.get('samples')}")
-    if i.get("evidence_ref"):
-        print(f"  evidence {i['evidence_ref']}")
-    for entry in i.get("timeline", []):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry["at"]))
-        extra = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("at", "what"))
-        print(f"  {when}  {entry['what']}  {extra}")
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """Show models and their levels; escalate or release a manual override."""
-    client = _client(args)
-    if args.action == "status":
-        if args.model:
-            model = client.get(f"/models/{args.model}")
-            if args.json:
-                print(json.dumps(model, indent=2, sort_keys=True))
-            else:
-                print(f"{model['model_id']}: level {model['level']} (override {model['override']}), seq {model['seq']}")
-                if model.get("control"):
-                    print(f"  {model['control']['reason']}")
-                _print(args, model["open_incidents"], _incident_rows)
-        else:
-            rows = lambda models: [["MODEL", "LEVEL", "OVERRIDE", "SEQ", "OPEN INCIDENTS"]] + [  # noqa: E731
-                [m["model_id"], str(m["level"]), str(m["override"] if m["override"] is not None else "-"),
-                 str(m["seq"]), str(m["open_incidents"])] for m in models]
-            _print(args, client.get("/models")["models"], rows)
-    else:
-        if not args.model or not args.why:
-            raise SystemExit(f"monitor models {args.action} MODEL [--level N] --by NAME --why TEXT")
-        body: dict[str, Any] = {"by": args.by, "why": args.why}
-        if args.action == "escalate":
-            body["level"] = args.level
-        reply = client.post(f"/models/{args.model}/{args.action}", body)
-        print(json.dumps(reply, indent=2) if args.json else f"{args.model}: {args.action} {'applied' if reply.get('ok') else reply}")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    """Verify the hash chain of the audit log."""
+@audit_group.command("verify")
+@json_option
+@pass_globals
+def audit_verify(g: Globals, as_json: bool) -> int:
+    """Check every link of the audit log's hash chain in Redis; exit 1 if any is broken."""
     from redis.asyncio import Redis
 
-    from monitor.audit import AuditLog
+    from monitor.audit import AuditLog, Verification
     from monitor.store.keys import Keys
 
-    settings = _settings(args)
+    settings = g.settings()
 
-    async def verify() -> Any:
-        redis = Redis.from_url(settings.redis_url)
+    async def verify() -> Verification:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
         try:
             return await AuditLog(redis, Keys(settings.key_prefix)).verify()
+        except (OSError, ConnectionError) as exc:
+            from monitor.exceptions import ServicesError
+
+            raise ServicesError(f"Redis at {settings.redis_url} does not answer ({exc}); set MONITOR_REDIS_URL") from None
         finally:
             await redis.aclose()
 
     result = asyncio.run(verify())
-    if result.ok:
-        print(f"audit log intact: {result.entries} entries")
-        return 0
-    print(f"audit log TAMPERED: {result.problem}", file=sys.stderr)
-    return 1
+    if as_json:
+        out.print_json({"ok": result.ok, "entries": result.entries, "problem": result.problem or None})
+    elif result.ok:
+        click.echo(f"audit log intact: {result.entries} entries")
+    else:
+        click.echo(f"audit log TAMPERED: {result.problem}", err=True)
+    return 0 if result.ok else 1
 
 
-def cmd_evidence(args: argparse.Namespace) -> int:
-    """Check an incident's evidence files against their SHA-256 manifest."""
-    from monitor.incidents.evidence import verify_evidence
+@cli.group("evidence", short_help="Incident evidence bundles.")
+def evidence_group() -> None:
+    """Incident evidence bundles (files listed with their SHA-256 in a manifest)."""
 
-    settings = _settings(args)
+
+@evidence_group.command("verify")
+@click.argument("incident_id", metavar="ID")
+@click.option("--dir", "evidence_dir", type=click.Path(path_type=Path), help="Evidence folder (env MONITOR_EVIDENCE_DIR).")
+@json_option
+@pass_globals
+def evidence_verify(g: Globals, incident_id: str, evidence_dir: Path | None, as_json: bool) -> int:
+    """Check an incident's evidence files against their manifest: exit 1 if tampered, 2 if there is none."""
+    from monitor.incidents.evidence import EvidenceNotFound, verify_evidence
+
+    root = g.settings(evidence_dir=evidence_dir).evidence_dir
     try:
-        problems = verify_evidence(settings.evidence_dir, args.id)
-    except ValueError as exc:
-        print(f"monitor: {exc}", file=sys.stderr)
+        problems = verify_evidence(root, incident_id)
+    except EvidenceNotFound as exc:
+        click.echo(f"monitor: {exc}", err=True)
         return 2
-    if problems:
+    if as_json:
+        out.print_json({"id": incident_id, "dir": str(root / incident_id), "ok": not problems, "problems": problems})
+    elif problems:
         for problem in problems:
-            print(f"TAMPERED {args.id}: {problem}", file=sys.stderr)
-        return 1
-    print(f"evidence of {args.id} intact ({settings.evidence_dir / args.id})")
-    return 0
+            click.echo(f"TAMPERED {incident_id}: {problem}", err=True)
+    else:
+        click.echo(f"evidence of {incident_id} intact ({root / incident_id})")
+    return 1 if problems else 0
 
 
-def cmd_drill(args: argparse.Namespace) -> int:
-    """Run drill scenarios against a running worker; exit 1 if any fails."""
-    from pathlib import Path
+# ---------------------------------------------------------------- drills
 
+
+@cli.command("drill", short_help="Run drill scenarios against a running worker.")
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@api_options
+@pass_globals
+def cmd_drill(g: Globals, scenarios: tuple[Path, ...], url: str | None, as_json: bool) -> int:
+    """Run drill scenarios (files or folders, see drills/) against a running worker; exit 1 if any fails."""
     from monitor.drill import load_scenario, run_drill
 
-    settings = _settings(args)
-    paths = [p for arg in args.scenarios for p in (sorted(Path(arg).glob("*.yaml")) if Path(arg).is_dir() else [Path(arg)])]
-    scenarios = [load_scenario(path) for path in paths]
-    failed = 0
-    for scenario in scenarios:
-        report = asyncio.run(run_drill(scenario, settings))
-        print(report.text(), flush=True)
+    settings = g.settings()
+    paths = [p for arg in scenarios for p in (sorted(arg.glob("*.yaml")) if arg.is_dir() else [arg])]
+    loaded = [load_scenario(path) for path in paths]
+    worker_url = url or web_url(settings)
+    failed, reports = 0, []
+    for scenario in loaded:
+        report = asyncio.run(run_drill(scenario, settings, worker_url=worker_url,
+                                       progress=lambda line: click.echo(line, err=True)))
         failed += not report.passed
-    print(f"{len(scenarios) - failed} passed, {failed} failed")
+        reports.append(report)
+        if not as_json:
+            click.echo(report.text())
+    if as_json:
+        out.print_json([{
+            "name": r.scenario.name, "model_id": r.model_id, "passed": r.passed,
+            "outcomes": [{"rule": o.expectation.rule, "passed": o.passed, "detail": o.detail, "delay_s": o.delay_s}
+                         for o in r.outcomes],
+        } for r in reports])
+    else:
+        click.echo(f"{len(loaded) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="monitor", description="AI incident-response monitor")
-    parser.add_argument("--kafka-bootstrap", help="host:port (env MONITOR_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--redis-url", help="redis://host:port/db (env MONITOR_REDIS_URL)")
-    sub = parser.add_subparsers(dest="command", required=True)
+from monitor import cli_api  # noqa: E402  # registers `incidents` and `models` on `cli`
 
-    run = sub.add_parser("run", help="run the worker")
-    run.add_argument("--web-port", type=int, help="HTTP port of /metrics, /healthz, /readyz")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.set_defaults(func=cmd_run)
+__all__ = ["cli", "cli_api", "main"]
 
-    svc = sub.add_parser("services", help="local Kafka broker and Redis for development")
-    svc.add_argument("action", choices=["up", "down", "status"])
-    svc.set_defaults(func=cmd_services)
 
-    rules = sub.add_parser("rules", help="detection rules")
-    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
-    check = rules_sub.add_parser("check", help="validate a rules file or directory")
-    check.add_argument("path", nargs="?", default="rules")
-    check.set_defaults(func=cmd_rules_check)
-
-    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser_ = sub.add_parser(name, help=help_text)
-        parser_.add_argument("--url", help="the worker's web address (default from MONITOR_WEB_HOST/PORT)")
-        parser_.add_argument("--json", action="store_true", help="machine-readable output")
-        parser_.add_argument("--by", default=os.environ.get("USER", "operator"), help="who you are (audited)")
-        parser_.add_argument("--why", help="the reason (audited)")
-        return parser_
-
-    incidents = api_command("incidents", "list, show, ack, mitigate or resolve incidents")
-    incidents.add_argument("action", choices=["list", "show", "ack", "mitigate", "resolve"])
-    incidents.add_argument("id", nargs="?")
-    incidents.add_argument("--status", default="open", choices=["open", "acknowledged", "mitigated", "resolved", "all"])
-    incidents.add_argument("--model")
-    incidents.set_defaults(func=cmd_incidents)
-
-    models = api_command("models", "model status; escalate or release a manual override")
-    models.add_argument("action", choices=["status", "escalate", "release"])
-    models.add_argument("model", nargs="?")
-    models.add_argument("--level", type=int, choices=range(5))
-    models.set_defaults(func=cmd_models)
-
-    audit = sub.add_parser("audit", help="the audit log")
-    audit.add_argument("action", choices=["verify"])
-    audit.set_defaults(func=cmd_audit)
-
-    evidence = sub.add_parser("evidence", help="incident evidence bundles")
-    evidence.add_argument("action", choices=["verify"])
-    evidence.add_argument("id")
-    evidence.set_defaults(func=cmd_evidence)
-
-    drill = sub.add_parser("drill", help="run drill scenarios against a running worker")
-    drill.add_argument("scenarios", nargs="+", help="scenario files or folders (see drills/)")
-    drill.set_defaults(func=cmd_drill)
-
-    demo = sub.add_parser("demo", help="run the daemon on live synthetic traffic")
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")
-    demo.add_argument("--rate", type=float, default=500.0, help="predictions per second")
-    demo.set_defaults(func=cmd_demo)
-    return parser
+# ---------------------------------------------------------------- entry point
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `monitor` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    """Entry point of the `monitor` console script: the exit code."""
     try:
-        return int(args.func(args))
-    except ValidationError as exc:
-        print(f"monitor: bad setting: {_first_error(exc)}", file=sys.stderr)
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="monitor", standalone_mode=False)
+    except click.ClickException as exc:  # usage errors (exit 2) and bad parameters
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except (ValidationError, SettingsError) as exc:
+        click.echo(f"monitor: bad setting {bad_setting(exc)}", err=True)
         return 2
     except MonitorError as exc:
-        print(f"monitor: {exc}", file=sys.stderr)
+        click.echo(f"monitor: {exc}", err=True)
         return 1
     except KeyboardInterrupt:
         return 130
+    return result if isinstance(result, int) else 0
 
 
-def _first_error(exc: ValidationError) -> str:
+# What a value must look like, for the settings that are read as JSON from the environment.
+SETTING_HINTS = {"webhook_urls": 'must be a JSON list of URLs, e.g. ["http://x"]'}
+
+
+def bad_setting(exc: ValidationError | SettingsError) -> str:
+    """One line naming the environment variable of the first wrong setting, what is wrong, and what it got."""
+    import re
+
+    if isinstance(exc, SettingsError):
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field = found.group(1) if found else "?"
+        return f"{_env_name((field,))}: {SETTING_HINTS.get(field, 'is not valid JSON')} (got {_env_value(field)!r})"
     error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+    loc = tuple(str(part) for part in error["loc"])
+    hint = SETTING_HINTS.get(loc[0] if loc else "", error["msg"])
+    return f"{_env_name(loc)}: {hint} (got {error.get('input')!r})"
+
+
+def _env_name(loc: tuple[str, ...]) -> str:
+    if len(loc) > 1 and loc[0] == "topics":
+        return f"MONITOR_TOPIC_{loc[1].upper()}"
+    return f"MONITOR_{loc[0].upper()}" if loc else "MONITOR_?"
+
+
+def _env_value(field: str) -> str | None:
+    # pydantic-settings matches env names case-insensitively; so does this look-up.
+    wanted = f"MONITOR_{field}".upper()
+    return next((v for k, v in os.environ.items() if k.upper() == wanted), None)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -11,7 +13,22 @@ from monitor.exceptions import MonitorError
 
 
 class ApiError(MonitorError):
-    """The worker's API refused a request or could not be reached."""
+    """The worker's API refused a request; the message has the status and the API's own error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WorkerUnreachable(ApiError):
+    """Nothing answers at the worker's address (or it did not answer in time)."""
+
+
+def path(*parts: str, **query: str | int | None) -> str:
+    """An API path with each part quoted and the query parameters that are set: path("incidents", id)."""
+    text = "/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
+    given = {k: str(v) for k, v in query.items() if v is not None}
+    return text + (f"?{urllib.parse.urlencode(given)}" if given else "")
 
 
 class ApiClient:
@@ -41,11 +58,28 @@ class ApiClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            try:
-                detail = json.loads(detail).get("error", detail)
-            except (ValueError, AttributeError):
-                pass
-            raise ApiError(f"{request.get_method()} {request.full_url}: {exc.code} {detail}") from None
+            raise ApiError(f"{request.get_method()} {request.full_url}: {exc.code} {_detail(exc)}", exc.code) from None
+        except (TimeoutError, socket.timeout):
+            raise WorkerUnreachable(f"the worker at {self.base_url} did not answer within {self.timeout_s:g}s") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise ApiError(f"the worker at {self.base_url} does not answer ({exc}); is `monitor run` up?") from None
+            if isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise WorkerUnreachable(
+                    f"the worker at {self.base_url} did not answer within {self.timeout_s:g}s"
+                ) from None
+            raise WorkerUnreachable(
+                f"no worker answers at {self.base_url} (start `monitor run`, or pass --url)"
+            ) from None
+        except ValueError as exc:  # a 200 whose body is not JSON: something else holds the port
+            raise ApiError(f"{request.get_method()} {request.full_url}: not a JSON answer ({exc})") from None
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    """The API's `error` field, else the first line of the body, else the reason phrase."""
+    text = exc.read().decode(errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("error"):
+        return str(body["error"])
+    return text.splitlines()[0][:200] if text else str(exc.reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from monitor import services
+from monitor.exceptions import MonitorError
 from monitor.gateway import GatewayClient
 from monitor.incidents.store import IncidentStore
 from monitor.settings import Settings, Topics
@@ -34,6 +36,66 @@ DEGRADED = TrafficProfile(
     "credit-scoring", "2.3.0", approval_rate=0.62, error_rate=0.08, latency_median_ms=120.0
 )
 WINDOW_S = 300
+READY_TIMEOUT_S = 60.0
+LOG_TAIL_LINES = 15
+
+
+class DemoError(MonitorError):
+    """The demo cannot go on: its worker died, never became ready, or its port is taken."""
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (then /readyz would not be our worker's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # The worker's web server binds with SO_REUSEADDR; so does the probe, so that a port left in
+        # TIME_WAIT by an earlier run counts as free, and only a live listener counts as taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "    (no log)"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:]) or "    (the log is empty)"
+
+
+class Worker:
+    """The demo's own `monitor run` child: started here, watched here, stopped here."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.log_path = log_path
+        env = {**os.environ, **settings.to_env()}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:  # a fresh log per run: its tail is this run's
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def check(self, when: str) -> None:
+        """Raise DemoError, with the worker's last log lines, if the worker has exited."""
+        code = self.proc.poll()
+        if code is not None:
+            raise DemoError(
+                f"the demo's worker (pid {self.proc.pid}) exited with code {code} {when}; "
+                f"the last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+            )
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not stop in 30 s."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 def run_demo(*, duration_s: float, rate_per_s: float) -> int:
@@ -55,31 +117,27 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
         topics=topics,
         partitions=2,
     )
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    if _port_taken(settings.web_host, settings.web_port):
+        raise DemoError(
+            f"{settings.web_host}:{settings.web_port} is already in use (another worker?), so the demo could not "
+            f"tell its own worker's answers from that process's; stop it or set MONITOR_WEB_PORT to a free port"
+        )
     asyncio.run(ensure_topics(settings))
     log_path = services.ServiceConfig.from_env().state_dir / "demo-worker.log"
-    worker = _start_worker(settings, log_path)
-    print(f"  worker pid {worker.pid}, web http://{settings.web_host}:{settings.web_port}, log {log_path}")
+    worker = Worker(settings, log_path)
+    print(f"  worker pid {worker.proc.pid}, web {base}, log {log_path}", flush=True)
     try:
-        asyncio.run(_drive(settings, duration_s, rate_per_s))
+        asyncio.run(_drive(settings, worker, duration_s, rate_per_s))
     finally:
-        worker.terminate()
-        worker.wait(30)
+        worker.stop()
     print("\nthe worker has stopped; Kafka and Redis keep running (`monitor services down` stops them)")
     return 0
 
 
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.to_env()}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-
-async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> None:
+async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per_s: float) -> None:
     base = f"http://{settings.web_host}:{settings.web_port}"
-    await _wait_ready(base)
+    await _wait_ready(base, worker)
     redis = Redis.from_url(settings.redis_url)
     store = RedisStore(
         redis,
@@ -96,8 +154,27 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
     )
     await watcher.start()
     gateway = GatewayClient(settings.kafka_bootstrap, settings.topics.control)
-    await gateway.start()
-    await gateway.wait_caught_up()
+    try:
+        await gateway.start()
+        await gateway.wait_caught_up()
+        await _traffic(settings, worker, store, watcher, gateway, duration_s, rate_per_s)
+        opened = await IncidentStore(redis, Keys(settings.key_prefix)).recent(20)
+    finally:
+        await watcher.stop()
+        await gateway.stop()
+        await redis.aclose()
+    print("\nsummary:")
+    for incident in opened:
+        print(f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}")
+        print(f"      evidence {incident.evidence_ref}")
+    if not opened:
+        print("  no incident opened")
+
+
+async def _traffic(settings: Settings, worker: Worker, store: RedisStore, watcher: AIOKafkaConsumer,
+                   gateway: GatewayClient, duration_s: float, rate_per_s: float) -> None:
+    """Send the traffic, once a second, and print what the monitor makes of it."""
+    base = f"http://{settings.web_host}:{settings.web_port}"
     streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
     per_model = rate_per_s / len(PROFILES)
     started = time.monotonic()
@@ -115,22 +192,13 @@ async def _drive(settings: Settings, duration_s: float, rate_per_s: float) -> No
                 for event in itertools.islice(stream, int(per_model)):
                     event["ts"] = time.time()
                     batch.append(event)
+            worker.check("while the demo ran")
             await producer.send(batch)
             sent += len(batch)
             await _show(store, base, sent, elapsed)
             await _show_messages(watcher, settings)
             _show_gateway(gateway, seen_levels)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
-    await watcher.stop()
-    await gateway.stop()
-    opened = await IncidentStore(redis, Keys(settings.key_prefix)).recent(20)
-    await redis.aclose()
-    print("\nsummary:")
-    for incident in opened:
-        print(f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}")
-        print(f"      evidence {incident.evidence_ref}")
-    if not opened:
-        print("  no incident opened")
 
 
 def _show_gateway(gateway: GatewayClient, seen: dict[str, int]) -> None:
@@ -148,9 +216,11 @@ async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
         for record in records:
             body = orjson.loads(record.value)
             if record.topic == settings.topics.control:
+                review = body.get("review_below_confidence")
+                below = "no confidence review" if review is None else f"review below confidence {review}"
                 print(
                     f"\n=== CONTROL {body['model_id']} seq {body['seq']}: level {body['level']}, "
-                    f"mode {body['mode']}, review below confidence {body['review_below_confidence']}, "
+                    f"mode {body['mode']}, {below}, "
                     f"sampling {body['review_sampling_rate']:.0%}\n    {body['reason']}\n"
                 )
             else:
@@ -163,18 +233,31 @@ async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
                 )
 
 
-async def _wait_ready(base: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+async def _wait_ready(base: str, worker: Worker, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until the worker's /readyz says 200; its death or the timeout is a DemoError with its log tail."""
+    started = time.monotonic()
+    last_said = started
+    detail = "no answer yet"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while (waited := time.monotonic() - started) < timeout_s:
+            worker.check("at start")
             try:
                 async with session.get(f"{base}/readyz") as resp:
                     if resp.status == 200:
+                        print(f"  worker ready after {waited:.1f}s", flush=True)
                         return
-            except aiohttp.ClientError:
+                    detail = f"/readyz answers {resp.status}: {(await resp.text())[:200]}"
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
+            if time.monotonic() - last_said >= 5:
+                last_said = time.monotonic()
+                print(f"  waiting for the worker to be ready… {waited:.0f}s ({detail})", flush=True)
             await asyncio.sleep(0.5)
-    raise SystemExit(f"the worker did not become ready within {timeout_s:.0f}s; see its log")
+    worker.check("at start")
+    raise DemoError(
+        f"the worker did not become ready within {timeout_s:.0f}s ({detail}); "
+        f"the last lines of {worker.log_path}:\n{_log_tail(worker.log_path)}"
+    )
 
 
 async def _show(store: RedisStore, base: str, sent: int, elapsed: float) -> None:

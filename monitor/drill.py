@@ -13,16 +13,18 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from monitor.exceptions import ConfigError
+from monitor.exceptions import ConfigError, MonitorError
 from monitor.rules.schema import parse_duration
 from monitor.settings import Settings
 
@@ -98,6 +100,71 @@ def load_scenario(path: Path) -> Scenario:
         raise ConfigError(f"{path}: {where}: {error['msg']}") from None
 
 
+PROGRESS_EVERY_S = 5.0
+TICK_METRIC = "aimon_evaluator_tick_seconds_count"
+
+
+class NoWorker(MonitorError):
+    """Nothing answers at the worker's address, so a drill would only wait for its timeout."""
+
+
+async def evaluator_ticks(session: aiohttp.ClientSession, url: str) -> float | None:
+    """How many ticks the evaluator behind `url` has run (from /metrics); None if nothing answers."""
+    try:
+        async with session.get(f"{url.rstrip('/')}/metrics") as resp:
+            if resp.status != 200:
+                return None
+            text = await resp.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(TICK_METRIC))
+
+
+class Watchdog:
+    """Progress lines while a drill waits, and one clear line when the worker does not evaluate."""
+
+    def __init__(self, url: str | None, progress: Callable[[str], None] | None, grace_s: float) -> None:
+        self.url = url
+        self.say = progress or (lambda line: None)
+        self.grace_s = grace_s
+        self.session: aiohttp.ClientSession | None = None
+        self.first_ticks: float | None = None
+        self.started = time.monotonic()
+        self.last_check = self.started
+        self.warned = False
+
+    async def start(self) -> None:
+        """Refuse to run a drill that nothing will evaluate (no worker answers at the URL)."""
+        if self.url is None:
+            return
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self.first_ticks = await evaluator_ticks(self.session, self.url)
+        if self.first_ticks is None:
+            await self.stop()
+            raise NoWorker(f"no worker answers at {self.url} (start `monitor run`, or pass --url)")
+
+    async def check(self, waiting_for: str, limit_s: float) -> None:
+        """Every few seconds: say what the drill waits for; warn once if the evaluator makes no progress."""
+        now = time.monotonic()
+        if now - self.last_check < PROGRESS_EVERY_S:
+            return
+        self.last_check = now
+        self.say(f"  … {now - self.started:.0f}s of {limit_s:.0f}s: waiting for {waiting_for}")
+        if self.session is None or self.url is None or self.warned or now - self.started < self.grace_s:
+            return
+        ticks = await evaluator_ticks(self.session, self.url)
+        if ticks is None or ticks == self.first_ticks:
+            self.warned = True
+            self.say(f"  no worker is evaluating at {self.url}: start `monitor run`"
+                     + (" (it stopped answering)" if ticks is None else " (its evaluator has not ticked)"))
+
+    async def stop(self) -> None:
+        """Close the HTTP session."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
 @dataclass
 class Outcome:
     """How one expectation fared."""
@@ -166,11 +233,22 @@ def _events(phase: Phase, model_id: str, now: float, rng: random.Random, tag: st
     return out, labels
 
 
-async def run_drill(scenario: Scenario, settings: Settings, *, timeout_s: float | None = None, seed: int = 7) -> DrillReport:
-    """Produce the scenario and watch the incidents and control topics until it passes or times out."""
+async def run_drill(
+    scenario: Scenario, settings: Settings, *, timeout_s: float | None = None, seed: int = 7,
+    worker_url: str | None = None, progress: Callable[[str], None] | None = None,
+) -> DrillReport:
+    """Produce the scenario and watch the incidents and control topics until it passes or times out.
+
+    With `worker_url`, a drill that no worker answers for is refused before anything is produced,
+    and one that sees the evaluator make no progress says so; `progress` gets the lines to show.
+    """
     model_id = f"{scenario.model}-drill-{uuid.uuid4().hex[:6]}"
     report = DrillReport(scenario, model_id)
     t = settings.topics
+    # A tick every eval_interval_s: three missed ones (at least 10 s) mean nothing is evaluating.
+    watchdog = Watchdog(worker_url, progress, grace_s=max(10.0, 3 * settings.eval_interval_s))
+    await watchdog.start()
+    watchdog.say(f"drill {scenario.name} on {model_id}: producing {len(scenario.phases)} phase(s)")
     watcher = AIOKafkaConsumer(t.incidents, t.control, bootstrap_servers=settings.kafka_bootstrap,
                                auto_offset_reset="latest", enable_auto_commit=False)
     await watcher.start()
@@ -195,6 +273,8 @@ async def run_drill(scenario: Scenario, settings: Settings, *, timeout_s: float 
         controls: list[dict[str, Any]] = []
         deadline = produced_at + limit
         while time.time() < deadline and not all(e.rule in opened for e in scenario.expect):
+            missing = [e.rule for e in scenario.expect if e.rule not in opened]
+            await watchdog.check(f"{', '.join(missing)} ({len(opened)}/{len(scenario.expect)} opened)", limit)
             for records in (await watcher.getmany(timeout_ms=250)).values():
                 for record in records:
                     body = orjson.loads(record.value)
@@ -211,6 +291,7 @@ async def run_drill(scenario: Scenario, settings: Settings, *, timeout_s: float 
     finally:
         await producer.stop()
         await watcher.stop()
+        await watchdog.stop()
     for expectation in scenario.expect:
         report.outcomes.append(_judge(expectation, opened.get(expectation.rule), controls, produced_at))
     for rule in scenario.quiet:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import orjson
 
+from monitor.exceptions import MonitorError
+
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class EvidenceNotFound(MonitorError):
+    """No evidence folder exists for that incident id (an unknown id, not a tampered bundle)."""
 
 
 def incident_dir(root: Path, incident_id: str) -> Path:
@@ -40,16 +46,31 @@ def write_evidence(root: Path, incident_id: str, files: dict[str, bytes]) -> Pat
 
 
 def verify_evidence(root: Path, incident_id: str) -> list[str]:
-    """Problems with an incident's evidence folder (empty when every file matches its manifest)."""
-    folder = incident_dir(root, incident_id)
+    """Problems with an incident's evidence folder (empty when every file matches its manifest).
+
+    An id with no folder raises EvidenceNotFound: nothing was written for it, so nothing was
+    tampered with. A folder whose manifest is gone or unreadable is a problem (tampering)."""
+    try:
+        folder = incident_dir(root, incident_id)
+    except ValueError as exc:
+        raise EvidenceNotFound(f"no evidence for {incident_id!r} under {root}: {exc}") from None
+    if not folder.is_dir():
+        raise EvidenceNotFound(f"no evidence for {incident_id} under {root}")
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
         return [f"{folder}: no manifest.json"]
-    listed = orjson.loads(manifest_path.read_bytes())["files"]
+    try:
+        listed = orjson.loads(manifest_path.read_bytes())["files"]
+        if not isinstance(listed, dict):
+            raise TypeError("`files` is not a mapping")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return [f"manifest.json: unreadable ({exc})"]
     problems = []
     for name, entry in sorted(listed.items()):
         path = folder / name
-        if not path.exists():
+        if not isinstance(entry, dict) or "sha256" not in entry:
+            problems.append(f"{name}: manifest entry has no sha256")
+        elif not path.exists():
             problems.append(f"{name}: missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
             problems.append(f"{name}: changed (sha256 does not match the manifest)")

@@ -203,8 +203,8 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
         ({"MONITOR_RULES_PATH": "/nonexistent/rules"}, "no such rules file"),
         ({"MONITOR_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "Kafka at 127.0.0.1:1 does not answer"),
         ({"MONITOR_REDIS_URL": "redis://127.0.0.1:1/0"}, "Redis at redis://127.0.0.1:1/0 does not answer"),
-        ({"MONITOR_REDIS_URL": "localhost:6379"}, "bad setting: redis_url"),
-        ({"MONITOR_PARTITIONS": "zero"}, "bad setting: partitions"),
+        ({"MONITOR_REDIS_URL": "localhost:6379"}, "bad setting MONITOR_REDIS_URL"),
+        ({"MONITOR_PARTITIONS": "zero"}, "bad setting MONITOR_PARTITIONS"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(env: dict[str, str], message: str) -> None:
