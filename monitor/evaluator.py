@@ -35,6 +35,7 @@ from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
 from monitor.stats import benjamini_hochberg
 from monitor.store.impact import affected
 from monitor.store.keys import Keys
+from monitor.store.redis import read_model_index
 from monitor.store.windows import VersionWindows, WindowReader
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,13 @@ class Evaluator:
         return report
 
     async def _models(self, now: float) -> tuple[list[ModelView], set[str]]:
-        """Every model with predictions or access events, and which of them have the latter."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smembers(self.keys.models())
-            pipe.smembers(self.keys.access_models())
-            predicting, accessed = await pipe.execute()
-        access = {_text(m) for m in accessed}
-        ids = sorted({_text(m) for m in predicting} | access)
+        """Every model with any state, and which of them have access-log or registry events.
+
+        A model known only from its incidents or its control state is still evaluated: people's
+        commands for it are applied and its level is set (and exported) like any other's."""
+        index = await read_model_index(self.redis, self.keys)
+        access = set(index.access)
+        ids = index.all
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id in ids:
                 pipe.hget(self.keys.meta(model_id), "last_event_s")
