@@ -132,8 +132,9 @@ class Evaluator:
         open_by_model = await self.incidents.open_incidents(model_ids)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
+        results: list[CommandResult] = []
         for model_id in model_ids:
-            await self._apply_commands(commands[model_id], open_by_model[model_id], states[model_id], now)
+            results += await self._apply_commands(commands[model_id], open_by_model[model_id], states[model_id], now)
         quiet = await self.incidents.quiet(model_ids)
         # Phase 1: every finding of every model, so the false-discovery rate is controlled over
         # the whole tick. Phase 2: act on them model by model.
@@ -145,6 +146,9 @@ class Evaluator:
                 model, findings[model.model_id], open_by_model[model.model_id],
                 states[model.model_id], now, report, quiet[model.model_id],
             )
+        # Results last: a person told "applied" finds the level it leads to already in force.
+        for result in results:
+            await self.commands.record(result)
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return report
@@ -232,8 +236,9 @@ class Evaluator:
 
     async def _apply_commands(
         self, commands: list[Command], incidents: list[Incident], state: ControlState, now: float
-    ) -> None:
+    ) -> list[CommandResult]:
         """People's commands, in the order they came, before the monitor's own decisions."""
+        results = []
         for command in commands:
             error = ""
             try:
@@ -255,9 +260,10 @@ class Evaluator:
                     await self._publish_incidents([incident])
             except TransitionError as exc:
                 error = str(exc)
-            await self.commands.record(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
+            results.append(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
             log.info("command %s %s on %s by %s: %s", command.id, command.action, command.model_id,
                      command.who, error or "applied")
+        return results
 
     def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
         return {rule.id: self._findings(rule, model, now) for rule in self.rules.rules}
