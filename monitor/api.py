@@ -140,9 +140,20 @@ def incident_query(query: Any) -> IncidentQuery:
 
 async def _body(request: Request, kind: type[Body]) -> Body:
     try:
-        return msgspec.json.decode(await request.read(), type=kind)
-    except msgspec.DecodeError as exc:
+        return msgspec.convert(_integral(msgspec.json.decode(await request.read())), kind)
+    except msgspec.DecodeError as exc:  # ValidationError included
         raise Refused(400, f"bad request body: {exc}") from None
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer; msgspec does not: whole floats become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
 
 
 def register_api(app: faust.App, deps: ApiDeps) -> None:

@@ -21,9 +21,11 @@ STATUS_FILTERS: tuple[str, ...] = get_args(StatusFilter)
 LIMIT_MAX = 1000
 Limit = Annotated[int, msgspec.Meta(ge=1, le=LIMIT_MAX)]
 Level = Annotated[int, msgspec.Meta(ge=0, le=4)]
-# A name and a reason must hold something besides blanks: they go into the audit trail.
-Person = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=r"\S")]
+# A name and a reason must hold something besides blanks: they go into the audit trail. The class
+# is spelt out because `\S` differs between Python and the ECMA regexes JSON Schema uses.
+NOT_BLANK = "[^ \t\n\r\f\v]"
+Person = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NOT_BLANK)]
 
 
 class ErrorBody(msgspec.Struct):
