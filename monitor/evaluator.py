@@ -36,6 +36,7 @@ from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
 from monitor.stats import benjamini_hochberg
 from monitor.store.impact import affected
 from monitor.store.keys import Keys
+from monitor.store.redis import read_model_index
 from monitor.store.windows import VersionWindows, WindowReader
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,9 @@ class Evaluator:
         open_by_model = await self.incidents.open_incidents(model_ids)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
+        results: list[CommandResult] = []
         for model_id in model_ids:
-            await self._apply_commands(commands[model_id], open_by_model[model_id], states[model_id], now)
+            results += await self._apply_commands(commands[model_id], open_by_model[model_id], states[model_id], now)
         quiet = await self.incidents.quiet(model_ids)
         # Phase 1: every finding of every model, so the false-discovery rate is controlled over
         # the whole tick. Phase 2: act on them model by model.
@@ -159,18 +161,21 @@ class Evaluator:
                 model, findings[model.model_id], open_by_model[model.model_id],
                 states[model.model_id], now, report, quiet[model.model_id],
             )
+        # Results last: a person told "applied" finds the level it leads to already in force.
+        for result in results:
+            await self.commands.record(result)
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return report
 
     async def _models(self, now: float) -> tuple[list[ModelView], set[str]]:
-        """Every model with predictions or access events, and which of them have the latter."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smembers(self.keys.models())
-            pipe.smembers(self.keys.access_models())
-            predicting, accessed = await pipe.execute()
-        access = {_text(m) for m in accessed}
-        ids = sorted({_text(m) for m in predicting} | access)
+        """Every model with any state, and which of them have access-log or registry events.
+
+        A model known only from its incidents or its control state is still evaluated: people's
+        commands for it are applied and its level is set (and exported) like any other's."""
+        index = await read_model_index(self.redis, self.keys)
+        access = set(index.access)
+        ids = index.all
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id in ids:
                 pipe.hget(self.keys.meta(model_id), "last_event_s")
@@ -246,8 +251,9 @@ class Evaluator:
 
     async def _apply_commands(
         self, commands: list[Command], incidents: list[Incident], state: ControlState, now: float
-    ) -> None:
+    ) -> list[CommandResult]:
         """People's commands, in the order they came, before the monitor's own decisions."""
+        results = []
         for command in commands:
             error = ""
             try:
@@ -269,9 +275,10 @@ class Evaluator:
                     await self._publish_incidents([incident])
             except TransitionError as exc:
                 error = str(exc)
-            await self.commands.record(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
+            results.append(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
             log.info("command %s %s on %s by %s: %s", command.id, command.action, command.model_id,
                      command.who, error or "applied")
+        return results
 
     def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
         return {rule.id: self._findings(rule, model, now) for rule in self.rules.rules}

@@ -16,8 +16,11 @@ Status = Literal["open", "acknowledged", "mitigated", "resolved"]
 EventKind = Literal["opened", "updated", "acknowledged", "mitigated", "resolved"]
 
 
-class Incident(msgspec.Struct, kw_only=True):
-    """One incident: what fired, how bad, what was done, and its timeline."""
+# The public fields live in the base struct and the bookkeeping in the subclass, so one struct
+# decides what every API response and the published schema show: adding a field to `Incident`
+# keeps it internal, adding it to `IncidentView` publishes it.
+class IncidentView(msgspec.Struct, kw_only=True):
+    """An incident: what fired, how bad, what was done, and its timeline."""
 
     id: str
     category: str
@@ -43,9 +46,18 @@ class Incident(msgspec.Struct, kw_only=True):
     revoke: list[str] = []  # principals / API keys the gateways should cut off
     rollback_to: str | None = None  # a version named by the incident itself (e.g. the last approved)
     clear_since: float | None = None  # since when the metric has been back inside its threshold
+
+
+class Incident(IncidentView, kw_only=True):
+    """One incident as stored: the public view plus the delivery bookkeeping."""
+
     notified_at: float = 0.0  # last sent to Alertmanager (refreshed while open)
     reminded_at: float = 0.0  # last sent to the webhooks (again after the re-notify interval)
     outbox: list[str] = []  # events persisted but not yet published (published, then removed)
+
+    def public(self) -> IncidentView:
+        """The incident without the bookkeeping fields (what the API returns)."""
+        return IncidentView(**{name: getattr(self, name) for name in IncidentView.__struct_fields__})
 
     @property
     def dedup_key(self) -> str:

@@ -17,6 +17,7 @@ from monitor.incidents.model import Incident
 from monitor.store.keys import Keys
 
 _incident_decoder = msgspec.json.Decoder(Incident)
+SCAN_PAGE = 500  # index entries read per round trip while a filtered listing looks for matches
 _control_decoder = msgspec.json.Decoder(ControlMessage)
 
 
@@ -65,13 +66,28 @@ class IncidentStore:
         model_id = await self.redis.hget(self.keys.incident_models(), incident_id)
         return None if model_id is None else await self.get(_text(model_id), incident_id)
 
-    async def recent(self, limit: int = 100) -> list[Incident]:
-        """The newest incidents, newest first."""
-        pairs = await self.list_ids(limit)
-        if not pairs:
-            return []
-        raw = await self.redis.mget([self.keys.incident(m, i) for m, i in pairs])
-        return [_incident_decoder.decode(value) for value in raw if value]
+    async def recent(
+        self, limit: int = 100, *, status: str | None = None, model_id: str | None = None
+    ) -> list[Incident]:
+        """The newest `limit` incidents with this status and model (None: any), newest first.
+
+        The filters are applied before the limit: the index is read newest first in pages until
+        `limit` incidents match or it ends, so an old open incident is found behind newer ones.
+        """
+        found: list[Incident] = []
+        page = max(limit, SCAN_PAGE)
+        start = 0
+        while len(found) < limit:
+            pairs = await self._index_page(start, page)
+            start += page
+            wanted = [(m, i) for m, i in pairs if model_id is None or m == model_id]
+            if wanted:
+                raw = await self.redis.mget([self.keys.incident(m, i) for m, i in wanted])
+                decoded = (_incident_decoder.decode(value) for value in raw if value)
+                found.extend(i for i in decoded if status is None or i.status == status)
+            if len(pairs) < page:
+                break
+        return found[:limit]
 
     async def save(self, incidents: list[Incident]) -> None:
         """Write incidents and keep the open-incident and listing indexes in step."""
@@ -87,11 +103,15 @@ class IncidentStore:
                     pipe.hdel(self.keys.open_incidents(m), incident.dedup_key)
                 pipe.zadd(self.keys.incident_index(), {f"{m}|{incident.id}": incident.opened_at})
                 pipe.hset(self.keys.incident_models(), incident.id, m)
+            pipe.sadd(self.keys.incident_model_ids(), *{i.model_id for i in incidents})
             await pipe.execute()
 
     async def list_ids(self, limit: int = 100) -> list[tuple[str, str]]:
         """(model_id, incident id) of the newest incidents, newest first."""
-        members = await self.redis.zrevrange(self.keys.incident_index(), 0, limit - 1)
+        return await self._index_page(0, limit)
+
+    async def _index_page(self, start: int, count: int) -> list[tuple[str, str]]:
+        members = await self.redis.zrevrange(self.keys.incident_index(), start, start + count - 1)
         pairs = [_text(m).split("|", 1) for m in members if isinstance(m, (str, bytes))]
         return [(model_id, incident_id) for model_id, incident_id in pairs]
 
@@ -115,10 +135,13 @@ class IncidentStore:
 
     async def stage_control(self, message: ControlMessage) -> None:
         """Record a new control message (seq and level) before it is published."""
-        await self.redis.hset(
-            self.keys.control(message.model_id),
-            mapping={"seq": message.seq, "level": message.level, "pending": msgspec.json.encode(message)},
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                self.keys.control(message.model_id),
+                mapping={"seq": message.seq, "level": message.level, "pending": msgspec.json.encode(message)},
+            )
+            pipe.sadd(self.keys.controlled_models(), message.model_id)
+            await pipe.execute()
 
     async def control_published(self, message: ControlMessage) -> None:
         """Strike a control message from the outbox and keep it as the last one sent."""
@@ -145,10 +168,13 @@ class IncidentStore:
 
     async def set_override(self, model_id: str, level: int | None) -> None:
         """Set (or, None, release) a manual escalation override."""
-        if level is None:
-            await self.redis.hdel(self.keys.control(model_id), "override")
-        else:
-            await self.redis.hset(self.keys.control(model_id), "override", level)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if level is None:
+                pipe.hdel(self.keys.control(model_id), "override")
+            else:
+                pipe.hset(self.keys.control(model_id), "override", level)
+            pipe.sadd(self.keys.controlled_models(), model_id)
+            await pipe.execute()
 
 
 def _text(value: str | bytes) -> str:

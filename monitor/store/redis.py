@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 from importlib import resources
 
 import orjson
@@ -371,9 +371,13 @@ class RedisStore:
     # --- reads -------------------------------------------------------------------------------
 
     async def model_ids(self) -> list[str]:
-        """Every model id that has sent a prediction."""
+        """Every model id that has sent a prediction (see `known_models` for every model with any state)."""
         members = await self.redis.smembers(self.keys.models())
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def known_models(self) -> list[str]:
+        """Every model with any state, sorted (predictions, access, registry, incidents, control)."""
+        return (await read_model_index(self.redis, self.keys)).all
 
     async def versions(self, model_id: str) -> dict[str, float]:
         """The model's versions, each with the start of its newest minute bucket."""
@@ -468,6 +472,53 @@ def version_totals(share: Share) -> Counter[str]:
     for version, total_ms in share.latency_sum_ms.items():
         totals[escape(version) + SEP + LATENCY_SUM_US] += round(total_ms * 1000)
     return totals
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIndex:
+    """The model ids each kind of state is indexed under; a model may be in several."""
+
+    predictions: frozenset[str]
+    access: frozenset[str]  # access-log or registry events (both are evaluated as the access "version")
+    incidents: frozenset[str]
+    control: frozenset[str]  # a control message was staged, or a person set an override
+
+    @property
+    def all(self) -> list[str]:
+        """Every model with any state, sorted."""
+        return sorted(self.predictions | self.access | self.incidents | self.control)
+
+    def sources(self, model_id: str) -> list[ModelSource]:
+        """The kinds of state the model has (empty: an unknown model)."""
+        return [name for name, ids in zip(MODEL_SOURCES, (self.predictions, self.access, self.incidents, self.control),
+                                          strict=True) if model_id in ids]
+
+
+ModelSource = Literal["predictions", "access", "incidents", "control"]
+MODEL_SOURCES: tuple[ModelSource, ...] = get_args(ModelSource)
+
+
+def _model_indexes(keys: Keys) -> tuple[str, str, str, str]:
+    """The index sets, in the order of MODEL_SOURCES: every kind of per-model state has one."""
+    return keys.models(), keys.access_models(), keys.incident_model_ids(), keys.controlled_models()
+
+
+async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
+    """Read every model index in one round trip: the one place that says which models exist."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in _model_indexes(keys):
+            pipe.smembers(name)
+        predictions, access, incidents, control = await pipe.execute()
+    return ModelIndex(*(frozenset(_text(m) for m in members) for members in (predictions, access, incidents, control)))
+
+
+async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:
+    """The kinds of state one model has, without reading whole indexes (empty: an unknown model)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in _model_indexes(keys):
+            pipe.sismember(name, model_id)
+        found = await pipe.execute()
+    return [source for source, present in zip(MODEL_SOURCES, found, strict=True) if present]
 
 
 def _flatten(counts: Counter[str]) -> list[object]:

@@ -1,0 +1,270 @@
+"""The HTTP API's schemas (queries, bodies, replies, errors) and the OpenAPI document built from them.
+
+The handlers decode requests and encode replies with these structs, and `/openapi.json` is generated
+from the same structs (msgspec emits their JSON Schema), so the document cannot drift from what the
+handlers accept and answer.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+
+from monitor.events import ControlMessage
+from monitor.incidents.model import IncidentView
+from monitor.store.redis import ModelSource
+
+StatusFilter = Literal["open", "acknowledged", "mitigated", "resolved", "all"]
+STATUS_FILTERS: tuple[str, ...] = get_args(StatusFilter)
+LIMIT_MAX = 1000
+Limit = Annotated[int, msgspec.Meta(ge=1, le=LIMIT_MAX)]
+Level = Annotated[int, msgspec.Meta(ge=0, le=4)]
+# A name and a reason must hold something besides blanks: they go into the audit trail. The class
+# is spelt out because `\S` differs between Python and the ECMA regexes JSON Schema uses.
+NOT_BLANK = "[^ \t\n\r\f\v]"
+Person = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NOT_BLANK)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NOT_BLANK)]
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error reply: what went wrong, in a sentence."""
+
+    error: str
+
+
+class IncidentQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """The query of GET /incidents; the filters apply before the limit."""
+
+    status: StatusFilter = "all"
+    model: str | None = None
+    limit: Limit = 100
+
+
+class ActionBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a mutation: who you are and why (both audited)."""
+
+    by: Person
+    why: Reason
+
+
+class EscalateBody(ActionBody, forbid_unknown_fields=True):
+    """The body of an escalation: the override level besides who and why."""
+
+    level: Level
+
+
+class CommandReply(msgspec.Struct, kw_only=True):
+    """What the evaluator made of a command; `incident` is the incident after an incident action."""
+
+    command: str
+    ok: bool
+    error: str = ""
+    incident: IncidentView | None = None
+
+
+class CommandQueued(msgspec.Struct):
+    """A command the evaluator has not applied within the wait; it stays queued and will be."""
+
+    command: str
+    status: str
+
+
+class IncidentList(msgspec.Struct):
+    """Incidents, newest first."""
+
+    incidents: list[IncidentView]
+
+
+class ModelSummary(msgspec.Struct, kw_only=True):
+    """One model's escalation state; `known_from` names the kinds of state the model has."""
+
+    model_id: str
+    level: Level
+    override: Level | None
+    seq: int
+    open_incidents: int
+    known_from: list[ModelSource]
+
+
+class ModelList(msgspec.Struct):
+    """Every model with any state, by id."""
+
+    models: list[ModelSummary]
+
+
+class ModelDetail(msgspec.Struct, kw_only=True):
+    """One model: its escalation state, the last control message, its versions and open incidents."""
+
+    model_id: str
+    level: Level
+    override: Level | None
+    seq: int
+    known_from: list[ModelSource]
+    control: ControlMessage | None
+    versions: dict[str, float]
+    open_incidents: list[IncidentView]
+
+
+class Health(msgspec.Struct):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    """Whether Kafka and Redis answer (503 while either does not)."""
+
+    ready: bool
+    kafka: bool
+    redis: bool
+    redis_writes_failing: bool
+    detail: dict[str, str]
+
+
+_SCHEMAS = (
+    ErrorBody, IncidentView, IncidentList, ActionBody, EscalateBody, CommandReply, CommandQueued,
+    ModelSummary, ModelList, ModelDetail, Health, Readiness,
+)
+_REF = "#/components/schemas/{name}"
+INCIDENT_ACTIONS = ("acknowledge", "mitigate", "resolve")
+MODEL_ACTIONS = ("escalate", "release")
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meaning = {
+        400: "A bad query or body: the error says which parameter or field, and what is allowed.",
+        401: "No bearer token.",
+        403: "A wrong token, or mutations are disabled (no token is configured).",
+        404: "No such incident or model.",
+        409: "The incident cannot make this transition (e.g. it is resolved already).",
+    }
+    return {str(code): _json("ErrorBody", meaning[code]) for code in codes}
+
+
+def _path_parameter(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "minLength": 1}}
+
+
+def _query_parameters() -> list[dict[str, Any]]:
+    """The query parameters of GET /incidents, from the schema of IncidentQuery."""
+    _, components = msgspec.json.schema_components([IncidentQuery], ref_template=_REF)
+    properties = components["IncidentQuery"]["properties"]
+    meaning = {
+        "status": "Only incidents with this status (`all`: any).",
+        "model": "Only incidents of this model.",
+        "limit": f"At most this many incidents (1 to {LIMIT_MAX}), newest first, after the filters.",
+    }
+    parameters = []
+    for name, prop in properties.items():
+        prop = dict(prop)
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:  # `str | None`: the parameter is a string, and absent means None
+            prop.update(branches[0])
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+        parameters.append({"name": name, "in": "query", "required": False,
+                           "description": meaning[name], "schema": prop})
+    return parameters
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route the worker serves."""
+    _, components = msgspec.json.schema_components(_SCHEMAS, ref_template=_REF)
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    incident_id = _path_parameter("incident_id", "An incident id, e.g. INC-20260101-0a1b2c3d.")
+    model_id = _path_parameter("model_id", "A model id.")
+    paths: dict[str, Any] = {
+        "/incidents": {"get": {
+            "operationId": "listIncidents", "tags": ["incidents"], "security": [],
+            "summary": "List incidents, newest first, filtered by status and model before the limit.",
+            "parameters": _query_parameters(),
+            "responses": {"200": _json("IncidentList", "The matching incidents."), **_errors(400)},
+        }},
+        "/incidents/{incident_id}": {"get": {
+            "operationId": "getIncident", "tags": ["incidents"], "security": [],
+            "summary": "One incident, open or not, with its observation, actions and timeline.",
+            "parameters": [incident_id],
+            "responses": {"200": _json("IncidentView", "The incident."), **_errors(400, 404)},
+        }},
+        "/models": {"get": {
+            "operationId": "listModels", "tags": ["models"], "security": [],
+            "summary": "Every model with any state (predictions, access or registry events, incidents, control).",
+            "responses": {"200": _json("ModelList", "The models."), **_errors(400)},
+        }},
+        "/models/{model_id}": {"get": {
+            "operationId": "getModel", "tags": ["models"], "security": [],
+            "summary": "One model: level, override, last control message, versions and open incidents.",
+            "parameters": [model_id],
+            "responses": {"200": _json("ModelDetail", "The model."), **_errors(400, 404)},
+        }},
+    }
+    applied = {
+        "200": _json("CommandReply", "The evaluator applied the command."),
+        "202": _json("CommandQueued", "Queued; the evaluator has not applied it within 5 s."),
+    }
+    for action in INCIDENT_ACTIONS:
+        paths[f"/incidents/{{incident_id}}/{action}"] = {"post": {
+            "operationId": f"{action}Incident", "tags": ["incidents"], "security": secured,
+            "summary": f"{action.capitalize()} an incident (audited under `by`, with `why`).",
+            "parameters": [incident_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(name="ActionBody")}}}},
+            "responses": {**applied, **_errors(400, 401, 403, 404),
+                          "409": _json("CommandReply", "The incident cannot make this transition; `error` says why.")},
+        }}
+    for action, body, summary in (
+        ("escalate", "EscalateBody", "Set a manual override level; the model's level is the maximum of it and its open incidents'."),
+        ("release", "ActionBody", "Remove the manual override; a level its open incidents ask for stays."),
+    ):
+        paths[f"/models/{{model_id}}/{action}"] = {"post": {
+            "operationId": f"{action}Model", "tags": ["models"], "security": secured, "summary": summary,
+            "parameters": [model_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(name=body)}}}},
+            "responses": {**applied, **_errors(400, 401, 403, 404)},
+        }}
+    paths["/healthz"] = {"get": {
+        "operationId": "healthz", "tags": ["health"], "security": [], "summary": "Liveness: the process answers.",
+        "responses": {"200": _json("Health", "Alive.")},
+    }}
+    paths["/readyz"] = {"get": {
+        "operationId": "readyz", "tags": ["health"], "security": [],
+        "summary": "Readiness: Kafka and Redis answer, and writes to Redis succeed.",
+        "responses": {"200": _json("Readiness", "Ready."), "503": _json("Readiness", "Not ready; `detail` says why.")},
+    }}
+    paths["/metrics"] = {"get": {
+        "operationId": "metrics", "tags": ["health"], "security": [], "summary": "Prometheus metrics (text format).",
+        "responses": {"200": {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }}
+    paths["/openapi.json"] = {"get": {
+        "operationId": "openapi", "tags": ["health"], "security": [], "summary": "This document.",
+        "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "AI incident-response monitor",
+            "version": _version(),
+            "description": "Read incidents and models; acknowledge, mitigate and resolve incidents; "
+                           "escalate and release models. Reads are open; mutations need the bearer token. "
+                           "Every error is JSON: {\"error\": \"...\"}.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "The worker's MONITOR_API_TOKEN."}},
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("aimon")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
