@@ -105,7 +105,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     from monitor.rules.loader import check_command
 
-    code, text = check_command(Path(args.path))
+    # No PATH: the rules `monitor run` would load (MONITOR_RULES_PATH, else the packaged default).
+    code, text = check_command(Path(args.path) if args.path else _settings(args).rules_path)
     print(text, file=sys.stdout if code == 0 else sys.stderr)
     return code
 
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules = sub.add_parser("rules", help="detection rules")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rules file or directory")
-    check.add_argument("path", nargs="?", default="rules")
+    check.add_argument("path", nargs="?", help="default: MONITOR_RULES_PATH, else the packaged rules")
     check.set_defaults(func=cmd_rules_check)
 
     def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
