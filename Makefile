@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit integration typecheck services-up services-down clean
+.PHONY: deps demo test unit integration typecheck services-up services-down clean
 
-$(BIN)/monitor: pyproject.toml
+# What the machine lacks (redis-server, Java, Maven, promtool, Alertmanager, Python's venv): installed
+# with apt-get as root, else the exact command is printed and make stops. Quiet when nothing is missing.
+deps:
+	@PYTHON=$(PYTHON) scripts/install-deps
+
+# Order-only: deps runs first, but does not make the venv out of date.
+$(BIN)/monitor: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
-demo: $(BIN)/monitor            ## local Kafka + Redis, a worker, live synthetic traffic
+demo: deps $(BIN)/monitor       ## local Kafka + Redis, a worker, live synthetic traffic
 	$(BIN)/monitor demo
 
-test: $(BIN)/monitor services-up typecheck   ## the whole suite, on the real services
+test: deps $(BIN)/monitor services-up typecheck   ## the whole suite, on the real services
 	$(BIN)/python -m pytest
 
 unit: $(BIN)/monitor            ## fast tests of the pure core, no services

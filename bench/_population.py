@@ -60,7 +60,7 @@ from monitor.store.windows import MINUTES_KEPT
 DAY_S = 86_400
 FROZEN_AT = "_frozen_at"  # monitor.evaluator.FROZEN_AT (not imported: the evaluator is being changed)
 
-# 20 group values in total over the attributes rules/default.yaml declares under `fairness:`
+# 20 group values in total over the attributes monitor/rules/default.yaml declares under `fairness:`
 # (protected: sex, age_band; proxy: zip3). Every prediction carries all three attributes.
 GROUPS: dict[str, tuple[str, ...]] = {
     "sex": ("F", "M"),
@@ -312,7 +312,7 @@ def plan_models(
     n: int, now: int, *, history_hours: int, per_minute: int = Traffic.per_minute, canary_hours: int = 48
 ) -> list[ModelPlan]:
     """N models; model 0 is `credit-scoring` (the only one with a published minimum accuracy in
-    rules/default.yaml); every odd model runs version 2 as a 50/50 canary for the last 48 h."""
+    monitor/rules/default.yaml); every odd model runs version 2 as a 50/50 canary for the last 48 h."""
     plans = []
     hour0 = now - now % HOUR_S
     versions: tuple[VersionPlan, ...]

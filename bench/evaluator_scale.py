@@ -10,10 +10,10 @@ every other model also runs version 2 as a 50/50 canary for the last 48 h (so N 
 versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values (sex 2,
 age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram; two
 output flags; users HLLs; per version 60 minute buckets and 360 hour buckets (15 days: what the hour
-TTL keeps, more than the current hour + 335 closed hours the evaluator reads for rules/default.yaml). Model 0 is `credit-scoring` (the one model with
-a published minimum accuracy in rules/default.yaml).
+TTL keeps, more than the current hour + 335 closed hours the evaluator reads for monitor/rules/default.yaml). Model 0 is `credit-scoring` (the one model with
+a published minimum accuracy in monitor/rules/default.yaml).
 
-Ticks. A real `Evaluator` (rules/default.yaml, an in-memory publisher, a temporary evidence dir) ticks
+Ticks. A real `Evaluator` (monitor/rules/default.yaml, an in-memory publisher, a temporary evidence dir) ticks
 with an injected event clock stepping 1 s per tick, as in production, and an injected monotonic clock
 for the `WindowReader`'s closed-hour cache (refreshed every 60 s):
   cold     the first tick: empty cache, every closed hour read (335 per version)
@@ -91,7 +91,7 @@ from monitor.evaluator import Evaluator, TickReport  # noqa: E402
 from monitor.events import ControlMessage, IncidentEvent  # noqa: E402
 from monitor.incidents.commands import CommandQueue  # noqa: E402
 from monitor.incidents.store import IncidentStore  # noqa: E402
-from monitor.rules.loader import load_rules  # noqa: E402
+from monitor.rules.loader import default_rules_path, load_rules  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402
 from monitor.store.windows import VersionWindows, WindowReader  # noqa: E402
@@ -287,7 +287,7 @@ class Row:
 
 
 def closed_hours_read(reader: WindowReader) -> int:
-    """How many closed hours a cold or refresh tick reads per version (336 in rules/default.yaml)."""
+    """How many closed hours a cold or refresh tick reads per version (336 in monitor/rules/default.yaml)."""
     return int(getattr(reader, "closed_hours", getattr(windows_module, "CLOSED_HOURS", 14 * 24)))
 
 
@@ -339,7 +339,7 @@ async def timed(evaluator: Evaluator, phases: Phases, admin: Redis, guard_s: flo
 
 def make_evaluator(redis: Redis, keys: Keys, clock: Clock, mono: Clock, evidence: Path) -> tuple[Evaluator, MemoryPublisher]:
     """An Evaluator as the daemon builds one, with injected clocks and an in-memory publisher."""
-    rules = load_rules(ROOT / "rules" / "default.yaml")
+    rules = load_rules(default_rules_path())
     publisher = MemoryPublisher()
     reader = WindowReader(redis, keys, clock=mono)  # closed_refresh_s stays at its default, 60 s
     evaluator = Evaluator(redis, keys, rules, publisher, clock=clock, reader=reader, evidence_dir=evidence)
@@ -606,7 +606,7 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         big = max(measured, key=lambda r: r.models)
         assert big.refresh is not None
         per_hour_ms = (big.refresh.wall_ms - statistics.median(big.warm_ms)) / (big.pairs * big.closed_hours)
-    print("\nEvaluator tick, rules/default.yaml, 20 groups per model, wall ms per tick "
+    print("\nEvaluator tick, monitor/rules/default.yaml, 20 groups per model, wall ms per tick "
           "(~ = estimated, see notes)")
     head = (f"{'models':>6} {'versions':>8} {'keys':>10} {'cold':>9} {'warm med':>9} {'warm max':>9} "
             f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} {'redis ms':>8} {'cache MB':>8} {'rss MB':>7}")

@@ -68,7 +68,7 @@ from monitor.audit import AuditLog  # noqa: E402
 from monitor.evaluator import Evaluator  # noqa: E402
 from monitor.events import AccessEvent, LabelEvent, PredictionEvent, RegistryEvent  # noqa: E402
 from monitor.incidents.commands import CommandQueue, new_command  # noqa: E402
-from monitor.rules.loader import load_rules  # noqa: E402
+from monitor.rules.loader import default_rules_path, load_rules  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402
 from monitor.store.redis import RedisStore  # noqa: E402
@@ -252,7 +252,7 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
     """One model's last `hours` hours through RedisStore.apply / apply_labels / apply_access /
     apply_registry, then one evaluator tick that opens incidents."""
     started = time.perf_counter()
-    rules = load_rules(ROOT / "rules" / "default.yaml")
+    rules = load_rules(default_rules_path())
     store = RedisStore(redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s)
     store.configure_access(rules)
     traffic = Traffic()

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pydantic import ValidationError
@@ -24,6 +24,9 @@ from monitor import cli_output as out
 from monitor.client import ApiClient
 from monitor.exceptions import MonitorError
 from monitor.settings import Settings
+
+if TYPE_CHECKING:
+    from monitor.service_config import ServiceConfig
 
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 # Loggers of the libraries underneath: chatty at INFO, and their warnings (a retried connection, a
@@ -171,16 +174,25 @@ async def _check_redis(url: str) -> None:
 
 @cli.group("services", short_help="The local Kafka broker and Redis for development.")
 def services_group() -> None:
-    """The local Kafka broker and Redis for development (ports from MONITOR_KAFKA_PORT, MONITOR_REDIS_PORT)."""
+    """The local Kafka broker and Redis for development, on the addresses of MONITOR_KAFKA_BOOTSTRAP and
+    MONITOR_REDIS_URL (or --kafka-bootstrap / --redis-url)."""
+
+
+def _service_config(g: Globals) -> ServiceConfig:
+    """Where the local services listen: the addresses the worker dials (flags, else env)."""
+    from monitor.service_config import ServiceConfig
+
+    return ServiceConfig.from_settings(g.settings())
 
 
 @services_group.command("up")
 @json_option
-def services_up(as_json: bool) -> int:
+@pass_globals
+def services_up(g: Globals, as_json: bool) -> int:
     """Start Kafka and Redis (or use the ones already running); wait until both answer."""
     from monitor import services
 
-    status = services.up()
+    status = services.up(_service_config(g))
     if as_json:
         out.print_json({"kafka": status.kafka_bootstrap, "kafka_external": status.kafka_external,
                         "redis": status.redis_url, "redis_external": status.redis_external,
@@ -193,22 +205,24 @@ def services_up(as_json: bool) -> int:
 
 
 @services_group.command("down")
-def services_down() -> int:
+@pass_globals
+def services_down(g: Globals) -> int:
     """Stop the Kafka and Redis started from here."""
     from monitor import services
 
-    services.down()
+    services.down(_service_config(g))
     click.echo("stopped")
     return 0
 
 
 @services_group.command("status")
 @json_option
-def services_status(as_json: bool) -> int:
+@pass_globals
+def services_status(g: Globals, as_json: bool) -> int:
     """Whether Kafka and Redis run, with pid and address."""
     from monitor import services
 
-    states = services.status()
+    states = services.status(_service_config(g))
     if as_json:
         out.print_json(states)
     else:
@@ -233,12 +247,15 @@ def rules_group() -> None:
 
 
 @rules_group.command("check")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("rules"))
-def rules_check(path: Path) -> int:
-    """Validate a rules file or folder (default ./rules); exit 1 with file:line: field: problem when wrong."""
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@pass_globals
+def rules_check(g: Globals, path: Path | None) -> int:
+    """Validate a rules file or folder (default: MONITOR_RULES_PATH, else the packaged rules); exit 1
+    with file:line: field: problem when wrong."""
     from monitor.rules.loader import check_command
 
-    code, text = check_command(path)
+    # No PATH: the rules `monitor run` would load (MONITOR_RULES_PATH, else the packaged default).
+    code, text = check_command(path if path is not None else g.settings().rules_path)
     click.echo(text, err=code != 0)
     return code
 

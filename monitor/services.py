@@ -1,4 +1,9 @@
-"""Start, stop and inspect the local Kafka broker and Redis server that development and tests use."""
+"""Start, stop and inspect the local Kafka broker and Redis server that development and tests use.
+
+One address per service: the local services listen where the worker dials, i.e. on the ports of
+`MONITOR_KAFKA_BOOTSTRAP` and `MONITOR_REDIS_URL` (the Settings). A local start needs a loopback
+address there; a remote address is used if it answers and is never started here.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from monitor.exceptions import ServicesError
+from monitor.service_config import ServiceConfig
 
-__all__ = ["ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka", "status", "up"]
+__all__ = [
+    "REDIS_PERSISTENCE", "ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka",
+    "kafka_cluster_id", "status", "up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +40,23 @@ _STOP_TIMEOUT_S = 20.0
 # the service is then no child of ours, so that nothing of ours has to reap it (a zombie still
 # "exists" for kill(pid, 0)) and no Popen object warns that it is "still running".
 _LAUNCH = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
+# The local Redis keeps its data across restarts like the one of docker-compose.yml: an append-only
+# file in its state dir, fsynced once a second (at most a second of writes lost on a crash); no RDB
+# snapshots besides, the AOF is the one copy.
+REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
+# Kafka's reserved ids (Uuid.ZERO_UUID and Uuid.METADATA_TOPIC_ID), which Uuid.randomUuid() never returns.
+_RESERVED_IDS = frozenset({uuid.UUID(int=0), uuid.UUID(int=1)})
 
 
-def _env_port(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    if not value:
-        return default
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ServicesError(f"{name} must be a port number from 1 to 65535, not {value!r}")
-    return int(value)
+def kafka_cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster id by Kafka's own rule (Uuid.randomUuid): 22 characters of URL-safe base64
+    of a random UUID, drawn again while it is reserved or starts with "-" (which the storage tool
+    would parse as an option: "argument --cluster-id/-t: expected one argument")."""
+    while True:
+        drawn = random_uuid()
+        text = base64.urlsafe_b64encode(drawn.bytes).decode().rstrip("=")
+        if drawn not in _RESERVED_IDS and not text.startswith("-"):
+            return text
 
 
 def _require(tool: str, install: str) -> str:
@@ -48,53 +64,6 @@ def _require(tool: str, install: str) -> str:
     if path is None:
         raise ServicesError(f"{tool} not found: install {install}")
     return path
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """Where the local services keep their files and which ports they listen on."""
-
-    cache_dir: Path
-    state_dir: Path
-    kafka_port: int = 19092
-    kafka_controller_port: int = 19093
-    redis_port: int = 16379
-    kafka_version: str = "4.4.0"
-    kafka_heap: str = "512m"
-
-    @classmethod
-    def from_env(cls) -> ServiceConfig:
-        """The config from `MONITOR_CACHE_DIR`, `MONITOR_STATE_DIR`, `MONITOR_*_PORT`, else defaults."""
-        cache = os.environ.get("MONITOR_CACHE_DIR") or "~/.cache/aimon"
-        state = os.environ.get("MONITOR_STATE_DIR") or "~/.local/state/aimon"
-        return cls(
-            # Absolute, because the services run with their own working directories.
-            cache_dir=Path(cache).expanduser().absolute(),
-            state_dir=Path(state).expanduser().absolute(),
-            kafka_port=_env_port("MONITOR_KAFKA_PORT", 19092),
-            kafka_controller_port=_env_port("MONITOR_KAFKA_CONTROLLER_PORT", 19093),
-            redis_port=_env_port("MONITOR_REDIS_PORT", 16379),
-        )
-
-    @property
-    def kafka_bootstrap(self) -> str:
-        """Bootstrap address of the local broker."""
-        return f"127.0.0.1:{self.kafka_port}"
-
-    @property
-    def redis_url(self) -> str:
-        """URL of the local Redis server."""
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    @property
-    def kafka_dir(self) -> Path:
-        """The broker's data dir, rendered configs, pid file and log."""
-        return self.state_dir.absolute() / "kafka"
-
-    @property
-    def redis_dir(self) -> Path:
-        """The Redis server's working dir, pid file and log."""
-        return self.state_dir.absolute() / "redis"
 
 
 @dataclass(frozen=True)
@@ -162,7 +131,7 @@ class _Service:
     pidfile: Path
     marker: str  # in the command line of every process of this kind, to tell a recycled pid
     port: int
-    port_env: str
+    address_env: str
     answers: Callable[[], bool]
     logfile: Path
 
@@ -171,9 +140,9 @@ def _services(config: ServiceConfig) -> tuple[_Service, _Service]:
     kdir, rdir = config.kafka_dir, config.redis_dir
     # Redis rewrites its process title, so its own name is all of its command line that is left.
     return (
-        _Service("Kafka", kdir / "kafka.pid", "kafka.Kafka", config.kafka_port, "MONITOR_KAFKA_PORT",
+        _Service("Kafka", kdir / "kafka.pid", "kafka.Kafka", config.kafka_port, "MONITOR_KAFKA_BOOTSTRAP",
                  lambda: _kafka_answers(config.kafka_bootstrap), kdir / "kafka.log"),
-        _Service("Redis", rdir / "redis.pid", "redis-server", config.redis_port, "MONITOR_REDIS_PORT",
+        _Service("Redis", rdir / "redis.pid", "redis-server", config.redis_port, "MONITOR_REDIS_URL",
                  lambda: _redis_answers(config.redis_url), rdir / "redis.log"),
     )
 
@@ -269,8 +238,9 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
     log4j.write_text(_template("log4j2.properties"), encoding="utf-8")
     jvm = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]
     if not (kdir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes)[:22].decode()
-        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        # `--cluster-id=ID`, one argument, besides an id that never starts with "-".
+        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={kafka_cluster_id()}",
+                              "-c", str(props)],
                              capture_output=True, text=True, check=False)
         if fmt.returncode != 0:
             raise ServicesError(f"formatting the Kafka storage in {kdir / 'data'} failed:\n"
@@ -285,9 +255,8 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
 def _start_redis(config: ServiceConfig, server: str) -> int:
     rdir = config.redis_dir
     rdir.mkdir(parents=True, exist_ok=True)
-    # No persistence: Redis is a dev/test cache here; what is in Kafka is the state of record.
     cmd = [server, "--bind", "127.0.0.1", "--port", str(config.redis_port), "--dir", str(rdir),
-           "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(rdir / "redis.log")]
+           *REDIS_PERSISTENCE, "--daemonize", "no", "--logfile", str(rdir / "redis.log")]
     return _spawn(cmd, rdir, rdir / "redis.log", rdir / "redis.pid")
 
 
@@ -313,26 +282,22 @@ def _plan(svc: _Service) -> str:
         return "start"
     if not svc.answers():
         raise ServicesError(f"port {svc.port} is taken by a process that does not answer as {svc.name}; "
-                            f"stop it or set {svc.port_env} to a free port")
+                            f"stop it or point {svc.address_env} at a free port")
     log.warning("%s on port %d was not started from %s; using it as it is",
                 svc.name, svc.port, svc.pidfile.parent)
     return "foreign"
 
 
-def _external(env: str, own: str, answers: Callable[[str, float], bool]) -> str | None:
-    """The address in `env` if it names a running server that is not our own one, else None."""
-    value = os.environ.get(env, "")
-    try:
-        where = urlsplit(value if "://" in value else f"//{value}")
-        if not value or (where.hostname in ("127.0.0.1", "localhost") and own.endswith(f":{where.port}")):
-            return None  # our own address: up() treats what runs there as ours, not as external
-    except ValueError:  # e.g. a list of brokers: not ours
-        pass
+def _remote(env: str, value: str | None, answers: Callable[[str, float], bool]) -> bool:
+    """Whether the service is the remote one at `value` (which answers); refuses one that does not."""
+    if value is None:
+        return False
     if answers(value, 5.0):
         log.info("using the running service at %s=%s", env, value)
-        return value
-    log.warning("%s=%s does not answer; starting a local one instead", env, value)
-    return None
+        return True
+    # Never a local one elsewhere instead: the worker would dial `value` all the same.
+    raise ServicesError(f"{env}={value} does not answer, and a local service starts only at a loopback "
+                        f"address (127.0.0.1:PORT); start that service or point {env} at 127.0.0.1")
 
 
 def _wait(waiting: list[_Service], timeout_s: float) -> None:
@@ -368,10 +333,9 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
         raise RuntimeError("services.up() is synchronous: in async code, use asyncio.to_thread(up)")
     config = config or ServiceConfig.from_env()
     kafka, redis_ = _services(config)
-    env_kafka = _external("MONITOR_KAFKA_BOOTSTRAP", config.kafka_bootstrap, _kafka_answers)
-    env_redis = _external("MONITOR_REDIS_URL", f"127.0.0.1:{config.redis_port}", _redis_answers)
-    kafka_plan = "external" if env_kafka else _plan(kafka)
-    redis_plan = "external" if env_redis else _plan(redis_)
+    kafka_plan = "external" if _remote("MONITOR_KAFKA_BOOTSTRAP", config.kafka_remote, _kafka_answers) \
+        else _plan(kafka)
+    redis_plan = "external" if _remote("MONITOR_REDIS_URL", config.redis_remote, _redis_answers) else _plan(redis_)
     # Everything that can fail fast is checked before anything is started.
     starts: list[Callable[[], int]] = []
     if redis_plan == "start":
@@ -399,8 +363,8 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
             _read_pid(svc)
         raise
     return ServiceStatus(
-        kafka_bootstrap=env_kafka or config.kafka_bootstrap,
-        redis_url=env_redis or config.redis_url,
+        kafka_bootstrap=config.kafka_remote or config.kafka_bootstrap,
+        redis_url=config.redis_remote or config.redis_url,
         kafka_external=kafka_plan in ("external", "foreign"),
         redis_external=redis_plan in ("external", "foreign"),
         startup_s=time.monotonic() - started_at,
@@ -429,7 +393,11 @@ def status(config: ServiceConfig | None = None) -> dict[str, str]:
     """Whether "kafka" and "redis" run, with pid and address; drops stale pid files on the way."""
     config = config or ServiceConfig.from_env()
     result: dict[str, str] = {}
-    for svc, address in zip(_services(config), (config.kafka_bootstrap, config.redis_url)):
+    remotes = (config.kafka_remote, config.redis_remote)
+    for svc, address, remote in zip(_services(config), (config.kafka_bootstrap, config.redis_url), remotes):
+        if remote is not None:
+            result[svc.name.lower()] = f"remote at {remote} (not started here)"
+            continue
         pid = _read_pid(svc)
         held = f"stopped (port {svc.port} is held by a process not started from here)"
         result[svc.name.lower()] = (f"running pid {pid} at {address}" if pid is not None

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
 
-    rules_path: Path = Path("rules")
+    rules_path: Path | None = Field(
+        None, description="Rules file or directory; unset, the default rules packaged with the monitor."
+    )
     evidence_dir: Path = Path("evidence")
     eval_interval_s: float = Field(1.0, gt=0)
     api_token: SecretStr | None = None
@@ -88,6 +90,12 @@ class Settings(BaseSettings):
         if not given:
             return self
         return type(self).model_validate({**self.model_dump(), **given})
+
+    @field_validator("rules_path", mode="before")
+    @classmethod
+    def _rules_path_unset(cls, value: object) -> object:
+        # `MONITOR_RULES_PATH=` (empty) means unset, not the working directory (Path("") is ".").
+        return None if value == "" else value
 
     @field_validator("redis_url")
     @classmethod

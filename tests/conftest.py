@@ -25,11 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[tuple[str, str]]:
-    """Kafka bootstrap and Redis URL of the real local services (started if not running)."""
+    """Kafka bootstrap and Redis URL of the real services (local ones started if not running).
+
+    One address per service: `MONITOR_KAFKA_BOOTSTRAP` and `MONITOR_REDIS_URL`, the addresses a
+    worker started in this environment dials; the local services listen there.
+    """
     from monitor import services as local
 
-    status = local.up()
-    yield status.kafka_bootstrap, status.redis_url
+    settings = Settings()
+    local.up(local.ServiceConfig.from_settings(settings))
+    yield settings.kafka_bootstrap, settings.redis_url
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +49,12 @@ from monitor.rules.schema import (
     rule_problems,
 )
 
-__all__ = ["Problem", "RulesFileError", "check_command", "format_duration", "load_rules", "parse_duration"]
+__all__ = [
+    "Problem", "RulesFileError", "check_command", "default_rules_path", "format_duration", "load_rules",
+    "parse_duration", "resolve_rules_path",
+]
+
+DEFAULT_RULES_FILE = "default.yaml"  # shipped in this package (package data), beside this module
 
 BUILTIN_CONFIDENCE = 0.99
 BUILTIN_HOLD_S = 15 * 60
@@ -293,6 +299,26 @@ def _parse(out: _File) -> None:
                 out.rules.append((index, rule))
 
 
+def default_rules_path() -> Path:
+    """The default rules installed with the package: what a monitor loads when no path is set."""
+    found = resources.files("monitor.rules").joinpath(DEFAULT_RULES_FILE)
+    # Installed from a wheel or a source tree the package is a directory; only a zip import is not.
+    if not isinstance(found, Path) or not found.is_file():
+        raise ConfigError(f"the packaged default rules ({found}) are missing from this installation; "
+                          "reinstall the monitor or set MONITOR_RULES_PATH to a rules file or directory")
+    return found
+
+
+def resolve_rules_path(path: Path | None) -> Path:
+    """The rules path a load reads: `path` if one is set, else the packaged default rules."""
+    return default_rules_path() if path is None else path
+
+
+# Where a path that does not exist came from, and how to do without one.
+_MOVE_HINT = ("set MONITOR_RULES_PATH (or the PATH of `monitor rules check`) to a rules file or directory, "
+              "or leave it unset for the packaged default rules")
+
+
 def _files(path: Path) -> list[Path]:
     """The files a load reads: `path` itself, or every *.yaml / *.yml in it (not dot-files), sorted."""
     if path.is_dir():
@@ -301,11 +327,12 @@ def _files(path: Path) -> list[Path]:
             if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
         )
         if not found:
-            raise ConfigError(f"{path}: no *.yaml or *.yml rules files in this directory")
+            raise ConfigError(f"{path.absolute()}: no *.yaml or *.yml rules files in this directory; {_MOVE_HINT}")
         return found
     if path.is_file():
         return [path]
-    raise ConfigError(f"{path}: no such rules file or directory")
+    # Absolute: a relative path is read from the working directory, which the operator may not know.
+    raise ConfigError(f"{path.absolute()}: no such rules file or directory; {_MOVE_HINT}")
 
 
 @dataclass
@@ -443,9 +470,10 @@ def _first(*values: T | None) -> T:
     return next(value for value in values if value is not None)
 
 
-def load_rules(path: Path) -> RuleSet:
-    """Load a rules file, or every *.yaml / *.yml of a directory (sorted); raises ConfigError."""
-    files = [_read(p) for p in _files(path)]
+def load_rules(path: Path | None = None) -> RuleSet:
+    """Load a rules file, or every *.yaml / *.yml of a directory (sorted), or with no path the
+    packaged default rules; raises ConfigError."""
+    files = [_read(p) for p in _files(resolve_rules_path(path))]
     for f in files:
         _parse(f)
     merged = _merge(files)
@@ -465,8 +493,9 @@ def load_rules(path: Path) -> RuleSet:
     )
 
 
-def check_command(path: Path) -> tuple[int, str]:
-    """`monitor rules check PATH`: (0, a summary of what loads) or (1, every problem, one per line)."""
+def check_command(path: Path | None = None) -> tuple[int, str]:
+    """`monitor rules check [PATH]`: (0, a summary of what loads) or (1, every problem, one per line);
+    with no PATH, the packaged default rules."""
     try:
         ruleset = load_rules(path)
     except ConfigError as exc:

@@ -128,7 +128,7 @@ class Step(BaseModel):
 
 
 class Rule(BaseModel):
-    """One resolved detection rule; rules/default.yaml and DESIGN.md "Rules" explain each field."""
+    """One resolved detection rule; monitor/rules/default.yaml and DESIGN.md "Rules" explain each field."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -17,13 +17,13 @@ from redis.asyncio import Redis
 
 from monitor.evaluator import Evaluator
 from monitor.publisher import KafkaPublisher
-from monitor.rules.loader import load_rules
+from monitor.rules.loader import default_rules_path, load_rules
 from monitor.rules.schema import RuleSet
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
 from monitor.store.windows import WindowReader
 from monitor.topics import ensure_topics
-from tests.conftest import ROOT, unique_settings
+from tests.conftest import unique_settings
 
 HOUR, DAY = 3600, 86_400
 
@@ -98,7 +98,7 @@ async def open_world(services: tuple[str, str], evidence: Path, kind: type[W]) -
         tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        rules = load_rules(ROOT / "rules" / "default.yaml")
+        rules = load_rules(default_rules_path())
         redis = Redis.from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
         yield kind(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules, evidence)

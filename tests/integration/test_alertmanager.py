@@ -149,7 +149,7 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
     from monitor.evaluator import Evaluator
     from monitor.events import PredictionEvent
     from monitor.publisher import KafkaPublisher
-    from monitor.rules.loader import load_rules
+    from monitor.rules.loader import default_rules_path, load_rules
     from monitor.store.keys import Keys
     from monitor.store.redis import RedisStore
     from monitor.store.windows import WindowReader
@@ -186,7 +186,7 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
         await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
         deliverer = Deliverer(alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"])
         clock = [now]
-        ev = Evaluator(redis, keys, load_rules(Path(__file__).resolve().parents[2] / "rules" / "default.yaml"),
+        ev = Evaluator(redis, keys, load_rules(default_rules_path()),
                        publisher, clock=lambda: clock[0], reader=WindowReader(redis, keys, closed_refresh_s=0),
                        evidence_dir=tmp_path, deliverer=deliverer, renotify_s=3600)
         report = await ev.tick()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -11,10 +10,10 @@ from monitor import stats
 from monitor.aggregates.batch import group_field
 from monitor.rules.bias import evaluate_bias
 from monitor.rules.fairness import Fairness, ProtectedAttribute, ProxyAttribute
-from monitor.rules.loader import load_rules
+from monitor.rules.loader import default_rules_path, load_rules
 from monitor.store.windows import VersionWindows
 
-RULES = load_rules(Path(__file__).resolve().parents[2] / "rules" / "default.yaml")
+RULES = load_rules(default_rules_path())
 FAIRNESS = Fairness(protected={"sex": ProtectedAttribute(reference="M")}, proxies={"zip3": ProxyAttribute(proxy_for="race")})
 
 

@@ -33,7 +33,7 @@ NOW = 1_760_000_000.0 + 30  # half a minute into a minute
 
 @pytest.fixture(scope="module")
 def rules() -> RuleSet:
-    return load_rules(ROOT / "rules" / "default.yaml")
+    return load_rules(ROOT / "monitor" / "rules" / "default.yaml")
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:

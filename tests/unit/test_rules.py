@@ -32,7 +32,7 @@ from monitor.rules import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT = ROOT / "rules" / "default.yaml"
+DEFAULT = ROOT / "monitor" / "rules" / "default.yaml"
 FIXTURES = Path(__file__).resolve().parent / "rules_fixtures"
 PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<path>.+?): (?P<message>.+)$")
 

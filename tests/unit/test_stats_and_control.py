@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,10 +14,10 @@ from monitor.aggregates.batch import group_field
 from monitor.control import LEVELS, Cause, build_message, target_level
 from monitor.incidents.model import open_incident, refire, settle
 from monitor.rules.evaluate import evaluate, evaluate_silence
-from monitor.rules.loader import load_rules
+from monitor.rules.loader import default_rules_path, load_rules
 from monitor.store.windows import VersionWindows
 
-RULES = load_rules(Path(__file__).resolve().parents[2] / "rules" / "default.yaml")
+RULES = load_rules(default_rules_path())
 
 
 def windows(minutes: Counter[str] | None = None, hours: Counter[str] | None = None, reference: Counter[str] | None = None) -> VersionWindows:

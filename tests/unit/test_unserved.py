@@ -47,7 +47,7 @@ def windows(users: int, unserved_users: int) -> VersionWindows:
 
 
 def rule() -> Rule:
-    return load_rules(ROOT / "rules" / "default.yaml").by_id("unserved-users")
+    return load_rules(ROOT / "monitor" / "rules" / "default.yaml").by_id("unserved-users")
 
 
 def simulate(repeat_users: int, error_rate: float, never_served: int, seed: int = 8) -> tuple[int, int]:
