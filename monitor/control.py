@@ -1,4 +1,4 @@
-"""Escalation levels and the control messages gateways act on (DESIGN.md, "ControlMessage")."""
+"""Escalation levels and the control messages gateways act on (docs/events.md, "ControlMessage")."""
 
 from __future__ import annotations
 

@@ -363,7 +363,7 @@ class Evaluator:
         await self._escalate(model, live, state, now, report)
 
     async def _record_evidence(self, incident: Incident, rule: Rule, model: ModelView, finding: Finding) -> None:
-        """The evidence every incident keeps (DESIGN.md): window aggregates, the rule and the rules
+        """The evidence every incident keeps (docs/incidents.md): window aggregates, the rule and the rules
         file hash, model version and checksum, the newest raw events, Kafka offsets at detection."""
         model_id = incident.model_id
         async with self.redis.pipeline(transaction=False) as pipe:

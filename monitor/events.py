@@ -1,4 +1,4 @@
-"""Wire schemas (DESIGN.md, "Topics") and the decoder that splits a message value into events and rejects.
+"""Wire schemas (docs/events.md) and the decoder that splits a message value into events and rejects.
 
 A message value is one JSON object or a JSON array of them. Decoding tries the whole value at once
 (the fast path, one msgspec call); only when that fails does it look at the elements one by one, so a

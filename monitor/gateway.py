@@ -1,4 +1,4 @@
-"""The gateway client (DESIGN.md, "Gateway client"): the latest control message per model, a route per request.
+"""The gateway client (docs/gateways.md): the latest control message per model, a route per request.
 
 A routing gateway in front of a model keeps one `GatewayClient`. It reads the compacted `control`
 topic from the beginning without a consumer group, so every gateway sees every model and a restarted

@@ -1,6 +1,6 @@
 """The reporter a model server uses to send its predictions: many events per Kafka message.
 
-The monitor's throughput comes from batches (DESIGN.md, "Data flow"), so events are buffered and
+The monitor's throughput comes from batches (docs/architecture.md), so events are buffered and
 sent as one JSON array per message: when `max_batch` events wait, or `linger_s` after the oldest
 waiting event arrived, whichever is first. Each event is encoded when it is reported, so a value
 that cannot be encoded fails that one `report` call and never a whole batch. A full buffer makes

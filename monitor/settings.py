@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Topics(BaseSettings):
-    """Kafka topic names (DESIGN.md, "Topics"); each is `MONITOR_TOPIC_<NAME>`."""
+    """Kafka topic names (docs/settings.md, "Topics"); each is `MONITOR_TOPIC_<NAME>`."""
 
     model_config = SettingsConfigDict(env_prefix="MONITOR_TOPIC_", frozen=True, extra="forbid")
 

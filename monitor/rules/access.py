@@ -3,7 +3,7 @@
 `AccessPolicy` is what the security aggregation reads (it is `RuleSet.access_policy`); `AccessPolicySpec`
 is the section as written, and `access_problems` its cross-field checks, with paths relative to the
 section so the loader can put a file and line on each. Actions and resource types are the enums of
-DESIGN.md's AccessEvent. Principal and model patterns are fnmatch globs, matched case-sensitively:
+the AccessEvent of docs/events.md. Principal and model patterns are fnmatch globs, matched case-sensitively:
 `svc-Trainer` is not `svc-trainer`, and a policy must not depend on the platform it runs on.
 """
 

@@ -1,4 +1,4 @@
-"""Load rules files (DESIGN.md, "Rules"): YAML with line numbers, every check, merging, `rules check`.
+"""Load rules files (docs/rules.md): YAML with line numbers, every check, merging, `rules check`.
 
 A load never half-succeeds. It reads every file, collects every problem it can find, and raises one
 `RulesFileError` (a `ConfigError`) whose message holds one problem per line, sorted by file and line:

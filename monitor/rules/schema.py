@@ -1,4 +1,4 @@
-"""The rules contract (DESIGN.md, "Rules"): resolved models, the file format, and its cross-field checks.
+"""The rules contract (docs/rules.md): resolved models, the file format, and its cross-field checks.
 
 `Rule`, `Step`, `ModelFacts` and `RuleSet` are what the evaluator reads: every value resolved
 (defaults applied, durations in seconds). The `*Spec` models are a file as written, and
@@ -128,7 +128,7 @@ class Step(BaseModel):
 
 
 class Rule(BaseModel):
-    """One resolved detection rule; monitor/rules/default.yaml and DESIGN.md "Rules" explain each field."""
+    """One resolved detection rule; monitor/rules/default.yaml and docs/rules.md explain each field."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,4 +1,4 @@
-"""Every Redis key the monitor writes (DESIGN.md, "Redis layout").
+"""Every Redis key the monitor writes (docs/redis.md).
 
 All per-model keys carry the `{model_id}` hash tag, so one model's keys share a hash slot: each
 atomic step touches one slot and the layout works unchanged on Redis Cluster.

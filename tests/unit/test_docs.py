@@ -16,11 +16,13 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".j2", ".lua", ".txt", 
 
 
 def _repo_text_files() -> list[Path]:
-    skip = {".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache", "__pycache__", "evidence"}
+    # What git tracks (or would): build products and caches are not the repository's text.
+    skip = {".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache", "__pycache__", "evidence", "build"}
     return [
         path for path in ROOT.rglob("*")
-        if path.is_file() and path.suffix in TEXT_SUFFIXES and not skip.intersection(path.parts)
-        and path != Path(__file__)
+        if path.is_file() and path.suffix in TEXT_SUFFIXES and path != Path(__file__)
+        and not skip.intersection(path.relative_to(ROOT).parts)
+        and not any(part.endswith(".egg-info") for part in path.parts)
     ]
 
 
