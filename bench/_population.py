@@ -13,14 +13,23 @@ real code:
    Each template is HSET once into a scratch key under the run's prefix.
 2. *Copies.* Every bucket of every model version is a server-side `COPY` of a template (rotating
    through them, so neighbouring minutes differ) followed by `EXPIREAT` at the same expiry the ingest
-   script sets (bucket start + `minute_bucket_ttl_s` / `hour_bucket_ttl_s`). The users HyperLogLogs,
-   the recent-events list and the per-model hashes the evaluator reads (`models` set, `meta`,
+   script sets (bucket start + `minute_bucket_ttl_s` / `hour_bucket_ttl_s`). The users sets
+   (`users:seen:<version>` / `users:served:<version>`, user -> newest event time, over the users
+   keep span) are COPYs of sorted sets folded from that span's events the same way; the per-model
+   `totals` hash (per version: requests, errors, latency buckets, latency sum since the version's
+   first event) sums what `version_totals` makes of every hour since the version was first seen.
+   The recent-events list and the per-model hashes the evaluator reads (`models` set, `meta`,
    `versions`, `versions:first`, `offsets`, a superseded version's frozen `ref:<version>`) are
    written with the key names of `monitor.store.keys.Keys`.
 3. *Check.* `verify_against_ingest` feeds the same events and labels through the real
    `RedisStore.apply` / `apply_labels` under a second prefix and compares every bucket hash field by
-   field, the HLL counts and the expiry times, so a change of the ingest layout fails loudly here
-   instead of silently benchmarking the wrong data.
+   field, the users sets member by member, the totals hash and the expiry times, so a change of the
+   ingest layout fails loudly here instead of silently benchmarking the wrong data
+   (tests/integration/test_bench_population.py checks that the key kinds match too).
+
+What it leaves out, on purpose (`NOT_WRITTEN`): the label-join records of unlabelled predictions and
+the unfavourable-decisions zset. At 1,000 models they are tens of GB and ~4 GB, the evaluator's
+tick never reads them, and bench/memory.py measures them on its sample through the real ingest.
 
 The traffic is healthy by default (no rule fires); `write_breach` adds a burst to the current minute
 of a few models so that the error-rate or disparate-impact rule fires.
@@ -44,8 +53,11 @@ from monitor.aggregates.batch import (
     HOUR_S,
     LABELLED,
     MINUTE_S,
+    SEP,
     Located,
+    Share,
     canonical,
+    escape,
     fold,
     group_prefix,
     group_value,
@@ -54,7 +66,7 @@ from monitor.aggregates.batch import (
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.settings import Settings
 from monitor.store.keys import HOUR, MINUTE, Keys
-from monitor.store.redis import RedisStore
+from monitor.store.redis import USERS_KEEP_DEFAULT_S, RedisStore, version_totals
 from monitor.store.windows import MINUTES_KEPT
 
 DAY_S = 86_400
@@ -73,6 +85,12 @@ TEMPLATES = 24  # distinct buckets per kind; 24 divides 168, so every 7-day wind
 PARTITIONS = 8
 RECENT_EVENTS = 200  # RedisStore.recent_events_max
 UNFAVOURABLE_MAX = 20_000  # RedisStore.impact_sample_max
+USERS_TTL_EXTRA_S = 3600  # RedisStore: a users set expires `users_keep_s` + 1 h after its last write
+# Key kinds ingest writes that the population does not (see the module docstring), and the one it
+# writes that ingest does not (the evaluator freezes a reference when a successor version appears),
+# as key shapes (`key_shape`).
+NOT_WRITTEN = {"{model}:join:<n>": "label-join records", "{model}:unfav": "unfavourable decisions"}
+NOT_FROM_INGEST = {"{model}:ref:<n>": "frozen reference (written by the evaluator)"}
 
 
 @dataclass(frozen=True)
@@ -210,8 +228,7 @@ class Buckets:
 
     minutes: dict[tuple[str, int], Counter[str]]
     hours: dict[tuple[str, int], Counter[str]]  # rolled up from the labelled minutes
-    users: dict[tuple[str, int], set[str]]
-    failed_users: dict[tuple[str, int], set[str]]
+    share: Share  # the fold itself: users / served sets, latency sums, what `version_totals` adds
 
 
 def bucket_contents(model_id: str, events: Sequence[PredictionEvent], labels: Sequence[LabelEvent]) -> Buckets:
@@ -226,7 +243,7 @@ def bucket_contents(model_id: str, events: Sequence[PredictionEvent], labels: Se
     hours: dict[tuple[str, int], Counter[str]] = {}
     for (version, minute), counts in minutes.items():
         hours.setdefault((version, minute - minute % HOUR_S), Counter()).update(counts)
-    return Buckets(minutes, hours, share.users, share.failed_users)
+    return Buckets(minutes, hours, share)
 
 
 @dataclass
@@ -234,26 +251,39 @@ class Templates:
     """Scratch keys holding template buckets, by kind; copied into every model's buckets."""
 
     minute: dict[str, list[str]] = field(default_factory=dict)  # kind -> bucket template keys
-    users: dict[str, list[str]] = field(default_factory=dict)  # kind -> HLL template keys
-    failed_users: dict[str, list[str | None]] = field(default_factory=dict)
     hour: dict[str, list[str]] = field(default_factory=dict)
     partial_hour: dict[str, str] = field(default_factory=dict)
+    # kind -> users seen / users served sorted set over the users keep span (ending at `now`)
+    users_seen: dict[str, str] = field(default_factory=dict)
+    users_served: dict[str, str] = field(default_factory=dict)
     recent: str = ""
     counters: dict[str, list[Counter[str]]] = field(default_factory=dict)  # kind -> hour counters
+    # What `version_totals` adds for one hour, by stat (no version head): kind -> per hour template,
+    # and kind -> the current (partial) hour.
+    totals: dict[str, list[Counter[str]]] = field(default_factory=dict)
+    partial_totals: dict[str, Counter[str]] = field(default_factory=dict)
 
     def all_keys(self) -> list[str]:
         """Every scratch key (deleted at the end of the population)."""
-        keys = [k for ks in (*self.minute.values(), *self.users.values(), *self.hour.values()) for k in ks]
-        keys += [k for ks in self.failed_users.values() for k in ks if k]
-        return keys + list(self.partial_hour.values()) + ([self.recent] if self.recent else [])
+        keys = [k for ks in (*self.minute.values(), *self.hour.values()) for k in ks]
+        keys += [*self.partial_hour.values(), *self.users_seen.values(), *self.users_served.values()]
+        return keys + ([self.recent] if self.recent else [])
+
+
+def stat_totals(share: Share, version: str = "1") -> Counter[str]:
+    """`version_totals` of one version of a share, by stat alone (the version head stripped)."""
+    head = escape(version) + SEP
+    return Counter({name[len(head) :]: value for name, value in version_totals(share).items() if name.startswith(head)})
 
 
 def _hset(pipe: Pipeline, key: str, counts: Counter[str]) -> None:
     pipe.hset(key, mapping={k: v for k, v in counts.items() if v})
 
 
-async def build_templates(redis: Redis, keys: Keys, traffic: Traffic, now: int, seed: int = 1) -> Templates:
-    """Compute template buckets with the ingest fold and store them under `<prefix>:tmpl:*`."""
+async def build_templates(
+    redis: Redis, keys: Keys, traffic: Traffic, now: int, seed: int = 1, users_keep_s: int = USERS_KEEP_DEFAULT_S
+) -> Templates:
+    """Compute template buckets and users sets with the ingest fold and store them under `<prefix>:tmpl:*`."""
     rng = random.Random(seed)
     t = Templates()
     base = f"{keys.prefix}:tmpl"
@@ -262,8 +292,9 @@ async def build_templates(redis: Redis, keys: Keys, traffic: Traffic, now: int, 
     kinds = {"full": traffic.per_minute, "half": traffic.per_minute // 2}  # a version's share of its model's traffic
     async with redis.pipeline(transaction=False) as pipe:
         for kind, per_minute in kinds.items():
-            t.minute[kind], t.users[kind], t.failed_users[kind] = [], [], []
+            t.minute[kind] = []
             partial: Counter[str] = Counter()
+            partial_totals: Counter[str] = Counter()
             for i in range(TEMPLATES):
                 events = synth_events(rng, "tmpl", "1", minute0, MINUTE_S, per_minute, traffic)
                 labels = synth_labels(rng, events, traffic.label_share_recent, traffic.accuracy)
@@ -271,30 +302,33 @@ async def build_templates(redis: Redis, keys: Keys, traffic: Traffic, now: int, 
                 counts = b.minutes[("1", minute0)]
                 if i <= (now - hour0) // MINUTE_S:
                     partial.update(counts)
+                    partial_totals.update(stat_totals(b.share))
                 key = f"{base}:m:{kind}:{i}"
                 _hset(pipe, key, counts)
                 t.minute[kind].append(key)
-                ukey = f"{base}:u:{kind}:{i}"
-                pipe.pfadd(ukey, *sorted(b.users[("1", minute0)]))
-                t.users[kind].append(ukey)
-                failed = b.failed_users.get(("1", minute0))
-                fkey = f"{base}:uf:{kind}:{i}" if failed else None
-                if fkey and failed:
-                    pipe.pfadd(fkey, *sorted(failed))
-                t.failed_users[kind].append(fkey)
             key = f"{base}:hp:{kind}"
             _hset(pipe, key, partial)
             t.partial_hour[kind] = key
+            t.partial_totals[kind] = partial_totals
+            # Who asked and who was served over the users keep span, as ingest leaves the two sets.
+            span = users_keep_s
+            events = synth_events(rng, "tmpl", "1", now - span, span, per_minute * span // MINUTE_S, traffic)
+            share = bucket_contents("tmpl", events, []).share
+            for name, by_version, store in (("us", share.users, t.users_seen), ("usv", share.served, t.users_served)):
+                key = store[kind] = f"{base}:{name}:{kind}"
+                pipe.zadd(key, by_version["1"])
             # Closed hours.
-            t.hour[kind], t.counters[kind] = [], []
+            t.hour[kind], t.counters[kind], t.totals[kind] = [], [], []
             for i in range(TEMPLATES):
                 events = synth_events(rng, "tmpl", "1", hour0, HOUR_S, per_minute * 60, traffic)
                 labels = synth_labels(rng, events, traffic.label_share_old, traffic.accuracy)
-                counts = bucket_contents("tmpl", events, labels).hours[("1", hour0)]
+                b = bucket_contents("tmpl", events, labels)
+                counts = b.hours[("1", hour0)]
                 key = f"{base}:h:{kind}:{i}"
                 _hset(pipe, key, counts)
                 t.hour[kind].append(key)
                 t.counters[kind].append(counts)
+                t.totals[kind].append(stat_totals(b.share))
         events = synth_events(rng, "tmpl", "1", minute0, MINUTE_S, RECENT_EVENTS, traffic)
         share = fold(Located(e, i % PARTITIONS, 10**6 + i) for i, e in enumerate(events))["tmpl"]
         t.recent = f"{base}:recent"
@@ -336,17 +370,40 @@ def _kind(per_minute: int, traffic: Traffic) -> str:
     return "full" if per_minute == traffic.per_minute else "half"
 
 
+def version_hours(index: int, v: VersionPlan, now: int, traffic: Traffic) -> Iterable[tuple[int, int, str, int]]:
+    """(hours back, hour start, template kind, template index) of every hour since the version was
+    first seen, newest first (the totals count them all; buckets are kept for the newest only)."""
+    hour0 = now - now % HOUR_S
+    first = v.first_seen_s - v.first_seen_s % HOUR_S
+    for i in range((hour0 - first) // HOUR_S + 1):
+        per_minute = v.per_minute if i < v.split_hours else v.per_minute_before
+        yield i, hour0 - i * HOUR_S, _kind(per_minute, traffic), (index * 5 + i) % TEMPLATES
+
+
 def hour_plan(
     index: int, v: VersionPlan, now: int, history_hours: int, hour_ttl: int, traffic: Traffic
 ) -> Iterable[tuple[int, int, str, int]]:
     """(hours back, bucket start, template kind, template index) of one version's hour buckets."""
-    hour0 = now - now % HOUR_S
-    for i in range(history_hours):
-        start = hour0 - i * HOUR_S
-        if start + hour_ttl <= now or start < v.first_seen_s - v.first_seen_s % HOUR_S:
+    for i, start, kind, t in version_hours(index, v, now, traffic):
+        if i >= history_hours or start + hour_ttl <= now:
             return
-        per_minute = v.per_minute if i < v.split_hours else v.per_minute_before
-        yield i, start, _kind(per_minute, traffic), (index * 5 + i) % TEMPLATES
+        yield i, start, kind, t
+
+
+def totals_of(templates: Templates, index: int, model: ModelPlan, now: int, traffic: Traffic) -> Counter[str]:
+    """The model's `totals` hash: per version, `version_totals` summed over every hour since it was
+    first seen (the current hour's partial template, then the rotating closed-hour templates)."""
+    totals: Counter[str] = Counter()
+    for v in model.versions:
+        uses: Counter[tuple[str, int]] = Counter()
+        for i, _, kind, t in version_hours(index, v, now, traffic):
+            uses[(kind, -1 if i == 0 else t)] += 1
+        head = escape(v.version) + SEP
+        for (kind, t), times in uses.items():
+            hour = templates.partial_totals[kind] if t < 0 else templates.totals[kind][t]
+            for stat, value in hour.items():
+                totals[head + stat] += value * times
+    return totals
 
 
 def closed_hours(population: Population, closed: int) -> dict[tuple[str, str], list[Counter[str]]]:
@@ -400,16 +457,19 @@ async def populate(
     minute_history: int = MINUTES_KEPT,
     traffic: Traffic = Traffic(),
     settings: Settings | None = None,
+    users_keep_s: int = USERS_KEEP_DEFAULT_S,
 ) -> Population:
     """Write N models at steady state: `minute_history` minute buckets (the evaluator reads 60; the
-    minute TTL keeps 180 at 3 h) and `history_hours` hour buckets per version (the 15-day TTL keeps 360)."""
+    minute TTL keeps 180 at 3 h) and `history_hours` hour buckets per version (the 15-day TTL keeps
+    360), the users sets over `users_keep_s` (`RedisStore.users_keep_s`: the default rules' 1 h
+    window + 10 min) and each model's totals."""
     started = time.perf_counter()
     settings = settings or Settings()
     minute_ttl, hour_ttl = settings.minute_bucket_ttl_s, settings.hour_bucket_ttl_s
     now_f = time.time() if now is None else now
     now_i = int(now_f)
     minute0, hour0 = now_i - now_i % MINUTE_S, now_i - now_i % HOUR_S
-    templates = await build_templates(redis, keys, traffic, now_i)
+    templates = await build_templates(redis, keys, traffic, now_i, users_keep_s=users_keep_s)
     plans = plan_models(n_models, now_i, history_hours=history_hours, per_minute=traffic.per_minute)
     w = Writer(redis)
     p = w.pipe
@@ -418,7 +478,7 @@ async def populate(
         events_total = 0
         for v in model.versions:
             ver = v.version
-            # Minute buckets (and their users HLLs), newest first.
+            # Minute buckets, newest first.
             for i in range(minute_history):
                 start = minute0 - i * MINUTE_S
                 if start + minute_ttl <= now_i or start < v.first_seen_s:
@@ -429,15 +489,16 @@ async def populate(
                 bucket = keys.bucket(m, ver, MINUTE, start)
                 p.copy(templates.minute[kind][t], bucket, replace=True)
                 p.expireat(bucket, expire)
-                users = keys.users(m, ver, start)
-                p.copy(templates.users[kind][t], users, replace=True)
-                p.expireat(users, expire)
-                failed = templates.failed_users[kind][t]
-                if failed:
-                    fkey = keys.users(m, ver, start, failed=True)
-                    p.copy(failed, fkey, replace=True)
-                    p.expireat(fkey, expire)
-                await w.add(6 if failed else 4)
+                await w.add(2)
+            # Users seen and served over the keep span (none before the version was first seen).
+            kind = _kind(v.per_minute, traffic)
+            for source, key in ((templates.users_seen[kind], keys.users_seen(m, ver)),
+                                (templates.users_served[kind], keys.users_served(m, ver))):
+                p.copy(source, key, replace=True)
+                if v.first_seen_s > now_i - users_keep_s:
+                    p.zremrangebyscore(key, "-inf", f"({v.first_seen_s}")
+                p.expireat(key, now_i + users_keep_s + USERS_TTL_EXTRA_S)
+                await w.add(3)
             # Hour buckets: the current (partial) hour and the closed ones.
             for i, start, kind, t in hour_plan(index, v, now_i, history_hours, hour_ttl, traffic):
                 source = templates.partial_hour[kind] if i == 0 else templates.hour[kind][t]
@@ -453,11 +514,17 @@ async def populate(
         p.hset(keys.meta(m), mapping={"last_event_s": repr(now_f - 0.4), "events": events_total})
         p.hset(keys.versions(m), mapping=newest)  # type: ignore[arg-type]
         p.hset(keys.first_seen(m), mapping=first)  # type: ignore[arg-type]
-        p.hset(keys.offsets(m), mapping={f"{settings.topics.predictions}|{part}": 10**7 + index for part in range(PARTITIONS)})
+        # The replay guard holds the last offset of every partition of the predictions and labels topics.
+        guard = {f"{topic}|{part}": 10**7 + index for topic in (settings.topics.predictions, settings.topics.labels)
+                 for part in range(PARTITIONS)}
+        p.hset(keys.offsets(m), mapping=guard)  # type: ignore[arg-type]
         p.copy(templates.recent, keys.recent_predictions(m), replace=True)
         for key in (keys.meta(m), keys.versions(m), keys.first_seen(m), keys.offsets(m), keys.recent_predictions(m)):
             p.expire(key, hour_ttl)
-        await w.add(11)
+        # Ingest adds the totals with the batch's buckets: expiry floor (1 min) + the hour TTL.
+        p.hset(keys.totals(m), mapping=totals_of(templates, index, model, now_i, traffic))  # type: ignore[arg-type]
+        p.expireat(keys.totals(m), now_i + MINUTE_S + hour_ttl)
+        await w.add(13)
         if len(model.versions) > 1:
             # Version 1's reference, frozen when version 2 appeared (what the evaluator would have
             # written then): hours 24..191 before that moment; 24 templates divide 168 hours.
@@ -489,8 +556,8 @@ async def write_breach(redis: Redis, population: Population, share: float = 0.01
     caches older minutes sees it at once, as it would see real traffic): half get 60 more requests
     of which 40 % fail (error-rate), half a burst of 2,400 decisions in which no woman is approved
     (disparate-impact). The extra events are folded by the ingest code and added with HINCRBY to the
-    current minute and hour buckets, as ingest would; their unfavourable decisions go to `…:unfav`
-    for the incident's impact."""
+    current minute and hour buckets and to the totals, and with ZADD GT to the users sets, as ingest
+    would; their unfavourable decisions go to `…:unfav` for the incident's impact."""
     keys, now = population.keys, int(population.now)
     count = min(len(population.models) - 1, max(2, round(len(population.models) * share)))  # both kinds
     chosen = population.models[1 :: max(1, len(population.models) // count)][:count] or population.models[:1]
@@ -513,12 +580,21 @@ async def write_breach(redis: Redis, population: Population, share: float = 0.01
                         p.hincrby(key, name, value)
                 p.expireat(key, (minute0 if ttl == settings.minute_bucket_ttl_s else hour0) + ttl)
             folded = fold(Located(e, 0, j) for j, e in enumerate(events))[m]
+            for name, value in version_totals(folded).items():
+                p.hincrby(keys.totals(m), name, value)
+            for key_of, by_version in ((keys.users_seen, folded.users), (keys.users_served, folded.served)):
+                for ver, newest in by_version.items():
+                    p.zadd(key_of(m, ver), newest, gt=True)
             if folded.unfavourable:
                 p.zadd(keys.unfavourable(m), {member: ts for ts, member in folded.unfavourable})
                 p.expire(keys.unfavourable(m), settings.minute_bucket_ttl_s)
         await p.execute()
     population.breach_models = [m.model_id for m in chosen]
     return population.breach_models
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def delete_prefix(redis: Redis, prefix: str) -> int:
@@ -533,6 +609,15 @@ async def delete_prefix(redis: Redis, prefix: str) -> int:
     if batch:
         deleted += await redis.unlink(*batch)
     return deleted
+
+
+def key_shape(prefix: str, key: str) -> str:
+    """A key's kind: the name after `prefix:` with the model hash tag as `{model}` and every
+    numeric part (versions here, minute and hour starts, days) as `<n>`."""
+    rest = key[len(prefix) + 1 :]
+    if rest.startswith("{"):
+        rest = "{model}" + rest[rest.index("}") + 1 :]
+    return ":".join("<n>" if part.isdigit() else part for part in rest.split(":"))
 
 
 async def count_prefix(redis: Redis, prefix: str) -> int:
@@ -573,10 +658,25 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
                 expire_at = await redis.expiretime(key)
                 assert expire_at == max(bucket_start + ttl, now + MINUTE_S) or expire_at == bucket_start + ttl, (key, expire_at)
                 checked += 1
-        for (version, minute), users in expected.users.items():
-            got = await redis.pfcount(keys.users("verify", version, minute))
-            assert abs(got - len(users)) <= max(1, len(users) // 50), (minute, got, len(users))
-        return f"ingest check: {checked} bucket hashes written by RedisStore.apply/apply_labels match the templates' fold"
+        share = expected.share
+        for key_of, by_version in ((keys.users_seen, share.users), (keys.users_served, share.served)):
+            for version, newest in by_version.items():
+                key = key_of("verify", version)
+                # redis-py types every ZRANGE reply alike; WITHSCORES gives (member, score) pairs.
+                pairs: list[tuple[bytes, float]] = await redis.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+                stored_users = {_text(u): ts for u, ts in pairs}
+                assert stored_users == newest, f"{key}: {len(stored_users)} users stored, {len(newest)} folded"
+                ttl = await redis.ttl(key)
+                assert abs(ttl - (store.users_keep_s + USERS_TTL_EXTRA_S)) <= 5, (key, ttl)
+                checked += 1
+        stored_totals = {_text(k): int(v) for k, v in (await redis.hgetall(keys.totals("verify"))).items()}
+        want_totals = Counter({escape("1") + SEP + stat: value for stat, value in stat_totals(share).items()})
+        assert stored_totals == dict(want_totals), f"totals: {sorted(set(stored_totals.items()) ^ set(want_totals.items()))[:6]}"
+        expire_at = await redis.expiretime(keys.totals("verify"))
+        assert abs(expire_at - (now + MINUTE_S + settings.hour_bucket_ttl_s)) <= 5, ("totals", expire_at)
+        checked += 1
+        return (f"ingest check: {checked} bucket hashes, users sets and the totals hash written by "
+                f"RedisStore.apply/apply_labels match the templates' fold")
     finally:
         await delete_prefix(redis, prefix)
 

@@ -9,7 +9,7 @@ checked field by field against `RedisStore.apply`/`apply_labels` at start). Ever
 every other model also runs version 2 as a 50/50 canary for the last 48 h (so N models = 1.5 N
 versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values (sex 2,
 age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram; two
-output flags; users HLLs; per version 60 minute buckets and 360 hour buckets (15 days: what the hour
+output flags; users seen / served sets and the totals hash; per version 60 minute buckets and 360 hour buckets (15 days: what the hour
 TTL keeps, more than the current hour + 335 closed hours the evaluator reads for monitor/rules/default.yaml). Model 0 is `credit-scoring` (the one model with
 a published minimum accuracy in monitor/rules/default.yaml).
 
@@ -17,7 +17,7 @@ Ticks. A real `Evaluator` (monitor/rules/default.yaml, an in-memory publisher, a
 with an injected event clock stepping 1 s per tick, as in production, and an injected monotonic clock
 for the `WindowReader`'s closed-hour cache (refreshed every 60 s):
   cold     the first tick: empty cache, every closed hour read (335 per version)
-  warm     >= 5 ticks 1 s apart: 60 minute buckets + the current hour + 4 PFCOUNTs per version
+  warm     >= 5 ticks 1 s apart: 60 minute buckets + the current hour + 4 ZCOUNTs per version
   refresh  60 s of monotonic time later: the cache expires, so one tick a minute re-reads 335 hours
   breach   ~1 % of models breach in the current minute (half: 60 more requests, 40 % failing; half: a
            burst of 2,400 decisions approving no woman); the tick that opens their incidents
@@ -35,7 +35,7 @@ cost measured at the largest N that ran them (or --hour-cost-ms).
 
 Each tick is also split into phases by timing wrappers around evaluator/reader/stats functions
 (monkeypatched at run time; nothing under monitor/ is edited), and the Redis server's own time for
-HGETALL/PFCOUNT is read from INFO commandstats (shared server: includes other clients' calls).
+HGETALL/ZCOUNT is read from INFO commandstats (shared server: includes other clients' calls).
 
 Usage: .venv/bin/python bench/evaluator_scale.py [--models 10,100,1000] [--warm 5]
            [--history-hours 360] [--prime-above 300] [--profile] [--profilers cprofile,pyinstrument]
@@ -129,7 +129,7 @@ class Clock:
 
 PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("models", "Evaluator._models: SMEMBERS + 3 hash reads per model (1 round trip each)"),
-    ("read", "WindowReader.read: one pipeline, 61 HGETALL + 4 PFCOUNT per version (+ closed hours when stale)"),
+    ("read", "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute turns, closed hours when stale)"),
     ("read.sum_buckets", "  of which sum_buckets: reply dicts -> Counter[str] (bytes decode, int())"),
     ("read.range_sums", "  of which range_sums (closed-hour range sums, cold/refresh only)"),
     ("read.redis", "  of which the pipeline round trip: send, Redis, RESP parsing in redis-py"),
@@ -226,11 +226,11 @@ class Phases:
             result[label] = total - before.get(label, 0.0)
 
 
-REDIS_COMMANDS = ("hgetall", "pfcount")
+REDIS_COMMANDS = ("hgetall", "zcount")
 
 
 async def redis_usec(redis: Redis) -> dict[str, float]:
-    """Server-side microseconds spent in HGETALL and PFCOUNT so far (all clients)."""
+    """Server-side microseconds spent in HGETALL and ZCOUNT so far (all clients)."""
     stats = await redis.info("commandstats")
     return {c: float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in REDIS_COMMANDS}
 
@@ -623,7 +623,7 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
               f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} {r.after.wall_ms:>9.0f} "
               f"{r.breach.opened:>6} {r.tests:>6} {r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}")
     print("  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in HGETALL"
-          " + PFCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour cache)")
+          " + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour cache)")
     print(f"\ntarget: one tick <= {TARGET_MS:.0f} ms at 1,000 models")
     for r in rows:
         med = statistics.median(r.warm_ms or [float("nan")])
@@ -646,7 +646,7 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         tick = r.median_warm()
         total = tick.wall_ms / 1000
         print(f"\n  phases of the median warm tick, N={r.models} ({tick.wall_ms:.0f} ms; Redis server time "
-              f"during it: HGETALL {tick.redis_ms['hgetall']:.0f} ms, PFCOUNT {tick.redis_ms['pfcount']:.0f} ms, "
+              f"during it: HGETALL {tick.redis_ms['hgetall']:.0f} ms, ZCOUNT {tick.redis_ms['zcount']:.0f} ms, "
               "all clients of the shared server):")
         phases = dict(tick.phases)
         phases["read.redis"] = (phases.get("read", 0.0) - phases.get("read.sum_buckets", 0.0)

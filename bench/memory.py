@@ -14,13 +14,17 @@ TTLs bounding growth".
    every key, by key type, and `INFO memory` used_memory before/after.
 2. TTLs. `TTL` of every key under the sample's prefix: any key without an expiry is listed, marked
    "documented" when the README/keys.py say it is kept without expiry.
-3. Steady state. Per model-version: minute buckets and users HLLs for the minute TTL (Settings:
-   minute_bucket_ttl_s, 3 h = 180 of each), 360 hour buckets (15 d TTL), the unfavourable-decisions zset at its 20,000 bound, the recent-events list, the join
-   records of unlabelled predictions (7 days `label_join_ttl` after the end of their UTC day), and the
-   small per-model hashes; multiplied out for 1,000 models.
+3. Steady state. Per model-version: minute buckets for the minute TTL (Settings:
+   minute_bucket_ttl_s, 3 h = 180), 360 hour buckets (15 d TTL), the users-seen and users-served
+   sorted sets (one each per version, holding the users of the last 70 min: the longest
+   unserved-users window + 10 min), the unfavourable-decisions zset at its 20,000 bound, the
+   recent-events list, the join records of unlabelled predictions (7 days `label_join_ttl` after the
+   end of their UTC day), and the small per-model hashes (the totals hash among them); multiplied out
+   for 1,000 models.
 4. Cross-check (--scale-models, default 1000). bench/_population.py writes N models the way the
    evaluator benchmark does (60 minute buckets + 360 hour buckets per version, 1.5 versions per model)
-   and `INFO memory` used_memory before/after is compared with the per-key sizes of step 1.
+   (users sets and totals too) and `INFO memory` used_memory before/after is compared with the
+   per-key sizes of step 1.
    The Redis is shared: used_memory deltas include whatever other clients wrote meanwhile.
 
 Definitions. A *series* is one counter field of one bucket hash, e.g. `g|sex|F|pos` (favourable
@@ -94,7 +98,7 @@ GROWTH = {
     "registry:approved hash": "one field per approved artifact",
 }
 
-PER_MINUTE = {"minute bucket", "users HLL (minute)", "failed-users HLL (minute)"}
+PER_MINUTE = {"minute bucket"}
 FLOOR_TTL_S = 120  # RedisStore never sets an expiry sooner than 60 s from now
 
 # Key type by the part after "<prefix>:{<model>}:" (per-model) or "<prefix>:" (global).
@@ -103,8 +107,9 @@ KINDS: list[tuple[str, str]] = [
     (r"h:!access:\d+$", "access hour bucket"),
     (r"m:[^:]+:\d+$", "minute bucket"),
     (r"h:[^:]+:\d+$", "hour bucket"),
-    (r"u:[^:]+:\d+$", "users HLL (minute)"),
-    (r"uf:[^:]+:\d+$", "failed-users HLL (minute)"),
+    (r"users:seen:[^:]+$", "users seen zset"),
+    (r"users:served:[^:]+$", "users served zset"),
+    (r"totals$", "totals hash"),
     (r"join:\d+$", "join records (one UTC day)"),
     (r"unfav$", "unfavourable decisions zset"),
     (r"recent$", "recent events list"),
@@ -164,7 +169,7 @@ class KeyInfo:
     type: str
     encoding: str
     bytes: int
-    entries: int  # fields, members or elements (PFCOUNT for an HLL, 1 for a string)
+    entries: int  # fields, members or elements (the length for a string)
     ttl: int
 
 
@@ -214,8 +219,6 @@ async def inspect(redis: Redis, prefix: str) -> list[KeyInfo]:
                     pipe.llen(name)
                 elif kind == "set":
                     pipe.scard(name)
-                elif kind == "string" and (":u:" in name or ":uf:" in name):
-                    pipe.pfcount(name)
                 else:
                     pipe.strlen(name)
             sizes = await pipe.execute()
@@ -316,7 +319,7 @@ class SteadyState:
         return sum(self.parts.values())
 
 
-def steady_state(kinds: dict[str, Kind], settings: Settings, sample_minutes: int, label_share: float) -> SteadyState:
+def steady_state(kinds: dict[str, Kind], settings: Settings, label_share: float) -> SteadyState:
     """Per model-version at 60 predictions/min, from the sample's per-key sizes."""
     minutes = settings.minute_bucket_ttl_s // 60  # 180 at the 3 h default
     hours = settings.hour_bucket_ttl_s // 3600  # 360
@@ -326,16 +329,15 @@ def steady_state(kinds: dict[str, Kind], settings: Settings, sample_minutes: int
     parts: dict[str, float] = {
         f"minute buckets ({minutes})": minutes * statistics.mean(k.bytes for k in full_minutes),
         f"hour buckets ({hours})": hours * statistics.mean(k.bytes for k in closed),
-        f"users HLLs ({minutes})": minutes * kinds["users HLL (minute)"].mean_bytes(),
     }
-    if "failed-users HLL (minute)" in kinds:
-        share = len(kinds["failed-users HLL (minute)"].keys) / sample_minutes
-        parts[f"failed-users HLLs ({share:.0%} of minutes)"] = minutes * share * kinds["failed-users HLL (minute)"].mean_bytes()
+    for name in ("users seen zset", "users served zset"):
+        users = kinds[name]
+        parts[f"{name} ({users.mean_entries():,.0f} users)"] = users.mean_bytes()
     unfav = kinds["unfavourable decisions zset"].keys[0]
     parts[f"unfavourable zset ({UNFAVOURABLE_MAX:,} bound)"] = unfav.bytes / max(1, unfav.entries) * UNFAVOURABLE_MAX
     parts["recent events list (200)"] = kinds["recent events list"].mean_bytes()
-    small = ("offsets hash", "meta hash", "versions hash", "versions:first hash", "control hash")
-    parts["offsets, meta, versions, control hashes"] = sum(kinds[k].mean_bytes() for k in small if k in kinds)
+    small = ("offsets hash", "meta hash", "versions hash", "versions:first hash", "control hash", "totals hash")
+    parts["offsets, meta, versions, control, totals hashes"] = sum(kinds[k].mean_bytes() for k in small if k in kinds)
     join = join_bytes_per_record(kinds)
     unlabelled = 1 - label_share
     # A record lives until its UTC day's hash expires: day end + label_join_ttl, i.e. 7 to 8 days.
@@ -388,7 +390,7 @@ async def scale_check(redis: Redis, n: int, per_key: dict[str, float]) -> None:
               f"({(after - before) / len(infos):,.0f} B/key; shared server, other clients included)")
         print(f"   sum of MEMORY USAGE over those keys: {mb(summed)} ({summed / len(infos):,.0f} B/key); "
               f"the rest of the delta is the expires dict and keyspace table growth")
-        for kind, keys in sorted(by_kind.items(), key=lambda kv: -sum(k.bytes for k in kv[1]))[:6]:
+        for kind, keys in sorted(by_kind.items(), key=lambda kv: -sum(k.bytes for k in kv[1])):
             mean = statistics.mean(k.bytes for k in keys)
             ref = per_key.get(kind)
             print(f"   {kind:<30} {len(keys):>8,} keys x {mean:>7,.0f} B = {mb(sum(k.bytes for k in keys)):>10}"
@@ -446,6 +448,14 @@ async def main() -> None:
               f"{minutes * per_field_m + hours * per_field_h:,.0f} B; one group value (8 stats: n dec pos err lab cor apos fn): "
               f"{8 * (minutes * per_field_m + hours * per_field_h) / 1024:,.0f} kB")
 
+        for name in ("users seen zset", "users served zset"):
+            users = kinds[name]
+            print(f"   {name}: {users.mean_bytes():,.0f} B for {users.mean_entries():,.0f} users "
+                  f"({users.encodings()}): {users.mean_bytes() / max(users.mean_entries(), 1):,.1f} B per distinct user")
+        totals = kinds["totals hash"]
+        print(f"   totals hash (per model, every version): {totals.mean_bytes():,.0f} B for "
+              f"{totals.mean_entries():,.0f} fields ({totals.encodings()})")
+
         # 2. TTLs
         print("\n2. keys without a TTL (TTL = -1) under the sample's prefix:")
         permanent = [k for k in infos if k.ttl == -1]
@@ -459,7 +469,7 @@ async def main() -> None:
 
         # 3. steady state
         for label_share in (0.0, 0.8):
-            state = steady_state(kinds, settings, minutes_in_sample(kinds), label_share)
+            state = steady_state(kinds, settings, label_share)
             print(f"\n3. steady state per model-version at 1 prediction/s, {groups} groups, "
                   f"{label_share:.0%} of predictions labelled within 7 days:")
             for name, value in sorted(state.parts.items(), key=lambda kv: -kv[1]):
@@ -486,11 +496,6 @@ async def main() -> None:
         await redis.aclose()
         shutil.rmtree(evidence, ignore_errors=True)
         print(f"\ncleaned up: {deleted:,} keys deleted under {prefix}: ({left} left)")
-
-
-def minutes_in_sample(kinds: dict[str, Kind]) -> int:
-    """How many minute buckets the sample wrote (the denominator of per-minute shares)."""
-    return len(kinds["minute bucket"].keys)
 
 
 def _interrupt(*_: object) -> None:
