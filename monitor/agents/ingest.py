@@ -76,6 +76,10 @@ class BatchIngestor(Generic[E]):
         self.clock = clock
         self.on_redis_down = on_redis_down
         self.topic_kind = topic_kind
+        # The topic's counters exist from the start at 0, on every worker, whether or not it has
+        # been assigned a partition yet: rate() and increase() then see the first message.
+        for counter in (metrics.messages, metrics.events, metrics.replayed):
+            counter.labels(topic)
 
     async def handle(self, messages: Sequence[RawMessage]) -> ApplyResult:
         """Process one batch; returns only when every event is applied or dead-lettered."""

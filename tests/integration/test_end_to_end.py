@@ -160,7 +160,7 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     shown = json.loads(cli(settings, "incidents", "show", incident["id"], "--json").stdout)
     assert [e["what"] for e in shown["timeline"]] == ["opened", "acknowledged", "resolved"]
     assert shown["timeline"][2]["by"] == "human:dana" and shown["timeline"][2]["why"] == "upstream fixed"
-    assert cli(settings, "incidents", "resolve", incident["id"], "--why", "x", token=None).returncode == 1
+    assert cli(settings, "incidents", "resolve", incident["id"], "--by", "dana", "--why", "x", token=None).returncode == 1
 
     verify = cli(settings, "audit", "verify")
     assert verify.returncode == 0 and "5 entries" in verify.stdout, verify.stdout + verify.stderr
