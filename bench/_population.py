@@ -8,7 +8,7 @@ of hour buckets, so this module writes the bucket hashes directly, but with cont
 real code:
 
 1. *Templates.* A few dozen minute buckets and hour buckets are computed from synthetic
-   `PredictionEvent`s with the ingest fold itself (`monitor.aggregates.batch.fold`), plus the label
+   `PredictionEvent`s with the ingest fold itself (`monitor.aggregates.predictions.fold`), plus the label
    counters exactly as `store/lua/labels.lua` adds them (`lab`, `cor`, `apos`, `fn`, per group too).
    Each template is HSET once into a scratch key under the run's prefix.
 2. *Copies.* Every bucket of every model version is a server-side `COPY` of a template (rotating
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from monitor.aggregates.batch import (
+from monitor.aggregates.predictions import (
     ACTUAL_POSITIVE,
     CORRECT,
     FALSE_NEGATIVE,

@@ -57,7 +57,7 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor import services  # noqa: E402
+from monitor.dev import services  # noqa: E402
 from monitor.settings import Settings, Topics  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402

@@ -266,7 +266,7 @@ def main() -> None:
     bootstrap = args.bootstrap
     if bootstrap is None:
         sys.path.insert(0, str(ROOT))
-        from monitor import services
+        from monitor.dev import services
 
         bootstrap = services.up().kafka_bootstrap
     topic = f"bench-noop-{uuid.uuid4().hex[:6]}-singles"

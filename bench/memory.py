@@ -67,7 +67,7 @@ from bench._population import (  # noqa: E402
     synth_labels,
 )
 from bench.evaluator_scale import MemoryPublisher  # noqa: E402
-from monitor.aggregates.batch import Located  # noqa: E402
+from monitor.aggregates.predictions import Located  # noqa: E402
 from monitor.audit import AuditLog  # noqa: E402
 from monitor.evaluator import Evaluator  # noqa: E402
 from monitor.events import AccessEvent, LabelEvent, PredictionEvent, RegistryEvent  # noqa: E402

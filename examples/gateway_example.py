@@ -19,8 +19,8 @@ from contextlib import AsyncExitStack
 from itertools import count
 
 from monitor.exceptions import ServicesError
-from monitor.gateway import GatewayClient
-from monitor.reporter import PredictionReporter
+from monitor.clients.gateway import GatewayClient
+from monitor.clients.reporter import PredictionReporter
 
 # Requests a model server might see: confident, borderline, unsure, no score, and one caller
 # whose credentials an incident could revoke.

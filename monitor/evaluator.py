@@ -18,15 +18,15 @@ import orjson
 
 from redis.asyncio import Redis
 
-from monitor.aggregates.batch import group_prefix
-from monitor.aggregates.security import ACCESS_VERSION
+from monitor.aggregates.predictions import group_prefix
+from monitor.aggregates.access import ACCESS_VERSION
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.catchup import SilenceHold
 from monitor.control import Cause, Publisher, build_message, target_level
 from monitor.incidents.evidence import incident_dir, write_evidence
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
 from monitor.incidents.delivery import Deliverer
-from monitor.incidents.model import Incident, TransitionError, apply_action, open_incident, refire, settle
+from monitor.incidents.incident import Incident, TransitionError, apply_action, open_incident, refire, settle
 from monitor.incidents.notify import render_bias_notification, render_notification
 from monitor.incidents.store import ControlState, IncidentStore
 from monitor.rules.bias import BIAS_METRICS, evaluate_bias

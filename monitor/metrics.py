@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from monitor.aggregates import histogram
-from monitor.aggregates.batch import COUNT, ERRORS
+from monitor.aggregates.predictions import COUNT, ERRORS
 from monitor.aggregates.window import GroupStats
 from monitor.rules.schema import RuleSet
 from monitor.store.redis import LATENCY_PREFIX, LATENCY_SUM_US, RedisStore

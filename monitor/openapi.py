@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 from monitor.events import ControlMessage
-from monitor.incidents.model import IncidentView
+from monitor.incidents.incident import IncidentView
 from monitor.store.redis import ModelSource
 
 StatusFilter = Literal["open", "acknowledged", "mitigated", "resolved", "all"]

@@ -30,7 +30,7 @@ def services() -> Iterator[tuple[str, str]]:
     One address per service: `MONITOR_KAFKA_BOOTSTRAP` and `MONITOR_REDIS_URL`, the addresses a
     worker started in this environment dials; the local services listen there.
     """
-    from monitor import services as local
+    from monitor.dev import services as local
 
     settings = Settings()
     local.up(local.ServiceConfig.from_settings(settings))

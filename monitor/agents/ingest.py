@@ -15,7 +15,7 @@ from typing import Generic, Protocol
 
 import msgspec
 
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.events import E, EventDecoder, Rejected
 from monitor.metrics import IngestMetrics
 from monitor.store.redis import TRANSIENT, ApplyResult

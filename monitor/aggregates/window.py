@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from monitor.aggregates import histogram
-from monitor.aggregates.batch import (
+from monitor.aggregates.predictions import (
     ACTUAL_POSITIVE,
     CORRECT,
     COUNT,
@@ -102,12 +102,12 @@ class WindowStats(Counts):
     latency: dict[int, int] = field(default_factory=dict)
     groups: dict[str, dict[str, GroupStats]] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
-    # Security counters by kind (see monitor.aggregates.security): kind -> escaped key -> count
+    # Security counters by kind (see monitor.aggregates.access): kind -> escaped key -> count
     security: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def from_counters(cls, counters: Mapping[str, int]) -> WindowStats:
-        """Parse summed bucket fields (see `monitor.aggregates.batch`) into statistics."""
+        """Parse summed bucket fields (see `monitor.aggregates.predictions`) into statistics."""
         latency: dict[int, int] = {}
         flags: dict[str, int] = {}
         raw_groups: dict[tuple[str, str], dict[str, int]] = {}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from monitor.control import LEVELS
-from monitor.incidents.model import Incident
+from monitor.incidents.incident import Incident
 
 _env = Environment(
     loader=PackageLoader("monitor", "templates"),

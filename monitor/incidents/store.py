@@ -13,7 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from monitor.events import ControlMessage
-from monitor.incidents.model import Incident
+from monitor.incidents.incident import Incident
 from monitor.store.keys import Keys
 
 _incident_decoder = msgspec.json.Decoder(Incident)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from monitor.aggregates.batch import SEP, unescape
-from monitor.aggregates.security import (
+from monitor.aggregates.predictions import SEP, unescape
+from monitor.aggregates.access import (
     DENIED,
     NEW_PRINCIPAL,
     NEW_SOURCE_PRIVILEGED,

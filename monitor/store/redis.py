@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.aggregates.batch import (
+from monitor.aggregates.predictions import (
     COUNT,
     ERRORS,
     HOUR_S,
@@ -39,7 +39,7 @@ from monitor.aggregates.batch import (
     recent_records,
     unescape,
 )
-from monitor.aggregates.security import ACCESS_VERSION, fold_access, fold_registry, model_key
+from monitor.aggregates.access import ACCESS_VERSION, fold_access, fold_registry, model_key
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict

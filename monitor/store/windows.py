@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from monitor.aggregates.batch import HOUR_S, MINUTE_S
+from monitor.aggregates.predictions import HOUR_S, MINUTE_S
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.store.keys import HOUR, MINUTE, Keys
 

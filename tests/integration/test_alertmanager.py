@@ -145,7 +145,7 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
     """Two rules fire on one model in one tick: one webhook message with both; hours later, one reminder."""
     from redis.asyncio import Redis
 
-    from monitor.aggregates.batch import Located
+    from monitor.aggregates.predictions import Located
     from monitor.evaluator import Evaluator
     from monitor.events import PredictionEvent
     from monitor.publisher import KafkaPublisher

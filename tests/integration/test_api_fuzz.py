@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from redis.asyncio import Redis
 from schemathesis.generation.modes import GenerationMode
 
-from monitor.incidents.model import Incident
+from monitor.incidents.incident import Incident
 from monitor.incidents.store import IncidentStore
 from monitor.openapi import openapi_document
 from monitor.store.keys import Keys

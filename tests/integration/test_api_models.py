@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from monitor.drill import load_scenario, run_drill
-from monitor.incidents.model import Incident
+from monitor.dev.drill import load_scenario, run_drill
+from monitor.incidents.incident import Incident
 from monitor.incidents.store import IncidentStore
 from monitor.settings import Settings
 from monitor.store.keys import Keys

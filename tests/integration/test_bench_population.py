@@ -28,7 +28,7 @@ from bench._population import (
     synth_labels,
     verify_against_ingest,
 )
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.evaluator import Evaluator
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.store.keys import Keys

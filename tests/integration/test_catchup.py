@@ -23,7 +23,7 @@ from monitor.rules.catchup import judge
 from monitor.store.keys import Keys
 from monitor.store.lag import LagStore
 from monitor.topics import ensure_topics
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.catchup import SilenceHold
 from monitor.events import PredictionEvent
 from tests.conftest import WorkerProcess, unique_settings

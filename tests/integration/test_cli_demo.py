@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from monitor.drill import load_scenario, run_drill
+from monitor.dev.drill import load_scenario, run_drill
 from monitor.topics import ensure_topics
 from tests.conftest import ROOT, free_port, unique_settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.drill import load_scenario, run_drill
+from monitor.dev.drill import load_scenario, run_drill
 from monitor.settings import Settings
 from monitor.topics import ensure_topics
 from tests.conftest import WorkerProcess, unique_settings

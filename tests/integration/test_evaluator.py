@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.evaluator import Evaluator
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.rules.schema import ModelFacts

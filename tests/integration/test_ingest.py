@@ -18,7 +18,7 @@ from aiokafka.structs import OffsetAndMetadata
 from redis.asyncio import Redis
 
 from monitor.aggregates import histogram
-from monitor.aggregates.batch import group_field
+from monitor.aggregates.predictions import group_field
 from monitor.settings import Settings
 from monitor.store.keys import HOUR, MINUTE, Keys
 from monitor.topics import ensure_topics

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from monitor.aggregates.batch import Located, group_field
+from monitor.aggregates.predictions import Located, group_field
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.store.keys import HOUR, MINUTE, Keys
 from monitor.store.redis import RedisStore

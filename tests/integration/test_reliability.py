@@ -218,7 +218,7 @@ def test_bad_configuration_is_one_clear_line(env: dict[str, str], message: str) 
 
 async def test_the_broker_restarts_mid_stream(services: tuple[str, str], redis: Redis, tmp_path: Path) -> None:
     """The broker goes away and comes back (same data): the worker resumes, the counts are exact."""
-    from monitor import services as local
+    from monitor.dev import services as local
 
     settings = unique_settings(*services, kafka_session_timeout_s=6)
     await ensure_topics(settings)

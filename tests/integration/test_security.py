@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.evaluator import TickReport
 from monitor.events import AccessEvent, RegistryEvent
 from monitor.store.keys import Keys

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from monitor import services
-from monitor.services import ServiceConfig
+from monitor.dev import services
+from monitor.dev.services import ServiceConfig
 from monitor.settings import Settings
 from monitor.topics import ensure_topics
 from tests.conftest import free_port

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from monitor.aggregates.batch import Located
+from monitor.aggregates.predictions import Located
 from monitor.events import PredictionEvent
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore

@@ -10,7 +10,7 @@ import pytest
 from multidict import MultiDict
 
 from monitor.api import Refused, _integral, incident_query
-from monitor.incidents.model import Incident
+from monitor.incidents.incident import Incident
 from monitor.openapi import STATUS_FILTERS, openapi_document
 from monitor.store.redis import ModelIndex
 

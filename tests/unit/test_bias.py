@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from monitor import stats
-from monitor.aggregates.batch import group_field
+from monitor.aggregates.predictions import group_field
 from monitor.rules.bias import evaluate_bias
 from monitor.rules.fairness import Fairness, ProtectedAttribute, ProxyAttribute
 from monitor.rules.loader import default_rules_path, load_rules

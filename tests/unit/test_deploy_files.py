@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from monitor.services import REDIS_PERSISTENCE
+from monitor.dev.services import REDIS_PERSISTENCE
 from monitor.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parents[2]

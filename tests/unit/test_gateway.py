@@ -13,11 +13,11 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from monitor import reporter as reporter_module
+from monitor.clients import reporter as reporter_module
 from monitor.control import LEVELS, build_message
 from monitor.events import ControlMessage, EventDecoder, PredictionEvent, encode
-from monitor.gateway import GatewayClient, Route, decide
-from monitor.reporter import PredictionReporter
+from monitor.clients.gateway import GatewayClient, Route, decide
+from monitor.clients.reporter import PredictionReporter
 
 MODEL = "credit-scoring"
 

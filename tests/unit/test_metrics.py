@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.aggregates import histogram
-from monitor.aggregates.batch import group_field
+from monitor.aggregates.predictions import group_field
 from monitor.evaluator import TickReport
-from monitor.incidents.model import Incident
+from monitor.incidents.incident import Incident
 from monitor.metrics import (
     LATENCY_EDGES,
     EvaluatorMetrics,

@@ -1,4 +1,4 @@
-"""Unit tests of monitor.services that start nothing: config from env, rendering, pid files."""
+"""Unit tests of monitor.dev.services that start nothing: config from env, rendering, pid files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import services
-from monitor.services import ServiceConfig, ServicesError
+from monitor.dev import services
+from monitor.dev.services import ServiceConfig, ServicesError
 from monitor.settings import Settings
 
 ENV = ("MONITOR_CACHE_DIR", "MONITOR_STATE_DIR", "MONITOR_KAFKA_PORT", "MONITOR_KAFKA_CONTROLLER_PORT",

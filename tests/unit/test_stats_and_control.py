@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from monitor import stats
-from monitor.aggregates.batch import group_field
+from monitor.aggregates.predictions import group_field
 from monitor.control import LEVELS, Cause, build_message, target_level
-from monitor.incidents.model import open_incident, refire, settle
+from monitor.incidents.incident import open_incident, refire, settle
 from monitor.rules.evaluate import evaluate, evaluate_silence
 from monitor.rules.loader import default_rules_path, load_rules
 from monitor.store.windows import VersionWindows

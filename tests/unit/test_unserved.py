@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from monitor.aggregates.batch import Located, fold
+from monitor.aggregates.predictions import Located, fold
 from monitor.events import PredictionEvent
 from monitor.rules.evaluate import evaluate
 from monitor.rules.loader import load_rules

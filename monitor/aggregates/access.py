@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from monitor.aggregates.batch import HOUR_S, MINUTE_S, SEP, Located, escape
+from monitor.aggregates.predictions import HOUR_S, MINUTE_S, SEP, Located, escape
 from monitor.events import AccessEvent, RegistryEvent
 from monitor.rules.access import AccessPolicy
 

@@ -2,7 +2,7 @@
 
 One address per service: the local services listen where the worker dials, on the ports of
 `MONITOR_KAFKA_BOOTSTRAP` and `MONITOR_REDIS_URL`. A non-loopback address is remote: used if it
-answers, never started here (monitor/services.py).
+answers, never started here (monitor/dev/services.py).
 """
 
 from __future__ import annotations

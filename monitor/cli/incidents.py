@@ -6,9 +6,16 @@ from typing import Any
 
 import click
 
-from monitor import cli_output as out
-from monitor.cli import Globals, action_options, api_options, cli, client_for, pass_globals
-from monitor.client import path
+from monitor.cli import output as out
+from monitor.cli.base import (
+    Globals,
+    action_options,
+    api_options,
+    cli,
+    client_for,
+    pass_globals,
+)
+from monitor.clients.api_client import path
 
 STATUSES = ("open", "acknowledged", "mitigated", "resolved", "all")
 

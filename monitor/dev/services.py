@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from monitor.exceptions import ServicesError
-from monitor.service_config import ServiceConfig
+from monitor.dev.service_config import ServiceConfig
 
 __all__ = [
     "REDIS_PERSISTENCE", "ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka",
