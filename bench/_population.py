@@ -63,11 +63,11 @@ from monitor.aggregates.predictions import (
     group_value,
     recent_records,
 )
+from monitor.aggregates.window import MINUTES_KEPT
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.settings import Settings
 from monitor.store.keys import HOUR, MINUTE, Keys
 from monitor.store.redis import USERS_KEEP_DEFAULT_S, RedisStore, version_totals
-from monitor.store.windows import MINUTES_KEPT
 
 DAY_S = 86_400
 FROZEN_AT = "_frozen_at"  # monitor.evaluator.FROZEN_AT (not imported: the evaluator is being changed)

@@ -85,8 +85,11 @@ from bench._population import (  # noqa: E402
     verify_against_ingest,
     write_breach,
 )
+from monitor.aggregates.window import (
+    VersionWindows,  # noqa: E402
+    WindowStats,  # noqa: E402
+)
 from monitor.cli import GC_THRESHOLD  # noqa: E402
-from monitor.aggregates.window import WindowStats  # noqa: E402
 from monitor.evaluator import Evaluator, TickReport  # noqa: E402
 from monitor.events import ControlMessage, IncidentEvent  # noqa: E402
 from monitor.incidents.commands import CommandQueue  # noqa: E402
@@ -94,7 +97,7 @@ from monitor.incidents.store import IncidentStore  # noqa: E402
 from monitor.rules.loader import default_rules_path, load_rules  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402
-from monitor.store.windows import VersionWindows, WindowReader  # noqa: E402
+from monitor.store.windows import WindowReader  # noqa: E402
 
 TARGET_MS = 250.0
 
@@ -293,7 +296,7 @@ def closed_hours_read(reader: WindowReader) -> int:
 
 def _cached(reader: WindowReader) -> list[Counter[str]]:
     """The Counters the reader's closed-hour cache holds: a list of hours (older code) or a dict of
-    closed-hour range sums (monitor.store.windows.range_sums)."""
+    closed-hour range sums (monitor.aggregates.window.range_sums)."""
     out: list[Counter[str]] = []
     for _, _, closed in reader._closed.values():  # noqa: SLF001 (a benchmark may look inside)
         out.extend(closed.values() if isinstance(closed, dict) else closed)

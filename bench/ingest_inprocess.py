@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ingest_throughput import events  # noqa: E402  (bench/ is on sys.path when run as a script)
-from monitor.dev import services  # noqa: E402
+
 from monitor.aggregates.predictions import Located, fold  # noqa: E402
+from monitor.dev import services  # noqa: E402
 from monitor.events import EventDecoder, PredictionEvent  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402

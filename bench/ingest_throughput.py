@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from faust_noop import faust_noop  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from monitor.dev import services  # noqa: E402
 from monitor.settings import Settings, Topics  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402

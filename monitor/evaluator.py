@@ -15,29 +15,35 @@ from pathlib import Path
 
 import msgspec
 import orjson
-
 from redis.asyncio import Redis
 
-from monitor.aggregates.predictions import group_prefix
 from monitor.aggregates.access import ACCESS_VERSION
-from monitor.aggregates.window import WindowStats, sum_buckets
+from monitor.aggregates.predictions import group_prefix
+from monitor.aggregates.window import VersionWindows, WindowStats, sum_buckets
 from monitor.catchup import SilenceHold
 from monitor.control import Cause, Publisher, build_message, target_level
-from monitor.incidents.evidence import incident_dir, write_evidence
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
 from monitor.incidents.delivery import Deliverer
-from monitor.incidents.incident import Incident, TransitionError, apply_action, open_incident, refire, settle
+from monitor.incidents.evidence import incident_dir, write_evidence
+from monitor.incidents.incident import (
+    Incident,
+    TransitionError,
+    apply_action,
+    open_incident,
+    refire,
+    settle,
+)
 from monitor.incidents.notify import render_bias_notification, render_notification
 from monitor.incidents.store import ControlState, IncidentStore
 from monitor.rules.bias import BIAS_METRICS, evaluate_bias
-from monitor.rules.security import SECURITY_METRICS, evaluate_security
 from monitor.rules.evaluate import Finding, evaluate, evaluate_silence
 from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
+from monitor.rules.security import SECURITY_METRICS, evaluate_security
 from monitor.stats import benjamini_hochberg
 from monitor.store.impact import affected
 from monitor.store.keys import Keys
 from monitor.store.redis import read_model_index
-from monitor.store.windows import VersionWindows, WindowReader
+from monitor.store.windows import WindowReader
 
 log = logging.getLogger(__name__)
 

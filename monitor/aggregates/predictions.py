@@ -170,7 +170,7 @@ class Share:
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (min, max)
     minutes: dict[tuple[str, int], Counter[str]] = field(default_factory=dict)
     # Who asked and who was served, for "unserved users": per version, user -> newest event time,
-    # and user -> newest successful event time (see `monitor.store.windows.unserved`).
+    # and user -> newest successful event time (see `monitor.aggregates.window.unserved`).
     users: dict[str, dict[str, float]] = field(default_factory=dict)
     served: dict[str, dict[str, float]] = field(default_factory=dict)
     joins: dict[str, tuple[int, str]] = field(default_factory=dict)  # request_id -> (minute, record)

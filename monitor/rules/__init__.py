@@ -1,8 +1,18 @@
 """Detection rules: the file format, its loader and the resolved models the evaluator reads."""
 
 from monitor.rules.access import AccessPolicy, Grant, NormalHours
-from monitor.rules.fairness import AttributeSelection, Fairness, ProtectedAttribute, ProxyAttribute
-from monitor.rules.loader import RulesFileError, check_command, load_rules, parse_duration
+from monitor.rules.fairness import (
+    AttributeSelection,
+    Fairness,
+    ProtectedAttribute,
+    ProxyAttribute,
+)
+from monitor.rules.loader import (
+    RulesFileError,
+    check_command,
+    load_rules,
+    parse_duration,
+)
 from monitor.rules.schema import (
     BIAS_METRICS,
     SECURITY_METRICS,

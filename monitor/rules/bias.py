@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from monitor import stats
-from monitor.aggregates.window import GroupStats, WindowStats
+from monitor.aggregates.window import GroupStats, VersionWindows, WindowStats
 from monitor.rules.evaluate import Finding, Probe, conclude
 from monitor.rules.schema import Fairness, Rule
-from monitor.store.windows import VersionWindows
 
 BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor import stats
-from monitor.aggregates.window import GroupStats, WindowStats
+from monitor.aggregates.window import GroupStats, VersionWindows, WindowStats
 from monitor.rules.schema import SEVERITY_RANK, ModelFacts, Rule, Step
-from monitor.store.windows import VersionWindows
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ def _probe(
         return _above(rule, cur.flags.get(rule.flag, 0), cur.count)
     if rule.metric == "unserved_users":
         # Users with a request in the window who got no successful prediction in it (a user with
-        # one failed request among twenty good ones was served); see monitor.store.windows.
+        # one failed request among twenty good ones was served); see monitor.aggregates.window.unserved.
         users, unserved = windows.users.get(rule.window_s, (0, 0))
         return _above(rule, min(unserved, users), users)
     if rule.metric == "latency":

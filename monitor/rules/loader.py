@@ -27,7 +27,12 @@ from pydantic import BaseModel, ValidationError
 
 from monitor.exceptions import ConfigError
 from monitor.rules.access import AccessPolicySpec, GrantSpec, NormalHoursSpec
-from monitor.rules.fairness import FairnessSpec, ProtectedSpec, ProxySpec, selection_problem
+from monitor.rules.fairness import (
+    FairnessSpec,
+    ProtectedSpec,
+    ProxySpec,
+    selection_problem,
+)
 from monitor.rules.schema import (
     BIAS_METRICS,
     DEFAULT_FOLLOW_S,

@@ -16,7 +16,14 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 
 # Re-exported (`X as X`): the evaluator reads every resolved model from this module.
 from monitor.rules.access import AccessPolicy as AccessPolicy

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from monitor.aggregates.predictions import SEP, unescape
 from monitor.aggregates.access import (
     DENIED,
     NEW_PRINCIPAL,
@@ -22,10 +21,10 @@ from monitor.aggregates.access import (
     TRAINING_BYTES,
     VIOLATIONS,
 )
-from monitor.aggregates.window import WindowStats
+from monitor.aggregates.predictions import SEP, unescape
+from monitor.aggregates.window import VersionWindows, WindowStats
 from monitor.rules.evaluate import Finding
 from monitor.rules.schema import Rule
-from monitor.store.windows import VersionWindows
 
 REFERENCE_S = 7 * 86_400
 KIND = {

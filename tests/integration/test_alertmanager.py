@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
 from prometheus_client import CollectorRegistry
 
 from monitor.events import IncidentEvent

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings

@@ -18,14 +18,14 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from monitor.aggregates.lag import PartitionProgress
+from monitor.aggregates.predictions import Located
+from monitor.catchup import SilenceHold
+from monitor.events import PredictionEvent
 from monitor.incidents.store import IncidentStore
 from monitor.rules.catchup import judge
 from monitor.store.keys import Keys
 from monitor.store.lag import LagStore
 from monitor.topics import ensure_topics
-from monitor.aggregates.predictions import Located
-from monitor.catchup import SilenceHold
-from monitor.events import PredictionEvent
 from tests.conftest import WorkerProcess, unique_settings
 from tests.integration.conftest import World
 

@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-from redis.asyncio import Redis
-
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
 
 from monitor.settings import Settings
 from monitor.store.keys import Keys

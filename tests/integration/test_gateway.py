@@ -11,11 +11,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from monitor.clients.gateway import GatewayClient
+from monitor.clients.reporter import PredictionReporter
 from monitor.control import build_message
 from monitor.events import ControlMessage, EventDecoder, PredictionEvent, encode
 from monitor.exceptions import ServicesError
-from monitor.clients.gateway import GatewayClient
-from monitor.clients.reporter import PredictionReporter
 from monitor.topics import ensure_topics
 from tests.conftest import eventually, unique_settings
 

@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 
 from monitor.aggregates.predictions import Located
 from monitor.events import PredictionEvent
+from monitor.store import windows as windows_module
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
-from monitor.store import windows as windows_module
 from monitor.store.windows import WindowReader
 
 pytestmark = pytest.mark.integration

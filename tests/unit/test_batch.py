@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections import Counter
 
 from monitor.aggregates import histogram
-from monitor.aggregates.predictions import Located, after_offsets, escape, fold, group_field, unescape
+from monitor.aggregates.predictions import (
+    Located,
+    after_offsets,
+    escape,
+    fold,
+    group_field,
+    unescape,
+)
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import PredictionEvent
 

@@ -8,10 +8,10 @@ import pytest
 
 from monitor import stats
 from monitor.aggregates.predictions import group_field
+from monitor.aggregates.window import VersionWindows
 from monitor.rules.bias import evaluate_bias
 from monitor.rules.fairness import Fairness, ProtectedAttribute, ProxyAttribute
 from monitor.rules.loader import default_rules_path, load_rules
-from monitor.store.windows import VersionWindows
 
 RULES = load_rules(default_rules_path())
 FAIRNESS = Fairness(protected={"sex": ProtectedAttribute(reference="M")}, proxies={"zip3": ProxyAttribute(proxy_for="race")})

@@ -14,10 +14,10 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from monitor.clients import reporter as reporter_module
-from monitor.control import LEVELS, build_message
-from monitor.events import ControlMessage, EventDecoder, PredictionEvent, encode
 from monitor.clients.gateway import GatewayClient, Route, decide
 from monitor.clients.reporter import PredictionReporter
+from monitor.control import LEVELS, build_message
+from monitor.events import ControlMessage, EventDecoder, PredictionEvent, encode
 
 MODEL = "credit-scoring"
 

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.aggregates import histogram
 from monitor.aggregates.predictions import group_field
+from monitor.aggregates.window import GroupStats, VersionWindows
 from monitor.evaluator import TickReport
 from monitor.incidents.incident import Incident
 from monitor.metrics import (
@@ -21,11 +22,9 @@ from monitor.metrics import (
     latency_buckets,
     window_label,
 )
-from monitor.aggregates.window import GroupStats
 from monitor.rules.evaluate import Finding
 from monitor.rules.loader import load_rules
 from monitor.rules.schema import RuleSet
-from monitor.store.windows import VersionWindows
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_760_000_000.0 + 30  # half a minute into a minute

@@ -11,11 +11,11 @@ from scipy import stats as scipy_stats
 
 from monitor import stats
 from monitor.aggregates.predictions import group_field
+from monitor.aggregates.window import VersionWindows
 from monitor.control import LEVELS, Cause, build_message, target_level
 from monitor.incidents.incident import open_incident, refire, settle
 from monitor.rules.evaluate import evaluate, evaluate_silence
 from monitor.rules.loader import default_rules_path, load_rules
-from monitor.store.windows import VersionWindows
 
 RULES = load_rules(default_rules_path())
 

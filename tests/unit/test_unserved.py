@@ -7,11 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 from monitor.aggregates.predictions import Located, fold
+from monitor.aggregates.window import VersionWindows, unserved
 from monitor.events import PredictionEvent
 from monitor.rules.evaluate import evaluate
 from monitor.rules.loader import load_rules
 from monitor.rules.schema import Rule
-from monitor.store.windows import VersionWindows, unserved
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_800_000_000.0

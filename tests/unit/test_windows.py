@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from monitor.store.windows import (
+from monitor.aggregates.window import (
     DEFAULT_RANGES,
     FRESH_MINUTES,
     VersionWindows,
