@@ -257,7 +257,7 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
     started = time.perf_counter()
     rules = load_rules(default_rules_path())
     store = RedisStore(redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s)
-    store.configure_access(rules)
+    store.configure(rules.ingest_rules())
     traffic = Traffic()
     rng = random.Random(11)
     now = int(time.time())

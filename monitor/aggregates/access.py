@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 from dataclasses import dataclass, field
 
 import orjson
 
 from monitor.aggregates.predictions import HOUR_S, MINUTE_S, SEP, Located, escape
 from monitor.events import AccessEvent, RegistryEvent
-from monitor.rules.access import AccessPolicy
 
 ACCESS_VERSION = "!access"  # a model_version no producer sends: the access counters' bucket name
 UNSCOPED = "_unscoped"  # the model key of access events that name no model
@@ -62,7 +62,46 @@ class AccessShare:
         return rolled
 
 
-def fold_access(located: Iterable[Located], policy: AccessPolicy, topic: str) -> dict[str, AccessShare]:
+class HoursOfUse(Protocol):
+    """The hours of normal use of an access policy."""
+
+    def contains(self, epoch_s: float) -> bool:
+        """Whether the moment (epoch seconds) lies inside them."""
+
+
+class AccessClassifier(Protocol):
+    """What the access fold asks of an access policy (the rules' `AccessPolicy` is one)."""
+
+    @property
+    def normal_hours(self) -> HoursOfUse:
+        """The hours of normal use."""
+
+    @property
+    def privileged_actions(self) -> frozenset[str]:
+        """Actions that count as privileged (after a login from a new source)."""
+
+    @property
+    def learning_s(self) -> int:
+        """How much access history a model needs before anyone counts as new to it."""
+
+    def allows(self, principal: str, action: str, resource_type: str, model_id: str | None) -> bool:
+        """Whether the policy allows the access."""
+
+    def any_hours(self, principal: str, action: str, resource_type: str, model_id: str | None) -> bool:
+        """Whether a grant exempts the access from the hours of normal use."""
+
+
+@dataclass(frozen=True)
+class IngestRules:
+    """What ingest takes from the rules: the access policy, how long after a login from a new
+    source a privileged action still counts, and how far back the unserved-users windows read."""
+
+    policy: AccessClassifier
+    follow_s: int = 3600
+    unserved_window_s: int = 3600
+
+
+def fold_access(located: Iterable[Located], policy: AccessClassifier, topic: str) -> dict[str, AccessShare]:
     """Classify each access against the policy and count it; keep what needs history for Redis."""
     shares: dict[str, AccessShare] = {}
     for item in located:

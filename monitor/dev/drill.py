@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from monitor.exceptions import ConfigError, MonitorError
-from monitor.rules.schema import parse_duration
+from monitor.rules.durations import parse_duration
 from monitor.settings import Settings
 
 

@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from monitor.rules.durations import parse_duration
+
 Action = Literal["read", "download", "write", "delete", "deploy", "query", "login", "grant"]
 ResourceType = Literal["model_weights", "training_data", "endpoint", "config", "credentials"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -162,9 +164,6 @@ _TIME = re.compile(r"(\d{1,2}):(\d\d)")
 
 
 def _duration(value: Any) -> int | None:
-    # Imported here: schema imports this module to re-export its models, so a top-level import is a cycle.
-    from monitor.rules.schema import parse_duration
-
     return None if value is None else parse_duration(value)
 
 

@@ -26,10 +26,13 @@ from pydantic import (
 )
 
 # Re-exported (`X as X`): the evaluator reads every resolved model from this module.
+from monitor.aggregates.access import IngestRules
 from monitor.rules.access import AccessPolicy as AccessPolicy
 from monitor.rules.access import AccessPolicySpec, access_problems
 from monitor.rules.access import Grant as Grant
 from monitor.rules.access import NormalHours as NormalHours
+from monitor.rules.durations import format_duration as format_duration
+from monitor.rules.durations import parse_duration as parse_duration
 from monitor.rules.fairness import AttributeSelection as AttributeSelection
 from monitor.rules.fairness import Fairness as Fairness
 from monitor.rules.fairness import FairnessSpec, fairness_problems
@@ -229,34 +232,20 @@ class RuleSet(BaseModel):
         """The rule with this id; raises KeyError when there is none."""
         return self._by_id[rule_id]
 
+    def ingest_rules(self) -> IngestRules:
+        """What ingest needs of these rules: the access policy, the longest follow-up of a
+        new-source login, and the longest unserved-users window (defaults where no rule has one)."""
+        follows = [r.follow_s for r in self.rules if r.metric == "new_source_privileged"]
+        windows = [r.window_s for r in self.rules if r.metric == "unserved_users"]
+        defaults = IngestRules(self.access_policy)
+        return IngestRules(
+            self.access_policy,
+            follow_s=max(follows, default=defaults.follow_s),
+            unserved_window_s=max(windows, default=defaults.unserved_window_s),
+        )
+
 
 # --- durations ------------------------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str | int) -> int:
-    """Seconds in a duration: "30m" -> 1800, "7d" -> 604800; an int is seconds; else a ValueError."""
-    # bool is an int subclass, and `hold: yes` is surely a mistake rather than one second.
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"a duration cannot be negative (got {text})")
-        return text
-    if isinstance(text, str):
-        match = _DURATION.fullmatch(text)
-        if match:
-            return int(match.group(1)) * _UNIT_S[match.group(2)]
-    raise ValueError(f"must be a duration like 90s, 30m, 24h or 7d (got {text!r})")
-
-
-def format_duration(seconds: int) -> str:
-    """The shortest exact duration text for a number of seconds (3600 -> "1h")."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
 
 def _duration_field(value: Any) -> int | None:
     return None if value is None else parse_duration(value)

@@ -39,12 +39,17 @@ from monitor.aggregates.predictions import (
     recent_records,
     unescape,
 )
-from monitor.aggregates.access import ACCESS_VERSION, fold_access, fold_registry, model_key
+from monitor.aggregates.access import (
+    ACCESS_VERSION,
+    AccessClassifier,
+    IngestRules,
+    fold_access,
+    fold_registry,
+    model_key,
+)
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
-from monitor.exceptions import OffsetConflict
-from monitor.rules.access import AccessPolicy
-from monitor.rules.schema import RuleSet
+from monitor.exceptions import OffsetConflict, StoreError
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
 
 log = logging.getLogger(__name__)
@@ -124,22 +129,20 @@ class RedisStore:
         self._labels = redis.register_script(_load_script("labels"))
         self._access = redis.register_script(_load_script("access"))
         self._registry = redis.register_script(_load_script("registry"))
-        self.access_policy = AccessPolicy()
+        self.access_policy: AccessClassifier | None = None  # from `configure`
         self.follow_s = 3600
         self.recent_access_max = 10_000
         self.recent_events_max = 200  # raw prediction events kept per model for evidence
         # Users are kept as long as the longest `unserved_users` window reads back (and a bit
-        # for events that arrive late); `configure_access` takes it from the rules.
+        # for events that arrive late); `configure` takes it from the rules.
         self.users_keep_s = USERS_KEEP_DEFAULT_S
 
-    def configure_access(self, rules: RuleSet) -> None:
-        """Take the access policy, how long after a new-source login a privileged action counts,
-        and how long users are kept for the unserved-users windows."""
-        self.access_policy = rules.access_policy
-        follows = [r.follow_s for r in rules.rules if r.metric == "new_source_privileged"]
-        self.follow_s = max(follows, default=self.follow_s)
-        windows = [r.window_s for r in rules.rules if r.metric == "unserved_users"]
-        self.users_keep_s = max(windows, default=USERS_KEEP_DEFAULT_S) + USERS_SLACK_S
+    def configure(self, ingest: IngestRules) -> None:
+        """Take what ingest needs of the rules: the access policy, how long after a new-source login
+        a privileged action counts, and how long users are kept for the unserved-users windows."""
+        self.access_policy = ingest.policy
+        self.follow_s = ingest.follow_s
+        self.users_keep_s = ingest.unserved_window_s + USERS_SLACK_S
 
     async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
@@ -306,7 +309,10 @@ class RedisStore:
         return _Call(self._predictions, keys, orjson.dumps(payload), share.events, ("labels_matched",))
 
     def _access_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
-        share = fold_access(located, self.access_policy, topic)[model_id]
+        policy = self.access_policy
+        if policy is None:
+            raise StoreError("access events need the rules' access policy: call RedisStore.configure first")
+        share = fold_access(located, policy, topic)[model_id]
         k = self.keys
         keys = [
             k.offsets(model_id), k.access_facts(model_id), k.known_access(model_id),
@@ -324,7 +330,7 @@ class RedisStore:
         payload = {
             **self._common(topic, model_id, offset_ranges(located)),
             "version": ACCESS_VERSION,
-            "learning_s": self.access_policy.learning_s,
+            "learning_s": policy.learning_s,
             "follow_s": self.follow_s,
             "first_ts": min(item.event.epoch_s for item in located),
             "buckets": buckets,

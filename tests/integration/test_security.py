@@ -35,7 +35,7 @@ class World(BaseWorld):
     def fresh(self) -> tuple[Keys, RedisStore]:
         keys = Keys(f"sec{uuid.uuid4().hex[:8]}")
         store = self.store(keys)
-        store.configure_access(self.rules)
+        store.configure(self.rules.ingest_rules())
         return keys, store
 
     async def tick(self, keys: Keys, at: float) -> TickReport:
