@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: deps demo test unit integration typecheck services-up services-down clean
+.PHONY: deps demo test unit integration lint typecheck services-up services-down clean
 
 # What the machine lacks (redis-server, Java, Maven, promtool, Alertmanager, Python's venv): installed
 # with apt-get as root, else the exact command is printed and make stops. Quiet when nothing is missing.
@@ -20,11 +20,15 @@ $(BIN)/monitor: pyproject.toml | deps
 demo: deps $(BIN)/monitor       ## local Kafka + Redis, a worker, live synthetic traffic
 	$(BIN)/monitor demo
 
-test: deps $(BIN)/monitor services-up typecheck   ## the whole suite, on the real services
+test: deps $(BIN)/monitor lint services-up typecheck   ## the whole suite, on the real services
 	$(BIN)/python -m pytest
 
 unit: $(BIN)/monitor            ## fast tests of the pure core, no services
 	$(BIN)/python -m pytest tests/unit
+
+lint: $(BIN)/monitor            ## ruff: formatted and clean
+	$(BIN)/ruff format --check monitor tests bench examples
+	$(BIN)/ruff check monitor tests bench examples
 
 typecheck: $(BIN)/monitor
 	$(BIN)/mypy
