@@ -35,10 +35,11 @@ from monitor.incidents.incident import (
 )
 from monitor.incidents.notify import render_bias_notification, render_notification
 from monitor.incidents.store import ControlState, IncidentStore
-from monitor.rules.bias import BIAS_METRICS, evaluate_bias
+from monitor.rules.bias import evaluate_bias
 from monitor.rules.evaluate import Finding, evaluate, evaluate_silence
+from monitor.rules.kinds import BIAS_METRICS, LABEL_METRICS, SECURITY_METRICS
 from monitor.rules.schema import SEVERITY_RANK, Rule, RuleSet
-from monitor.rules.security import SECURITY_METRICS, evaluate_security
+from monitor.rules.security import evaluate_security
 from monitor.stats import benjamini_hochberg
 from monitor.store.impact import affected
 from monitor.store.keys import Keys
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 ACTIVE_S = 8 * 86_400
 FROZEN_AT = "_frozen_at"  # a field of the frozen reference hash: when it was first frozen
 REFREEZE_S = 3600.0  # a version with no prediction for this long is no longer evaluated
-ACCURACY_METRICS = {"accuracy", "accuracy_gap", "fnr_gap"}
 # Alertmanager resolves an alert nobody re-sends within its resolve_timeout (5 min by default).
 ALERT_REFRESH_S = 60.0
 EVIDENCE_LIST_BOUND = 10_000  # request and subject ids kept per bias incident; the rest are counted
@@ -572,7 +572,7 @@ class Evaluator:
 
 
 def _enough(rule: Rule, stats: WindowStats) -> bool:
-    if rule.metric in ACCURACY_METRICS:
+    if rule.metric in LABEL_METRICS:
         return stats.labelled >= rule.min_samples
     if rule.metric == "latency":
         return stats.latency_count >= rule.min_samples

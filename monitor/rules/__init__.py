@@ -1,4 +1,4 @@
-"""Detection rules: the file format, its loader and the resolved models the evaluator reads."""
+"""Detection rules: rule kinds, the file format, its loader and the resolved models the evaluator reads."""
 
 from monitor.rules.access import AccessPolicy, Grant, NormalHours
 from monitor.rules.fairness import (
@@ -7,6 +7,7 @@ from monitor.rules.fairness import (
     ProtectedAttribute,
     ProxyAttribute,
 )
+from monitor.rules.kinds import BIAS_METRICS, KINDS, SECURITY_METRICS, MetricKind, kind
 from monitor.rules.loader import (
     RulesFileError,
     check_command,
@@ -14,8 +15,6 @@ from monitor.rules.loader import (
     parse_duration,
 )
 from monitor.rules.schema import (
-    BIAS_METRICS,
-    SECURITY_METRICS,
     SEVERITY_RANK,
     Category,
     ModelFacts,
@@ -27,6 +26,7 @@ from monitor.rules.schema import (
 
 __all__ = [
     "BIAS_METRICS",
+    "KINDS",
     "SECURITY_METRICS",
     "SEVERITY_RANK",
     "AccessPolicy",
@@ -34,6 +34,7 @@ __all__ = [
     "Category",
     "Fairness",
     "Grant",
+    "MetricKind",
     "ModelFacts",
     "NormalHours",
     "ProtectedAttribute",
@@ -44,6 +45,7 @@ __all__ = [
     "Severity",
     "Step",
     "check_command",
+    "kind",
     "load_rules",
     "parse_duration",
 ]

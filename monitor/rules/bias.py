@@ -9,14 +9,19 @@ thousand fair groups do not produce a steady trickle of false accusations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from monitor import stats
 from monitor.aggregates.window import GroupStats, VersionWindows, WindowStats
 from monitor.rules.evaluate import Finding, Probe, conclude
+from monitor.rules.kinds import BIAS_METRICS as BIAS_METRICS  # re-exported: the bias metrics' names
 from monitor.rules.schema import Fairness, Rule
 
-BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
+# A bias probe: one Probe per tested group of one attribute, from that attribute's groups in the
+# window, the reference group the rules file declares (if any) and the groups in the baseline.
+Groups = dict[str, GroupStats]
+GroupProbe = Callable[[Rule, Groups, str | None, Groups], list[tuple[str, Probe]]]
 
 
 def evaluate_bias(
@@ -37,14 +42,8 @@ def evaluate_bias(
         context: dict[str, Any] = {"attribute": attr, "proxy": is_proxy}
         if is_proxy:
             context["proxy_for"] = fairness.proxies[attr].proxy_for
-        if rule.metric == "disparate_impact":
-            probes = _disparate_impact(rule, groups, declared)
-        elif rule.metric == "fnr_gap":
-            probes = _fnr_gap(rule, groups, declared)
-        else:
-            reference = baseline.groups.get(attr, {}) if baseline else {}
-            probes = _shift(rule, groups, reference)
-        for group, probe in probes:
+        reference = baseline.groups.get(attr, {}) if baseline else {}
+        for group, probe in GROUP_PROBES[rule.metric](rule, groups, declared, reference):
             probe.extra.update(context)
             findings.append(conclude(rule, model_id, version, f"{attr}={group}", probe, rule.steps()))
     return findings
@@ -59,7 +58,7 @@ def _fnr(g: GroupStats) -> float:
 
 
 def _disparate_impact(
-    rule: Rule, groups: dict[str, GroupStats], declared: str | None
+    rule: Rule, groups: dict[str, GroupStats], declared: str | None, reference_groups: dict[str, GroupStats]
 ) -> list[tuple[str, Probe]]:
     sized = {name: g for name, g in groups.items() if g.decisions >= rule.min_samples}
     if len(sized) < 2:
@@ -88,7 +87,9 @@ def _disparate_impact(
     return probes
 
 
-def _fnr_gap(rule: Rule, groups: dict[str, GroupStats], declared: str | None) -> list[tuple[str, Probe]]:
+def _fnr_gap(
+    rule: Rule, groups: dict[str, GroupStats], declared: str | None, reference_groups: dict[str, GroupStats]
+) -> list[tuple[str, Probe]]:
     sized = {name: g for name, g in groups.items() if g.actual_positive >= rule.min_samples}
     if len(sized) < 2:
         return []
@@ -117,7 +118,7 @@ def _fnr_gap(rule: Rule, groups: dict[str, GroupStats], declared: str | None) ->
 
 
 def _shift(
-    rule: Rule, groups: dict[str, GroupStats], reference: dict[str, GroupStats]
+    rule: Rule, groups: dict[str, GroupStats], declared: str | None, reference: dict[str, GroupStats]
 ) -> list[tuple[str, Probe]]:
     names = [
         n for n, g in groups.items()
@@ -149,3 +150,11 @@ def _shift(
             "decisions": g.decisions, "unfavourable": g.decisions - g.favourable,
         })))
     return probes
+
+
+# The probe of every bias metric (monitor.rules.kinds: evaluation "groups"): a new one adds its here.
+GROUP_PROBES: dict[str, GroupProbe] = {
+    "disparate_impact": _disparate_impact,
+    "fnr_gap": _fnr_gap,
+    "group_shift": _shift,
+}

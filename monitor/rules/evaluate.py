@@ -3,7 +3,8 @@
 Every rate rule goes through the same steps: enough samples or no finding at all; a one-sided test
 per ladder step (the base threshold first); the strongest significant step sets severity and level.
 A finding also says whether the point estimate is back inside the base threshold, which is what
-auto-recovery (hysteresis) counts.
+auto-recovery (hysteresis) counts. Each rate metric's probe is in `PROBES`, keyed by the metric's
+name (its row in monitor.rules.kinds says it is evaluated here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from monitor import stats
 from monitor.aggregates.window import GroupStats, VersionWindows, WindowStats
+from monitor.rules.kinds import kind
 from monitor.rules.schema import SEVERITY_RANK, ModelFacts, Rule, Step
 
 
@@ -62,12 +64,15 @@ def evaluate(
 ) -> list[Finding]:
     """Findings of a windowed rule (not `silence`) for one version; empty without enough data."""
     current = windows.window(rule.window_s)
-    if rule.metric == "accuracy_gap":
+    if kind(rule.metric).evaluation == "gaps":
         return _accuracy_gaps(rule, model_id, version, current, baseline)
     published = facts.published_min_accuracy if facts else None
     if rule.compare == "below_published_minimum" and published is None:
         return []
-    probe = _probe(rule, current, windows, baseline, published)
+    probe_fn = PROBES.get(rule.metric)
+    if probe_fn is None:
+        raise AssertionError(f"metric {rule.metric} has no probe")
+    probe = probe_fn(rule, current, windows, baseline, published)
     if probe is None:
         return []
     return [conclude(rule, model_id, version, None, probe, rule.steps(published))]
@@ -92,50 +97,70 @@ def evaluate_silence(rule: Rule, model_id: str, last_event_s: float | None, now:
     )
 
 
-def _probe(
-    rule: Rule,
-    cur: WindowStats,
-    windows: VersionWindows,
-    baseline: WindowStats | None,
+# A probe reduces one version's window (and its baseline) to a testable form, or None without enough
+# data: (rule, current window, all the version's windows, baseline, the model's published minimum).
+ProbeFn = Callable[[Rule, WindowStats, VersionWindows, WindowStats | None, float | None], Probe | None]
+
+
+def _accuracy_probe(
+    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     c = rule.confidence
-    if rule.metric == "accuracy":
-        n, k = cur.labelled, cur.correct
-        coverage = cur.label_coverage or 0.0
-        if n < rule.min_samples or coverage < (rule.min_label_coverage or 0.0):
+    n, k = cur.labelled, cur.correct
+    coverage = cur.label_coverage or 0.0
+    if n < rule.min_samples or coverage < (rule.min_label_coverage or 0.0):
+        return None
+    accuracy = k / n
+    extra = {"label_coverage": coverage}
+    if rule.compare == "relative_drop":
+        if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
             return None
-        accuracy = k / n
-        extra = {"label_coverage": coverage}
-        if rule.compare == "relative_drop":
-            if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
-                return None
-            base = baseline.correct / baseline.labelled
-            return Probe(
-                (base - accuracy) / base, n, base,
-                lambda t: _rate(rule, k, n, base * (1 - t), c, "below"),
-                lambda t: (base - accuracy) / base <= t,
-                {**extra, "accuracy": accuracy, "baseline_samples": baseline.labelled},
-            )
+        base = baseline.correct / baseline.labelled
         return Probe(
-            accuracy, n, published,
-            lambda t: _rate(rule, k, n, t, c, "below"),
-            lambda t: accuracy >= t,
-            extra,
+            (base - accuracy) / base, n, base,
+            lambda t: _rate(rule, k, n, base * (1 - t), c, "below"),
+            lambda t: (base - accuracy) / base <= t,
+            {**extra, "accuracy": accuracy, "baseline_samples": baseline.labelled},
         )
-    if rule.metric == "error_rate":
-        return _above(rule, cur.errors, cur.count)
-    if rule.metric == "flag_rate":
-        assert rule.flag is not None
-        return _above(rule, cur.flags.get(rule.flag, 0), cur.count)
-    if rule.metric == "unserved_users":
-        # Users with a request in the window who got no successful prediction in it (a user with
-        # one failed request among twenty good ones was served); see monitor.aggregates.window.unserved.
-        users, unserved = windows.users.get(rule.window_s, (0, 0))
-        return _above(rule, min(unserved, users), users)
-    if rule.metric == "latency":
-        return _latency(rule, cur, baseline)
-    raise AssertionError(f"metric {rule.metric} has no probe")
+    return Probe(
+        accuracy, n, published,
+        lambda t: _rate(rule, k, n, t, c, "below"),
+        lambda t: accuracy >= t,
+        extra,
+    )
+
+
+def _error_rate_probe(
+    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    published: float | None,
+) -> Probe | None:
+    return _above(rule, cur.errors, cur.count)
+
+
+def _flag_rate_probe(
+    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    published: float | None,
+) -> Probe | None:
+    assert rule.flag is not None
+    return _above(rule, cur.flags.get(rule.flag, 0), cur.count)
+
+
+def _unserved_probe(
+    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    published: float | None,
+) -> Probe | None:
+    # Users with a request in the window who got no successful prediction in it (a user with
+    # one failed request among twenty good ones was served); see monitor.aggregates.window.unserved.
+    users, unserved = windows.users.get(rule.window_s, (0, 0))
+    return _above(rule, min(unserved, users), users)
+
+
+def _latency_probe(
+    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    published: float | None,
+) -> Probe | None:
+    return _latency(rule, cur, baseline)
 
 
 def _above(rule: Rule, k: int, n: int) -> Probe | None:
@@ -170,6 +195,16 @@ def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> Prob
         lambda t: value / scale <= t,
         {"quantile": q, "latency_s": value},
     )
+
+
+# The probe of every metric evaluated as "rate" (monitor.rules.kinds): a new rate metric adds its here.
+PROBES: dict[str, ProbeFn] = {
+    "accuracy": _accuracy_probe,
+    "error_rate": _error_rate_probe,
+    "latency": _latency_probe,
+    "unserved_users": _unserved_probe,
+    "flag_rate": _flag_rate_probe,
+}
 
 
 def _rate(rule: Rule, k: int, n: int, p0: float, confidence: float, side: str) -> stats.TestResult:

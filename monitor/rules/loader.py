@@ -33,12 +33,9 @@ from monitor.rules.fairness import (
     ProxySpec,
     selection_problem,
 )
+from monitor.rules.kinds import BIAS_METRICS, LABEL_METRICS, RATE_METRICS, SECURITY_METRICS
 from monitor.rules.schema import (
-    BIAS_METRICS,
     DEFAULT_FOLLOW_S,
-    LABEL_METRICS,
-    RATE_METRICS,
-    SECURITY_METRICS,
     DefaultsSpec,
     FileSpec,
     Loc,

@@ -6,7 +6,8 @@
 to the checked node so the loader can put a file and line on each. The resolved models repeat the
 simple ranges so a Rule built by hand in a test cannot hold an impossible value either. The models
 and checks of the `fairness:` section live in monitor.rules.fairness, those of the `access_policy:`
-section in monitor.rules.access (both re-exported here).
+section in monitor.rules.access (both re-exported here); what each metric and compare allows (the
+names, pairs, baselines, keys and threshold units the checks apply) in monitor.rules.kinds.
 """
 
 from __future__ import annotations
@@ -38,87 +39,36 @@ from monitor.rules.fairness import Fairness as Fairness
 from monitor.rules.fairness import FairnessSpec, fairness_problems
 from monitor.rules.fairness import ProtectedAttribute as ProtectedAttribute
 from monitor.rules.fairness import ProxyAttribute as ProxyAttribute
+from monitor.rules.kinds import (
+    BASELINE_COMPARES,
+    BASELINE_REASONS,
+    CATEGORY_METRICS,
+    COMPARE_BASELINES,
+    DOWN_COMPARES,
+    KEY_METRICS,
+    METRIC_BASELINES,
+    METRIC_COMPARES,
+    METRIC_KEYS,
+    MIN_COUNT_THRESHOLD,
+    NO_LADDER_COMPARES,
+    NO_ROLLBACK_METRICS,
+    RATE_METRICS,
+    REQUIRED_KEY_METRICS,
+    SECURITY_METRICS,
+    VOLUME_METRICS,
+    kind,
+)
+from monitor.rules.kinds import Baseline as Baseline
+from monitor.rules.kinds import Compare as Compare
+from monitor.rules.kinds import Metric as Metric
 
 Category = Literal["performance", "availability", "output_quality", "bias", "security"]
 Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
-Metric = Literal[
-    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence",
-    "disparate_impact", "fnr_gap", "group_shift",
-    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
-    "denied_burst", "new_source_privileged", "query_volume",
-]
-Compare = Literal[
-    "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence",
-    "shift",
-]
-Baseline = Literal["reference", "week_ago"]
 Test = Literal["binomial", "none"]
 Direction = Literal["up", "down"]
 Loc = tuple[str | int, ...]
 
 SEVERITY_RANK: dict[str, int] = {"MEDIUM": 1, "HIGH": 2, "CRITICAL": 3}
-
-# The metric/compare table of the rules contract; the loader refuses every other pair.
-METRIC_COMPARES: dict[str, frozenset[str]] = {
-    "accuracy": frozenset({"below", "below_published_minimum", "relative_drop"}),
-    "accuracy_gap": frozenset({"widening", "above"}),
-    "error_rate": frozenset({"above"}),
-    "latency": frozenset({"ratio_above", "above"}),
-    "unserved_users": frozenset({"above"}),
-    "flag_rate": frozenset({"above"}),
-    "silence": frozenset({"silence"}),
-    "disparate_impact": frozenset({"below"}),
-    "fnr_gap": frozenset({"above"}),
-    "group_shift": frozenset({"shift"}),
-    "policy_violations": frozenset({"above"}),
-    "off_hours_access": frozenset({"above"}),
-    "new_principal_access": frozenset({"above"}),
-    "access_volume": frozenset({"ratio_above"}),
-    "unapproved_artifacts": frozenset({"above"}),
-    "denied_burst": frozenset({"above"}),
-    "new_source_privileged": frozenset({"above"}),
-    "query_volume": frozenset({"ratio_above", "above"}),
-}
-# The metrics of category bias, and its only ones: each compares the groups of declared attributes.
-BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
-# The metrics of category security, and its only ones: counts of events per principal, API key or
-# artifact, never rates (one unauthorized download is an incident), so no binomial test applies.
-SECURITY_METRICS = frozenset({
-    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
-    "denied_burst", "new_source_privileged", "query_volume",
-})
-# Security metrics whose ratio compares an amount with the principal's or key's own past; `min_volume`
-# is the absolute amount below which that ratio means nothing (3 files read instead of 0 is no theft).
-VOLUME_METRICS = frozenset({"access_volume", "query_volume"})
-# The categories that take their own metrics only (and whose metrics belong to no other category).
-CATEGORY_METRICS: dict[str, frozenset[str]] = {"bias": BIAS_METRICS, "security": SECURITY_METRICS}
-# The smallest "above" threshold of a count: 0 is "any at all"; a query cap of 0 would fire on all use.
-MIN_COUNT_THRESHOLD: dict[str, int] = {metric: 0 for metric in SECURITY_METRICS} | {"query_volume": 1}
-# Metrics tested as proportions of counted events. A latency quantile counts too: "the q-quantile
-# exceeds X" is "more than 1−q of the requests are slower than X", a binomial question.
-RATE_METRICS = frozenset(
-    {"accuracy", "accuracy_gap", "error_rate", "unserved_users", "flag_rate", "latency"} | BIAS_METRICS
-)
-ACCURACY_METRICS = frozenset({"accuracy", "accuracy_gap"})
-LABEL_METRICS = ACCURACY_METRICS | {"fnr_gap"}  # computed from labels: coverage matters
-# The compares that need a baseline, and the baselines each takes. A group's shift is measured against
-# its own reference only: a week ago may already hold the drift being looked for.
-COMPARE_BASELINES: dict[str, tuple[str, ...]] = {
-    "relative_drop": ("reference", "week_ago"),
-    "ratio_above": ("reference", "week_ago"),
-    "widening": ("reference", "week_ago"),
-    "shift": ("reference",),
-}
-BASELINE_COMPARES = frozenset(COMPARE_BASELINES)
-# Metrics that narrow their compare's baselines, and why. A volume is compared with the principal's (or
-# key's) own average over the previous 7 days, which is what their `reference` means.
-METRIC_BASELINES: dict[str, tuple[tuple[str, ...], str]] = {
-    metric: (("reference",), "a volume is compared with its principal's or key's own previous 7 days")
-    for metric in VOLUME_METRICS
-}
-BASELINE_REASONS = {"shift": "a group's shift is measured against its own reference"}
-DOWN_COMPARES = frozenset({"below", "below_published_minimum"})
-NO_LADDER_COMPARES = frozenset({"silence", "below_published_minimum"})
 
 FORMAT_VERSION = 1
 RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
@@ -352,7 +302,8 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
         return f"must be a number {_got(value)}"
     if not math.isfinite(value):
         return f"must be a finite number {_got(value)}"
-    if compare == "above" and metric in SECURITY_METRICS:
+    unit = kind(metric).unit
+    if compare == "above" and unit == "count":
         return _count_problem(metric, value)
     low, high, high_open = 0.0, 1.0, True  # a fraction: above on rates, relative_drop, widening, shift
     if compare == "ratio_above":
@@ -360,8 +311,8 @@ def _threshold_problem(metric: str, compare: str, value: object) -> str | None:
     elif compare == "below":
         # Accuracy below 1.0 means "any error at all": odd, but meaningful. A disparate impact ratio
         # below 1.0 means any difference at all, which sampling noise always shows.
-        high_open = metric == "disparate_impact"
-    elif compare == "above" and metric == "latency":
+        high_open = unit == "ratio"
+    elif compare == "above" and unit == "seconds":
         high = math.inf  # seconds
     what = f"for compare {compare!r}" + (f" on metric {metric!r}" if compare in ("above", "below") else "")
     if value <= low:
@@ -455,24 +406,14 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     category = _category_problem(rule)
     if category:
         yield ("category",), category
-    owners: tuple[tuple[str, object, frozenset[str], bool], ...] = (
-        ("flag", rule.flag, frozenset({"flag_rate"}), True),
-        ("quantile", rule.quantile, frozenset({"latency"}), True),
-        ("attribute", rule.attribute, frozenset({"accuracy_gap"}), False),
-        ("min_label_coverage", rule.min_label_coverage, LABEL_METRICS, False),
-        ("fdr", rule.fdr, BIAS_METRICS, False),
-        ("attributes", rule.attributes, BIAS_METRICS, False),
-        ("revoke", rule.revoke, SECURITY_METRICS, False),
-        ("min_volume", rule.min_volume, VOLUME_METRICS, False),
-        ("follow", rule.follow, frozenset({"new_source_privileged"}), False),
-    )
-    for key, value, metrics, required in owners:
+    for key in METRIC_KEYS:
+        metrics, value = KEY_METRICS[key], getattr(rule, key)
         if rule.metric not in metrics and value is not None:
             if category and metrics <= CATEGORY_METRICS.get(rule.category, frozenset()):
                 continue  # a key of the rule's category: the metric is the slip, and the category says so
             names = "the security metrics" if metrics == SECURITY_METRICS else f"metric {', '.join(sorted(metrics))}"
             yield (key,), f"only allowed for {names} (this rule's metric is {rule.metric!r})"
-        elif rule.metric in metrics and value is None and required:
+        elif rule.metric in REQUIRED_KEY_METRICS[key] and value is None:
             yield (key,), f"required for metric {rule.metric!r}"
     if rule.min_volume is not None and rule.metric in VOLUME_METRICS and rule.compare != "ratio_above":
         yield ("min_volume",), (
@@ -481,9 +422,10 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     if rule.follow is not None and rule.metric == "new_source_privileged":
         if not MIN_WINDOW_S <= rule.follow <= MAX_WINDOW_S:
             yield ("follow",), f"must be between 1m and 7d (got {format_duration(rule.follow)})"
-    if rule.rollback and rule.metric in SECURITY_METRICS and rule.metric != "unapproved_artifacts":
+    if rule.rollback and not kind(rule.metric).rolls_back:
+        rolls_back = ", ".join(sorted(SECURITY_METRICS - NO_ROLLBACK_METRICS))
         yield ("rollback",), (
-            f"not allowed for metric {rule.metric!r}: of the security metrics only unapproved_artifacts rolls back"
+            f"not allowed for metric {rule.metric!r}: of the security metrics only {rolls_back} rolls back"
             " (an access incident is no fault of the model version; use revoke)"
         )
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
