@@ -144,7 +144,7 @@ class RedisStore:
         self.follow_s = ingest.follow_s
         self.users_keep_s = ingest.unserved_window_s + USERS_SLACK_S
 
-    async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
+    async def apply_predictions(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
         return await self._apply_guarded(
             topic, located, self._prediction_call, index=self.keys.models()

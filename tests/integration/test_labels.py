@@ -69,7 +69,7 @@ async def test_labels_join_their_predictions_whatever_the_order(store: RedisStor
     early, late = labels[: len(labels) // 2], labels[len(labels) // 2 :]
     r1 = await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(early)])
     assert r1.labels_waiting == len(early) and r1.labels_matched == 0
-    r2 = await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
+    r2 = await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
     assert r2.labels_matched == len(early)
     r3 = await store.apply_labels("labels", [Located(e, 1, i) for i, e in enumerate(late)])
     assert r3.labels_matched == len(late) and r3.labels_waiting == 0
