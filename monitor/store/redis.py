@@ -51,6 +51,7 @@ from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict, StoreError
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
+from monitor.text import text
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +389,7 @@ class RedisStore:
     async def versions(self, model_id: str) -> dict[str, float]:
         """The model's versions, each with the start of its newest minute bucket."""
         raw = await self.redis.hgetall(self.keys.versions(model_id))
-        return {_text(k): float(v) for k, v in raw.items()}
+        return {text(k): float(v) for k, v in raw.items()}
 
     async def totals(self, model_ids: Sequence[str]) -> dict[str, dict[str, Counter[str]]]:
         """Per model, version -> its monotonic totals (see `Keys.totals`), in one round trip."""
@@ -400,7 +401,7 @@ class RedisStore:
         for model_id, raw in zip(model_ids, replies, strict=True):
             by_version: dict[str, Counter[str]] = {}
             for name, value in raw.items():
-                version, _, stat = _text(name).partition(SEP)
+                version, _, stat = text(name).partition(SEP)
                 by_version.setdefault(unescape(version), Counter())[stat] = int(value)
             result[model_id] = by_version
         return result
@@ -515,7 +516,7 @@ async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
         for name in _model_indexes(keys):
             pipe.smembers(name)
         predictions, access, incidents, control = await pipe.execute()
-    return ModelIndex(*(frozenset(_text(m) for m in members) for members in (predictions, access, incidents, control)))
+    return ModelIndex(*(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control)))
 
 
 async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:
@@ -545,10 +546,6 @@ def label_record(event: LabelEvent) -> str:
 def _stored_offsets(reply: list[bytes]) -> dict[int, int]:
     stored: dict[int, int] = {}
     for field_name, offset in zip(reply[::2], reply[1::2], strict=True):
-        partition = int(_text(field_name).rsplit("|", 1)[1])
+        partition = int(text(field_name).rsplit("|", 1)[1])
         stored[partition] = int(offset)
     return stored
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
