@@ -2,9 +2,9 @@
 
 How the buckets are written
 ---------------------------
-Writing every bucket through the real ingest path (`RedisStore.apply` / `apply_labels`) would mean
-folding ~4 million predictions per 1,000 models for the last hour alone, and ~1.3 billion for 15 days
-of hour buckets, so this module writes the bucket hashes directly, but with contents produced by the
+Writing every bucket through the real ingest path (`RedisStore.apply_predictions` / `apply_labels`)
+would mean folding ~4 million predictions per 1,000 models for the last hour alone, and ~1.3 billion for
+15 days of hour buckets, so this module writes the bucket hashes directly, but with contents produced by the
 real code:
 
 1. *Templates.* A few dozen minute buckets and hour buckets are computed from synthetic
@@ -22,9 +22,9 @@ real code:
    `versions`, `versions:first`, `offsets`, a superseded version's frozen `ref:<version>`) are
    written with the key names of `monitor.store.keys.Keys`.
 3. *Check.* `verify_against_ingest` feeds the same events and labels through the real
-   `RedisStore.apply` / `apply_labels` under a second prefix and compares every bucket hash field by
-   field, the users sets member by member, the totals hash and the expiry times, so a change of the
-   ingest layout fails loudly here instead of silently benchmarking the wrong data
+   `RedisStore.apply_predictions` / `apply_labels` under a second prefix and compares every bucket hash
+   field by field, the users sets member by member, the totals hash and the expiry times, so a change of
+   the ingest layout fails loudly here instead of silently benchmarking the wrong data
    (tests/integration/test_bench_population.py checks that the key kinds match too).
 
 What it leaves out, on purpose (`NOT_WRITTEN`): the label-join records of unlabelled predictions and
@@ -632,7 +632,7 @@ async def count_prefix(redis: Redis, prefix: str) -> int:
 
 
 async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | None = None) -> str:
-    """Feed events through `RedisStore.apply`/`apply_labels` and compare with `bucket_contents`.
+    """Feed events through `RedisStore.apply_predictions`/`apply_labels`; compare with `bucket_contents`.
 
     Raises AssertionError on any difference; returns a one-line summary."""
     settings = settings or Settings()
@@ -644,7 +644,7 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
     events = synth_events(rng, "verify", "1", start, 3 * MINUTE_S, 400, Traffic(), tag="v")
     labels = synth_labels(rng, events, 0.7, 0.9)
     try:
-        await store.apply(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
+        await store.apply_predictions(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
         await store.apply_labels(settings.topics.labels, [Located(e, i % 2, i) for i, e in enumerate(labels)])
         expected = bucket_contents("verify", events, labels)
         checked = 0
@@ -676,7 +676,7 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
         assert abs(expire_at - (now + MINUTE_S + settings.hour_bucket_ttl_s)) <= 5, ("totals", expire_at)
         checked += 1
         return (f"ingest check: {checked} bucket hashes, users sets and the totals hash written by "
-                f"RedisStore.apply/apply_labels match the templates' fold")
+                f"RedisStore.apply_predictions/apply_labels match the templates' fold")
     finally:
         await delete_prefix(redis, prefix)
 

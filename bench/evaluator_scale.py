@@ -5,7 +5,7 @@ how the tick grows with models (a small table: 10, 100, 1,000)."
 
 Population. For each N a fresh Redis prefix is filled at steady state by `bench/_population.py` (see
 its docstring: bucket hashes are server-side COPYs of template buckets computed with the ingest fold,
-checked field by field against `RedisStore.apply`/`apply_labels` at start). Every model has version 1;
+checked field by field against `apply_predictions`/`apply_labels` at start). Every model has version 1;
 every other model also runs version 2 as a 50/50 canary for the last 48 h (so N models = 1.5 N
 versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values (sex 2,
 age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram; two

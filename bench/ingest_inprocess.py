@@ -1,4 +1,4 @@
-"""Ingest without Kafka or Faust: decode, fold and `RedisStore.apply` of N events, in one process.
+"""Ingest without Kafka or Faust: decode, fold and `RedisStore.apply_predictions` of N events, one process.
 
 Separates the worker's own per-event cost from the broker's and Faust's: events as in
 `bench/ingest_throughput.py` (20 models, 6 group attributes, in time order at the density of
@@ -62,7 +62,7 @@ async def main() -> None:
     try:
         started = time.perf_counter()
         for i in range(0, n, per_batch):
-            await store.apply("predictions", located[i : i + per_batch])
+            await store.apply_predictions("predictions", located[i : i + per_batch])
         apply_s = time.perf_counter() - started
     finally:
         async for key in redis.scan_iter(match=f"{prefix}*", count=1000):

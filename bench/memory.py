@@ -6,10 +6,10 @@ TTLs bounding growth".
 1. Sample (real write paths). One model, version 1, 60 predictions/min (1/s: 1,000 models = 1,000
    predictions/s) with 20 group values (sex 2, age_band 6, zip3 12, as bench/_population.py), over the
    last 26 h (the unfavourable set's TTL; what is already past the 3 h minute TTL is written with
-   ingest's 60 s expiry floor and left out of the steady state), through `RedisStore.apply`; labels
-   for 80 % of it (50 % of the last hour) through `RedisStore.apply_labels`, plus a few labels whose
-   prediction never came; a few access-log and registry events (`apply_access`, `apply_registry`); the last 5 minutes
-   carry 10 % errors and one access is unauthorised, so one `Evaluator` tick opens incidents (incident,
+   ingest's 60 s expiry floor and left out of the steady state), through `RedisStore.apply_predictions`;
+   labels for 80 % of it (50 % of the last hour) through `RedisStore.apply_labels`, plus a few labels
+   whose prediction never came; a few access-log and registry events (`apply_access`, `apply_registry`);
+   the last 5 minutes carry 10 % errors and one access is unauthorised, so one `Evaluator` tick opens incidents (incident,
    control and index keys); a person's command and an audit entry. `MEMORY USAGE key SAMPLES 0` of
    every key, by key type, and `INFO memory` used_memory before/after.
 2. TTLs. `TTL` of every key under the sample's prefix: any key without an expiry is listed, marked
@@ -252,8 +252,8 @@ class Sample:
 
 
 async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings, evidence: Path) -> Sample:
-    """One model's last `hours` hours through RedisStore.apply / apply_labels / apply_access /
-    apply_registry, then one evaluator tick that opens incidents."""
+    """One model's last `hours` hours through RedisStore.apply_predictions / apply_labels /
+    apply_access / apply_registry, then one evaluator tick that opens incidents."""
     started = time.perf_counter()
     rules = load_rules(default_rules_path())
     store = RedisStore(redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s)
@@ -274,7 +274,7 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
         labels += synth_labels(rng, batch, traffic.label_share_recent if recent else traffic.label_share_old, traffic.accuracy)
     for i in range(0, len(events), BATCH):
         chunk = events[i : i + BATCH]
-        await store.apply(settings.topics.predictions, [Located(e, j % 8, i + j) for j, e in enumerate(chunk)])
+        await store.apply_predictions(settings.topics.predictions, [Located(e, j % 8, i + j) for j, e in enumerate(chunk)])
     orphans = [LabelEvent(ts=now - 30, request_id=f"orphan-{i}", model_id=MODEL, label=1, positive=True) for i in range(50)]
     all_labels = labels + orphans
     for i in range(0, len(all_labels), BATCH):
@@ -425,7 +425,8 @@ async def main() -> None:
             kinds.setdefault(info.kind, Kind(info.kind)).keys.append(info)
         summed = sum(i.bytes for i in infos)
         print(f"1. sample: model {MODEL!r}, {sample.predictions:,} predictions over {args.hours} h and "
-              f"{sample.labels:,} labels through RedisStore.apply/apply_labels, access + registry events, "
+              f"{sample.labels:,} labels through RedisStore.apply_predictions/apply_labels, "
+              "access + registry events, "
               f"2 evaluator ticks (opened: {', '.join(sample.opened)}); {sample.seconds:.0f} s")
         print(f"   {len(infos):,} keys; INFO used_memory delta {mb(after - before)} (shared server); "
               f"sum of MEMORY USAGE {mb(summed)}")

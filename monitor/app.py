@@ -201,7 +201,7 @@ class Monitor:
             BatchIngestor(
                 s.topics.predictions,
                 EventDecoder(PredictionEvent, s.max_value_bytes),
-                self.store.apply,
+                self.store.apply_predictions,
                 dead_letters,
                 self.metrics,
                 **ingest_options,

@@ -6,7 +6,6 @@ the Faust agent only turns its `take_events` batches into `RawMessage`s and call
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +17,7 @@ import msgspec
 from monitor.aggregates.predictions import Located
 from monitor.events import E, EventDecoder, Rejected
 from monitor.metrics import IngestMetrics
+from monitor.retry import retry
 from monitor.store.redis import TRANSIENT, ApplyResult
 
 log = logging.getLogger(__name__)
@@ -122,22 +122,19 @@ class BatchIngestor(Generic[E]):
     async def _apply_until_done(self, located: list[Located]) -> ApplyResult:
         # Redis being away slows ingest down; it never drops the batch. Kafka keeps the
         # uncommitted offsets, and the replay guard makes every retry safe.
-        delay = 0.1
-        while True:
-            try:
-                result = await self._apply(self.topic, located)
-            except TRANSIENT as exc:
-                self.on_redis_down(True)
-                self.metrics.redis_retries.inc()
-                log.warning(
-                    "Redis unavailable (%s); holding a batch of %d %s events, retrying in %.1fs",
-                    exc, len(located), self.topic, delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            self.on_redis_down(False)
-            return result
+        def held(exc: BaseException, delay_s: float) -> None:
+            self.on_redis_down(True)
+            self.metrics.redis_retries.inc()
+            log.warning(
+                "Redis unavailable (%s); holding a batch of %d %s events, retrying in %.1fs",
+                exc, len(located), self.topic, delay_s,
+            )
+
+        result = await retry(
+            lambda: self._apply(self.topic, located), on=TRANSIENT, max_s=self.retry_max_s, before_sleep=held
+        )
+        self.on_redis_down(False)
+        return result
 
 
 def _out_of_window(event: object, message: RawMessage, oldest: float, newest: float) -> Rejected:

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from monitor.aggregates.predictions import HOUR_S, MINUTE_S, SEP, Located, escape
+from monitor.aggregates.predictions import MINUTE_S, SEP, Located, escape
 from monitor.events import AccessEvent, RegistryEvent
 
 ACCESS_VERSION = "!access"  # a model_version no producer sends: the access counters' bucket name
 UNSCOPED = "_unscoped"  # the model key of access events that name no model
 
 # Bucket-field kinds of the security counters ("<kind>|<key>"), read back by the security rules.
-ACCESS_EVENTS = "san"
 VIOLATIONS = "sv"
 OFF_HOURS = "soh"
 NEW_PRINCIPAL = "snp"  # written by the script (needs history)
@@ -53,13 +52,6 @@ class AccessShare:
     stateful: list[list[object]] = field(default_factory=list)
     recent: list[str] = field(default_factory=list)  # JSON access records kept for evidence
     events: int = 0
-
-    def hours(self) -> dict[int, Counter[str]]:
-        """The same increments rolled up into hour buckets."""
-        rolled: dict[int, Counter[str]] = {}
-        for minute, counts in self.minutes.items():
-            rolled.setdefault(minute - minute % HOUR_S, Counter()).update(counts)
-        return rolled
 
 
 class HoursOfUse(Protocol):
@@ -113,7 +105,6 @@ def fold_access(located: Iterable[Located], policy: AccessClassifier, topic: str
         ts = e.epoch_s
         minute = int(ts) - int(ts) % MINUTE_S
         counts = share.minutes.setdefault(minute, Counter())
-        counts[ACCESS_EVENTS] += 1
         if not policy.allows(e.principal, e.action, e.resource_type, e.model_id):
             counts[security_field(VIOLATIONS, e.principal)] += 1
         if e.outcome == "denied":

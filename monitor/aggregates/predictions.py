@@ -8,7 +8,7 @@ Field names inside a bucket hash are part of the Redis layout (see `monitor.stor
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -188,10 +188,15 @@ class Share:
 
     def hours(self) -> dict[tuple[str, int], Counter[str]]:
         """The same increments rolled up into hour buckets (long windows read these)."""
-        rolled: dict[tuple[str, int], Counter[str]] = {}
-        for (version, minute), counts in self.minutes.items():
-            rolled.setdefault((version, minute - minute % HOUR_S), Counter()).update(counts)
-        return rolled
+        return hour_buckets(self.minutes)
+
+
+def hour_buckets(minutes: Mapping[tuple[str, int], Counter[str]]) -> dict[tuple[str, int], Counter[str]]:
+    """Minute buckets, keyed (version, minute start), rolled up into the hour buckets they fall in."""
+    rolled: dict[tuple[str, int], Counter[str]] = {}
+    for (version, minute), counts in minutes.items():
+        rolled.setdefault((version, minute - minute % HOUR_S), Counter()).update(counts)
+    return rolled
 
 
 def fold(located: Iterable[Located]) -> dict[str, Share]:

@@ -23,10 +23,7 @@ from monitor.aggregates.predictions import (
     SEP,
     unescape,
 )
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+from monitor.text import text
 
 
 def sum_buckets(buckets: Iterable[Mapping[str | bytes, str | bytes]]) -> Counter[str]:
@@ -34,7 +31,7 @@ def sum_buckets(buckets: Iterable[Mapping[str | bytes, str | bytes]]) -> Counter
     total: Counter[str] = Counter()
     for bucket in buckets:
         for name, value in bucket.items():
-            total[_text(name)] += int(value)
+            total[text(name)] += int(value)
     return total
 
 

@@ -16,12 +16,13 @@ from types import TracebackType
 from typing import Literal
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from monitor.events import ControlMessage
 from monitor.exceptions import ServicesError
+from monitor.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ Decision = Literal["automatic", "human_review", "blocked"]
 
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
+_Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,25 +227,27 @@ class GatewayClient:
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         """Apply records as they arrive, forever; broker errors are retried with backoff."""
-        retry_s = _RETRY_MIN_S
+
+        def away(exc: BaseException, delay_s: float) -> None:
+            # Keep serving the last known state while the broker is away; never die silently.
+            log.warning("control topic %s: %s; retrying in %.1fs", self.control_topic, exc, delay_s,
+                        exc_info=not isinstance(exc, KafkaError))
+
         while True:
-            try:
-                if not self._caught_up.is_set() and await self._reached_targets(consumer):
-                    self._caught_up.set()
-                    log.info("control topic %s read to its end: %d models",
-                             self.control_topic, len(self._states))
-                batches = await consumer.getmany(timeout_ms=500)
-            except Exception as exc:
-                # Keep serving the last known state while the broker is away; never die silently.
-                log.warning("control topic %s: %s; retrying in %.1fs", self.control_topic, exc, retry_s,
-                            exc_info=not isinstance(exc, KafkaError))
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, _RETRY_MAX_S)
-                continue
-            retry_s = _RETRY_MIN_S
+            # Each poll starts its backoff afresh: one success ends an outage.
+            batches = await retry(lambda: self._poll(consumer), on=Exception,
+                                  first_s=_RETRY_MIN_S, max_s=_RETRY_MAX_S, before_sleep=away)
             for tp, records in batches.items():
                 for record in records:
                     self._on_record(record.key, record.value, f"{tp.topic}/{tp.partition}@{record.offset}")
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> _Records:
+        """Note the end of the initial read once reached, then wait up to 500 ms for records."""
+        if not self._caught_up.is_set() and await self._reached_targets(consumer):
+            self._caught_up.set()
+            log.info("control topic %s read to its end: %d models", self.control_topic, len(self._states))
+        records: _Records = await consumer.getmany(timeout_ms=500)
+        return records
 
     async def _reached_targets(self, consumer: AIOKafkaConsumer) -> bool:
         """True when every partition's position is at or past its end offset seen at start."""

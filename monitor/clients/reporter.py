@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from monitor.events import PredictionEvent
+from monitor.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +202,14 @@ class PredictionReporter:
         async with self._changed:
             self._changed.notify_all()  # its buffer space is free for waiting reporters
         value = b"[" + b",".join(item.value for item in batch) + b"]"
-        retry_s = _RETRY_MIN_S
-        while True:
-            try:
-                await producer.send_and_wait(self.topic, value, key=batch[0].request_id)
-                break
-            except KafkaError as exc:
-                # At least once: a retried message may land twice if the first try did land.
-                log.warning("reporter: %d events to %s not sent (%s); retrying in %.1fs",
-                            len(batch), self.topic, exc, retry_s)
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, _RETRY_MAX_S)
+
+        def unsent(exc: BaseException, delay_s: float) -> None:
+            # At least once: a retried message may land twice if the first try did land.
+            log.warning("reporter: %d events to %s not sent (%s); retrying in %.1fs",
+                        len(batch), self.topic, exc, delay_s)
+
+        await retry(lambda: producer.send_and_wait(self.topic, value, key=batch[0].request_id),
+                    on=KafkaError, first_s=_RETRY_MIN_S, max_s=_RETRY_MAX_S, before_sleep=unsent)
         self.sent_events += len(batch)
         self.sent_messages += 1
         self._sending = 0

@@ -19,6 +19,8 @@ import aiohttp
 import msgspec
 
 from monitor.events import IncidentEvent
+from monitor.exceptions import MonitorError
+from monitor.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +107,6 @@ class Deliverer:
         self.delivered = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def enabled(self) -> bool:
-        """Whether there is anywhere to deliver to."""
-        return bool(self.alertmanager_url or self.webhook_urls)
-
     def submit(self, event: IncidentEvent) -> None:
         """Start delivering one event; returns at once."""
         self.submit_group([event])
@@ -145,23 +142,32 @@ class Deliverer:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _post(self, channel: str, url: str, body: Any) -> None:
-        delay = self.first_backoff_s
-        for attempt in range(1, self.attempts + 1):
-            try:
-                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-                    async with session.post(url, json=body) as response:
-                        if response.status < 300:
-                            self.delivered += 1
-                            if self.counters is not None:
-                                self.counters.delivered.labels(channel).inc()
-                            return
-                        problem = f"HTTP {response.status}: {(await response.text())[:200]}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt < self.attempts:
-                await asyncio.sleep(delay)
-                delay *= 2
-        self.failed += 1
+        try:
+            await retry(lambda: _post_once(url, body), on=_UNDELIVERED, first_s=self.first_backoff_s,
+                        tries=self.attempts)
+        except _UNDELIVERED as exc:
+            self.failed += 1
+            if self.counters is not None:
+                self.counters.failed.labels(channel).inc()
+            problem = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
+            log.error("could not deliver an incident event to %s after %d tries: %s",
+                      url, self.attempts, problem)
+            return
+        self.delivered += 1
         if self.counters is not None:
-            self.counters.failed.labels(channel).inc()
-        log.error("could not deliver an incident event to %s after %d tries: %s", url, self.attempts, problem)
+            self.counters.delivered.labels(channel).inc()
+
+
+class Refused(MonitorError):
+    """A receiver answered a delivery with an HTTP error status."""
+
+
+_UNDELIVERED = (Refused, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+async def _post_once(url: str, body: Any) -> None:
+    """POST the body as JSON; raises Refused unless the receiver accepts it (2xx)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.post(url, json=body) as response:
+            if response.status >= 300:
+                raise Refused(f"HTTP {response.status}: {(await response.text())[:200]}")

@@ -57,7 +57,7 @@ class Incident(IncidentView, kw_only=True):
 
     def public(self) -> IncidentView:
         """The incident without the bookkeeping fields (what the API returns)."""
-        return IncidentView(**{name: getattr(self, name) for name in IncidentView.__struct_fields__})
+        return IncidentView(**_fields(self, IncidentView))
 
     @property
     def dedup_key(self) -> str:
@@ -79,26 +79,15 @@ class Incident(IncidentView, kw_only=True):
         self.timeline.append({"at": at, "what": what, **detail})
 
     def event(self, kind: str) -> IncidentEvent:
-        """The incident as published on the incidents topic."""
-        return IncidentEvent(
-            event=kind,  # type: ignore[arg-type]  # kinds come from EventKind
-            id=self.id,
-            category=self.category,
-            rule=self.rule,
-            model_id=self.model_id,
-            model_version=self.model_version,
-            severity=self.severity,  # type: ignore[arg-type]  # Severity literal, from the rules
-            status=self.status,
-            opened_at=self.opened_at,
-            updated_at=self.updated_at,
-            observation=self.observation,
-            scope=self.scope,
-            actions=self.actions,
-            evidence_ref=self.evidence_ref,
-            group=self.group,
-            summary=self.summary,
-            remediation=self.remediation,
-        )
+        """The incident as published on the incidents topic: the fields IncidentEvent declares."""
+        # `kind` is an EventKind (the outbox holds them as str)
+        return IncidentEvent(event=kind, **_fields(self, IncidentEvent))  # type: ignore[arg-type]
+
+
+def _fields(incident: Incident, shape: type[msgspec.Struct]) -> dict[str, Any]:
+    """The incident's values of the fields `shape` declares (the wire or API contract decides, so
+    a field is never copied by hand); `event`, the one field an incident does not hold, is left out."""
+    return {name: getattr(incident, name) for name in shape.__struct_fields__ if name != "event"}
 
 
 def new_incident_id(now: float) -> str:

@@ -99,7 +99,8 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
     )
 
 
-KIND = {
+# The title of each incident category in a notification (its "Type:" line and subject).
+CATEGORY_TITLES = {
     "performance": "Performance degradation",
     "availability": "Availability incident",
     "output_quality": "Output quality incident",
@@ -125,7 +126,7 @@ def render_notification(incident: Incident, *, contact: str) -> str:
         incident=incident,
         obs={"value": obs.get("value"), "threshold": obs.get("threshold"), "baseline": obs.get("baseline"),
              "samples": obs.get("samples")},
-        kind=KIND.get(incident.category, incident.category),
+        kind=CATEGORY_TITLES.get(incident.category, incident.category),
         window=_duration(int(obs.get("window_s", 0)) or 60),
         test_line=test_line,
         opened=f"{datetime.fromtimestamp(incident.opened_at, UTC):%Y-%m-%d %H:%M:%S} UTC",

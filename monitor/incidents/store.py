@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from monitor.events import ControlMessage
 from monitor.incidents.incident import Incident
 from monitor.store.keys import Keys
+from monitor.text import text
 
 _incident_decoder = msgspec.json.Decoder(Incident)
 SCAN_PAGE = 500  # index entries read per round trip while a filtered listing looks for matches
@@ -48,7 +49,7 @@ class IncidentStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id, ids in zip(model_ids, id_lists, strict=True):
                 for incident_id in ids:
-                    pipe.get(self.keys.incident(model_id, _text(incident_id)))
+                    pipe.get(self.keys.incident(model_id, text(incident_id)))
             raw = iter(await pipe.execute())
         result: dict[str, list[Incident]] = {}
         for model_id, ids in zip(model_ids, id_lists, strict=True):
@@ -64,7 +65,7 @@ class IncidentStore:
     async def find(self, incident_id: str) -> Incident | None:
         """One incident by id alone."""
         model_id = await self.redis.hget(self.keys.incident_models(), incident_id)
-        return None if model_id is None else await self.get(_text(model_id), incident_id)
+        return None if model_id is None else await self.get(text(model_id), incident_id)
 
     async def recent(
         self, limit: int = 100, *, status: str | None = None, model_id: str | None = None
@@ -112,7 +113,7 @@ class IncidentStore:
 
     async def _index_page(self, start: int, count: int) -> list[tuple[str, str]]:
         members = await self.redis.zrevrange(self.keys.incident_index(), start, start + count - 1)
-        pairs = [_text(m).split("|", 1) for m in members if isinstance(m, (str, bytes))]
+        pairs = [text(m).split("|", 1) for m in members if isinstance(m, (str, bytes))]
         return [(model_id, incident_id) for model_id, incident_id in pairs]
 
     async def control_states(self, model_ids: list[str]) -> dict[str, ControlState]:
@@ -123,7 +124,7 @@ class IncidentStore:
             replies = await pipe.execute()
         states = {}
         for model_id, raw in zip(model_ids, replies, strict=True):
-            fields = {_text(k): v for k, v in raw.items()}
+            fields = {text(k): v for k, v in raw.items()}
             states[model_id] = ControlState(
                 seq=int(fields.get("seq", 0)),
                 level=int(fields.get("level", 0)),
@@ -157,7 +158,7 @@ class IncidentStore:
                 pipe.hgetall(self.keys.quiet(model_id))
             replies = await pipe.execute()
         return {
-            model_id: {_text(k): float(v) for k, v in raw.items()}
+            model_id: {text(k): float(v) for k, v in raw.items()}
             for model_id, raw in zip(model_ids, replies, strict=True)
         }
 
@@ -175,7 +176,3 @@ class IncidentStore:
                 pipe.hset(self.keys.control(model_id), "override", level)
             pipe.sadd(self.keys.controlled_models(), model_id)
             await pipe.execute()
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

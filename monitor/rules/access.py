@@ -3,8 +3,9 @@
 `AccessPolicy` is what the security aggregation reads (it is `RuleSet.access_policy`); `AccessPolicySpec`
 is the section as written, and `access_problems` its cross-field checks, with paths relative to the
 section so the loader can put a file and line on each. Actions and resource types are the enums of
-the AccessEvent of docs/events.md. Principal and model patterns are fnmatch globs, matched case-sensitively:
-`svc-Trainer` is not `svc-trainer`, and a policy must not depend on the platform it runs on.
+the AccessEvent of docs/events.md, taken from `monitor.events` (the wire contract). Principal and
+model patterns are fnmatch globs, matched case-sensitively: `svc-Trainer` is not `svc-trainer`,
+and a policy must not depend on the platform it runs on.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from monitor.events import AccessAction, ResourceType
 from monitor.rules.durations import parse_duration
 
-Action = Literal["read", "download", "write", "delete", "deploy", "query", "login", "grant"]
-ResourceType = Literal["model_weights", "training_data", "endpoint", "config", "credentials"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Hours = Literal["normal", "any"]
 Loc = tuple[str | int, ...]
 
-ACTIONS: frozenset[str] = frozenset(get_args(Action))
+ACTIONS: frozenset[str] = frozenset(get_args(AccessAction))
 RESOURCE_TYPES: frozenset[str] = frozenset(get_args(ResourceType))
 DAYS: tuple[str, ...] = get_args(Day)  # index = datetime.weekday()
 DEFAULT_LEARNING_S = 7 * 86400
@@ -191,7 +191,7 @@ class GrantSpec(BaseModel):
     model_config = _STRICT
 
     principals: list[str]
-    actions: list[Action]
+    actions: list[AccessAction]
     resource_types: list[ResourceType]
     models: list[str] = ["*"]
     hours: Hours = "normal"
@@ -211,8 +211,8 @@ class AccessPolicySpec(BaseModel):
 
     normal_hours: NormalHoursSpec = Field(default_factory=NormalHoursSpec)
     learning_period: Annotated[int | None, BeforeValidator(_duration)] = None
-    unchecked_actions: list[Action] | None = None
-    privileged_actions: list[Action] | None = None
+    unchecked_actions: list[AccessAction] | None = None
+    privileged_actions: list[AccessAction] | None = None
     grants: list[GrantSpec] = []
 
     def resolve(self) -> AccessPolicy:
@@ -226,7 +226,7 @@ class AccessPolicySpec(BaseModel):
         )
 
 
-def _actions(written: list[Action] | None, default: frozenset[str]) -> frozenset[str]:
+def _actions(written: list[AccessAction] | None, default: frozenset[str]) -> frozenset[str]:
     return default if written is None else frozenset(written)
 
 

@@ -1,4 +1,7 @@
-"""Every Redis key the monitor writes (docs/redis.md).
+"""Every Redis key the monitor writes (docs/redis.md): the one place key shapes live.
+
+The Lua scripts build no key names of their own: they get the keys they touch as KEYS, and the
+keys that depend on what Redis holds as the format patterns below (`bucket_pattern`, `join_pattern`).
 
 All per-model keys carry the `{model_id}` hash tag, so one model's keys share a hash slot: each
 atomic step touches one slot and the layout works unchanged on Redis Cluster.
@@ -146,7 +149,14 @@ class Keys:
 
     def bucket(self, model_id: str, version: str, resolution: str, start_s: int) -> str:
         """Hash of additive counters of one version over one minute or hour bucket."""
+        # Spelled out rather than `bucket_pattern(...) % ...`: this is on the windows' read path,
+        # where the pattern would double the cost; tests/unit/test_keys.py holds the two equal.
         return f"{self.model(model_id)}:{resolution}:{version}:{start_s}"
+
+    def bucket_pattern(self, model_id: str, resolution: str) -> str:
+        """`bucket` with the version and start left as `%s` and `%d`: the scripts fill them in with
+        string.format for the buckets they find only in Redis (a label's prediction, a new principal)."""
+        return f"{_literal(self.model(model_id))}:{resolution}:%s:%d"
 
     def users_seen(self, model_id: str, version: str) -> str:
         """Sorted set user -> event time of the user's newest request to the version (any outcome);
@@ -161,7 +171,11 @@ class Keys:
 
     def join(self, model_id: str, day_s: int) -> str:
         """Hash request_id -> join record of the predictions of one UTC day still awaiting a label."""
-        return f"{self.model(model_id)}:join:{day_s}"
+        return self.join_pattern(model_id) % day_s
+
+    def join_pattern(self, model_id: str) -> str:
+        """`join` with the day left as `%d`, for the label script (it looks back over several days)."""
+        return f"{_literal(self.model(model_id))}:join:%d"
 
     def waiting_labels(self, model_id: str) -> str:
         """Hash request_id -> label, for labels that arrived before their prediction."""
@@ -175,3 +189,8 @@ class Keys:
 def guard_field(topic: str, partition: int) -> str:
     """The offsets-hash field of one source partition."""
     return f"{topic}|{partition}"
+
+
+def _literal(part: str) -> str:
+    """A key part as it must appear in a format pattern (Python's % and Lua's string.format)."""
+    return part.replace("%", "%%")

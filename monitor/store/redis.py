@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 from importlib import resources
@@ -26,7 +26,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from monitor.aggregates.predictions import (
     COUNT,
     ERRORS,
-    HOUR_S,
     MINUTE_S,
     SEP,
     Located,
@@ -35,6 +34,7 @@ from monitor.aggregates.predictions import (
     canonical,
     escape,
     fold,
+    hour_buckets,
     offset_ranges,
     recent_records,
     unescape,
@@ -51,6 +51,7 @@ from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict, StoreError
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
+from monitor.text import text
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class RedisStore:
         self.follow_s = ingest.follow_s
         self.users_keep_s = ingest.unserved_window_s + USERS_SLACK_S
 
-    async def apply(self, topic: str, located: Sequence[Located]) -> ApplyResult:
+    async def apply_predictions(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
         return await self._apply_guarded(
             topic, located, self._prediction_call, index=self.keys.models()
@@ -233,12 +234,34 @@ class RedisStore:
                 [guard_field(topic, partition), low, high]
                 for partition, (low, high) in sorted(offsets.items())
             ],
-            "head": self.keys.model(model_id),
+            # The keys the scripts find only in Redis (a label's prediction, a new principal's
+            # buckets) are named by these patterns: keys.py stays the one place key shapes live.
+            "minute_key": self.keys.bucket_pattern(model_id, MINUTE),
+            "hour_key": self.keys.bucket_pattern(model_id, HOUR),
             "now": int(self.clock()),
             "minute_ttl": self.minute_ttl_s,
             "hour_ttl": self.hour_ttl_s,
             "ttl_s": self.hour_ttl_s,
         }
+
+    def _buckets(
+        self, model_id: str, minutes: Mapping[tuple[str, int], Counter[str]], keys: list[str]
+    ) -> list[list[object]]:
+        """A share's bucket writes, as the scripts' `apply_buckets` takes them: each minute bucket
+        and each hour bucket it rolls up into, by its index in KEYS (appended to `keys`), with its
+        expiry (never in the past) and its non-zero increments."""
+        floor = int(self.clock()) + MINUTE_S
+        buckets: list[list[object]] = []
+        for resolution, counters, ttl_s in (
+            (MINUTE, minutes, self.minute_ttl_s),
+            (HOUR, hour_buckets(minutes), self.hour_ttl_s),
+        ):
+            for (version, start_s), counts in counters.items():
+                flat = _flatten(counts)
+                if flat:  # an access minute may count only what the script decides (new principals)
+                    keys.append(self.keys.bucket(model_id, version, resolution, start_s))
+                    buckets.append([len(keys), max(start_s + ttl_s, floor), flat])  # Lua counts from 1
+        return buckets
 
     def _prediction_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
         share = fold(located)[model_id]
@@ -259,14 +282,7 @@ class RedisStore:
             return len(keys)  # Lua indexes KEYS from 1
 
         floor = int(self.clock()) + MINUTE_S  # never hand Redis an expiry in the past
-        buckets: list[list[object]] = []
-        for resolution, counters, ttl_s in (
-            (MINUTE, share.minutes, self.minute_ttl_s),
-            (HOUR, share.hours(), self.hour_ttl_s),
-        ):
-            for (version, start_s), counts in counters.items():
-                key = k.bucket(model_id, version, resolution, start_s)
-                buckets.append([index(key), max(start_s + ttl_s, floor), _flatten(counts)])
+        buckets = self._buckets(model_id, share.minutes, keys)
         # The version totals ride along as one more "bucket" (a hash of increments with an expiry),
         # so the script needs no change: applied in the same atomic step, at most once.
         totals = version_totals(share)
@@ -318,15 +334,8 @@ class RedisStore:
             k.offsets(model_id), k.access_facts(model_id), k.known_access(model_id),
             k.known_sources(model_id), k.new_source_logins(model_id), k.recent_access(model_id),
         ]
-        floor = int(self.clock()) + MINUTE_S
-        buckets: list[list[object]] = []
-        for resolution, counters, ttl_s in (
-            (MINUTE, share.minutes, self.minute_ttl_s),
-            (HOUR, share.hours(), self.hour_ttl_s),
-        ):
-            for start_s, counts in counters.items():
-                keys.append(k.bucket(model_id, ACCESS_VERSION, resolution, start_s))
-                buckets.append([len(keys), max(start_s + ttl_s, floor), _flatten(counts)])
+        minutes = {(ACCESS_VERSION, start_s): counts for start_s, counts in share.minutes.items()}
+        buckets = self._buckets(model_id, minutes, keys)
         payload = {
             **self._common(topic, model_id, offset_ranges(located)),
             "version": ACCESS_VERSION,
@@ -366,6 +375,7 @@ class RedisStore:
             **self._common(topic, model_id, offset_ranges(located)),
             "labels": labels,
             "days": list(days),
+            "join_key": k.join_pattern(model_id),
             "wait_until": now + self.label_join_ttl_s,
         }
         keys = [k.offsets(model_id), k.waiting_labels(model_id), k.waiting_until(model_id)]
@@ -388,7 +398,7 @@ class RedisStore:
     async def versions(self, model_id: str) -> dict[str, float]:
         """The model's versions, each with the start of its newest minute bucket."""
         raw = await self.redis.hgetall(self.keys.versions(model_id))
-        return {_text(k): float(v) for k, v in raw.items()}
+        return {text(k): float(v) for k, v in raw.items()}
 
     async def totals(self, model_ids: Sequence[str]) -> dict[str, dict[str, Counter[str]]]:
         """Per model, version -> its monotonic totals (see `Keys.totals`), in one round trip."""
@@ -400,7 +410,7 @@ class RedisStore:
         for model_id, raw in zip(model_ids, replies, strict=True):
             by_version: dict[str, Counter[str]] = {}
             for name, value in raw.items():
-                version, _, stat = _text(name).partition(SEP)
+                version, _, stat = text(name).partition(SEP)
                 by_version.setdefault(unescape(version), Counter())[stat] = int(value)
             result[model_id] = by_version
         return result
@@ -426,13 +436,6 @@ class RedisStore:
         starts = range(first, int(end_s), MINUTE_S)
         return await self._sum(model_id, version, MINUTE, starts)
 
-    async def hour_counters(
-        self, model_id: str, version: str, start_s: float, end_s: float
-    ) -> Counter[str]:
-        """Summed counters of the hour buckets that start in [start_s, end_s)."""
-        first = int(start_s) - int(start_s) % HOUR_S
-        return await self._sum(model_id, version, HOUR, range(first, int(end_s), HOUR_S))
-
     async def window(self, model_id: str, version: str, start_s: float, end_s: float) -> WindowStats:
         """Statistics of one version over [start_s, end_s) at minute resolution."""
         return WindowStats.from_counters(
@@ -447,18 +450,6 @@ class RedisStore:
                 pipe.hgetall(self.keys.bucket(model_id, version, resolution, start))
             buckets = await pipe.execute()
         return sum_buckets(buckets)
-
-    async def wait_until_up(self, retry_max_s: float, on_retry: Callable[[Exception], None]) -> None:
-        """Block until Redis answers a PING, backing off up to `retry_max_s` between tries."""
-        delay = 0.1
-        while True:
-            try:
-                await self.redis.ping()
-                return
-            except TRANSIENT as exc:
-                on_retry(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, retry_max_s)
 
 
 TOTAL_STATS = (COUNT, ERRORS)
@@ -515,7 +506,7 @@ async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
         for name in _model_indexes(keys):
             pipe.smembers(name)
         predictions, access, incidents, control = await pipe.execute()
-    return ModelIndex(*(frozenset(_text(m) for m in members) for members in (predictions, access, incidents, control)))
+    return ModelIndex(*(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control)))
 
 
 async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:
@@ -545,10 +536,6 @@ def label_record(event: LabelEvent) -> str:
 def _stored_offsets(reply: list[bytes]) -> dict[int, int]:
     stored: dict[int, int] = {}
     for field_name, offset in zip(reply[::2], reply[1::2], strict=True):
-        partition = int(_text(field_name).rsplit("|", 1)[1])
+        partition = int(text(field_name).rsplit("|", 1)[1])
         stored[partition] = int(offset)
     return stored
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -182,7 +182,7 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
                             user_id=f"u{i}")
             for i in range(1500)
         ]
-        await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
+        await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
         deliverer = Deliverer(alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"])
         clock = [now]
         ev = Evaluator(redis, keys, load_rules(default_rules_path()),

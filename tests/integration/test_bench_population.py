@@ -1,9 +1,9 @@
 """The benchmarks' synthetic population has the key layout real ingest writes (on the real Redis).
 
 bench/_population.py writes buckets, users sets and totals directly instead of through
-`RedisStore.apply`; when the ingest layout changes and the population does not follow, the benchmarks
-measure the wrong data (or stop running). This compares the two at a tiny scale: the same kind of
-traffic through the real ingest and through the population must leave the same kinds of keys, with
+`RedisStore.apply_predictions`; when the ingest layout changes and the population does not follow, the
+benchmarks measure the wrong data (or stop running). This compares the two at a tiny scale: the same
+kind of traffic through the real ingest and through the population must leave the same kinds of keys, with
 the same Redis types, expiry and small-hash fields.
 """
 
@@ -89,7 +89,7 @@ async def ingest(redis: Redis, prefix: str, settings: Settings) -> None:
         *synth_events(rng, "model-0001", "2", start, 180, 150, traffic),
     ]
     labels = synth_labels(rng, events, 0.5, 0.9)
-    await store.apply(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
+    await store.apply_predictions(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
     await store.apply_labels(settings.topics.labels, [Located(e, i % 2, i) for i, e in enumerate(labels)])
 
 

@@ -62,7 +62,7 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
                 batch.append(loan(model, len(produced) + len(batch), ts, sex, rng.random() < rate, rng))
         produced.extend(batch)
         after_switch_f += sum(1 for e in batch if e.groups["sex"] == "F" and e.epoch_s >= t_switch)
-        await store.apply("predictions", [Located(e, 0, len(produced) - len(batch) + j) for j, e in enumerate(batch)])
+        await store.apply_predictions("predictions", [Located(e, 0, len(produced) - len(batch) + j) for j, e in enumerate(batch)])
         clock[0] = minute_start + MINUTE
         report = await ev.tick()
         assert all(i.category == "bias" and i.rule == "disparate-impact" for i in report.opened)
@@ -128,7 +128,7 @@ async def test_fnr_gap_fires_with_enough_labels_and_not_on_thirty(world: World) 
                     positive=not refused, groups={"sex": sex, "age_band": "35-54", "zip3": "941"}, subject_id=rid,
                 ))
                 labels.append(LabelEvent(request_id=rid, model_id=model, ts=ts + 3600, label=int(qualified), positive=qualified))
-        await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
+        await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
         await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(labels)])
         report = await evaluator(world, keys, clock).tick()
         found = [(i.rule, i.group) for i in report.opened]
@@ -150,7 +150,7 @@ async def test_a_proxy_attribute_is_called_possible_proxy_discrimination(world: 
         zip3 = ("941", "606")[i % 2]
         approved = rng.random() < (0.6 if zip3 == "941" else 0.36)
         events.append(loan(model, i, NOW - rng.uniform(1, 50 * MINUTE), rng.choice("FM"), approved, rng, zip3=zip3))
-    await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
+    await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
     report = await evaluator(world, keys, clock).tick()
     assert [(i.rule, i.group) for i in report.opened] == [("disparate-impact", "zip3=606")]
     incident = report.opened[0]
@@ -178,7 +178,7 @@ async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: 
                     batch.append(loan(f"fair-{m}", offset + len(batch), tick - rng.uniform(1, 13 * MINUTE), rng.choice("FM"), rng.random() < rate, rng, zip3=zip3))
         for chunk in range(0, len(batch), 10_000):
             part = batch[chunk : chunk + 10_000]
-            await store.apply("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
             offset += len(part)
         clock[0] = tick
         report = await ev.tick()

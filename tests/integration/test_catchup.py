@@ -139,7 +139,7 @@ async def test_while_behind_an_open_downtime_is_neither_refired_nor_resolved(wor
     last = clock[0] - 40 * 60
     events = [PredictionEvent(model_id="m-held", model_version="1", request_id=f"r{i}", ts=last - 600 + i, prediction=1)
               for i in range(600)]
-    await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
+    await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
     hold = SilenceHold(lag, "predictions", lambda: 2)
     ev = world.evaluator(keys, lambda: clock[0], silence_hold=hold)
 
@@ -156,7 +156,7 @@ async def test_while_behind_an_open_downtime_is_neither_refired_nor_resolved(wor
     assert not report.silence_held and [i.rule for i in report.opened] == ["downtime"]
     incident = report.opened[0]
     # The model sends again, but the monitor falls behind: the open incident is left as it is ...
-    await store.apply("predictions", [Located(
+    await store.apply_predictions("predictions", [Located(
         PredictionEvent(model_id="m-held", model_version="1", request_id="back", ts=clock[0], prediction=1), 0, 1000)])
     for minute in range(1, 11):
         clock[0] += 60

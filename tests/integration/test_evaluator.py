@@ -101,7 +101,7 @@ async def load(world: World, model_id: str, traffic: list[Traffic]) -> Keys:
     for slice_ in traffic:
         predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
         for chunk in range(0, len(predictions), 2000):
-            await store.apply("predictions", [Located(e, 0, offset + j) for j, e in enumerate(predictions[chunk : chunk + 2000])])
+            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(predictions[chunk : chunk + 2000])])
             offset += len(predictions[chunk : chunk + 2000])
         for chunk in range(0, len(labels), 2000):
             await store.apply_labels("labels", [Located(e, 0, offset + j) for j, e in enumerate(labels[chunk : chunk + 2000])])
@@ -202,7 +202,7 @@ async def test_unserved_counts_users_never_served_not_users_with_a_failed_reques
     healthy = await load(world, "m-repeat", [traffic])
     predictions, _ = traffic.events("m-repeat", "again")
     # the same users again through another topic (no offset guard): ZADD GT leaves every score as it was
-    await world.store(healthy).apply("predictions-replayed", [Located(e, 0, j) for j, e in enumerate(predictions[:2000])])
+    await world.store(healthy).apply_predictions("predictions-replayed", [Located(e, 0, j) for j, e in enumerate(predictions[:2000])])
     report = await evaluator(world, healthy, lambda: NOW).tick()
     (finding,) = [f for f in report.findings if f.rule_id == "unserved-users"]
     assert (finding.observation["samples"], finding.observation["value"], finding.fired) == (1000, 0.0, False)
@@ -273,7 +273,7 @@ async def load_into(world: World, keys: Keys, model_id: str, traffic: list[Traff
     store = world.store(keys)
     for slice_ in traffic:
         predictions, _ = slice_.events(model_id, uuid.uuid4().hex[:6])
-        await store.apply("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
+        await store.apply_predictions("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
 
 
 async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) -> None:
@@ -308,7 +308,7 @@ async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) ->
                 labels.append(LabelEvent(request_id=rid, model_id=model_id, ts=ts + 30, label=1 if correct else 0))
         for chunk in range(0, len(predictions), 5000):
             part = predictions[chunk : chunk + 5000]
-            await store.apply("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
             offset += len(part)
         for chunk in range(0, len(labels), 5000):
             part = labels[chunk : chunk + 5000]

@@ -69,7 +69,7 @@ async def test_labels_join_their_predictions_whatever_the_order(store: RedisStor
     early, late = labels[: len(labels) // 2], labels[len(labels) // 2 :]
     r1 = await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(early)])
     assert r1.labels_waiting == len(early) and r1.labels_matched == 0
-    r2 = await store.apply("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
+    r2 = await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
     assert r2.labels_matched == len(early)
     r3 = await store.apply_labels("labels", [Located(e, 1, i) for i, e in enumerate(late)])
     assert r3.labels_matched == len(late) and r3.labels_waiting == 0
@@ -99,3 +99,22 @@ async def test_a_waiting_label_is_given_up_after_the_join_ttl(store: RedisStore)
     other = LabelEvent(request_id="other", model_id="credit", ts=clock[0], label=1)
     await store.apply_labels("labels", [Located(other, 0, 1)])
     assert not await store.redis.hexists(store.keys.waiting_labels("credit"), "never")
+
+
+async def test_a_label_finds_its_prediction_whatever_the_model_id_spells(store: RedisStore) -> None:
+    # The scripts build the join and bucket keys from keys.py's patterns: a '%' or ':' in the
+    # model id must land in the same keys Python reads.
+    now = time.time()
+    model = "credit%d:50%"
+    prediction = PredictionEvent(model_id=model, model_version="v%s", request_id="r1", ts=now - 120,
+                                 prediction=1, positive=True)
+    label = LabelEvent(request_id="r1", model_id=model, ts=now, label=1, positive=True)
+    await store.apply_predictions("predictions", [Located(prediction, 0, 0)])
+    matched = await store.apply_labels("labels", [Located(label, 0, 0)])
+    assert matched.labels_matched == 1 and matched.labels_waiting == 0
+    minute = int(prediction.epoch_s) // 60 * 60
+    for resolution, start in ((MINUTE, minute), (HOUR, minute - minute % 3600)):
+        stored = await store.redis.hgetall(store.keys.bucket(model, "v%s", resolution, start))
+        assert {k.decode(): int(v) for k, v in stored.items() if k in (b"lab", b"cor", b"apos")} == {
+            "lab": 1, "cor": 1, "apos": 1,
+        }

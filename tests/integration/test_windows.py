@@ -44,7 +44,7 @@ def events(rng: random.Random, n: int, start: float, end: float) -> list[Predict
 
 
 async def write(store: RedisStore, batch: list[PredictionEvent]) -> None:
-    await store.apply("predictions", [Located(e, 0, next(OFFSETS)) for e in batch])
+    await store.apply_predictions("predictions", [Located(e, 0, next(OFFSETS)) for e in batch])
 
 
 def readers(store: RedisStore, mono: list[float]) -> tuple[WindowReader, WindowReader]:
@@ -108,7 +108,7 @@ async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monke
     rng = random.Random(3)
     for model in ("a", "b", "c"):
         batch = events(rng, 300, NOW - 3 * 86_400, NOW)
-        await store.apply("predictions", [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS))
+        await store.apply_predictions("predictions", [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS))
                                           for e in batch])
     pairs = [("a", "1"), ("b", "1"), ("c", "1")]
     whole = await readers(store, [0.0])[1].read(pairs, NOW)

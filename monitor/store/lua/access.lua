@@ -5,9 +5,10 @@
 -- KEYS[4] principal|source_ip -> first login (who is known to log in from where)
 -- KEYS[5] principal -> time of its last login from a new source
 -- KEYS[6] recent access records (list, newest first, bounded)   KEYS[7..] buckets by index
--- ARGV[1] JSON share: {guard, head, version, now, minute_ttl, hour_ttl, ttl_s, learning_s, follow_s,
---   first_ts, buckets: [[key_index, expire_at, [field, incr, ...]]...], stateful: [[ts, minute,
---   principal, action, resource_type, resource, source_ip, privileged]...], recent: [...], recent_max}
+-- ARGV[1] JSON share: {guard, minute_key, hour_key, version, now, minute_ttl, hour_ttl, ttl_s,
+--   learning_s, follow_s, first_ts, buckets: [[key_index, expire_at, [field, incr, ...]]...],
+--   stateful: [[ts, minute, principal, action, resource_type, resource, source_ip,
+--   privileged]...], recent: [...], recent_max}
 local share = cjson.decode(ARGV[1])
 
 local refused = guard(KEYS[1], share.guard)

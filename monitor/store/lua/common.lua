@@ -1,8 +1,10 @@
 -- Helpers shared by every ingest script; the store prepends this file to each script body.
 --
--- Every script is one atomic step on one model's keys. Keys built here from `head`
--- ("<prefix>:{<model_id>}") carry the same hash tag as the declared KEYS, so a script never
--- leaves its hash slot (it runs unchanged on Redis Cluster).
+-- Every script is one atomic step on one model's keys. The keys it finds only in Redis (a
+-- label's prediction, a new principal's buckets) are built from the patterns the store passes
+-- (`share.minute_key`, `share.hour_key`, `share.join_key`: string.format with the version and
+-- start, or the day), so no key shape is spelled here; they carry the same hash tag as the
+-- declared KEYS, so a script never leaves its hash slot (it runs unchanged on Redis Cluster).
 
 -- The replay guard: a share whose offsets reach back to ones already applied is refused whole.
 -- Returns nil after recording the share's offsets, or the refusal the script returns as it is:
@@ -37,7 +39,7 @@ end
 -- skipped rather than re-created without its TTL.
 -- rec: JSON [version, minute, prediction, positive (1/0/-1), [group field prefixes]]
 -- label: JSON [label, positive (1/0/-1)]
-local function apply_label(head, rec_json, label_json, now, minute_ttl, hour_ttl)
+local function apply_label(share, rec_json, label_json)
   local rec = cjson.decode(rec_json)
   local label = cjson.decode(label_json)
   local version, minute = rec[1], rec[2]
@@ -46,11 +48,11 @@ local function apply_label(head, rec_json, label_json, now, minute_ttl, hour_ttl
   local actual_positive = label[2] == 1 and 1 or 0
   local false_negative = (label[2] == 1 and rec[4] == 0) and 1 or 0
   local targets = {}
-  if minute + minute_ttl > now then
-    targets[#targets + 1] = {head .. ':m:' .. version .. ':' .. string.format('%d', minute), minute + minute_ttl}
+  if minute + share.minute_ttl > share.now then
+    targets[#targets + 1] = {string.format(share.minute_key, version, minute), minute + share.minute_ttl}
   end
-  if hour + hour_ttl > now then
-    targets[#targets + 1] = {head .. ':h:' .. version .. ':' .. string.format('%d', hour), hour + hour_ttl}
+  if hour + share.hour_ttl > share.now then
+    targets[#targets + 1] = {string.format(share.hour_key, version, hour), hour + share.hour_ttl}
   end
   for _, target in ipairs(targets) do
     local key = target[1]
@@ -87,8 +89,8 @@ end
 local function bump(share, minute, field)
   local hour = minute - minute % 3600
   local targets = {
-    {share.head .. ':m:' .. share.version .. ':' .. string.format('%d', minute), minute + share.minute_ttl},
-    {share.head .. ':h:' .. share.version .. ':' .. string.format('%d', hour), hour + share.hour_ttl},
+    {string.format(share.minute_key, share.version, minute), minute + share.minute_ttl},
+    {string.format(share.hour_key, share.version, hour), hour + share.hour_ttl},
   }
   for _, t in ipairs(targets) do
     if t[2] > share.now then

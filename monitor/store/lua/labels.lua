@@ -2,7 +2,7 @@
 --
 -- KEYS[1] offsets hash (the replay guard, as for predictions)
 -- KEYS[2] labels waiting for their prediction (hash request_id -> label)   KEYS[3] their expiry (zset)
--- ARGV[1] JSON share: {guard, head, now, minute_ttl, hour_ttl, wait_until,
+-- ARGV[1] JSON share: {guard, minute_key, hour_key, join_key, now, minute_ttl, hour_ttl, wait_until,
 --   days: [day start, ...] (join hashes to look in, newest first), labels: [[request_id, label], ...]}
 --
 -- A label whose prediction is in a join hash is counted in that prediction's buckets and the join
@@ -19,10 +19,10 @@ for _, item in ipairs(share.labels) do
   local request_id, label = item[1], item[2]
   local found = false
   for _, day in ipairs(share.days) do
-    local key = share.head .. ':join:' .. string.format('%d', day)
+    local key = string.format(share.join_key, day)
     local rec = redis.call('HGET', key, request_id)
     if rec then
-      apply_label(share.head, rec, label, share.now, share.minute_ttl, share.hour_ttl)
+      apply_label(share, rec, label)
       redis.call('HDEL', key, request_id)
       matched = matched + 1
       found = true

@@ -5,7 +5,7 @@
 -- KEYS[4] labels waiting for their prediction (hash)   KEYS[5] their expiry times (zset)
 -- KEYS[6] version -> minute first seen (hash)   KEYS[7] recent unfavourable decisions (zset)
 -- KEYS[8] the newest raw events (list, evidence)   KEYS[9..] the keys the share's parts name by index.
--- ARGV[1] JSON share: {guard: [[field, min, max]...], head, now, minute_ttl, hour_ttl,
+-- ARGV[1] JSON share: {guard: [[field, min, max]...], minute_key, hour_key, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
 --   users: [[key_index, [score, user, ...]]...], users_since, users_ttl,
@@ -43,7 +43,7 @@ for _, j in ipairs(share.joins) do
     for i = 1, #items, 2 do
       local label = redis.call('HGET', KEYS[4], items[i])
       if label then
-        apply_label(share.head, items[i + 1], label, share.now, share.minute_ttl, share.hour_ttl)
+        apply_label(share, items[i + 1], label)
         redis.call('HDEL', KEYS[4], items[i])
         redis.call('ZREM', KEYS[5], items[i])
         matched = matched + 1

@@ -3,7 +3,7 @@
 -- KEYS[1] offsets hash (the replay guard)   KEYS[2] "<version>|<sha256>" -> approval (hash)
 -- KEYS[3] "<version>|<sha256>" -> the unapproved write or deployment seen (hash)
 -- KEYS[4] deployments, newest first (list of JSON {version, sha256, ts, approved})
--- ARGV[1] JSON share: {guard, head, version, now, minute_ttl, hour_ttl, ttl_s,
+-- ARGV[1] JSON share: {guard, minute_key, hour_key, version, now, minute_ttl, hour_ttl, ttl_s,
 --   events: [[event, version, sha256, ts, minute, actor, approval_ref, offset, escaped version]...]}
 --
 -- An artifact written or deployed whose checksum was never approved for that model and version is
