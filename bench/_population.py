@@ -70,7 +70,7 @@ from monitor.store.keys import HOUR, MINUTE, Keys
 from monitor.store.redis import USERS_KEEP_DEFAULT_S, RedisStore, version_totals
 
 DAY_S = 86_400
-FROZEN_AT = "_frozen_at"  # monitor.evaluator.FROZEN_AT (not imported: the evaluator is being changed)
+FROZEN_AT = "_frozen_at"  # monitor.store.catalog.FROZEN_AT (not imported: the evaluator is being changed)
 
 # 20 group values in total over the attributes monitor/rules/default.yaml declares under `fairness:`
 # (protected: sex, age_band; proxy: zip3). Every prediction carries all three attributes.

@@ -89,13 +89,15 @@ from monitor.aggregates.window import (
     VersionWindows,  # noqa: E402
     WindowStats,  # noqa: E402
 )
-from monitor.cli import GC_THRESHOLD  # noqa: E402
+from monitor.cli.base import GC_THRESHOLD  # noqa: E402
 from monitor.evaluator import Evaluator, TickReport  # noqa: E402
 from monitor.events import ControlMessage, IncidentEvent  # noqa: E402
+from monitor.incidents import decide  # noqa: E402
 from monitor.incidents.commands import CommandQueue  # noqa: E402
 from monitor.incidents.store import IncidentStore  # noqa: E402
 from monitor.rules.loader import default_rules_path, load_rules  # noqa: E402
 from monitor.settings import Settings  # noqa: E402
+from monitor.store.catalog import ModelCatalog  # noqa: E402
 from monitor.store.keys import Keys  # noqa: E402
 from monitor.store.windows import WindowReader  # noqa: E402
 
@@ -131,7 +133,7 @@ class Clock:
 # --- phases: inclusive time of a few functions, without a profiler's overhead ---------------------
 
 PHASES: list[tuple[str, str]] = [  # (label, what it covers)
-    ("models", "Evaluator._models: SMEMBERS + 3 hash reads per model (1 round trip each)"),
+    ("models", "ModelCatalog.models: SMEMBERS + 3 hash reads per model (1 round trip each)"),
     ("read", "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute turns, closed hours when stale)"),
     ("read.sum_buckets", "  of which sum_buckets: reply dicts -> Counter[str] (bytes decode, int())"),
     ("read.range_sums", "  of which range_sums (closed-hour range sums, cold/refresh only)"),
@@ -143,7 +145,7 @@ PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("any.sums", "window sums, wherever they run (VersionWindows.counters / _sum: Counter.update)"),
     ("any.parse", "WindowStats.from_counters, wherever it runs (field names -> stats)"),
     ("fdr", "Benjamini-Hochberg over each bias rule's family"),
-    ("act", "Evaluator._act: incidents, evidence, control messages"),
+    ("act", "Evaluator._act: decide.incident_transitions, evidence, control messages"),
     ("any.gc", "Python's cyclic garbage collector, wherever it ran (inside the phases above)"),
 ]
 
@@ -193,7 +195,7 @@ class Phases:
 
     def install(self) -> None:
         """Wrap the evaluator's phases (module and class attributes; restored by `remove`)."""
-        self.wrap(Evaluator, "_models", "models")
+        self.wrap(ModelCatalog, "models", "models")
         self.wrap(WindowReader, "read", "read")
         self.wrap(windows_module, "sum_buckets", "read.sum_buckets")
         self.wrap(Evaluator, "_freeze_references", "freeze")
@@ -210,7 +212,7 @@ class Phases:
         self.wrap(WindowStats, "from_counters", "any.parse", is_classmethod=True)
         for name in ("_binomial", "difference_above", "ratio_below", "shift_beyond"):
             self.wrap(stats_module, name, "findings.tests")
-        self.wrap(Evaluator, "_control_false_discoveries", "fdr")
+        self.wrap(decide, "control_false_discoveries", "fdr")
         self.wrap(Evaluator, "_act", "act")
 
     def remove(self) -> None:

@@ -46,6 +46,17 @@ class Cause:
     rollback_to: str | None = None  # named by the incident itself (integrity: the last approved version)
 
 
+@dataclass
+class ControlState:
+    """A model's escalation state."""
+
+    seq: int = 0
+    level: int = 0
+    override: int | None = None
+    pending: ControlMessage | None = None  # the outbox: written, not yet acknowledged by Kafka
+    last: ControlMessage | None = None  # the last message acknowledged by Kafka
+
+
 def target_level(causes: Sequence[Cause], override: int | None) -> int:
     """The maximum asked by the open incidents and any manual override."""
     asked = [cause.level for cause in causes]

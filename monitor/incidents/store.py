@@ -7,11 +7,10 @@ consumers key on incident id + event and on `seq`), and nothing is ever lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgspec
 from redis.asyncio import Redis
 
+from monitor.control import ControlState
 from monitor.events import ControlMessage
 from monitor.incidents.incident import Incident
 from monitor.store.keys import Keys
@@ -20,17 +19,6 @@ from monitor.text import text
 _incident_decoder = msgspec.json.Decoder(Incident)
 SCAN_PAGE = 500  # index entries read per round trip while a filtered listing looks for matches
 _control_decoder = msgspec.json.Decoder(ControlMessage)
-
-
-@dataclass
-class ControlState:
-    """A model's escalation state."""
-
-    seq: int = 0
-    level: int = 0
-    override: int | None = None
-    pending: ControlMessage | None = None  # the outbox: written, not yet acknowledged by Kafka
-    last: ControlMessage | None = None  # the last message acknowledged by Kafka
 
 
 class IncidentStore:
