@@ -62,12 +62,13 @@ from monitor.aggregates.predictions import (
     group_prefix,
     group_value,
     recent_records,
+    version_totals,
 )
 from monitor.aggregates.window import MINUTES_KEPT
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.settings import Settings
 from monitor.store.keys import HOUR, MINUTE, Keys
-from monitor.store.redis import USERS_KEEP_DEFAULT_S, RedisStore, version_totals
+from monitor.store.redis import USERS_KEEP_DEFAULT_S, RedisStore
 
 DAY_S = 86_400
 FROZEN_AT = "_frozen_at"  # monitor.store.catalog.FROZEN_AT (not imported: the evaluator is being changed)

@@ -46,7 +46,8 @@ from monitor.openapi import (
     ModelSummary,
     openapi_document,
 )
-from monitor.store.redis import TRANSIENT, RedisStore, model_sources, read_model_index
+from monitor.store.catalog import model_sources, read_model_index
+from monitor.store.redis import TRANSIENT, RedisStore
 
 log = logging.getLogger(__name__)
 

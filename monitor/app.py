@@ -18,6 +18,10 @@ from redis.asyncio import Redis
 from monitor.agents.ingest import BatchIngestor, RawMessage
 from monitor.agents.lag import AppliedTracker
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
+from monitor.api import ApiDeps, register_api
+from monitor.audit import AuditLog
+from monitor.catchup import SilenceHold
+from monitor.evaluator import Evaluator
 from monitor.events import (
     AccessEvent,
     EventDecoder,
@@ -26,10 +30,6 @@ from monitor.events import (
     RegistryEvent,
     Rejected,
 )
-from monitor.api import ApiDeps, register_api
-from monitor.audit import AuditLog
-from monitor.catchup import SilenceHold
-from monitor.evaluator import Evaluator
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.store import IncidentStore

@@ -21,10 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from monitor.aggregates import histogram
-from monitor.aggregates.predictions import COUNT, ERRORS
+from monitor.aggregates.predictions import COUNT, ERRORS, LATENCY_PREFIX, LATENCY_SUM_US
 from monitor.aggregates.window import GroupStats
 from monitor.rules.schema import RuleSet
-from monitor.store.redis import LATENCY_PREFIX, LATENCY_SUM_US, RedisStore
+from monitor.store.redis import RedisStore
 
 if TYPE_CHECKING:  # the evaluator reports to these metrics; importing it here would loop
     from monitor.evaluator import TickReport

@@ -14,7 +14,7 @@ import msgspec
 
 from monitor.events import ControlMessage
 from monitor.incidents.incident import IncidentView
-from monitor.store.redis import ModelSource
+from monitor.store.catalog import ModelSource
 
 StatusFilter = Literal["open", "acknowledged", "mitigated", "resolved", "all"]
 STATUS_FILTERS: tuple[str, ...] = get_args(StatusFilter)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 

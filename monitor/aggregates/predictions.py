@@ -310,3 +310,22 @@ def recent_records(share: Share, keep: int) -> list[str]:
 def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[Located]:
     """The events not yet applied, given the last applied offset per partition (replay filter)."""
     return [item for item in located if item.offset > applied.get(item.partition, -1)]
+
+
+TOTAL_STATS = (COUNT, ERRORS)
+LATENCY_SUM_US = "latus"
+LATENCY_PREFIX = "lat" + SEP  # the latency bucket fields, "lat|<index>"
+
+
+def version_totals(share: Share) -> Counter[str]:
+    """What a share adds to its model's monotonic totals: per version, requests, errors, latency
+    buckets (summed over the share's minutes) and the latency sum in whole microseconds."""
+    totals: Counter[str] = Counter()
+    for (version, _), counts in share.minutes.items():
+        head = escape(version) + SEP
+        for name, value in counts.items():
+            if name in TOTAL_STATS or name.startswith(LATENCY_PREFIX):
+                totals[head + name] += value
+    for version, total_ms in share.latency_sum_ms.items():
+        totals[escape(version) + SEP + LATENCY_SUM_US] += round(total_ms * 1000)
+    return totals

@@ -16,15 +16,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from monitor.dev import services
-from monitor.exceptions import MonitorError
 from monitor.clients.gateway import GatewayClient
+from monitor.dev import services
+from monitor.dev.traffic import BatchingProducer, TrafficProfile, predictions
+from monitor.exceptions import MonitorError
 from monitor.incidents.store import IncidentStore
 from monitor.settings import Settings, Topics
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
 from monitor.topics import ensure_topics
-from monitor.dev.traffic import BatchingProducer, TrafficProfile, predictions
 
 PROFILES = (
     TrafficProfile("credit-scoring", "2.3.0", approval_rate=0.62),

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from monitor.exceptions import ServicesError
 from monitor.dev.service_config import ServiceConfig
+from monitor.exceptions import ServicesError
 
 __all__ = [
     "REDIS_PERSISTENCE", "ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka",

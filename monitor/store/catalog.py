@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import orjson
 from redis.asyncio import Redis
@@ -13,7 +13,6 @@ from redis.asyncio import Redis
 from monitor.aggregates.window import VersionWindows, WindowStats, sum_buckets
 from monitor.store.impact import Affected, affected
 from monitor.store.keys import Keys
-from monitor.store.redis import read_model_index
 from monitor.text import text
 
 ACTIVE_S = 8 * 86_400  # a version with no prediction for this long is no longer evaluated
@@ -134,3 +133,49 @@ class ModelCatalog:
         """The kept unfavourable decisions of one group of one version in a window."""
         return await affected(self.redis, self.keys, model_id, version, prefix, start_s, end_s)
 
+
+@dataclass(frozen=True, slots=True)
+class ModelIndex:
+    """The model ids each kind of state is indexed under; a model may be in several."""
+
+    predictions: frozenset[str]
+    access: frozenset[str]  # access-log or registry events (both are evaluated as the access "version")
+    incidents: frozenset[str]
+    control: frozenset[str]  # a control message was staged, or a person set an override
+
+    @property
+    def all(self) -> list[str]:
+        """Every model with any state, sorted."""
+        return sorted(self.predictions | self.access | self.incidents | self.control)
+
+    def sources(self, model_id: str) -> list[ModelSource]:
+        """The kinds of state the model has (empty: an unknown model)."""
+        return [name for name, ids in zip(MODEL_SOURCES, (self.predictions, self.access, self.incidents, self.control),
+                                          strict=True) if model_id in ids]
+
+
+ModelSource = Literal["predictions", "access", "incidents", "control"]
+MODEL_SOURCES: tuple[ModelSource, ...] = get_args(ModelSource)
+
+
+def _model_indexes(keys: Keys) -> tuple[str, str, str, str]:
+    """The index sets, in the order of MODEL_SOURCES: every kind of per-model state has one."""
+    return keys.models(), keys.access_models(), keys.incident_model_ids(), keys.controlled_models()
+
+
+async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
+    """Read every model index in one round trip: the one place that says which models exist."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in _model_indexes(keys):
+            pipe.smembers(name)
+        predictions, access, incidents, control = await pipe.execute()
+    return ModelIndex(*(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control)))
+
+
+async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:
+    """The kinds of state one model has, without reading whole indexes (empty: an unknown model)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in _model_indexes(keys):
+            pipe.sismember(name, model_id)
+        found = await pipe.execute()
+    return [source for source, present in zip(MODEL_SOURCES, found, strict=True) if present]

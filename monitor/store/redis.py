@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
 from importlib import resources
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -23,22 +23,6 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from monitor.aggregates.predictions import (
-    COUNT,
-    ERRORS,
-    MINUTE_S,
-    SEP,
-    Located,
-    Share,
-    after_offsets,
-    canonical,
-    escape,
-    fold,
-    hour_buckets,
-    offset_ranges,
-    recent_records,
-    unescape,
-)
 from monitor.aggregates.access import (
     ACCESS_VERSION,
     AccessClassifier,
@@ -47,10 +31,21 @@ from monitor.aggregates.access import (
     fold_registry,
     model_key,
 )
-from monitor.aggregates.window import WindowStats, sum_buckets
+from monitor.aggregates.predictions import (
+    MINUTE_S,
+    Located,
+    after_offsets,
+    canonical,
+    fold,
+    hour_buckets,
+    offset_ranges,
+    recent_records,
+    version_totals,
+)
 from monitor.events import LabelEvent
 from monitor.exceptions import OffsetConflict, StoreError
 from monitor.store.keys import HOUR, MINUTE, Keys, guard_field
+from monitor.store.reads import StoreReads
 from monitor.text import text
 
 log = logging.getLogger(__name__)
@@ -105,7 +100,7 @@ class _Call:
     reply: tuple[str, ...] = ()  # names of the numbers the script returns after its status
 
 
-class RedisStore:
+class RedisStore(StoreReads):
     """Aggregates in Redis: the batch write paths (predictions, labels) and simple reads."""
 
     def __init__(
@@ -383,139 +378,6 @@ class RedisStore:
             self._labels, keys, orjson.dumps(payload), len(located),
             ("labels_matched", "labels_waiting", "labels_expired"),
         )
-
-    # --- reads -------------------------------------------------------------------------------
-
-    async def model_ids(self) -> list[str]:
-        """Every model id that has sent a prediction (see `known_models` for every model with any state)."""
-        members = await self.redis.smembers(self.keys.models())
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-
-    async def known_models(self) -> list[str]:
-        """Every model with any state, sorted (predictions, access, registry, incidents, control)."""
-        return (await read_model_index(self.redis, self.keys)).all
-
-    async def versions(self, model_id: str) -> dict[str, float]:
-        """The model's versions, each with the start of its newest minute bucket."""
-        raw = await self.redis.hgetall(self.keys.versions(model_id))
-        return {text(k): float(v) for k, v in raw.items()}
-
-    async def totals(self, model_ids: Sequence[str]) -> dict[str, dict[str, Counter[str]]]:
-        """Per model, version -> its monotonic totals (see `Keys.totals`), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model_id in model_ids:
-                pipe.hgetall(self.keys.totals(model_id))
-            replies = await pipe.execute()
-        result: dict[str, dict[str, Counter[str]]] = {}
-        for model_id, raw in zip(model_ids, replies, strict=True):
-            by_version: dict[str, Counter[str]] = {}
-            for name, value in raw.items():
-                version, _, stat = text(name).partition(SEP)
-                by_version.setdefault(unescape(version), Counter())[stat] = int(value)
-            result[model_id] = by_version
-        return result
-
-    async def last_events(self, model_ids: Sequence[str]) -> dict[str, float]:
-        """Event time of each model's newest prediction (models never seen are left out), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for model_id in model_ids:
-                pipe.hget(self.keys.meta(model_id), "last_event_s")
-            replies = await pipe.execute()
-        return {m: float(raw) for m, raw in zip(model_ids, replies, strict=True) if raw is not None}
-
-    async def last_event_s(self, model_id: str) -> float | None:
-        """Event time of the model's newest prediction, None if never seen."""
-        raw = await self.redis.hget(self.keys.meta(model_id), "last_event_s")
-        return None if raw is None else float(raw)
-
-    async def minute_counters(
-        self, model_id: str, version: str, start_s: float, end_s: float
-    ) -> Counter[str]:
-        """Summed counters of the minute buckets that start in [start_s, end_s)."""
-        first = int(start_s) - int(start_s) % MINUTE_S
-        starts = range(first, int(end_s), MINUTE_S)
-        return await self._sum(model_id, version, MINUTE, starts)
-
-    async def window(self, model_id: str, version: str, start_s: float, end_s: float) -> WindowStats:
-        """Statistics of one version over [start_s, end_s) at minute resolution."""
-        return WindowStats.from_counters(
-            await self.minute_counters(model_id, version, start_s, end_s)
-        )
-
-    async def _sum(
-        self, model_id: str, version: str, resolution: str, starts: range
-    ) -> Counter[str]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for start in starts:
-                pipe.hgetall(self.keys.bucket(model_id, version, resolution, start))
-            buckets = await pipe.execute()
-        return sum_buckets(buckets)
-
-
-TOTAL_STATS = (COUNT, ERRORS)
-LATENCY_SUM_US = "latus"
-LATENCY_PREFIX = "lat" + SEP  # the latency bucket fields, "lat|<index>"
-
-
-def version_totals(share: Share) -> Counter[str]:
-    """What a share adds to its model's monotonic totals: per version, requests, errors, latency
-    buckets (summed over the share's minutes) and the latency sum in whole microseconds."""
-    totals: Counter[str] = Counter()
-    for (version, _), counts in share.minutes.items():
-        head = escape(version) + SEP
-        for name, value in counts.items():
-            if name in TOTAL_STATS or name.startswith(LATENCY_PREFIX):
-                totals[head + name] += value
-    for version, total_ms in share.latency_sum_ms.items():
-        totals[escape(version) + SEP + LATENCY_SUM_US] += round(total_ms * 1000)
-    return totals
-
-
-@dataclass(frozen=True, slots=True)
-class ModelIndex:
-    """The model ids each kind of state is indexed under; a model may be in several."""
-
-    predictions: frozenset[str]
-    access: frozenset[str]  # access-log or registry events (both are evaluated as the access "version")
-    incidents: frozenset[str]
-    control: frozenset[str]  # a control message was staged, or a person set an override
-
-    @property
-    def all(self) -> list[str]:
-        """Every model with any state, sorted."""
-        return sorted(self.predictions | self.access | self.incidents | self.control)
-
-    def sources(self, model_id: str) -> list[ModelSource]:
-        """The kinds of state the model has (empty: an unknown model)."""
-        return [name for name, ids in zip(MODEL_SOURCES, (self.predictions, self.access, self.incidents, self.control),
-                                          strict=True) if model_id in ids]
-
-
-ModelSource = Literal["predictions", "access", "incidents", "control"]
-MODEL_SOURCES: tuple[ModelSource, ...] = get_args(ModelSource)
-
-
-def _model_indexes(keys: Keys) -> tuple[str, str, str, str]:
-    """The index sets, in the order of MODEL_SOURCES: every kind of per-model state has one."""
-    return keys.models(), keys.access_models(), keys.incident_model_ids(), keys.controlled_models()
-
-
-async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
-    """Read every model index in one round trip: the one place that says which models exist."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in _model_indexes(keys):
-            pipe.smembers(name)
-        predictions, access, incidents, control = await pipe.execute()
-    return ModelIndex(*(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control)))
-
-
-async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:
-    """The kinds of state one model has, without reading whole indexes (empty: an unknown model)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in _model_indexes(keys):
-            pipe.sismember(name, model_id)
-        found = await pipe.execute()
-    return [source for source, present in zip(MODEL_SOURCES, found, strict=True) if present]
 
 
 def _flatten(counts: Counter[str]) -> list[object]:

@@ -95,7 +95,7 @@ def test_the_installed_monitor_starts_from_another_directory(
     site = Path(where.stdout.strip()).parent
     assert site.is_relative_to(bin_dir.parent), site
     check = run(bin_dir / "monitor", "rules", "check", cwd=elsewhere, env=env)
-    assert check.stdout.startswith(f"OK: ") and f" rules from {site / 'rules' / 'default.yaml'}\n" in check.stdout
+    assert check.stdout.startswith("OK: ") and f" rules from {site / 'rules' / 'default.yaml'}\n" in check.stdout
 
     settings = unique_settings(*services)
     log_path = tmp_path / "worker.log"

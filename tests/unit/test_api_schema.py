@@ -12,7 +12,7 @@ from multidict import MultiDict
 from monitor.api import Refused, _integral, incident_query
 from monitor.incidents.incident import Incident
 from monitor.openapi import STATUS_FILTERS, openapi_document
-from monitor.store.redis import ModelIndex
+from monitor.store.catalog import ModelIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERNAL = {"outbox", "reminded_at", "notified_at"}
