@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from monitor.exceptions import ConfigError
 from monitor.rules.access import AccessPolicySpec
+from monitor.rules.checks import file_problems, rule_problems
 from monitor.rules.fairness import (
     FairnessSpec,
     selection_problem,
@@ -38,10 +39,8 @@ from monitor.rules.schema import (
     RuleSet,
     RuleSpec,
     Step,
-    file_problems,
     format_duration,
     parse_duration,
-    rule_problems,
 )
 from monitor.rules.yamlfile import Problem, RulesFile, RulesFileError, read_file, validate
 
