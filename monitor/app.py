@@ -33,13 +33,8 @@ from monitor.events import (
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.store import IncidentStore
-from monitor.metrics import (
-    CatchUpMetrics,
-    EvaluatorMetrics,
-    IngestMetrics,
-    ModelStatsCollector,
-    NotificationMetrics,
-)
+from monitor.metrics import CatchUpMetrics, IngestMetrics, NotificationMetrics
+from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
 from monitor.settings import Settings

@@ -14,14 +14,8 @@ from monitor.aggregates.predictions import group_field
 from monitor.aggregates.window import GroupStats, VersionWindows
 from monitor.evaluator import TickReport
 from monitor.incidents.incident import Incident
-from monitor.metrics import (
-    LATENCY_EDGES,
-    EvaluatorMetrics,
-    NotificationMetrics,
-    bounded_groups,
-    latency_buckets,
-    window_label,
-)
+from monitor.metrics import LATENCY_EDGES, NotificationMetrics, window_label
+from monitor.model_metrics import EvaluatorMetrics, bounded_groups, latency_buckets
 from monitor.rules.evaluate import Finding
 from monitor.rules.loader import load_rules
 from monitor.rules.schema import RuleSet
