@@ -175,33 +175,44 @@ def synth_events(
         fav = (favourable or {}).get(str(groups["sex"]), traffic.favourable_rate)
         positive = None if failed else rng.random() < fav
         flags = [name for name, rate in traffic.flags if rng.random() < rate]
-        events.append(PredictionEvent(
-            ts=start_s + span_s * (i + rng.random()) / n,
-            model_id=model_id,
-            model_version=version,
-            request_id=f"{tag}{model_id}-{version}-{start_s}-{i}",
-            prediction=None if failed else int(bool(positive)),
-            positive=positive,
-            confidence=round(rng.uniform(0.5, 1.0), 3),
-            latency_ms=rng.lognormvariate(0, 0.35) * traffic.latency_median_ms,
-            error=True if failed else None,
-            groups=dict(groups),
-            subject_id=f"s-{rng.randrange(10**9)}",
-            flags=flags,
-            user_id=f"u{rng.randrange(traffic.users)}",
-        ))
+        events.append(
+            PredictionEvent(
+                ts=start_s + span_s * (i + rng.random()) / n,
+                model_id=model_id,
+                model_version=version,
+                request_id=f"{tag}{model_id}-{version}-{start_s}-{i}",
+                prediction=None if failed else int(bool(positive)),
+                positive=positive,
+                confidence=round(rng.uniform(0.5, 1.0), 3),
+                latency_ms=rng.lognormvariate(0, 0.35) * traffic.latency_median_ms,
+                error=True if failed else None,
+                groups=dict(groups),
+                subject_id=f"s-{rng.randrange(10**9)}",
+                flags=flags,
+                user_id=f"u{rng.randrange(traffic.users)}",
+            )
+        )
     return events
 
 
-def synth_labels(rng: random.Random, events: Iterable[PredictionEvent], share: float, accuracy: float) -> list[LabelEvent]:
+def synth_labels(
+    rng: random.Random, events: Iterable[PredictionEvent], share: float, accuracy: float
+) -> list[LabelEvent]:
     """Labels for a `share` of the answered predictions, correct with probability `accuracy`."""
     labels = []
     for event in events:
         if event.failed or rng.random() >= share:
             continue
         truth = event.prediction if rng.random() < accuracy else 1 - int(event.prediction or 0)
-        labels.append(LabelEvent(ts=event.epoch_s + 600, request_id=event.request_id, model_id=event.model_id,
-                                 label=truth, positive=bool(truth)))
+        labels.append(
+            LabelEvent(
+                ts=event.epoch_s + 600,
+                request_id=event.request_id,
+                model_id=event.model_id,
+                label=truth,
+                positive=bool(truth),
+            )
+        )
     return labels
 
 
@@ -232,7 +243,9 @@ class Buckets:
     share: Share  # the fold itself: users / served sets, latency sums, what `version_totals` adds
 
 
-def bucket_contents(model_id: str, events: Sequence[PredictionEvent], labels: Sequence[LabelEvent]) -> Buckets:
+def bucket_contents(
+    model_id: str, events: Sequence[PredictionEvent], labels: Sequence[LabelEvent]
+) -> Buckets:
     """Fold the events with the ingest code, then add the labels as the label join does."""
     share = fold(Located(e, 0, i) for i, e in enumerate(events))[model_id]
     minutes = {key: Counter(counts) for key, counts in share.minutes.items()}
@@ -274,7 +287,9 @@ class Templates:
 def stat_totals(share: Share, version: str = "1") -> Counter[str]:
     """`version_totals` of one version of a share, by stat alone (the version head stripped)."""
     head = escape(version) + SEP
-    return Counter({name[len(head) :]: value for name, value in version_totals(share).items() if name.startswith(head)})
+    return Counter(
+        {name[len(head) :]: value for name, value in version_totals(share).items() if name.startswith(head)}
+    )
 
 
 def _hset(pipe: Pipeline, key: str, counts: Counter[str]) -> None:
@@ -282,7 +297,12 @@ def _hset(pipe: Pipeline, key: str, counts: Counter[str]) -> None:
 
 
 async def build_templates(
-    redis: Redis, keys: Keys, traffic: Traffic, now: int, seed: int = 1, users_keep_s: int = USERS_KEEP_DEFAULT_S
+    redis: Redis,
+    keys: Keys,
+    traffic: Traffic,
+    now: int,
+    seed: int = 1,
+    users_keep_s: int = USERS_KEEP_DEFAULT_S,
 ) -> Templates:
     """Compute template buckets and users sets with the ingest fold and store them under `<prefix>:tmpl:*`."""
     rng = random.Random(seed)
@@ -290,7 +310,10 @@ async def build_templates(
     base = f"{keys.prefix}:tmpl"
     minute0 = now - now % MINUTE_S
     hour0 = now - now % HOUR_S
-    kinds = {"full": traffic.per_minute, "half": traffic.per_minute // 2}  # a version's share of its model's traffic
+    kinds = {
+        "full": traffic.per_minute,
+        "half": traffic.per_minute // 2,
+    }  # a version's share of its model's traffic
     async with redis.pipeline(transaction=False) as pipe:
         for kind, per_minute in kinds.items():
             t.minute[kind] = []
@@ -315,7 +338,10 @@ async def build_templates(
             span = users_keep_s
             events = synth_events(rng, "tmpl", "1", now - span, span, per_minute * span // MINUTE_S, traffic)
             share = bucket_contents("tmpl", events, []).share
-            for name, by_version, store in (("us", share.users, t.users_seen), ("usv", share.served, t.users_served)):
+            for name, by_version, store in (
+                ("us", share.users, t.users_seen),
+                ("usv", share.served, t.users_served),
+            ):
                 key = store[kind] = f"{base}:{name}:{kind}"
                 pipe.zadd(key, by_version["1"])
             # Closed hours.
@@ -371,7 +397,9 @@ def _kind(per_minute: int, traffic: Traffic) -> str:
     return "full" if per_minute == traffic.per_minute else "half"
 
 
-def version_hours(index: int, v: VersionPlan, now: int, traffic: Traffic) -> Iterable[tuple[int, int, str, int]]:
+def version_hours(
+    index: int, v: VersionPlan, now: int, traffic: Traffic
+) -> Iterable[tuple[int, int, str, int]]:
     """(hours back, hour start, template kind, template index) of every hour since the version was
     first seen, newest first (the totals count them all; buckets are kept for the newest only)."""
     hour0 = now - now % HOUR_S
@@ -417,7 +445,9 @@ def closed_hours(population: Population, closed: int) -> dict[tuple[str, str], l
     for index, model in enumerate(population.models):
         for v in model.versions:
             hours = [empty] * closed
-            for i, _, kind, t in hour_plan(index, v, now, population.history_hours, population.hour_ttl, population.traffic):
+            for i, _, kind, t in hour_plan(
+                index, v, now, population.history_hours, population.hour_ttl, population.traffic
+            ):
                 if 1 <= i <= closed:
                     hours[i - 1] = population.templates.counters[kind][t]
             result[(model.model_id, v.version)] = hours
@@ -484,7 +514,9 @@ async def populate(
                 start = minute0 - i * MINUTE_S
                 if start + minute_ttl <= now_i or start < v.first_seen_s:
                     break
-                kind = _kind(v.per_minute if start >= hour0 - v.split_hours * HOUR_S else v.per_minute_before, traffic)
+                kind = _kind(
+                    v.per_minute if start >= hour0 - v.split_hours * HOUR_S else v.per_minute_before, traffic
+                )
                 t = (index * 7 + i) % TEMPLATES
                 expire = max(start + minute_ttl, now_i + MINUTE_S)
                 bucket = keys.bucket(m, ver, MINUTE, start)
@@ -493,8 +525,10 @@ async def populate(
                 await w.add(2)
             # Users seen and served over the keep span (none before the version was first seen).
             kind = _kind(v.per_minute, traffic)
-            for source, key in ((templates.users_seen[kind], keys.users_seen(m, ver)),
-                                (templates.users_served[kind], keys.users_served(m, ver))):
+            for source, key in (
+                (templates.users_seen[kind], keys.users_seen(m, ver)),
+                (templates.users_served[kind], keys.users_served(m, ver)),
+            ):
                 p.copy(source, key, replace=True)
                 if v.first_seen_s > now_i - users_keep_s:
                     p.zremrangebyscore(key, "-inf", f"({v.first_seen_s}")
@@ -516,11 +550,20 @@ async def populate(
         p.hset(keys.versions(m), mapping=newest)  # type: ignore[arg-type]
         p.hset(keys.first_seen(m), mapping=first)  # type: ignore[arg-type]
         # The replay guard holds the last offset of every partition of the predictions and labels topics.
-        guard = {f"{topic}|{part}": 10**7 + index for topic in (settings.topics.predictions, settings.topics.labels)
-                 for part in range(PARTITIONS)}
+        guard = {
+            f"{topic}|{part}": 10**7 + index
+            for topic in (settings.topics.predictions, settings.topics.labels)
+            for part in range(PARTITIONS)
+        }
         p.hset(keys.offsets(m), mapping=guard)  # type: ignore[arg-type]
         p.copy(templates.recent, keys.recent_predictions(m), replace=True)
-        for key in (keys.meta(m), keys.versions(m), keys.first_seen(m), keys.offsets(m), keys.recent_predictions(m)):
+        for key in (
+            keys.meta(m),
+            keys.versions(m),
+            keys.first_seen(m),
+            keys.offsets(m),
+            keys.recent_predictions(m),
+        ):
             p.expire(key, hour_ttl)
         # Ingest adds the totals with the batch's buckets: expiry floor (1 min) + the hour TTL.
         p.hset(keys.totals(m), mapping=totals_of(templates, index, model, now_i, traffic))  # type: ignore[arg-type]
@@ -540,9 +583,18 @@ async def populate(
             await w.add(2)
     await w.flush()
     await redis.delete(*templates.all_keys())
-    return Population(keys, now_f, plans, history_hours, minute_history,
-                      seconds=time.perf_counter() - started, commands=w.total,
-                      templates=templates, traffic=traffic, hour_ttl=hour_ttl)
+    return Population(
+        keys,
+        now_f,
+        plans,
+        history_hours,
+        minute_history,
+        seconds=time.perf_counter() - started,
+        commands=w.total,
+        templates=templates,
+        traffic=traffic,
+        hour_ttl=hour_ttl,
+    )
 
 
 BREACHES: dict[str, tuple[int, float | None, dict[str, float] | None]] = {
@@ -571,11 +623,23 @@ async def write_breach(redis: Redis, population: Population, share: float = 0.01
             version = model.versions[-1].version
             extra, errors, favourable = BREACHES[kind]
             span = max(1, now - minute0)
-            events = synth_events(rng, m, version, minute0, span, extra, Traffic(), error_rate=errors,
-                                  favourable=favourable, tag="b")
+            events = synth_events(
+                rng,
+                m,
+                version,
+                minute0,
+                span,
+                extra,
+                Traffic(),
+                error_rate=errors,
+                favourable=favourable,
+                tag="b",
+            )
             counts = bucket_contents(m, events, []).minutes[(version, minute0)]
-            for key, ttl in ((keys.bucket(m, version, MINUTE, minute0), settings.minute_bucket_ttl_s),
-                             (keys.bucket(m, version, HOUR, hour0), settings.hour_bucket_ttl_s)):
+            for key, ttl in (
+                (keys.bucket(m, version, MINUTE, minute0), settings.minute_bucket_ttl_s),
+                (keys.bucket(m, version, HOUR, hour0), settings.hour_bucket_ttl_s),
+            ):
                 for name, value in counts.items():
                     if value:
                         p.hincrby(key, name, value)
@@ -638,26 +702,39 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
     Raises AssertionError on any difference; returns a one-line summary."""
     settings = settings or Settings()
     keys = Keys(prefix)
-    store = RedisStore(redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s)
+    store = RedisStore(
+        redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s
+    )
     rng = random.Random(3)
     now = int(time.time())
     start = now - now % MINUTE_S - 3 * MINUTE_S
     events = synth_events(rng, "verify", "1", start, 3 * MINUTE_S, 400, Traffic(), tag="v")
     labels = synth_labels(rng, events, 0.7, 0.9)
     try:
-        await store.apply_predictions(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
+        await store.apply_predictions(
+            settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)]
+        )
         await store.apply_labels(settings.topics.labels, [Located(e, i % 2, i) for i, e in enumerate(labels)])
         expected = bucket_contents("verify", events, labels)
         checked = 0
-        for resolution, buckets, ttl in ((MINUTE, expected.minutes, settings.minute_bucket_ttl_s),
-                                         (HOUR, expected.hours, settings.hour_bucket_ttl_s)):
+        for resolution, buckets, ttl in (
+            (MINUTE, expected.minutes, settings.minute_bucket_ttl_s),
+            (HOUR, expected.hours, settings.hour_bucket_ttl_s),
+        ):
             for (version, bucket_start), counts in buckets.items():
                 key = keys.bucket("verify", version, resolution, bucket_start)
-                stored = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in (await redis.hgetall(key)).items()}
+                stored = {
+                    (k.decode() if isinstance(k, bytes) else k): int(v)
+                    for k, v in (await redis.hgetall(key)).items()
+                }
                 want = {k: v for k, v in counts.items() if v}
-                assert stored == want, f"{key}: ingest wrote {sorted(set(stored.items()) ^ set(want.items()))[:6]}"
+                assert stored == want, (
+                    f"{key}: ingest wrote {sorted(set(stored.items()) ^ set(want.items()))[:6]}"
+                )
                 expire_at = await redis.expiretime(key)
-                assert expire_at == max(bucket_start + ttl, now + MINUTE_S) or expire_at == bucket_start + ttl, (key, expire_at)
+                assert (
+                    expire_at == max(bucket_start + ttl, now + MINUTE_S) or expire_at == bucket_start + ttl
+                ), (key, expire_at)
                 checked += 1
         share = expected.share
         for key_of, by_version in ((keys.users_seen, share.users), (keys.users_served, share.served)):
@@ -666,18 +743,23 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
                 # redis-py types every ZRANGE reply alike; WITHSCORES gives (member, score) pairs.
                 pairs: list[tuple[bytes, float]] = await redis.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
                 stored_users = {_text(u): ts for u, ts in pairs}
-                assert stored_users == newest, f"{key}: {len(stored_users)} users stored, {len(newest)} folded"
+                assert stored_users == newest, (
+                    f"{key}: {len(stored_users)} users stored, {len(newest)} folded"
+                )
                 ttl = await redis.ttl(key)
                 assert abs(ttl - (store.users_keep_s + USERS_TTL_EXTRA_S)) <= 5, (key, ttl)
                 checked += 1
         stored_totals = {_text(k): int(v) for k, v in (await redis.hgetall(keys.totals("verify"))).items()}
         want_totals = Counter({escape("1") + SEP + stat: value for stat, value in stat_totals(share).items()})
-        assert stored_totals == dict(want_totals), f"totals: {sorted(set(stored_totals.items()) ^ set(want_totals.items()))[:6]}"
+        assert stored_totals == dict(want_totals), (
+            f"totals: {sorted(set(stored_totals.items()) ^ set(want_totals.items()))[:6]}"
+        )
         expire_at = await redis.expiretime(keys.totals("verify"))
         assert abs(expire_at - (now + MINUTE_S + settings.hour_bucket_ttl_s)) <= 5, ("totals", expire_at)
         checked += 1
-        return (f"ingest check: {checked} bucket hashes, users sets and the totals hash written by "
-                f"RedisStore.apply_predictions/apply_labels match the templates' fold")
+        return (
+            f"ingest check: {checked} bucket hashes, users sets and the totals hash written by "
+            f"RedisStore.apply_predictions/apply_labels match the templates' fold"
+        )
     finally:
         await delete_prefix(redis, prefix)
-

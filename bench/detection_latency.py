@@ -89,10 +89,12 @@ class Trial:
 
     def phases(self) -> dict[str, float]:
         """Where the latency went, in order; the phases add up to it."""
-        return {"ingest": self.aggregated_at - self.breach_ts,
-                "wait for tick": self.issued_at - self.aggregated_at,
-                "tick→publish": self.created_at - self.issued_at,
-                "delivery": self.arrived_at - self.created_at}
+        return {
+            "ingest": self.aggregated_at - self.breach_ts,
+            "wait for tick": self.issued_at - self.aggregated_at,
+            "tick→publish": self.created_at - self.issued_at,
+            "delivery": self.arrived_at - self.created_at,
+        }
 
     def parts(self) -> str:
         return "  ".join(f"{name} {value:6.3f}" for name, value in self.phases().items())
@@ -113,9 +115,16 @@ def bench_settings(kafka: str, redis: str, evidence_dir: Path) -> Settings:
     """Defaults, except for names no one else uses (topics, group, Redis prefix, port)."""
     tag = f"lat-{uuid.uuid4().hex[:8]}"
     topics = Topics.model_validate({k: f"bench-{tag}-{v}" for k, v in Topics().model_dump().items()})
-    return Settings().with_overrides(kafka_bootstrap=kafka, redis_url=redis, topics=topics, app_id=f"bench-{tag}",
-                                     key_prefix=f"bench-{tag}", web_port=free_port(), partitions=4,
-                                     evidence_dir=evidence_dir)
+    return Settings().with_overrides(
+        kafka_bootstrap=kafka,
+        redis_url=redis,
+        topics=topics,
+        app_id=f"bench-{tag}",
+        key_prefix=f"bench-{tag}",
+        web_port=free_port(),
+        partitions=4,
+        evidence_dir=evidence_dir,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -123,8 +132,15 @@ async def worker(settings: Settings, log_path: Path) -> AsyncIterator[subprocess
     """`monitor run` in its own process group; SIGTERM, then SIGKILL, on the way out."""
     env = {**os.environ, **settings.to_env()}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -163,9 +179,17 @@ async def evaluator_metrics(settings: Settings) -> dict[str, float]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         async with http.get(url) as resp:
             text = await resp.text()
-    wanted = ("aimon_evaluator_tick_seconds_sum", "aimon_evaluator_tick_seconds_count",
-              "aimon_detection_lag_seconds_sum", "aimon_detection_lag_seconds_count")
-    return {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted)}
+    wanted = (
+        "aimon_evaluator_tick_seconds_sum",
+        "aimon_evaluator_tick_seconds_count",
+        "aimon_detection_lag_seconds_sum",
+        "aimon_detection_lag_seconds_count",
+    )
+    return {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(wanted)
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +203,9 @@ class ControlWatch:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.control
         self.partitions = settings.partitions
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                         fetch_max_wait_ms=50)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
         self.waiting: dict[str, asyncio.Future[tuple[float, float, dict[str, object]]]] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -228,9 +253,16 @@ def predictions(model_id: str, start: int, count: int, *, error: bool) -> list[d
     """`count` predictions stamped now; errored ones carry an error code instead of a decision."""
     events: list[dict[str, object]] = []
     for i in range(start, start + count):
-        event: dict[str, object] = {"model_id": model_id, "model_version": "1.0", "request_id": f"{model_id}-{i}",
-                                    "ts": time.time(), "latency_ms": 20.0}
-        event.update({"error": "upstream_timeout"} if error else {"prediction": 1, "positive": True, "confidence": 0.9})
+        event: dict[str, object] = {
+            "model_id": model_id,
+            "model_version": "1.0",
+            "request_id": f"{model_id}-{i}",
+            "ts": time.time(),
+            "latency_ms": 20.0,
+        }
+        event.update(
+            {"error": "upstream_timeout"} if error else {"prediction": 1, "positive": True, "confidence": 0.9}
+        )
         events.append(event)
     return events
 
@@ -246,8 +278,14 @@ async def aggregated(redis: Redis, keys: Keys, model_id: str, events: int, timeo
     raise RuntimeError(f"{model_id}: fewer than {events} events aggregated within {timeout_s:.0f} s")
 
 
-async def trial(settings: Settings, producer: AIOKafkaProducer, redis: Redis, watch: ControlWatch,
-                model_id: str, rng: random.Random) -> Trial:
+async def trial(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    watch: ControlWatch,
+    model_id: str,
+    rng: random.Random,
+) -> Trial:
     keys = Keys(settings.key_prefix)
     topic = settings.topics.predictions
     await producer.send_and_wait(topic, orjson.dumps(predictions(model_id, 0, WARM_EVENTS, error=False)))
@@ -262,8 +300,16 @@ async def trial(settings: Settings, producer: AIOKafkaProducer, redis: Redis, wa
         arrived_at, created_at, message = await asyncio.wait_for(asyncio.shield(arrival), TRIAL_TIMEOUT_S)
     except TimeoutError:
         raise RuntimeError(f"{model_id}: no control message within {TRIAL_TIMEOUT_S:.0f} s") from None
-    return Trial(model_id, breach_ts, aggregated_at, float(message["issued_at"]), created_at,  # type: ignore[arg-type]
-                 arrived_at, int(message["level"]), str(message["reason"]))  # type: ignore[call-overload]
+    return Trial(
+        model_id,
+        breach_ts,
+        aggregated_at,
+        float(message["issued_at"]),
+        created_at,  # type: ignore[arg-type]
+        arrived_at,
+        int(message["level"]),
+        str(message["reason"]),
+    )  # type: ignore[call-overload]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,19 +321,27 @@ def report(trials: list[Trial], ticks: dict[str, float]) -> bool:
     latencies = np.array([t.latency for t in trials])
     p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
     ok = bool(p99 <= TARGET_P99_S)
-    print(f"\n{len(trials)} trials: p50 {p50:.3f} s   p99 {p99:.3f} s   max {latencies.max():.3f} s   "
-          f"target p99 ≤ {TARGET_P99_S} s: {'met' if ok else 'MISSED'}")
+    print(
+        f"\n{len(trials)} trials: p50 {p50:.3f} s   p99 {p99:.3f} s   max {latencies.max():.3f} s   "
+        f"target p99 ≤ {TARGET_P99_S} s: {'met' if ok else 'MISSED'}"
+    )
     for name in trials[0].phases():
         values = np.array([t.phases()[name] for t in trials])
-        print(f"  {name:14} mean {values.mean():6.3f}  p50 {np.percentile(values, 50):6.3f}  max {values.max():6.3f}")
+        print(
+            f"  {name:14} mean {values.mean():6.3f}  p50 {np.percentile(values, 50):6.3f}  max {values.max():6.3f}"
+        )
     count = ticks.get("aimon_evaluator_tick_seconds_count", 0.0)
     if count:
-        print(f"  evaluator ticks: {count:.0f}, mean duration {ticks['aimon_evaluator_tick_seconds_sum'] / count:.3f} s "
-              "(ticks start every 1 s, at a fixed rate)")
+        print(
+            f"  evaluator ticks: {count:.0f}, mean duration {ticks['aimon_evaluator_tick_seconds_sum'] / count:.3f} s "
+            "(ticks start every 1 s, at a fixed rate)"
+        )
     lags = ticks.get("aimon_detection_lag_seconds_count", 0.0)
     if lags:
-        print(f"  aimon_detection_lag_seconds (newest event → tick start): mean "
-              f"{ticks['aimon_detection_lag_seconds_sum'] / lags:.3f} s over {lags:.0f} incidents")
+        print(
+            f"  aimon_detection_lag_seconds (newest event → tick start): mean "
+            f"{ticks['aimon_detection_lag_seconds_sum'] / lags:.3f} s over {lags:.0f} incidents"
+        )
     return ok
 
 
@@ -324,8 +378,10 @@ async def run(trials: int, log_path: Path | None, seed: int) -> bool:
             await wait_ready(settings, proc, log_path)
             await producer.start()
             await watch.start()
-            print(f"worker ready (app {settings.app_id}); eval interval {settings.eval_interval_s} s, "
-                  f"batch within {settings.batch_within_s} s")
+            print(
+                f"worker ready (app {settings.app_id}); eval interval {settings.eval_interval_s} s, "
+                f"batch within {settings.batch_within_s} s"
+            )
             done: list[Trial] = []
             for i in range(trials + 1):
                 label = "warm-up" if i == 0 else f"trial {i:2d}"

@@ -134,7 +134,10 @@ class Clock:
 
 PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("models", "ModelCatalog.models: SMEMBERS + 3 hash reads per model (1 round trip each)"),
-    ("read", "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute turns, closed hours when stale)"),
+    (
+        "read",
+        "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute turns, closed hours when stale)",
+    ),
     ("read.sum_buckets", "  of which sum_buckets: reply dicts -> Counter[str] (bytes decode, int())"),
     ("read.range_sums", "  of which range_sums (closed-hour range sums, cold/refresh only)"),
     ("read.redis", "  of which the pipeline round trip: send, Redis, RESP parsing in redis-py"),
@@ -173,6 +176,7 @@ class Phases:
         seconds = self.seconds
 
         if asyncio.iscoroutinefunction(target):
+
             @functools.wraps(target)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 started = time.perf_counter()
@@ -180,8 +184,10 @@ class Phases:
                     return await target(*args, **kwargs)
                 finally:
                     seconds[label] += time.perf_counter() - started
+
             wrapper: Any = async_wrapper
         else:
+
             @functools.wraps(target)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 started = time.perf_counter()
@@ -189,6 +195,7 @@ class Phases:
                     return target(*args, **kwargs)
                 finally:
                     seconds[label] += time.perf_counter() - started
+
             wrapper = sync_wrapper
         setattr(owner, name, classmethod(wrapper) if is_classmethod else wrapper)
         self._undo.append(lambda: setattr(owner, name, original))
@@ -199,8 +206,12 @@ class Phases:
         self.wrap(WindowReader, "read", "read")
         self.wrap(windows_module, "sum_buckets", "read.sum_buckets")
         self.wrap(Evaluator, "_freeze_references", "freeze")
-        for owner, name in ((IncidentStore, "open_incidents"), (IncidentStore, "control_states"),
-                            (CommandQueue, "take"), (IncidentStore, "quiet")):
+        for owner, name in (
+            (IncidentStore, "open_incidents"),
+            (IncidentStore, "control_states"),
+            (CommandQueue, "take"),
+            (IncidentStore, "quiet"),
+        ):
             self.wrap(owner, name, "state")
         self.wrap(Evaluator, "_model_findings", "findings")
         if hasattr(VersionWindows, "counters"):  # newer windows.py: all window sums go through it
@@ -334,7 +345,7 @@ async def timed(evaluator: Evaluator, phases: Phases, admin: Redis, guard_s: flo
         started = time.perf_counter()
         try:
             report = await asyncio.wait_for(evaluator.tick(), guard_s)
-        except (RedisError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else f"gave up after {guard_s:.0f} s"
         wall = time.perf_counter() - started
     after = await redis_usec(admin)
@@ -342,7 +353,9 @@ async def timed(evaluator: Evaluator, phases: Phases, admin: Redis, guard_s: flo
     return Tick(wall * 1000, report, spent, redis_ms, error)
 
 
-def make_evaluator(redis: Redis, keys: Keys, clock: Clock, mono: Clock, evidence: Path) -> tuple[Evaluator, MemoryPublisher]:
+def make_evaluator(
+    redis: Redis, keys: Keys, clock: Clock, mono: Clock, evidence: Path
+) -> tuple[Evaluator, MemoryPublisher]:
     """An Evaluator as the daemon builds one, with injected clocks and an in-memory publisher."""
     rules = load_rules(default_rules_path())
     publisher = MemoryPublisher()
@@ -399,14 +412,30 @@ def check_primed_equals_cold(reader: WindowReader, population: Population) -> st
         wanted = dict(want.items()) if isinstance(want, dict) else dict(enumerate(want))
         assert len(items) == len(wanted), pair
         for where, counter in items:
-            assert counter == +wanted[where], (pair, where, sorted(set(counter.items()) ^ set(wanted[where].items()))[:4])
-    return (f"closed-hour cache after the cold tick equals the primed one ({len(expected)} versions, "
-            f"{closed_hours_read(reader)} closed hours each)")
+            assert counter == +wanted[where], (
+                pair,
+                where,
+                sorted(set(counter.items()) ^ set(wanted[where].items()))[:4],
+            )
+    return (
+        f"closed-hour cache after the cold tick equals the primed one ({len(expected)} versions, "
+        f"{closed_hours_read(reader)} closed hours each)"
+    )
 
 
 async def measure(
-    redis: Redis, admin: Redis, n: int, *, warm: int, cold_guard_s: float, history_hours: int, prime: bool, check_prime: bool,
-    profile_out: Path | None, phases: Phases, profilers: set[str],
+    redis: Redis,
+    admin: Redis,
+    n: int,
+    *,
+    warm: int,
+    cold_guard_s: float,
+    history_hours: int,
+    prime: bool,
+    check_prime: bool,
+    profile_out: Path | None,
+    phases: Phases,
+    profilers: set[str],
 ) -> Row:
     """Populate N models under a fresh prefix, tick, clean up."""
     prefix = f"bench-eval-{uuid.uuid4().hex[:8]}"
@@ -417,8 +446,11 @@ async def measure(
     try:
         population: Population = await populate(admin, keys, n, now=start, history_hours=history_hours)
         total_keys = await count_prefix(admin, prefix)
-        print(f"  N={n}: populated {population.pairs} versions, {total_keys:,} keys "
-              f"({population.commands:,} commands) in {population.seconds:.1f} s", flush=True)
+        print(
+            f"  N={n}: populated {population.pairs} versions, {total_keys:,} keys "
+            f"({population.commands:,} commands) in {population.seconds:.1f} s",
+            flush=True,
+        )
         clock, mono = Clock(start), Clock(1_000.0)
         evaluator, publisher = make_evaluator(redis, keys, clock, mono, evidence)
 
@@ -456,8 +488,11 @@ async def measure(
         if settle(evaluator.reader, mono.now):
             young = getattr(windows_module, "YOUNG_S", "?")
             every = getattr(windows_module, "YOUNG_REFRESH_S", "?")
-            print(f"    (the reader re-reads every version's sums every {every} s for {young} s after it first sees it, "
-                  "e.g. after a restart; the warm ticks below are past that: a refresh tick shows its cost)", flush=True)
+            print(
+                f"    (the reader re-reads every version's sums every {every} s for {young} s after it first sees it, "
+                "e.g. after a restart; the warm ticks below are past that: a refresh tick shows its cost)",
+                flush=True,
+            )
         warm_ticks = [await step() for _ in range(warm)]
         if profile_out is not None:
             await profile_ticks(evaluator, clock, mono, profile_out, n, phases, profilers)
@@ -474,14 +509,31 @@ async def measure(
         for incident in breach.report.opened:
             rules[incident.rule] += 1
         last = ([t for t in warm_ticks if not t.error] or warm_ticks)[-1].report
-        tests = sum(1 for f in last.findings if "p_value" in f.observation.get("test", {})
-                    and not str(f.observation["test"].get("method", "")).startswith("not tested"))
+        tests = sum(
+            1
+            for f in last.findings
+            if "p_value" in f.observation.get("test", {})
+            and not str(f.observation["test"].get("method", "")).startswith("not tested")
+        )
         return Row(
-            models=n, pairs=population.pairs, keys=total_keys, populate_s=population.seconds, primed=prime,
-            cold=cold, warm=warm_ticks, refresh=refresh, breach=breach, after=after,
-            breach_models=breach_models, findings=len(last.findings), tests=tests,
-            controls=len(publisher.controls), rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            cache_mb=cache_mb, closed_hours=closed_hours_read(evaluator.reader), rules=dict(rules),
+            models=n,
+            pairs=population.pairs,
+            keys=total_keys,
+            populate_s=population.seconds,
+            primed=prime,
+            cold=cold,
+            warm=warm_ticks,
+            refresh=refresh,
+            breach=breach,
+            after=after,
+            breach_models=breach_models,
+            findings=len(last.findings),
+            tests=tests,
+            controls=len(publisher.controls),
+            rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            cache_mb=cache_mb,
+            closed_hours=closed_hours_read(evaluator.reader),
+            rules=dict(rules),
         )
     finally:
         await delete_prefix(admin, prefix)
@@ -496,7 +548,10 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("asyncio stream reads under the parser (readline/readexactly)", ("asyncio/streams",)),
     ("redis-py command packing, pipeline, connection", ("redis/",)),
     ("sum_buckets (reply dict -> Counter: decode, int())", ("window.py:sum_buckets", "window.py:_text")),
-    ("WindowStats.from_counters (field names -> stats)", ("window.py:from_counters", "window.py:_counts", "batch.py:unescape")),
+    (
+        "WindowStats.from_counters (field names -> stats)",
+        ("window.py:from_counters", "window.py:_counts", "batch.py:unescape"),
+    ),
     ("Counter.update (window sums)", ("collections/__init__.py",)),
     ("scipy / numpy (tests, BH)", ("scipy/", "numpy/")),
     ("monitor rules + stats (pure Python)", ("monitor/rules", "monitor/stats.py")),
@@ -529,8 +584,13 @@ def _print_stats(profiler: cProfile.Profile, sort: str, limit: int, title: str, 
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("ncalls") or stripped[:1].isdigit() and ("(" in line):
-            print("    " + line.rstrip().replace(str(ROOT) + "/", "").replace("/root/.pyenv/versions/3.11.7/lib/python3.11/", "")
-                  .replace(".venv/lib/python3.11/site-packages/", "")[:160])
+            print(
+                "    "
+                + line.rstrip()
+                .replace(str(ROOT) + "/", "")
+                .replace("/root/.pyenv/versions/3.11.7/lib/python3.11/", "")
+                .replace(".venv/lib/python3.11/site-packages/", "")[:160]
+            )
 
 
 async def profile_ticks(
@@ -561,12 +621,19 @@ async def _cprofile_tick(evaluator: Evaluator, clock: Clock, mono: Clock, out: P
     stats = pstats.Stats(profiler)
     stats.dump_stats(out / f"warm-{n}.pstats")
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
-    print(f"\n  cProfile, one warm tick at N={n}: {wall * 1000:.0f} ms wall under the profiler, "
-          f"{total * 1000:.0f} ms self time in total; self time by category:")
+    print(
+        f"\n  cProfile, one warm tick at N={n}: {wall * 1000:.0f} ms wall under the profiler, "
+        f"{total * 1000:.0f} ms self time in total; self time by category:"
+    )
     for name, seconds in categorise(stats):
         print(f"    {seconds * 1000:9.0f} ms  {100 * seconds / total:5.1f} %  {name}")
-    _print_stats(profiler, "cumulative", 22, "top cumulative (coroutine time is split at each await)",
-                 out / f"warm-{n}-cumulative.txt")
+    _print_stats(
+        profiler,
+        "cumulative",
+        22,
+        "top cumulative (coroutine time is split at each await)",
+        out / f"warm-{n}-cumulative.txt",
+    )
     _print_stats(profiler, "tottime", 15, "top self time", out / f"warm-{n}-tottime.txt")
 
 
@@ -611,10 +678,14 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         big = max(measured, key=lambda r: r.models)
         assert big.refresh is not None
         per_hour_ms = (big.refresh.wall_ms - statistics.median(big.warm_ms)) / (big.pairs * big.closed_hours)
-    print("\nEvaluator tick, monitor/rules/default.yaml, 20 groups per model, wall ms per tick "
-          "(~ = estimated, see notes)")
-    head = (f"{'models':>6} {'versions':>8} {'keys':>10} {'cold':>9} {'warm med':>9} {'warm max':>9} "
-            f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} {'redis ms':>8} {'cache MB':>8} {'rss MB':>7}")
+    print(
+        "\nEvaluator tick, monitor/rules/default.yaml, 20 groups per model, wall ms per tick "
+        "(~ = estimated, see notes)"
+    )
+    head = (
+        f"{'models':>6} {'versions':>8} {'keys':>10} {'cold':>9} {'warm med':>9} {'warm max':>9} "
+        f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} {'redis ms':>8} {'cache MB':>8} {'rss MB':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -624,63 +695,87 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         warm_med = statistics.median(r.warm_ms)
         est = None if per_hour_ms is None else warm_med + per_hour_ms * r.pairs * r.closed_hours
         cache = f"{'~' if r.primed else ''}{r.cache_mb:.0f}"
-        print(f"{r.models:>6} {r.pairs:>8} {r.keys:>10,} {_ms(r.cold, est):>9} {warm_med:>9.0f} "
-              f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} {r.after.wall_ms:>9.0f} "
-              f"{r.breach.opened:>6} {r.tests:>6} {r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}")
-    print("  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in HGETALL"
-          " + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour cache)")
+        print(
+            f"{r.models:>6} {r.pairs:>8} {r.keys:>10,} {_ms(r.cold, est):>9} {warm_med:>9.0f} "
+            f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} {r.after.wall_ms:>9.0f} "
+            f"{r.breach.opened:>6} {r.tests:>6} {r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}"
+        )
+    print(
+        "  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in HGETALL"
+        " + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour cache)"
+    )
     print(f"\ntarget: one tick <= {TARGET_MS:.0f} ms at 1,000 models")
     for r in rows:
         med = statistics.median(r.warm_ms or [float("nan")])
         failed = [t for t in (r.cold, *r.warm, r.refresh, r.breach, r.after) if t is not None and t.error]
         for t in failed:
             print(f"  N={r.models}: a tick failed after {t.wall_ms:.0f} ms: {t.error}")
-        print(f"  N={r.models}: warm ticks {', '.join(f'{ms:.0f}' for ms in r.warm_ms)} ms "
-              f"({med / r.models:.1f} ms per model, {med / r.pairs:.1f} ms per version); "
-              f"{r.findings} findings of which {r.tests} statistical tests; breach: {len(r.breach_models)} models -> "
-              f"opened {dict(r.rules)}, {r.controls} control messages; populate {r.populate_s:.0f} s"
-              + ("; cold/refresh not run (cache primed)" if r.primed else ""))
+        print(
+            f"  N={r.models}: warm ticks {', '.join(f'{ms:.0f}' for ms in r.warm_ms)} ms "
+            f"({med / r.models:.1f} ms per model, {med / r.pairs:.1f} ms per version); "
+            f"{r.findings} findings of which {r.tests} statistical tests; breach: {len(r.breach_models)} models -> "
+            f"opened {dict(r.rules)}, {r.controls} control messages; populate {r.populate_s:.0f} s"
+            + ("; cold/refresh not run (cache primed)" if r.primed else "")
+        )
     if per_hour_ms is not None:
-        where = (f"measured at N={max(measured, key=lambda r: r.models).models}" if hour_cost_ms is None and measured
-                 else "given with --hour-cost-ms")
-        print(f"  a closed hour bucket costs {per_hour_ms * 1000:.0f} µs per version-hour on a cold/refresh tick "
-              f"({where}); ~ values = warm median + that x versions x closed hours ({rows[-1].closed_hours})")
+        where = (
+            f"measured at N={max(measured, key=lambda r: r.models).models}"
+            if hour_cost_ms is None and measured
+            else "given with --hour-cost-ms"
+        )
+        print(
+            f"  a closed hour bucket costs {per_hour_ms * 1000:.0f} µs per version-hour on a cold/refresh tick "
+            f"({where}); ~ values = warm median + that x versions x closed hours ({rows[-1].closed_hours})"
+        )
     for r in rows:
         if not r.warm_ms:
             continue
         tick = r.median_warm()
         total = tick.wall_ms / 1000
-        print(f"\n  phases of the median warm tick, N={r.models} ({tick.wall_ms:.0f} ms; Redis server time "
-              f"during it: HGETALL {tick.redis_ms['hgetall']:.0f} ms, ZCOUNT {tick.redis_ms['zcount']:.0f} ms, "
-              "all clients of the shared server):")
+        print(
+            f"\n  phases of the median warm tick, N={r.models} ({tick.wall_ms:.0f} ms; Redis server time "
+            f"during it: HGETALL {tick.redis_ms['hgetall']:.0f} ms, ZCOUNT {tick.redis_ms['zcount']:.0f} ms, "
+            "all clients of the shared server):"
+        )
         phases = dict(tick.phases)
-        phases["read.redis"] = (phases.get("read", 0.0) - phases.get("read.sum_buckets", 0.0)
-                                - phases.get("read.range_sums", 0.0))
+        phases["read.redis"] = (
+            phases.get("read", 0.0) - phases.get("read.sum_buckets", 0.0) - phases.get("read.range_sums", 0.0)
+        )
         phases["any.gc"] = phases.get("gc", 0.0)
         for label, what in PHASES:
             seconds = phases.get(label, 0.0)
             print(f"    {seconds * 1000:9.0f} ms {100 * seconds / total:5.1f} %  {what}")
         accounted = sum(phases.get(label, 0.0) for label, _ in PHASES if "." not in label)
-        print(f"    {(total - accounted) * 1000:9.0f} ms {100 * (total - accounted) / total:5.1f} %  rest of tick() "
-              "(mostly the 24 h window of every version for the report)")
-        print(f"    collections during the tick: gen0 {phases.get('gc.gen0', 0):.0f}, gen1 {phases.get('gc.gen1', 0):.0f}, "
-              f"gen2 (full) {phases.get('gc.gen2', 0):.0f}")
+        print(
+            f"    {(total - accounted) * 1000:9.0f} ms {100 * (total - accounted) / total:5.1f} %  rest of tick() "
+            "(mostly the 24 h window of every version for the report)"
+        )
+        print(
+            f"    collections during the tick: gen0 {phases.get('gc.gen0', 0):.0f}, gen1 {phases.get('gc.gen1', 0):.0f}, "
+            f"gen2 (full) {phases.get('gc.gen2', 0):.0f}"
+        )
         for name, other in (("cold", r.cold), ("refresh", r.refresh)):
             if other is not None:
-                print(f"    {name} tick: read {other.phases.get('read', 0) * 1000:.0f} ms (sum_buckets "
-                      f"{other.phases.get('read.sum_buckets', 0) * 1000:.0f} ms, range_sums "
-                      f"{other.phases.get('read.range_sums', 0) * 1000:.0f} ms), findings "
-                      f"{other.phases.get('findings', 0) * 1000:.0f} ms, Redis server {other.redis_total_ms:.0f} ms"
-                      + (f"; {other.error}" if other.error else ""))
+                print(
+                    f"    {name} tick: read {other.phases.get('read', 0) * 1000:.0f} ms (sum_buckets "
+                    f"{other.phases.get('read.sum_buckets', 0) * 1000:.0f} ms, range_sums "
+                    f"{other.phases.get('read.range_sums', 0) * 1000:.0f} ms), findings "
+                    f"{other.phases.get('findings', 0) * 1000:.0f} ms, Redis server {other.redis_total_ms:.0f} ms"
+                    + (f"; {other.error}" if other.error else "")
+                )
 
 
 def code_state() -> str:
     """Which code was measured: the commit, and the files under monitor/ changed since."""
+
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return "?"
+
     changed = git("status", "--porcelain", "--", "monitor").replace("\n", ", ")
     return f"code: {git('log', '-1', '--format=%h %s')}" + (f"; uncommitted: {changed}" if changed else "")
 
@@ -691,20 +786,43 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--models", default="10,100,1000", help="comma-separated N (default 10,100,1000)")
     parser.add_argument("--warm", type=int, default=5, help="warm ticks per N (at least 5)")
-    parser.add_argument("--history-hours", type=int, default=360, help="hour buckets per version (15 d TTL: 360)")
-    parser.add_argument("--prime-above", type=int, default=300,
-                        help="above this N, prime the closed-hour cache instead of running the cold read")
+    parser.add_argument(
+        "--history-hours", type=int, default=360, help="hour buckets per version (15 d TTL: 360)"
+    )
+    parser.add_argument(
+        "--prime-above",
+        type=int,
+        default=300,
+        help="above this N, prime the closed-hour cache instead of running the cold read",
+    )
     parser.add_argument("--profile", action="store_true", help="profile a warm tick of the largest N")
-    parser.add_argument("--profilers", default="cprofile,pyinstrument",
-                        help="which profilers --profile runs (cProfile slows this code down several times)")
-    parser.add_argument("--profile-out", type=Path, default=Path(tempfile.gettempdir()) / "aimon-evaluator-profile")
-    parser.add_argument("--hour-cost-ms", type=float, default=None,
-                        help="cost of one closed hour bucket per version on a cold/refresh tick, for the ~ estimates "
-                             "(default: measured at the largest N that ran the cold read)")
-    parser.add_argument("--socket-timeout", type=float, default=5.0,
-                        help="the evaluator's Redis socket timeout (monitor/app.py uses 5.0)")
-    parser.add_argument("--cold-guard-s", type=float, default=20.0,
-                        help="above --prime-above, give the cold tick this long before cancelling it")
+    parser.add_argument(
+        "--profilers",
+        default="cprofile,pyinstrument",
+        help="which profilers --profile runs (cProfile slows this code down several times)",
+    )
+    parser.add_argument(
+        "--profile-out", type=Path, default=Path(tempfile.gettempdir()) / "aimon-evaluator-profile"
+    )
+    parser.add_argument(
+        "--hour-cost-ms",
+        type=float,
+        default=None,
+        help="cost of one closed hour bucket per version on a cold/refresh tick, for the ~ estimates "
+        "(default: measured at the largest N that ran the cold read)",
+    )
+    parser.add_argument(
+        "--socket-timeout",
+        type=float,
+        default=5.0,
+        help="the evaluator's Redis socket timeout (monitor/app.py uses 5.0)",
+    )
+    parser.add_argument(
+        "--cold-guard-s",
+        type=float,
+        default=20.0,
+        help="above --prime-above, give the cold tick this long before cancelling it",
+    )
     parser.add_argument("--redis-url", default=Settings().redis_url)
     args = parser.parse_args()
     sizes = sorted(int(x) for x in args.models.split(",") if x)
@@ -720,12 +838,21 @@ async def main() -> None:
         rows = []
         for n in sizes:
             prime = n > args.prime_above
-            rows.append(await measure(
-                redis, admin, n, warm=max(5, args.warm), cold_guard_s=args.cold_guard_s, history_hours=args.history_hours, prime=prime,
-                check_prime=not prime and n == sizes[0],
-                profile_out=args.profile_out if args.profile and n == sizes[-1] else None, phases=phases,
-                profilers=set(args.profilers.split(",")),
-            ))
+            rows.append(
+                await measure(
+                    redis,
+                    admin,
+                    n,
+                    warm=max(5, args.warm),
+                    cold_guard_s=args.cold_guard_s,
+                    history_hours=args.history_hours,
+                    prime=prime,
+                    check_prime=not prime and n == sizes[0],
+                    profile_out=args.profile_out if args.profile and n == sizes[-1] else None,
+                    phases=phases,
+                    profilers=set(args.profilers.split(",")),
+                )
+            )
             print_table(rows, args.hour_cost_ms)
     finally:
         phases.remove()

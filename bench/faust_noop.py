@@ -77,8 +77,9 @@ def _write_result(path: Path, result: dict[str, float]) -> None:
     os.replace(partial, path)
 
 
-def _child(bootstrap: str, topic: str, total: int, partitions: int, app_id: str,
-           result_path: Path, timeout_s: float) -> None:
+def _child(
+    bootstrap: str, topic: str, total: int, partitions: int, app_id: str, result_path: Path, timeout_s: float
+) -> None:
     """Run the no-op worker until it has seen `total` messages, report, then stop."""
     import faust  # only the child needs Faust
 
@@ -138,8 +139,9 @@ async def _topic_size(bootstrap: str, topic: str) -> tuple[int, int]:
     if not found:
         raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
     parts = [TopicPartition(topic, p["partition"]) for p in found[0]["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                request_timeout_ms=15_000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=15_000
+    )
     await asyncio.wait_for(consumer.start(), 30)
     try:
         first = await asyncio.wait_for(consumer.beginning_offsets(parts), 30)
@@ -195,19 +197,39 @@ def faust_noop(bootstrap: str, topic: str, total: int, timeout_s: float = 300) -
     workdir = Path(tempfile.mkdtemp(prefix="faust-noop-"))
     result_path, log_path = workdir / "result.json", workdir / "worker.log"
     remaining = max(deadline - time.monotonic(), 1.0)
-    args = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, bootstrap, topic, str(total),
-            str(partitions), app_id, str(result_path), str(remaining + STOP_GRACE_S)]
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        CHILD_FLAG,
+        bootstrap,
+        topic,
+        str(total),
+        str(partitions),
+        app_id,
+        str(result_path),
+        str(remaining + STOP_GRACE_S),
+    ]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     try:
         while not result_path.exists():
             if proc.poll() is not None:
-                raise RuntimeError(f"the Faust no-op worker exited ({proc.returncode}) without "
-                                   f"reporting:\n{_log_tail(log_path)}")
+                raise RuntimeError(
+                    f"the Faust no-op worker exited ({proc.returncode}) without "
+                    f"reporting:\n{_log_tail(log_path)}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the Faust no-op worker did not see {total} messages of {topic!r} "
-                                   f"in {timeout_s:.0f} s:\n{_log_tail(log_path)}")
+                raise TimeoutError(
+                    f"the Faust no-op worker did not see {total} messages of {topic!r} "
+                    f"in {timeout_s:.0f} s:\n{_log_tail(log_path)}"
+                )
             time.sleep(POLL_S)
         return float(json.loads(result_path.read_text())["rate"])
     finally:
@@ -226,11 +248,18 @@ def prediction_events(n: int, seed: int = 1) -> list[dict[str, object]]:
     rng = random.Random(seed)
     now = time.time()
     return [
-        {"model_id": f"model-{i % 20}", "model_version": "1", "request_id": f"r{i}",
-         "ts": now - rng.uniform(0, 3600), "prediction": 1, "positive": rng.random() < 0.6,
-         "confidence": 0.8, "latency_ms": rng.lognormvariate(3.5, 0.5),
-         "groups": {"sex": rng.choice("FM"), "age_band": rng.choice("abcde")},
-         "user_id": f"u{rng.randrange(10_000)}"}
+        {
+            "model_id": f"model-{i % 20}",
+            "model_version": "1",
+            "request_id": f"r{i}",
+            "ts": now - rng.uniform(0, 3600),
+            "prediction": 1,
+            "positive": rng.random() < 0.6,
+            "confidence": 0.8,
+            "latency_ms": rng.lognormvariate(3.5, 0.5),
+            "groups": {"sex": rng.choice("FM"), "age_band": rng.choice("abcde")},
+            "user_id": f"u{rng.randrange(10_000)}",
+        }
         for i in range(n)
     ]
 

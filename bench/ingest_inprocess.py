@@ -57,8 +57,9 @@ async def main() -> None:
     redis = Redis.from_url(status.redis_url)
     settings = Settings()
     prefix = f"bench-inproc-{uuid.uuid4().hex[:6]}"
-    store = RedisStore(redis, Keys(prefix), minute_ttl_s=settings.minute_bucket_ttl_s,
-                       hour_ttl_s=settings.hour_bucket_ttl_s)
+    store = RedisStore(
+        redis, Keys(prefix), minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s
+    )
     try:
         started = time.perf_counter()
         for i in range(0, n, per_batch):
@@ -68,8 +69,10 @@ async def main() -> None:
         async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
             await redis.delete(key)
         await redis.aclose()
-    print(f"{n:,} events in batches of {per_batch:,}: decode {n / decode_s:,.0f} events/s, "
-          f"fold {n / fold_s:,.0f} events/s, fold + apply to Redis {n / apply_s:,.0f} events/s")
+    print(
+        f"{n:,} events in batches of {per_batch:,}: decode {n / decode_s:,.0f} events/s, "
+        f"fold {n / fold_s:,.0f} events/s, fold + apply to Redis {n / apply_s:,.0f} events/s"
+    )
 
 
 if __name__ == "__main__":

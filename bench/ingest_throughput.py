@@ -34,7 +34,14 @@ from monitor.dev import services  # noqa: E402
 from monitor.settings import Settings, Topics  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402
 
-GROUPS = {"sex": "FM", "age_band": "abcde", "zip3": "0123456789", "region": "nesw", "income": "lmh", "channel": "wb"}
+GROUPS = {
+    "sex": "FM",
+    "age_band": "abcde",
+    "zip3": "0123456789",
+    "region": "nesw",
+    "income": "lmh",
+    "channel": "wb",
+}
 
 
 def events(n: int, span_s: float = 3600.0) -> list[dict[str, object]]:
@@ -44,11 +51,19 @@ def events(n: int, span_s: float = 3600.0) -> list[dict[str, object]]:
     rng = random.Random(1)
     start = time.time() - span_s
     return [
-        {"model_id": f"model-{i % 20}", "model_version": "1", "request_id": f"r{i}",
-         "ts": start + span_s * i / n - rng.uniform(0, 2),
-         "prediction": 1, "positive": rng.random() < 0.6, "confidence": 0.8, "latency_ms": rng.lognormvariate(3.5, 0.5),
-         "groups": {k: rng.choice(v) for k, v in GROUPS.items()}, "user_id": f"u{rng.randrange(10000)}",
-         "subject_id": f"s{i}"}
+        {
+            "model_id": f"model-{i % 20}",
+            "model_version": "1",
+            "request_id": f"r{i}",
+            "ts": start + span_s * i / n - rng.uniform(0, 2),
+            "prediction": 1,
+            "positive": rng.random() < 0.6,
+            "confidence": 0.8,
+            "latency_ms": rng.lognormvariate(3.5, 0.5),
+            "groups": {k: rng.choice(v) for k, v in GROUPS.items()},
+            "user_id": f"u{rng.randrange(10000)}",
+            "subject_id": f"s{i}",
+        }
         for i in range(n)
     ]
 
@@ -66,8 +81,13 @@ async def preload(bootstrap: str, topic: str, evs: list[dict[str, object]], batc
 
 
 async def bare_consumer(bootstrap: str, topic: str, total: int) -> float:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=f"bench-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=8 << 20)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        max_partition_fetch_bytes=8 << 20,
+    )
     await consumer.start()
     seen = 0
     started = time.perf_counter()
@@ -83,13 +103,25 @@ async def bare_consumer(bootstrap: str, topic: str, total: int) -> float:
     return total / elapsed
 
 
-def monitor_rate(settings: Settings, topic: str, total: int, profile: Path | None = None) -> tuple[float, float]:
+def monitor_rate(
+    settings: Settings, topic: str, total: int, profile: Path | None = None
+) -> tuple[float, float]:
     """Start `monitor run` on a pre-loaded topic and time from the first aggregated event to the
     last, as counted by the worker's own metric (its start-up is not what is measured).
     Returns (events/s, the worker's resident memory in MiB when it is done)."""
-    env = {**os.environ, **settings.model_copy(update={"topics": settings.topics.model_copy(update={"predictions": topic})}).to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        **settings.model_copy(
+            update={"topics": settings.topics.model_copy(update={"predictions": topic})}
+        ).to_env(),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 1800
     url = f"http://127.0.0.1:{settings.web_port}/metrics"
     started: tuple[float, float] | None = None
@@ -103,14 +135,31 @@ def monitor_rate(settings: Settings, topic: str, total: int, profile: Path | Non
             except OSError:
                 time.sleep(0.1)
                 continue
-            value = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("aimon_events_ingested_total{"))
+            value = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("aimon_events_ingested_total{")
+            )
             if value > 0 and started is None:
                 started = (time.perf_counter(), value)
                 if profile is not None:  # py-spy's collapsed stacks of the worker while it ingests
-                    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                            str(proc.pid), "--format", "raw", "--rate", "50", "--nonblocking",
-                                            "-o", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    spy = subprocess.Popen(
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "--pid",
+                            str(proc.pid),
+                            "--format",
+                            "raw",
+                            "--rate",
+                            "50",
+                            "--nonblocking",
+                            "-o",
+                            str(profile),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
             if value >= total and started is not None:
                 rate = (value - started[1]) / (time.perf_counter() - started[0])
                 return rate, _rss_mib(proc.pid)
@@ -139,13 +188,23 @@ async def main() -> None:
     status = await asyncio.to_thread(services.up)
     tag = uuid.uuid4().hex[:6]
     topics = Topics.model_validate({k: f"bench-{tag}-{v}" for k, v in Topics().model_dump().items()})
-    settings = Settings().with_overrides(kafka_bootstrap=status.kafka_bootstrap, redis_url=status.redis_url,
-                                         topics=topics, app_id=f"bench-{tag}", key_prefix=f"bench-{tag}",
-                                         web_port=16099, partitions=4)
+    settings = Settings().with_overrides(
+        kafka_bootstrap=status.kafka_bootstrap,
+        redis_url=status.redis_url,
+        topics=topics,
+        app_id=f"bench-{tag}",
+        key_prefix=f"bench-{tag}",
+        web_port=16099,
+        partitions=4,
+    )
     await ensure_topics(settings)
     arrays, singles = f"bench-{tag}-arrays", f"bench-{tag}-singles"
-    await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": arrays})}))
-    await ensure_topics(settings.model_copy(update={"topics": topics.model_copy(update={"predictions": singles})}))
+    await ensure_topics(
+        settings.model_copy(update={"topics": topics.model_copy(update={"predictions": arrays})})
+    )
+    await ensure_topics(
+        settings.model_copy(update={"topics": topics.model_copy(update={"predictions": singles})})
+    )
     data = events(args.events)
     await preload(settings.kafka_bootstrap, arrays, data, 100)
     await preload(settings.kafka_bootstrap, singles, data[: args.single], 1)
@@ -154,11 +213,18 @@ async def main() -> None:
     a_single = await bare_consumer(settings.kafka_bootstrap, singles, args.single)
     b_single = await asyncio.to_thread(faust_noop, settings.kafka_bootstrap, singles, args.single)
     m_arrays, rss_arrays = await asyncio.to_thread(
-        monitor_rate, settings, arrays, args.events, args.profile and args.profile.with_suffix(".arrays.txt"))
+        monitor_rate, settings, arrays, args.events, args.profile and args.profile.with_suffix(".arrays.txt")
+    )
     m_single, rss_single = await asyncio.to_thread(
-        monitor_rate, settings.model_copy(update={"app_id": f"bench-{tag}-2", "key_prefix": f"bench-{tag}-2"}),
-        singles, args.single, args.profile and args.profile.with_suffix(".single.txt"))
-    print(f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)")
+        monitor_rate,
+        settings.model_copy(update={"app_id": f"bench-{tag}-2", "key_prefix": f"bench-{tag}-2"}),
+        singles,
+        args.single,
+        args.profile and args.profile.with_suffix(".single.txt"),
+    )
+    print(
+        f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)"
+    )
     print(f"{'':34}{'arrays of 100':>16}{'single messages':>18}")
     print(f"{'(a) aiokafka + orjson, events/s':34}{a_arrays:>16,.0f}{a_single:>18,.0f}")
     print(f"{'(b) no-op Faust agent, events/s':34}{'':>16}{b_single:>18,.0f}")

@@ -83,7 +83,9 @@ BATCH = 2_000  # events per ingest batch (the tests' size; the agents take up to
 UNFAVOURABLE_MAX = 20_000  # RedisStore.impact_sample_max
 LABEL_JOIN_TTL_S = 7 * DAY_S  # RedisStore.label_join_ttl_s
 # Keys the README or monitor/store/keys.py document as kept without expiry.
-DOCUMENTED_PERMANENT = {"registry:approved": "README: approved checksums (no expiry); Keys.approvals: kept without expiry"}
+DOCUMENTED_PERMANENT = {
+    "registry:approved": "README: approved checksums (no expiry); Keys.approvals: kept without expiry"
+}
 # How a key without a TTL grows (read from the code that writes it).
 GROWTH = {
     "models set (global)": "one member per model id ever seen; never removed",
@@ -229,8 +231,18 @@ async def inspect(redis: Redis, prefix: str) -> list[KeyInfo]:
                 # The sample reaches back 26 h; ingest writes what is already past the minute TTL with
                 # a 60 s expiry floor (and no label lands there): not part of the steady state.
                 kind += " (past its TTL)"
-            infos.append(KeyInfo(name, kind, tail, types[i], _text(replies[4 * i + 1] or b"-"),
-                                 int(replies[4 * i + 2] or 0), int(sizes[i]), int(replies[4 * i + 3])))
+            infos.append(
+                KeyInfo(
+                    name,
+                    kind,
+                    tail,
+                    types[i],
+                    _text(replies[4 * i + 1] or b"-"),
+                    int(replies[4 * i + 2] or 0),
+                    int(sizes[i]),
+                    int(replies[4 * i + 3]),
+                )
+            )
     return infos
 
 
@@ -256,7 +268,9 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
     apply_access / apply_registry, then one evaluator tick that opens incidents."""
     started = time.perf_counter()
     rules = load_rules(default_rules_path())
-    store = RedisStore(redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s)
+    store = RedisStore(
+        redis, keys, minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s
+    )
     store.configure(rules.ingest_rules())
     traffic = Traffic()
     rng = random.Random(11)
@@ -271,37 +285,89 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
         span = min(60, max(1, now - start - 1))
         batch = synth_events(rng, MODEL, "1", start, span, traffic.per_minute, traffic, error_rate=errors)
         events += batch
-        labels += synth_labels(rng, batch, traffic.label_share_recent if recent else traffic.label_share_old, traffic.accuracy)
+        labels += synth_labels(
+            rng, batch, traffic.label_share_recent if recent else traffic.label_share_old, traffic.accuracy
+        )
     for i in range(0, len(events), BATCH):
         chunk = events[i : i + BATCH]
-        await store.apply_predictions(settings.topics.predictions, [Located(e, j % 8, i + j) for j, e in enumerate(chunk)])
-    orphans = [LabelEvent(ts=now - 30, request_id=f"orphan-{i}", model_id=MODEL, label=1, positive=True) for i in range(50)]
+        await store.apply_predictions(
+            settings.topics.predictions, [Located(e, j % 8, i + j) for j, e in enumerate(chunk)]
+        )
+    orphans = [
+        LabelEvent(ts=now - 30, request_id=f"orphan-{i}", model_id=MODEL, label=1, positive=True)
+        for i in range(50)
+    ]
     all_labels = labels + orphans
     for i in range(0, len(all_labels), BATCH):
         label_chunk = all_labels[i : i + BATCH]
-        await store.apply_labels(settings.topics.labels, [Located(e, j % 8, i + j) for j, e in enumerate(label_chunk)])
+        await store.apply_labels(
+            settings.topics.labels, [Located(e, j % 8, i + j) for j, e in enumerate(label_chunk)]
+        )
     access = [
-        AccessEvent(ts=now - 600 + i, principal="ml-alice", action="read", resource_type="training_data",
-                    resource="s3://data/credit/train.parquet", outcome="allowed", model_id=MODEL,
-                    source_ip="10.0.0.7", auth_method="sso", bytes=10_000_000)
+        AccessEvent(
+            ts=now - 600 + i,
+            principal="ml-alice",
+            action="read",
+            resource_type="training_data",
+            resource="s3://data/credit/train.parquet",
+            outcome="allowed",
+            model_id=MODEL,
+            source_ip="10.0.0.7",
+            auth_method="sso",
+            bytes=10_000_000,
+        )
         for i in range(20)
-    ] + [AccessEvent(ts=now - 60, principal="mallory", action="download", resource_type="model_weights",
-                     resource="s3://models/credit/1/weights.bin", outcome="allowed", model_id=MODEL,
-                     source_ip="203.0.113.9", auth_method="api_key", api_key_id="k-123")]
+    ] + [
+        AccessEvent(
+            ts=now - 60,
+            principal="mallory",
+            action="download",
+            resource_type="model_weights",
+            resource="s3://models/credit/1/weights.bin",
+            outcome="allowed",
+            model_id=MODEL,
+            source_ip="203.0.113.9",
+            auth_method="api_key",
+            api_key_id="k-123",
+        )
+    ]
     await store.apply_access(settings.topics.access_logs, [Located(e, 0, i) for i, e in enumerate(access)])
     sha = "a" * 64
     registry = [
-        RegistryEvent(ts=now - 7200, model_id=MODEL, version="1", event="approved", sha256=sha, actor="ml-lead", approval_ref="CR-1"),
-        RegistryEvent(ts=now - 7000, model_id=MODEL, version="1", event="deployed", sha256=sha, actor="svc-deployer"),
+        RegistryEvent(
+            ts=now - 7200,
+            model_id=MODEL,
+            version="1",
+            event="approved",
+            sha256=sha,
+            actor="ml-lead",
+            approval_ref="CR-1",
+        ),
+        RegistryEvent(
+            ts=now - 7000, model_id=MODEL, version="1", event="deployed", sha256=sha, actor="svc-deployer"
+        ),
     ]
-    await store.apply_registry(settings.topics.model_registry, [Located(e, 0, i) for i, e in enumerate(registry)])
+    await store.apply_registry(
+        settings.topics.model_registry, [Located(e, 0, i) for i, e in enumerate(registry)]
+    )
     evaluator = Evaluator(redis, keys, rules, MemoryPublisher(), evidence_dir=evidence)
     report = await evaluator.tick()
-    await CommandQueue(redis, keys).submit(new_command("acknowledge", MODEL, "bench", "memory benchmark",
-                                                        incident_id=report.opened[0].id if report.opened else "none"))
+    await CommandQueue(redis, keys).submit(
+        new_command(
+            "acknowledge",
+            MODEL,
+            "bench",
+            "memory benchmark",
+            incident_id=report.opened[0].id if report.opened else "none",
+        )
+    )
     await evaluator.tick()  # applies the command: a command result key
-    await AuditLog(redis, keys).append(at=time.time(), who="bench", action="acknowledge", target=MODEL, why="memory benchmark")
-    return Sample(len(events), len(labels), time.perf_counter() - started, [f"{i.rule}" for i in report.opened])
+    await AuditLog(redis, keys).append(
+        at=time.time(), who="bench", action="acknowledge", target=MODEL, why="memory benchmark"
+    )
+    return Sample(
+        len(events), len(labels), time.perf_counter() - started, [f"{i.rule}" for i in report.opened]
+    )
 
 
 # --- 3. steady state -----------------------------------------------------------------------------
@@ -334,16 +400,29 @@ def steady_state(kinds: dict[str, Kind], settings: Settings, label_share: float)
         users = kinds[name]
         parts[f"{name} ({users.mean_entries():,.0f} users)"] = users.mean_bytes()
     unfav = kinds["unfavourable decisions zset"].keys[0]
-    parts[f"unfavourable zset ({UNFAVOURABLE_MAX:,} bound)"] = unfav.bytes / max(1, unfav.entries) * UNFAVOURABLE_MAX
+    parts[f"unfavourable zset ({UNFAVOURABLE_MAX:,} bound)"] = (
+        unfav.bytes / max(1, unfav.entries) * UNFAVOURABLE_MAX
+    )
     parts["recent events list (200)"] = kinds["recent events list"].mean_bytes()
-    small = ("offsets hash", "meta hash", "versions hash", "versions:first hash", "control hash", "totals hash")
-    parts["offsets, meta, versions, control, totals hashes"] = sum(kinds[k].mean_bytes() for k in small if k in kinds)
+    small = (
+        "offsets hash",
+        "meta hash",
+        "versions hash",
+        "versions:first hash",
+        "control hash",
+        "totals hash",
+    )
+    parts["offsets, meta, versions, control, totals hashes"] = sum(
+        kinds[k].mean_bytes() for k in small if k in kinds
+    )
     join = join_bytes_per_record(kinds)
     unlabelled = 1 - label_share
     # A record lives until its UTC day's hash expires: day end + label_join_ttl, i.e. 7 to 8 days.
     lifetime_s = LABEL_JOIN_TTL_S + DAY_S / 2
     per_second = 1.0  # 60 predictions/min
-    parts[f"join records ({unlabelled:.0%} never labelled, 7.5 d)"] = join * unlabelled * lifetime_s * per_second
+    parts[f"join records ({unlabelled:.0%} never labelled, 7.5 d)"] = (
+        join * unlabelled * lifetime_s * per_second
+    )
     return SteadyState(parts, join)
 
 
@@ -367,9 +446,13 @@ def print_kinds(kinds: dict[str, Kind]) -> None:
     for name, kind in sorted(kinds.items(), key=lambda kv: -kv[1].mean_bytes() * len(kv[1].keys)):
         entries = kind.mean_entries()
         ttl = max(k.ttl for k in kind.keys)
-        ttl_text = "none" if ttl == -1 else f"{ttl / 3600:.1f} h" if ttl < 2 * DAY_S else f"{ttl / DAY_S:.1f} d"
-        print(f"{name:<42} {len(kind.keys):>6} {kind.encodings():<22} {kind.mean_bytes():>10,.0f} "
-              f"{entries:>11,.0f} {kind.mean_bytes() / max(entries, 1):>11,.1f} {ttl_text:>12}")
+        ttl_text = (
+            "none" if ttl == -1 else f"{ttl / 3600:.1f} h" if ttl < 2 * DAY_S else f"{ttl / DAY_S:.1f} d"
+        )
+        print(
+            f"{name:<42} {len(kind.keys):>6} {kind.encodings():<22} {kind.mean_bytes():>10,.0f} "
+            f"{entries:>11,.0f} {kind.mean_bytes() / max(entries, 1):>11,.1f} {ttl_text:>12}"
+        )
 
 
 async def scale_check(redis: Redis, n: int, per_key: dict[str, float]) -> None:
@@ -384,17 +467,25 @@ async def scale_check(redis: Redis, n: int, per_key: dict[str, float]) -> None:
         for info in infos:
             by_kind[info.kind].append(info)
         summed = sum(i.bytes for i in infos)
-        print(f"\n4. cross-check: {n} models, {population.pairs} versions, 60 minute + {population.history_hours} hour "
-              f"buckets each ({len(infos):,} keys, written in {population.seconds:.0f} s)")
-        print(f"   INFO used_memory before {mb(before)}, after {mb(after)}: delta {mb(after - before)} "
-              f"({(after - before) / len(infos):,.0f} B/key; shared server, other clients included)")
-        print(f"   sum of MEMORY USAGE over those keys: {mb(summed)} ({summed / len(infos):,.0f} B/key); "
-              f"the rest of the delta is the expires dict and keyspace table growth")
+        print(
+            f"\n4. cross-check: {n} models, {population.pairs} versions, 60 minute + {population.history_hours} hour "
+            f"buckets each ({len(infos):,} keys, written in {population.seconds:.0f} s)"
+        )
+        print(
+            f"   INFO used_memory before {mb(before)}, after {mb(after)}: delta {mb(after - before)} "
+            f"({(after - before) / len(infos):,.0f} B/key; shared server, other clients included)"
+        )
+        print(
+            f"   sum of MEMORY USAGE over those keys: {mb(summed)} ({summed / len(infos):,.0f} B/key); "
+            f"the rest of the delta is the expires dict and keyspace table growth"
+        )
         for kind, keys in sorted(by_kind.items(), key=lambda kv: -sum(k.bytes for k in kv[1])):
             mean = statistics.mean(k.bytes for k in keys)
             ref = per_key.get(kind)
-            print(f"   {kind:<30} {len(keys):>8,} keys x {mean:>7,.0f} B = {mb(sum(k.bytes for k in keys)):>10}"
-                  + (f"  (sample through the real ingest: {ref:,.0f} B/key)" if ref else ""))
+            print(
+                f"   {kind:<30} {len(keys):>8,} keys x {mean:>7,.0f} B = {mb(sum(k.bytes for k in keys)):>10}"
+                + (f"  (sample through the real ingest: {ref:,.0f} B/key)" if ref else "")
+            )
     finally:
         await delete_prefix(redis, prefix)
 
@@ -402,10 +493,16 @@ async def scale_check(redis: Redis, n: int, per_key: dict[str, float]) -> None:
 async def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # the evaluator logs every incident it opens
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--hours", type=int, default=26, help="hours of sample traffic (26: the unfavourable set's TTL)")
-    parser.add_argument("--scale-models", type=int, default=1000, help="N for the used_memory cross-check (0: skip)")
+    parser.add_argument(
+        "--hours", type=int, default=26, help="hours of sample traffic (26: the unfavourable set's TTL)"
+    )
+    parser.add_argument(
+        "--scale-models", type=int, default=1000, help="N for the used_memory cross-check (0: skip)"
+    )
     parser.add_argument("--models", type=int, default=1000, help="N for the steady-state total")
-    parser.add_argument("--rate", type=float, default=1000.0, help="predictions/s for the join-record estimate")
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="predictions/s for the join-record estimate"
+    )
     parser.add_argument("--redis-url", default=Settings().redis_url)
     args = parser.parse_args()
     settings = Settings()
@@ -424,38 +521,54 @@ async def main() -> None:
         for info in infos:
             kinds.setdefault(info.kind, Kind(info.kind)).keys.append(info)
         summed = sum(i.bytes for i in infos)
-        print(f"1. sample: model {MODEL!r}, {sample.predictions:,} predictions over {args.hours} h and "
-              f"{sample.labels:,} labels through RedisStore.apply_predictions/apply_labels, "
-              "access + registry events, "
-              f"2 evaluator ticks (opened: {', '.join(sample.opened)}); {sample.seconds:.0f} s")
-        print(f"   {len(infos):,} keys; INFO used_memory delta {mb(after - before)} (shared server); "
-              f"sum of MEMORY USAGE {mb(summed)}")
+        print(
+            f"1. sample: model {MODEL!r}, {sample.predictions:,} predictions over {args.hours} h and "
+            f"{sample.labels:,} labels through RedisStore.apply_predictions/apply_labels, "
+            "access + registry events, "
+            f"2 evaluator ticks (opened: {', '.join(sample.opened)}); {sample.seconds:.0f} s"
+        )
+        print(
+            f"   {len(infos):,} keys; INFO used_memory delta {mb(after - before)} (shared server); "
+            f"sum of MEMORY USAGE {mb(summed)}"
+        )
         print(f"   Redis config: {config}, {zconfig}\n")
         print_kinds(kinds)
 
         minute = kinds["minute bucket"]
-        hour_keys = sorted(kinds["hour bucket"].keys, key=lambda k: k.entries)[len(kinds["hour bucket"].keys) // 2 :]
+        hour_keys = sorted(kinds["hour bucket"].keys, key=lambda k: k.entries)[
+            len(kinds["hour bucket"].keys) // 2 :
+        ]
         per_field_m = statistics.mean(k.bytes / k.entries for k in minute.keys)
         per_field_h = statistics.mean(k.bytes / k.entries for k in hour_keys)
         minutes = settings.minute_bucket_ttl_s // 60
         hours = settings.hour_bucket_ttl_s // 3600
         groups = sum(len(v) for v in GROUPS.values())
-        print(f"\n   bytes per bucket hash: minute {minute.mean_bytes():,.0f} B ({minute.mean_entries():.0f} fields), "
-              f"hour {statistics.mean(k.bytes for k in hour_keys):,.0f} B "
-              f"({statistics.mean(k.entries for k in hour_keys):.0f} fields), {minute.encodings()} encoding")
-        print(f"   bytes per series (one counter field of one group in one bucket): minute {per_field_m:.1f} B, "
-              f"hour {per_field_h:.1f} B")
-        print(f"   one series tracked over its retention ({minutes:,} minute + {hours} hour buckets): "
-              f"{minutes * per_field_m + hours * per_field_h:,.0f} B; one group value (8 stats: n dec pos err lab cor apos fn): "
-              f"{8 * (minutes * per_field_m + hours * per_field_h) / 1024:,.0f} kB")
+        print(
+            f"\n   bytes per bucket hash: minute {minute.mean_bytes():,.0f} B ({minute.mean_entries():.0f} fields), "
+            f"hour {statistics.mean(k.bytes for k in hour_keys):,.0f} B "
+            f"({statistics.mean(k.entries for k in hour_keys):.0f} fields), {minute.encodings()} encoding"
+        )
+        print(
+            f"   bytes per series (one counter field of one group in one bucket): minute {per_field_m:.1f} B, "
+            f"hour {per_field_h:.1f} B"
+        )
+        print(
+            f"   one series tracked over its retention ({minutes:,} minute + {hours} hour buckets): "
+            f"{minutes * per_field_m + hours * per_field_h:,.0f} B; one group value (8 stats: n dec pos err lab cor apos fn): "
+            f"{8 * (minutes * per_field_m + hours * per_field_h) / 1024:,.0f} kB"
+        )
 
         for name in ("users seen zset", "users served zset"):
             users = kinds[name]
-            print(f"   {name}: {users.mean_bytes():,.0f} B for {users.mean_entries():,.0f} users "
-                  f"({users.encodings()}): {users.mean_bytes() / max(users.mean_entries(), 1):,.1f} B per distinct user")
+            print(
+                f"   {name}: {users.mean_bytes():,.0f} B for {users.mean_entries():,.0f} users "
+                f"({users.encodings()}): {users.mean_bytes() / max(users.mean_entries(), 1):,.1f} B per distinct user"
+            )
         totals = kinds["totals hash"]
-        print(f"   totals hash (per model, every version): {totals.mean_bytes():,.0f} B for "
-              f"{totals.mean_entries():,.0f} fields ({totals.encodings()})")
+        print(
+            f"   totals hash (per model, every version): {totals.mean_bytes():,.0f} B for "
+            f"{totals.mean_entries():,.0f} fields ({totals.encodings()})"
+        )
 
         # 2. TTLs
         print("\n2. keys without a TTL (TTL = -1) under the sample's prefix:")
@@ -463,30 +576,42 @@ async def main() -> None:
         if not permanent:
             print("   none")
         for info in sorted(permanent, key=lambda k: k.kind):
-            documented = next((why for tail, why in DOCUMENTED_PERMANENT.items() if info.tail.endswith(tail)), None)
-            print(f"   {info.kind:<30} {info.name[len(prefix):][:44]:<44} {info.bytes:>6,} B  "
-                  f"{'documented' if documented else 'NOT documented'}; {GROWTH.get(info.kind, '?')}")
+            documented = next(
+                (why for tail, why in DOCUMENTED_PERMANENT.items() if info.tail.endswith(tail)), None
+            )
+            print(
+                f"   {info.kind:<30} {info.name[len(prefix) :][:44]:<44} {info.bytes:>6,} B  "
+                f"{'documented' if documented else 'NOT documented'}; {GROWTH.get(info.kind, '?')}"
+            )
         print(f"   {len(infos) - len(permanent):,} of {len(infos):,} keys have a TTL")
 
         # 3. steady state
         for label_share in (0.0, 0.8):
             state = steady_state(kinds, settings, label_share)
-            print(f"\n3. steady state per model-version at 1 prediction/s, {groups} groups, "
-                  f"{label_share:.0%} of predictions labelled within 7 days:")
+            print(
+                f"\n3. steady state per model-version at 1 prediction/s, {groups} groups, "
+                f"{label_share:.0%} of predictions labelled within 7 days:"
+            )
             for name, value in sorted(state.parts.items(), key=lambda kv: -kv[1]):
                 print(f"   {name:<46} {mb(value):>12}  {100 * value / state.total:5.1f} %")
             print(f"   {'total per model-version':<46} {mb(state.total):>12}")
-            print(f"   {f'x {args.models:,} models (1 version each, 1 prediction/s each)':<46} {mb(state.total * args.models):>12}")
+            print(
+                f"   {f'x {args.models:,} models (1 version each, 1 prediction/s each)':<46} {mb(state.total * args.models):>12}"
+            )
             buckets = sum(v for k, v in state.parts.items() if not k.startswith("join"))
             print(f"   {'  of which everything but the join records':<46} {mb(buckets * args.models):>12}")
         join = join_bytes_per_record(kinds)
         per_day = args.rate * DAY_S
-        print(f"\n   join records: {join:,.0f} B per prediction awaiting its label "
-              f"(hashtable encoding, request_id -> JSON record)")
-        print(f"   at {args.rate:,.0f} predictions/s: {mb(join * per_day)} per day; kept 7 days "
-              f"(label_join_ttl): {mb(join * per_day * 7)}; as written (until the end of the prediction's UTC day "
-              f"+ 7 d, 7.5 d on average): {mb(join * per_day * 7.5)} when no label ever arrives; labels delete "
-              f"their record, so x (1 - labelled share)")
+        print(
+            f"\n   join records: {join:,.0f} B per prediction awaiting its label "
+            f"(hashtable encoding, request_id -> JSON record)"
+        )
+        print(
+            f"   at {args.rate:,.0f} predictions/s: {mb(join * per_day)} per day; kept 7 days "
+            f"(label_join_ttl): {mb(join * per_day * 7)}; as written (until the end of the prediction's UTC day "
+            f"+ 7 d, 7.5 d on average): {mb(join * per_day * 7.5)} when no label ever arrives; labels delete "
+            f"their record, so x (1 - labelled share)"
+        )
 
         if args.scale_models:
             per_key = {name: kind.mean_bytes() for name, kind in kinds.items()}

@@ -18,9 +18,9 @@ import time
 from contextlib import AsyncExitStack
 from itertools import count
 
-from monitor.exceptions import ServicesError
 from monitor.clients.gateway import GatewayClient
 from monitor.clients.reporter import PredictionReporter
+from monitor.exceptions import ServicesError
 
 # Requests a model server might see: confident, borderline, unsure, no score, and one caller
 # whose credentials an incident could revoke.
@@ -40,8 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--topic", default="control", help="the control topic (MONITOR_TOPIC_CONTROL)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between rounds")
     parser.add_argument("--seed", type=int, default=None, help="seed the review sampling (reproducible runs)")
-    parser.add_argument("--report", metavar="TOPIC", default=None,
-                        help="also send each request as a prediction to this topic (off by default)")
+    parser.add_argument(
+        "--report",
+        metavar="TOPIC",
+        default=None,
+        help="also send each request as a prediction to this topic (off by default)",
+    )
     parser.add_argument("--model-version", default="2.3.0", help="model_version of reported predictions")
     return parser.parse_args(argv)
 
@@ -50,7 +54,8 @@ async def run(args: argparse.Namespace) -> None:
     """Route one round of requests per interval, forever."""
     async with AsyncExitStack() as stack:
         gateway = await stack.enter_async_context(
-            GatewayClient(args.bootstrap, args.topic, rng=random.Random(args.seed)))
+            GatewayClient(args.bootstrap, args.topic, rng=random.Random(args.seed))
+        )
         reporter = None
         if args.report:
             reporter = await stack.enter_async_context(PredictionReporter(args.bootstrap, args.report))
@@ -60,8 +65,11 @@ async def run(args: argparse.Namespace) -> None:
         request_ids = count()
         while True:
             state = gateway.state(args.model)
-            header = "level 0 (no control message)" if state is None else (
-                f"level {state.level} mode={state.mode} seq={state.seq}: {state.reason}")
+            header = (
+                "level 0 (no control message)"
+                if state is None
+                else (f"level {state.level} mode={state.mode} seq={state.seq}: {state.reason}")
+            )
             print(f"\n{time.strftime('%H:%M:%S')} {args.model}: {header}")
             if state is not None and state.rollback_to:
                 print(f"  rollback recommended to {state.rollback_to}")
@@ -70,12 +78,19 @@ async def run(args: argparse.Namespace) -> None:
                 shown = "  -  " if confidence is None else f"{confidence:.2f}"
                 print(f"  {label:<13} conf {shown}  -> {route.decision:<13} {route.reason}")
                 if reporter is not None and route.decision != "blocked":
-                    await reporter.report({
-                        "model_id": args.model, "model_version": args.model_version,
-                        "request_id": f"example-{time.time_ns()}-{next(request_ids)}", "ts": time.time(),
-                        "prediction": 1, "positive": True, "confidence": confidence, "latency_ms": 20.0,
-                        "user_id": principal,
-                    })
+                    await reporter.report(
+                        {
+                            "model_id": args.model,
+                            "model_version": args.model_version,
+                            "request_id": f"example-{time.time_ns()}-{next(request_ids)}",
+                            "ts": time.time(),
+                            "prediction": 1,
+                            "positive": True,
+                            "confidence": confidence,
+                            "latency_ms": 20.0,
+                            "user_id": principal,
+                        }
+                    )
             await asyncio.sleep(args.interval)
 
 

@@ -84,7 +84,9 @@ def reply(view: View, value: msgspec.Struct, status: int = 200) -> Response:
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """The one error shape: {"error": "..."}."""
-    return web.Response(body=_encoder.encode(ErrorBody(message)), status=status, content_type=JSON, headers=headers)
+    return web.Response(
+        body=_encoder.encode(ErrorBody(message)), status=status, content_type=JSON, headers=headers
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -176,9 +178,15 @@ def register_api(app: faust.App, deps: ApiDeps) -> None:
     async def submit(view: View, action: Action, model_id: str, body: ActionBody, **target: Any) -> Response:
         command = new_command(action, model_id, f"human:{body.by}", body.why, **target)
         level = target.get("level")
-        await deps.audit.append(at=command.at, who=command.who, action=action,
-                                target=target.get("incident_id") or model_id, why=body.why,
-                                command=command.id, **({"level": level} if level is not None else {}))
+        await deps.audit.append(
+            at=command.at,
+            who=command.who,
+            action=action,
+            target=target.get("incident_id") or model_id,
+            why=body.why,
+            command=command.id,
+            **({"level": level} if level is not None else {}),
+        )
         await deps.commands.submit(command)
         deadline = time.monotonic() + APPLY_WAIT_S
         while time.monotonic() < deadline:
@@ -231,11 +239,22 @@ def register_api(app: faust.App, deps: ApiDeps) -> None:
             model_ids = index.all
             states = await deps.incidents.control_states(model_ids)
             open_by_model = await deps.incidents.open_incidents(model_ids)
-            return reply(self, ModelList([
-                ModelSummary(model_id=m, level=states[m].level, override=states[m].override, seq=states[m].seq,
-                             open_incidents=len(open_by_model[m]), known_from=index.sources(m))
-                for m in model_ids
-            ]))
+            return reply(
+                self,
+                ModelList(
+                    [
+                        ModelSummary(
+                            model_id=m,
+                            level=states[m].level,
+                            override=states[m].override,
+                            seq=states[m].seq,
+                            open_incidents=len(open_by_model[m]),
+                            known_from=index.sources(m),
+                        )
+                        for m in model_ids
+                    ]
+                ),
+            )
 
     class OneModel(View):
         async def get(self, request: Request, model_id: str) -> Response:
@@ -245,12 +264,19 @@ def register_api(app: faust.App, deps: ApiDeps) -> None:
                 raise Refused(404, f"no model {model_id}")
             state = (await deps.incidents.control_states([model_id]))[model_id]
             incidents = (await deps.incidents.open_incidents([model_id]))[model_id]
-            return reply(self, ModelDetail(
-                model_id=model_id, level=state.level, override=state.override, seq=state.seq,
-                known_from=sources, control=state.last,
-                versions=await deps.store.versions(model_id),
-                open_incidents=[i.public() for i in incidents],
-            ))
+            return reply(
+                self,
+                ModelDetail(
+                    model_id=model_id,
+                    level=state.level,
+                    override=state.override,
+                    seq=state.seq,
+                    known_from=sources,
+                    control=state.last,
+                    versions=await deps.store.versions(model_id),
+                    open_incidents=[i.public() for i in incidents],
+                ),
+            )
 
     def model_action(action: Action) -> type[View]:
         class ModelAction(View):

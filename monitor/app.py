@@ -85,9 +85,7 @@ class FaustDeadLetters:
             ]
             if rejected.index is not None:
                 headers.append(("source-index", str(rejected.index).encode()))
-            pending.append(
-                await self.topic.send(key=message.key, value=rejected.raw, headers=headers)
-            )
+            pending.append(await self.topic.send(key=message.key, value=rejected.raw, headers=headers))
         await asyncio.gather(*pending)
 
 
@@ -100,9 +98,7 @@ class Monitor:
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.health = Health()
-        self.redis = Redis.from_url(
-            settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0
-        )
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
         self.store = RedisStore(
             self.redis,
             Keys(settings.key_prefix),
@@ -153,7 +149,10 @@ class Monitor:
             silence_hold=self.silence_hold,
         )
         self.evaluator_metrics = EvaluatorMetrics(
-            self.registry, self.rules, max_groups=settings.metrics_max_groups, evaluating=lambda: self.evaluating
+            self.registry,
+            self.rules,
+            max_groups=settings.metrics_max_groups,
+            evaluating=lambda: self.evaluating,
         )
         self._publisher_started = False
         self.app = self._build_app()
@@ -264,13 +263,16 @@ class Monitor:
 
         self._add_views(app)
         keys = Keys(s.key_prefix)
-        register_api(app, ApiDeps(
-            incidents=IncidentStore(self.redis, keys),
-            commands=CommandQueue(self.redis, keys),
-            audit=AuditLog(self.redis, keys),
-            store=self.store,
-            token=s.api_token.get_secret_value() if s.api_token else None,
-        ))
+        register_api(
+            app,
+            ApiDeps(
+                incidents=IncidentStore(self.redis, keys),
+                commands=CommandQueue(self.redis, keys),
+                audit=AuditLog(self.redis, keys),
+                store=self.store,
+                token=s.api_token.get_secret_value() if s.api_token else None,
+            ),
+        )
         return app
 
     async def evaluate_once(self) -> None:
@@ -313,7 +315,7 @@ class Monitor:
                 health.redis_ok = True
                 health.detail.pop("redis", None)
                 break
-            except (*TRANSIENT, asyncio.TimeoutError) as exc:
+            except (TimeoutError, *TRANSIENT) as exc:
                 # After a Redis restart the pool still holds connections the server closed: the
                 # first ping fails and drops one; only a second failure means Redis is away.
                 health.redis_ok = False
@@ -365,4 +367,3 @@ class Monitor:
             except TRANSIENT as exc:
                 log.warning("metrics scrape without model gauges: Redis unavailable (%s)", exc)
             return web.bytes(generate_latest(monitor.registry), content_type=PROMETHEUS_CONTENT_TYPE)
-

@@ -42,7 +42,9 @@ class AuditLog:
         self.redis = redis
         self.key = keys.audit()
 
-    async def append(self, *, at: float, who: str, action: str, target: str, why: str, **details: Any) -> dict[str, Any]:
+    async def append(
+        self, *, at: float, who: str, action: str, target: str, why: str, **details: Any
+    ) -> dict[str, Any]:
         """Record one action; returns the stored entry with its hash."""
         while True:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -51,8 +53,16 @@ class AuditLog:
                     last = await pipe.lindex(self.key, -1)
                     prev = orjson.loads(last)["hash"] if last else GENESIS
                     seq = await pipe.llen(self.key)
-                    entry = {"seq": seq, "at": at, "who": who, "action": action, "target": target,
-                             "why": why, "details": details, "prev": prev}
+                    entry = {
+                        "seq": seq,
+                        "at": at,
+                        "who": who,
+                        "action": action,
+                        "target": target,
+                        "why": why,
+                        "details": details,
+                        "prev": prev,
+                    }
                     entry["hash"] = entry_hash(entry)
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                     pipe.rpush(self.key, orjson.dumps(entry))
@@ -77,7 +87,9 @@ def verify_chain(entries: list[dict[str, Any]]) -> Verification:
         if entry.get("seq") != index:
             return Verification(len(entries), False, index, f"entry {index} has seq {entry.get('seq')}")
         if entry.get("prev") != prev:
-            return Verification(len(entries), False, index, f"entry {index} does not link to entry {index - 1}")
+            return Verification(
+                len(entries), False, index, f"entry {index} does not link to entry {index - 1}"
+            )
         if entry_hash(entry) != entry.get("hash"):
             return Verification(len(entries), False, index, f"entry {index} was changed after it was written")
         prev = entry["hash"]

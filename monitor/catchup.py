@@ -49,8 +49,12 @@ class SilenceHold:
         reports = await self.store.read(self.topic)
         count = self.partitions()
         decision = judge(
-            reports, range(count), now, watching_since=self._since,
-            caught_up_within_s=self.caught_up_within_s, stale_after_s=self.stale_after_s,
+            reports,
+            range(count),
+            now,
+            watching_since=self._since,
+            caught_up_within_s=self.caught_up_within_s,
+            stale_after_s=self.stale_after_s,
         )
         self._say(decision, now)
         self.last = decision
@@ -66,11 +70,16 @@ class SilenceHold:
                 log.warning(
                     "detection delayed: %.1f minutes behind on %s (%d of its partitions behind%s); "
                     "silence rules (downtime) hold until it catches up",
-                    decision.delay_s / 60, self.topic, len(decision.behind),
+                    decision.delay_s / 60,
+                    self.topic,
+                    len(decision.behind),
                     f", lag unknown on {unknown}" if unknown else "",
                 )
                 self._logged_at = now
         elif self._logged_at is not None:
-            log.info("detection caught up on %s (%.0f s behind at most): silence rules apply again",
-                     self.topic, decision.delay_s)
+            log.info(
+                "detection caught up on %s (%.0f s behind at most): silence rules apply again",
+                self.topic,
+                decision.delay_s,
+            )
             self._logged_at = None

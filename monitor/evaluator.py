@@ -38,7 +38,6 @@ from monitor.store.windows import WindowReader
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TickReport:
     """What one tick did (for logs, metrics and tests)."""
@@ -127,8 +126,13 @@ class Evaluator:
         for model in models:
             report.findings.extend(f for fs in findings[model.model_id].values() for f in fs)
             await self._act(
-                model, findings[model.model_id], open_by_model[model.model_id],
-                states[model.model_id], now, report, quiet[model.model_id],
+                model,
+                findings[model.model_id],
+                open_by_model[model.model_id],
+                states[model.model_id],
+                now,
+                report,
+                quiet[model.model_id],
             )
         # Results last: a person told "applied" finds the level it leads to already in force.
         for result in results:
@@ -171,10 +175,12 @@ class Evaluator:
                 model.frozen[version] = frozen.stats
         if not to_freeze:
             return
-        await self.catalog.freeze([
-            (model.model_id, version, model.windows[version].reference_counters(), frozen_at)
-            for model, version, _, frozen_at in to_freeze
-        ])
+        await self.catalog.freeze(
+            [
+                (model.model_id, version, model.windows[version].reference_counters(), frozen_at)
+                for model, version, _, frozen_at in to_freeze
+            ]
+        )
         for model, version, reference, _ in to_freeze:
             model.frozen[version] = reference
             log.info("froze the reference of %s %s (a newer version is live)", model.model_id, version)
@@ -211,8 +217,14 @@ class Evaluator:
                 await self._publish_incidents([incident])
             error = effect.error
             results.append(CommandResult(id=command.id, ok=not error, error=error, applied_at=now))
-            log.info("command %s %s on %s by %s: %s", command.id, command.action, command.model_id,
-                     command.who, error or "applied")
+            log.info(
+                "command %s %s on %s by %s: %s",
+                command.id,
+                command.action,
+                command.model_id,
+                command.who,
+                error or "applied",
+            )
         return results
 
     def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
@@ -319,8 +331,14 @@ class Evaluator:
         for incident in live:
             incident.actions.append({"at": now, "control_seq": message.seq, "level": message.level})
         await self.incidents.save(live)
-        log.warning("control: %s level %d → %d (seq %d): %s", model.model_id, state.level, message.level,
-                    message.seq, message.reason)
+        log.warning(
+            "control: %s level %d → %d (seq %d): %s",
+            model.model_id,
+            state.level,
+            message.level,
+            message.seq,
+            message.reason,
+        )
 
 
 def _enough(rule: Rule, stats: WindowStats) -> bool:

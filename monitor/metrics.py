@@ -89,9 +89,7 @@ class IngestMetrics:
             "Batch writes retried because Redis did not answer.",
             registry=registry,
         )
-        self.ready = Gauge(
-            "aimon_ready", "1 while Kafka and Redis both answer, else 0.", registry=registry
-        )
+        self.ready = Gauge("aimon_ready", "1 while Kafka and Redis both answer, else 0.", registry=registry)
 
 
 class NotificationMetrics:
@@ -137,5 +135,3 @@ class CatchUpMetrics:
             "1 while silence rules (downtime) hold because the monitor is behind its input, else 0.",
             registry=registry,
         )
-
-

@@ -108,7 +108,9 @@ class EvaluatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.tick_errors = Counter(
-            "aimon_evaluator_errors_total", "Ticks that failed (Redis or Kafka unavailable).", registry=registry
+            "aimon_evaluator_errors_total",
+            "Ticks that failed (Redis or Kafka unavailable).",
+            registry=registry,
         )
         self.detection_lag = Histogram(
             "aimon_detection_lag_seconds",
@@ -131,18 +133,29 @@ class EvaluatorMetrics:
             "aimon_incidents_open", "Incidents not resolved.", ["category", "severity"], registry=gauges
         )
         self.level = Gauge(
-            "aimon_escalation_level", "Escalation level per model (0 normal … 4 paused).", ["model_id"], registry=gauges
+            "aimon_escalation_level",
+            "Escalation level per model (0 normal … 4 paused).",
+            ["model_id"],
+            registry=gauges,
         )
         window_labels = ["model_id", "version", "window"]
         self.predictions = Gauge(
-            "aimon_model_predictions", "Requests (predictions, errored ones included) in the window.",
-            window_labels, registry=gauges,
+            "aimon_model_predictions",
+            "Requests (predictions, errored ones included) in the window.",
+            window_labels,
+            registry=gauges,
         )
         self.error_ratio = Gauge(
-            "aimon_model_error_ratio", "Errored requests / requests in the window.", window_labels, registry=gauges
+            "aimon_model_error_ratio",
+            "Errored requests / requests in the window.",
+            window_labels,
+            registry=gauges,
         )
         self.accuracy = Gauge(
-            "aimon_model_accuracy", "Correct / labelled predictions in the window.", window_labels, registry=gauges
+            "aimon_model_accuracy",
+            "Correct / labelled predictions in the window.",
+            window_labels,
+            registry=gauges,
         )
         self.coverage = Gauge(
             "aimon_model_label_coverage",
@@ -164,7 +177,10 @@ class EvaluatorMetrics:
             registry=gauges,
         )
         self.group_accuracy = Gauge(
-            "aimon_group_accuracy", "Correct / labelled predictions of a group.", group_labels, registry=gauges
+            "aimon_group_accuracy",
+            "Correct / labelled predictions of a group.",
+            group_labels,
+            registry=gauges,
         )
         self.false_negative_rate = Gauge(
             "aimon_group_false_negative_rate",
@@ -217,7 +233,9 @@ class EvaluatorMetrics:
         for finding in report.findings:
             obs = finding.observation
             if finding.fired and "attribute" in obs and "group" in obs:
-                flagged.setdefault((finding.model_id, finding.version or "", obs["attribute"]), set()).add(obs["group"])
+                flagged.setdefault((finding.model_id, finding.version or "", obs["attribute"]), set()).add(
+                    obs["group"]
+                )
         for incident in report.live:
             if incident.category == "bias" and incident.group and "=" in incident.group:
                 attr, _, group = incident.group.partition("=")
@@ -247,7 +265,9 @@ class EvaluatorMetrics:
                             if g.accuracy is not None:
                                 self.group_accuracy.labels(*labels).set(g.accuracy)
                             if g.actual_positive:
-                                self.false_negative_rate.labels(*labels).set(g.false_negative / g.actual_positive)
+                                self.false_negative_rate.labels(*labels).set(
+                                    g.false_negative / g.actual_positive
+                                )
         self._record_impact(report, shown_at)
 
     def _record_impact(self, report: TickReport, shown_at: dict[tuple[str, str, str, int], set[str]]) -> None:
@@ -307,10 +327,13 @@ class ModelStatsCollector(Collector):
             return
         labels = ["model_id", "version"]
         requests = CounterMetricFamily(
-            "aimon_model_predictions", "Requests (predictions, errored ones included) since the version's first.",
+            "aimon_model_predictions",
+            "Requests (predictions, errored ones included) since the version's first.",
             labels=labels,
         )
-        errors = CounterMetricFamily("aimon_model_errors", "Errored requests since the version's first.", labels=labels)
+        errors = CounterMetricFamily(
+            "aimon_model_errors", "Errored requests since the version's first.", labels=labels
+        )
         latency = HistogramMetricFamily(
             "aimon_model_latency_seconds",
             "Latency of requests that reported one (classic buckets at powers of two from 0.1 ms).",
@@ -337,7 +360,7 @@ def latency_buckets(totals: Mapping[str, int]) -> list[tuple[str, float]]:
     counts = [0] * histogram.BUCKETS
     for name, value in totals.items():
         if name.startswith(LATENCY_PREFIX):
-            counts[int(name[len(LATENCY_PREFIX):])] += value
+            counts[int(name[len(LATENCY_PREFIX) :])] += value
     pairs: list[tuple[str, float]] = []
     seen = 0
     done = 0

@@ -124,8 +124,18 @@ class Readiness(msgspec.Struct):
 
 
 _SCHEMAS = (
-    ErrorBody, IncidentView, IncidentList, ActionBody, EscalateBody, CommandReply, CommandQueued,
-    ModelSummary, ModelList, ModelDetail, Health, Readiness,
+    ErrorBody,
+    IncidentView,
+    IncidentList,
+    ActionBody,
+    EscalateBody,
+    CommandReply,
+    CommandQueued,
+    ModelSummary,
+    ModelList,
+    ModelDetail,
+    Health,
+    Readiness,
 )
 _REF = "#/components/schemas/{name}"
 INCIDENT_ACTIONS = ("acknowledge", "mitigate", "resolve")
@@ -133,7 +143,10 @@ MODEL_ACTIONS = ("escalate", "release")
 
 
 def _json(name: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name=name)}}},
+    }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -148,8 +161,13 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def _path_parameter(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "minLength": 1}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1},
+    }
 
 
 def _query_parameters() -> list[dict[str, Any]]:
@@ -169,8 +187,9 @@ def _query_parameters() -> list[dict[str, Any]]:
             prop.update(branches[0])
         if "default" in prop and prop["default"] is None:
             del prop["default"]
-        parameters.append({"name": name, "in": "query", "required": False,
-                           "description": meaning[name], "schema": prop})
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "description": meaning[name], "schema": prop}
+        )
     return parameters
 
 
@@ -181,84 +200,161 @@ def openapi_document() -> dict[str, Any]:
     incident_id = _path_parameter("incident_id", "An incident id, e.g. INC-20260101-0a1b2c3d.")
     model_id = _path_parameter("model_id", "A model id.")
     paths: dict[str, Any] = {
-        "/incidents": {"get": {
-            "operationId": "listIncidents", "tags": ["incidents"], "security": [],
-            "summary": "List incidents, newest first, filtered by status and model before the limit.",
-            "parameters": _query_parameters(),
-            "responses": {"200": _json("IncidentList", "The matching incidents."), **_errors(400)},
-        }},
-        "/incidents/{incident_id}": {"get": {
-            "operationId": "getIncident", "tags": ["incidents"], "security": [],
-            "summary": "One incident, open or not, with its observation, actions and timeline.",
-            "parameters": [incident_id],
-            "responses": {"200": _json("IncidentView", "The incident."), **_errors(400, 404)},
-        }},
-        "/models": {"get": {
-            "operationId": "listModels", "tags": ["models"], "security": [],
-            "summary": "Every model with any state (predictions, access or registry events, incidents, control).",
-            "responses": {"200": _json("ModelList", "The models."), **_errors(400)},
-        }},
-        "/models/{model_id}": {"get": {
-            "operationId": "getModel", "tags": ["models"], "security": [],
-            "summary": "One model: level, override, last control message, versions and open incidents.",
-            "parameters": [model_id],
-            "responses": {"200": _json("ModelDetail", "The model."), **_errors(400, 404)},
-        }},
+        "/incidents": {
+            "get": {
+                "operationId": "listIncidents",
+                "tags": ["incidents"],
+                "security": [],
+                "summary": "List incidents, newest first, filtered by status and model before the limit.",
+                "parameters": _query_parameters(),
+                "responses": {"200": _json("IncidentList", "The matching incidents."), **_errors(400)},
+            }
+        },
+        "/incidents/{incident_id}": {
+            "get": {
+                "operationId": "getIncident",
+                "tags": ["incidents"],
+                "security": [],
+                "summary": "One incident, open or not, with its observation, actions and timeline.",
+                "parameters": [incident_id],
+                "responses": {"200": _json("IncidentView", "The incident."), **_errors(400, 404)},
+            }
+        },
+        "/models": {
+            "get": {
+                "operationId": "listModels",
+                "tags": ["models"],
+                "security": [],
+                "summary": "Every model with any state (predictions, access or registry events, incidents, control).",
+                "responses": {"200": _json("ModelList", "The models."), **_errors(400)},
+            }
+        },
+        "/models/{model_id}": {
+            "get": {
+                "operationId": "getModel",
+                "tags": ["models"],
+                "security": [],
+                "summary": "One model: level, override, last control message, versions and open incidents.",
+                "parameters": [model_id],
+                "responses": {"200": _json("ModelDetail", "The model."), **_errors(400, 404)},
+            }
+        },
     }
     applied = {
         "200": _json("CommandReply", "The evaluator applied the command."),
         "202": _json("CommandQueued", "Queued; the evaluator has not applied it within 5 s."),
     }
     for action in INCIDENT_ACTIONS:
-        paths[f"/incidents/{{incident_id}}/{action}"] = {"post": {
-            "operationId": f"{action}Incident", "tags": ["incidents"], "security": secured,
-            "summary": f"{action.capitalize()} an incident (audited under `by`, with `why`).",
-            "parameters": [incident_id],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(name="ActionBody")}}}},
-            "responses": {**applied, **_errors(400, 401, 403, 404),
-                          "409": _json("CommandReply", "The incident cannot make this transition; `error` says why.")},
-        }}
+        paths[f"/incidents/{{incident_id}}/{action}"] = {
+            "post": {
+                "operationId": f"{action}Incident",
+                "tags": ["incidents"],
+                "security": secured,
+                "summary": f"{action.capitalize()} an incident (audited under `by`, with `why`).",
+                "parameters": [incident_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": _REF.format(name="ActionBody")}}},
+                },
+                "responses": {
+                    **applied,
+                    **_errors(400, 401, 403, 404),
+                    "409": _json(
+                        "CommandReply", "The incident cannot make this transition; `error` says why."
+                    ),
+                },
+            }
+        }
     for action, body, summary in (
-        ("escalate", "EscalateBody", "Set a manual override level; the model's level is the maximum of it and its open incidents'."),
+        (
+            "escalate",
+            "EscalateBody",
+            "Set a manual override level; the model's level is the maximum of it and its open incidents'.",
+        ),
         ("release", "ActionBody", "Remove the manual override; a level its open incidents ask for stays."),
     ):
-        paths[f"/models/{{model_id}}/{action}"] = {"post": {
-            "operationId": f"{action}Model", "tags": ["models"], "security": secured, "summary": summary,
-            "parameters": [model_id],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(name=body)}}}},
-            "responses": {**applied, **_errors(400, 401, 403, 404)},
-        }}
-    paths["/healthz"] = {"get": {
-        "operationId": "healthz", "tags": ["health"], "security": [], "summary": "Liveness: the process answers.",
-        "responses": {"200": _json("Health", "Alive.")},
-    }}
-    paths["/readyz"] = {"get": {
-        "operationId": "readyz", "tags": ["health"], "security": [],
-        "summary": "Readiness: Kafka and Redis answer, and writes to Redis succeed.",
-        "responses": {"200": _json("Readiness", "Ready."), "503": _json("Readiness", "Not ready; `detail` says why.")},
-    }}
-    paths["/metrics"] = {"get": {
-        "operationId": "metrics", "tags": ["health"], "security": [], "summary": "Prometheus metrics (text format).",
-        "responses": {"200": {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-    }}
-    paths["/openapi.json"] = {"get": {
-        "operationId": "openapi", "tags": ["health"], "security": [], "summary": "This document.",
-        "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}}},
-    }}
+        paths[f"/models/{{model_id}}/{action}"] = {
+            "post": {
+                "operationId": f"{action}Model",
+                "tags": ["models"],
+                "security": secured,
+                "summary": summary,
+                "parameters": [model_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": _REF.format(name=body)}}},
+                },
+                "responses": {**applied, **_errors(400, 401, 403, 404)},
+            }
+        }
+    paths["/healthz"] = {
+        "get": {
+            "operationId": "healthz",
+            "tags": ["health"],
+            "security": [],
+            "summary": "Liveness: the process answers.",
+            "responses": {"200": _json("Health", "Alive.")},
+        }
+    }
+    paths["/readyz"] = {
+        "get": {
+            "operationId": "readyz",
+            "tags": ["health"],
+            "security": [],
+            "summary": "Readiness: Kafka and Redis answer, and writes to Redis succeed.",
+            "responses": {
+                "200": _json("Readiness", "Ready."),
+                "503": _json("Readiness", "Not ready; `detail` says why."),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "tags": ["health"],
+            "security": [],
+            "summary": "Prometheus metrics (text format).",
+            "responses": {
+                "200": {
+                    "description": "The metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "tags": ["health"],
+            "security": [],
+            "summary": "This document.",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "AI incident-response monitor",
             "version": _version(),
             "description": "Read incidents and models; acknowledge, mitigate and resolve incidents; "
-                           "escalate and release models. Reads are open; mutations need the bearer token. "
-                           "Every error is JSON: {\"error\": \"...\"}.",
+            "escalate and release models. Reads are open; mutations need the bearer token. "
+            'Every error is JSON: {"error": "..."}.',
         },
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "The worker's MONITOR_API_TOKEN."}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The worker's MONITOR_API_TOKEN.",
+                }
+            },
         },
     }
 

@@ -38,9 +38,7 @@ class KafkaPublisher:
 
     async def control(self, message: ControlMessage) -> None:
         """Publish on the compacted control topic, key = model_id."""
-        await self.producer.send_and_wait(
-            self.control_topic, encode(message), key=message.model_id.encode()
-        )
+        await self.producer.send_and_wait(self.control_topic, encode(message), key=message.model_id.encode())
 
     async def incident(self, event: IncidentEvent) -> None:
         """Publish on the incidents topic, key = incident id."""

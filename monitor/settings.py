@@ -55,7 +55,9 @@ class Settings(BaseSettings):
         "default http://{web_host}:{web_port}.",
     )
     metrics_max_groups: int = Field(
-        20, ge=1, description="Groups per (model, version, attribute, window) exported by name; the rest are `_other`."
+        20,
+        ge=1,
+        description="Groups per (model, version, attribute, window) exported by name; the rest are `_other`.",
     )
     incident_contact: str = Field(
         "the on-call incident commander", description="Who the notifications name for questions."
@@ -65,7 +67,9 @@ class Settings(BaseSettings):
         30.0, ge=6, description="How long a silent worker keeps its partitions before a rebalance."
     )
     batch_max_events: int = Field(1000, ge=1, description="Messages an agent takes per batch.")
-    batch_within_s: float = Field(0.1, gt=0, description="Longest wait to fill a batch (adds to detection latency).")
+    batch_within_s: float = Field(
+        0.1, gt=0, description="Longest wait to fill a batch (adds to detection latency)."
+    )
     max_value_bytes: int = Field(
         1_048_576, ge=1024, description="Larger message values are dead-lettered as too_large."
     )

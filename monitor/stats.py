@@ -106,9 +106,7 @@ def _clip(p: float, floor: float) -> float:
     return min(max(p, floor), 1 - floor)
 
 
-def ratio_below(
-    k1: int, n1: int, k2: int, n2: int, ratio: float, confidence: float
-) -> TestResult:
+def ratio_below(k1: int, n1: int, k2: int, n2: int, ratio: float, confidence: float) -> TestResult:
     """One-sided test of H1: p1 / p2 < ratio (the 80 % rule), as H1: p1 − ratio·p2 < 0.
 
     The decision uses a Wald z-test on the linear contrast (defined even when p1 is 0); the reported

@@ -74,7 +74,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
-    except (KafkaConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, KafkaConnectionError) as exc:
         raise ServicesError(
             f"Kafka at {settings.kafka_bootstrap} does not answer ({exc}); "
             "start it with `monitor services up` or set MONITOR_KAFKA_BOOTSTRAP"
@@ -117,7 +117,9 @@ async def _check_existing(admin: AIOKafkaAdminClient, settings: Settings, existi
 
 async def _describe(admin: AIOKafkaAdminClient, keys: dict[str, list[str]]) -> dict[str, dict[str, str]]:
     """The values of `keys[topic]` of each topic."""
-    asked = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted)) for name, wanted in keys.items()]
+    asked = [
+        ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(wanted)) for name, wanted in keys.items()
+    ]
     deadline = asyncio.get_running_loop().time() + _DESCRIBE_WAIT_S
     while True:
         found: dict[str, dict[str, str]] = {}
@@ -127,7 +129,9 @@ async def _describe(admin: AIOKafkaAdminClient, keys: dict[str, list[str]]) -> d
                 if code == UNKNOWN_TOPIC:
                     unknown = True
                 elif code != 0:
-                    raise ServicesError(f"could not read the configuration of topic {name!r}: Kafka error code {code}")
+                    raise ServicesError(
+                        f"could not read the configuration of topic {name!r}: Kafka error code {code}"
+                    )
                 found[name] = {entry[0]: entry[1] for entry in entries}
         if not unknown:
             return found

@@ -75,7 +75,11 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
@@ -106,7 +110,7 @@ class WorkerProcess:
                 status, _ = await self.get("/readyz")
                 if status == 200:
                     return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.25)
         raise AssertionError(f"worker not ready after {timeout_s}s:\n{self.log_tail()}")

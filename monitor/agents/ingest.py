@@ -127,7 +127,10 @@ class BatchIngestor(Generic[E]):
             self.metrics.redis_retries.inc()
             log.warning(
                 "Redis unavailable (%s); holding a batch of %d %s events, retrying in %.1fs",
-                exc, len(located), self.topic, delay_s,
+                exc,
+                len(located),
+                self.topic,
+                delay_s,
             )
 
         result = await retry(

@@ -49,8 +49,14 @@ class AppliedTracker:
         out = []
         for partition in sorted(owned):
             offset, ts = self._newest.get(partition, (None, None))
-            out.append(progress(
-                partition, applied_offset=offset, applied_ts=ts,
-                committed=committed(partition), highwater=highwater(partition), now=now,
-            ))
+            out.append(
+                progress(
+                    partition,
+                    applied_offset=offset,
+                    applied_ts=ts,
+                    committed=committed(partition),
+                    highwater=highwater(partition),
+                    now=now,
+                )
+            )
         return out

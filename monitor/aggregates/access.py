@@ -120,15 +120,36 @@ def fold_access(located: Iterable[Located], policy: AccessClassifier, topic: str
             counts[security_field(QUERIES, e.api_key_id or e.principal)] += 1
         privileged = e.action in policy.privileged_actions and e.outcome == "allowed"
         if e.resource_type == "training_data" or e.action == "login" or privileged:
-            share.stateful.append([
-                ts, minute, escape(e.principal), e.action, e.resource_type, e.resource,
-                e.source_ip or "", int(privileged),
-            ])
-        share.recent.append(orjson.dumps({
-            "ts": ts, "principal": e.principal, "action": e.action, "resource_type": e.resource_type,
-            "resource": e.resource, "outcome": e.outcome, "source_ip": e.source_ip, "bytes": e.bytes,
-            "api_key_id": e.api_key_id, "topic": topic, "partition": item.partition, "offset": item.offset,
-        }).decode())
+            share.stateful.append(
+                [
+                    ts,
+                    minute,
+                    escape(e.principal),
+                    e.action,
+                    e.resource_type,
+                    e.resource,
+                    e.source_ip or "",
+                    int(privileged),
+                ]
+            )
+        share.recent.append(
+            orjson.dumps(
+                {
+                    "ts": ts,
+                    "principal": e.principal,
+                    "action": e.action,
+                    "resource_type": e.resource_type,
+                    "resource": e.resource,
+                    "outcome": e.outcome,
+                    "source_ip": e.source_ip,
+                    "bytes": e.bytes,
+                    "api_key_id": e.api_key_id,
+                    "topic": topic,
+                    "partition": item.partition,
+                    "offset": item.offset,
+                }
+            ).decode()
+        )
         share.events += 1
     return shares
 
@@ -148,8 +169,17 @@ def fold_registry(located: Iterable[Located]) -> dict[str, RegistryShare]:
     for item in sorted(located, key=lambda i: (i.partition, i.offset)):
         e: RegistryEvent = item.event
         ts = e.epoch_s
-        shares.setdefault(e.model_id, RegistryShare(e.model_id)).events.append([
-            e.event, e.version, e.sha256.lower(), ts, int(ts) - int(ts) % MINUTE_S, e.actor,
-            e.approval_ref or "", item.offset, escape(e.version),
-        ])
+        shares.setdefault(e.model_id, RegistryShare(e.model_id)).events.append(
+            [
+                e.event,
+                e.version,
+                e.sha256.lower(),
+                ts,
+                int(ts) - int(ts) % MINUTE_S,
+                e.actor,
+                e.approval_ref or "",
+                item.offset,
+                escape(e.version),
+            ]
+        )
     return shares

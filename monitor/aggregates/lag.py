@@ -31,9 +31,7 @@ class PartitionProgress:
 
     def encode(self) -> bytes:
         """The report as the JSON a Redis hash field holds."""
-        return orjson.dumps(
-            [self.offset, self.record_ts, self.highwater, self.behind, self.lag_s, self.at]
-        )
+        return orjson.dumps([self.offset, self.record_ts, self.highwater, self.behind, self.lag_s, self.at])
 
     @classmethod
     def decode(cls, partition: int, raw: bytes | str) -> PartitionProgress:

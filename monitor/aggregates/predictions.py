@@ -286,9 +286,7 @@ def join_record(event: PredictionEvent, minute: int, shape: GroupShape) -> str:
 
 def affected_record(event: PredictionEvent, shape: GroupShape) -> str:
     """Who got an unfavourable decision, and in which groups (for a bias incident's impact)."""
-    return orjson.dumps(
-        (event.request_id, event.subject_id, event.model_version, shape.prefixes)
-    ).decode()
+    return orjson.dumps((event.request_id, event.subject_id, event.model_version, shape.prefixes)).decode()
 
 
 class _Recent(msgspec.Struct):

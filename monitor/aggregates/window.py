@@ -284,7 +284,9 @@ class VersionWindows:
 # What the reader caches per (model, version), for minutes and for hours alike:
 
 
-def shift_sums(sums: Mapping[Range, Counter[str]], read: Mapping[int, Counter[str]]) -> dict[Range, Counter[str]]:
+def shift_sums(
+    sums: Mapping[Range, Counter[str]], read: Mapping[int, Counter[str]]
+) -> dict[Range, Counter[str]]:
     """Range sums one bucket later: each (first, count) range gains the bucket now `first` back
     (it was just before the range) and loses the one now `first + count` back (its oldest)."""
     shifted: dict[Range, Counter[str]] = {}

@@ -27,7 +27,9 @@ __all__ = ["cli", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `monitor` console script: the exit code."""
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, prog_name="monitor", standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="monitor", standalone_mode=False
+        )
     except click.ClickException as exc:  # usage errors (exit 2) and bad parameters
         exc.show()
         return exc.exit_code

@@ -26,7 +26,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("monitor")
 
 
-
 @dataclass
 class Globals:
     """The options given before the subcommand."""
@@ -53,7 +52,9 @@ def _configure_logging(verbose: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="aimon", prog_name="monitor", message="%(prog)s %(version)s")
-@click.option("--kafka-bootstrap", metavar="HOST:PORT", help="The Kafka broker (env MONITOR_KAFKA_BOOTSTRAP).")
+@click.option(
+    "--kafka-bootstrap", metavar="HOST:PORT", help="The Kafka broker (env MONITOR_KAFKA_BOOTSTRAP)."
+)
 @click.option("--redis-url", metavar="URL", help="redis://host:port/db (env MONITOR_REDIS_URL).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the libraries' logs (faust, aiokafka, ...) too.")
 @click.pass_context
@@ -75,7 +76,9 @@ def api_options(f: F) -> F:
     """`--url` and `--json`, for the commands that talk to the worker's API."""
     f = json_option(f)
     return click.option(
-        "--url", metavar="URL", help="The worker's web address (default http://MONITOR_WEB_HOST:MONITOR_WEB_PORT)."
+        "--url",
+        metavar="URL",
+        help="The worker's web address (default http://MONITOR_WEB_HOST:MONITOR_WEB_PORT).",
     )(f)
 
 
@@ -83,7 +86,10 @@ def action_options(f: F) -> F:
     """`--by` (default $USER) and `--why`, both required, for every audited action."""
     f = click.option("--why", required=True, metavar="TEXT", help="The reason (written to the audit log).")(f)
     return click.option(
-        "--by", metavar="NAME", callback=_by_default, show_default="$USER",
+        "--by",
+        metavar="NAME",
+        callback=_by_default,
+        show_default="$USER",
         help="Who you are (written to the audit log).",
     )(f)
 
@@ -106,5 +112,3 @@ def client_for(g: Globals, url: str | None) -> ApiClient:
 def web_url(settings: Settings) -> str:
     """The worker's web address from the settings."""
     return f"http://{settings.web_host}:{settings.web_port}"
-
-

@@ -26,12 +26,18 @@ def incidents_group() -> None:
 
 
 @incidents_group.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default="open", show_default=True, help="Which incidents.")
+@click.option(
+    "--status", type=click.Choice(STATUSES), default="open", show_default=True, help="Which incidents."
+)
 @click.option("--model", metavar="MODEL", help="Only this model's incidents.")
-@click.option("--limit", type=click.IntRange(1, 1000), metavar="N", help="At most N incidents, newest first (1..1000).")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), metavar="N", help="At most N incidents, newest first (1..1000)."
+)
 @api_options
 @pass_globals
-def incidents_list(g: Globals, status: str, model: str | None, limit: int | None, url: str | None, as_json: bool) -> int:
+def incidents_list(
+    g: Globals, status: str, model: str | None, limit: int | None, url: str | None, as_json: bool
+) -> int:
     """The newest incidents, open ones by default."""
     found = client_for(g, url).get(path("incidents", status=status, model=model, limit=limit))["incidents"]
     if limit is not None:
@@ -74,7 +80,9 @@ def _incident_action(action: str, done: str, help_text: str) -> None:
 
 _incident_action("acknowledge", "acknowledged", "Acknowledge an incident: a person is on it (audited).")
 _incident_action("mitigate", "mitigated", "Mark an incident mitigated: the harm is contained (audited).")
-_incident_action("resolve", "resolved", "Resolve an incident: the cause is fixed; its level is released (audited).")
+_incident_action(
+    "resolve", "resolved", "Resolve an incident: the cause is fixed; its level is released (audited)."
+)
 
 
 def _reply_line(target: str, reply: dict[str, Any], done: str) -> str:
@@ -115,11 +123,15 @@ def models_status(g: Globals, model: str | None, url: str | None, as_json: bool)
 
 @models_group.command("escalate")
 @click.argument("model")
-@click.option("--level", type=click.IntRange(0, 4), required=True, metavar="N", help="The level to hold (0..4).")
+@click.option(
+    "--level", type=click.IntRange(0, 4), required=True, metavar="N", help="The level to hold (0..4)."
+)
 @action_options
 @api_options
 @pass_globals
-def models_escalate(g: Globals, model: str, level: int, by: str, why: str, url: str | None, as_json: bool) -> int:
+def models_escalate(
+    g: Globals, model: str, level: int, by: str, why: str, url: str | None, as_json: bool
+) -> int:
     """Hold a model at least at level N until released (audited)."""
     reply = client_for(g, url).post(path("models", model, "escalate"), {"by": by, "why": why, "level": level})
     if as_json:

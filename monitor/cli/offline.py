@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     pass
 
 
-
 from monitor.cli.base import (
     Globals,
     api_options,
@@ -54,7 +53,9 @@ def audit_verify(g: Globals, as_json: bool) -> int:
         except (OSError, ConnectionError) as exc:
             from monitor.exceptions import ServicesError
 
-            raise ServicesError(f"Redis at {settings.redis_url} does not answer ({exc}); set MONITOR_REDIS_URL") from None
+            raise ServicesError(
+                f"Redis at {settings.redis_url} does not answer ({exc}); set MONITOR_REDIS_URL"
+            ) from None
         finally:
             await redis.aclose()
 
@@ -75,7 +76,12 @@ def evidence_group() -> None:
 
 @evidence_group.command("verify")
 @click.argument("incident_id", metavar="ID")
-@click.option("--dir", "evidence_dir", type=click.Path(path_type=Path), help="Evidence folder (env MONITOR_EVIDENCE_DIR).")
+@click.option(
+    "--dir",
+    "evidence_dir",
+    type=click.Path(path_type=Path),
+    help="Evidence folder (env MONITOR_EVIDENCE_DIR).",
+)
 @json_option
 @pass_globals
 def evidence_verify(g: Globals, incident_id: str, evidence_dir: Path | None, as_json: bool) -> int:
@@ -89,7 +95,9 @@ def evidence_verify(g: Globals, incident_id: str, evidence_dir: Path | None, as_
         click.echo(f"monitor: {exc}", err=True)
         return 2
     if as_json:
-        out.print_json({"id": incident_id, "dir": str(root / incident_id), "ok": not problems, "problems": problems})
+        out.print_json(
+            {"id": incident_id, "dir": str(root / incident_id), "ok": not problems, "problems": problems}
+        )
     elif problems:
         for problem in problems:
             click.echo(f"TAMPERED {incident_id}: {problem}", err=True)
@@ -115,20 +123,35 @@ def cmd_drill(g: Globals, scenarios: tuple[Path, ...], url: str | None, as_json:
     worker_url = url or web_url(settings)
     failed, reports = 0, []
     for scenario in loaded:
-        report = asyncio.run(run_drill(scenario, settings, worker_url=worker_url,
-                                       progress=lambda line: click.echo(line, err=True)))
+        report = asyncio.run(
+            run_drill(
+                scenario, settings, worker_url=worker_url, progress=lambda line: click.echo(line, err=True)
+            )
+        )
         failed += not report.passed
         reports.append(report)
         if not as_json:
             click.echo(report.text())
     if as_json:
-        out.print_json([{
-            "name": r.scenario.name, "model_id": r.model_id, "passed": r.passed,
-            "outcomes": [{"rule": o.expectation.rule, "passed": o.passed, "detail": o.detail, "delay_s": o.delay_s}
-                         for o in r.outcomes],
-        } for r in reports])
+        out.print_json(
+            [
+                {
+                    "name": r.scenario.name,
+                    "model_id": r.model_id,
+                    "passed": r.passed,
+                    "outcomes": [
+                        {
+                            "rule": o.expectation.rule,
+                            "passed": o.passed,
+                            "detail": o.detail,
+                            "delay_s": o.delay_s,
+                        }
+                        for o in r.outcomes
+                    ],
+                }
+                for r in reports
+            ]
+        )
     else:
         click.echo(f"{len(loaded) - failed} passed, {failed} failed")
     return 1 if failed else 0
-
-

@@ -79,7 +79,9 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, styles: dict[int, dict[str, str]] | None = None) -> None:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, styles: dict[int, dict[str, str]] | None = None
+) -> None:
     """Rows under headers; "(none)" when there are none. `styles`: column -> cell text -> Rich style."""
     if not rows:
         click.echo(EMPTY)
@@ -94,7 +96,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, styles: dict
             grid.add_column(header, no_wrap=True)
         for row in rows:
             # Text objects, not markup: an id or a group with "[" in it is shown as it is.
-            grid.add_row(*(Text(cell, style=(styles or {}).get(i, {}).get(cell, "")) for i, cell in enumerate(row)))
+            grid.add_row(
+                *(Text(cell, style=(styles or {}).get(i, {}).get(cell, "")) for i, cell in enumerate(row))
+            )
         Console().print(grid)
         return
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
@@ -121,8 +125,16 @@ INCIDENT_HEADERS = ("ID", "STATUS", "SEVERITY", "LEVEL", "MODEL", "RULE", "GROUP
 def incident_rows(incidents: Sequence[dict[str, Any]]) -> list[list[str]]:
     """One row per incident, under INCIDENT_HEADERS."""
     return [
-        [i["id"], i["status"], i["severity"], str(i["level"]), i["model_id"], i["rule"],
-         value(i.get("group")), when(i.get("opened_at"))]
+        [
+            i["id"],
+            i["status"],
+            i["severity"],
+            str(i["level"]),
+            i["model_id"],
+            i["rule"],
+            value(i.get("group")),
+            when(i.get("opened_at")),
+        ]
         for i in incidents
     ]
 
@@ -159,7 +171,9 @@ def incident_text(i: dict[str, Any]) -> list[str]:
         lines.append("  timeline (UTC)")
         for entry in i["timeline"]:
             extra = ", ".join(f"{k}={value(v, k)}" for k, v in entry.items() if k not in ("at", "what"))
-            lines.append(f"    {when(entry.get('at'), seconds=True)}  {entry.get('what', MISSING)}  {extra}".rstrip())
+            lines.append(
+                f"    {when(entry.get('at'), seconds=True)}  {entry.get('what', MISSING)}  {extra}".rstrip()
+            )
     return lines
 
 
@@ -169,14 +183,22 @@ MODEL_HEADERS = ("MODEL", "LEVEL", "OVERRIDE", "SEQ", "OPEN INCIDENTS")
 def model_rows(models: Sequence[dict[str, Any]]) -> list[list[str]]:
     """One row per model, under MODEL_HEADERS."""
     return [
-        [m["model_id"], str(m["level"]), value(m.get("override")), value(m.get("seq")), value(m.get("open_incidents"))]
+        [
+            m["model_id"],
+            str(m["level"]),
+            value(m.get("override")),
+            value(m.get("seq")),
+            value(m.get("open_incidents")),
+        ]
         for m in models
     ]
 
 
 def model_text(m: dict[str, Any]) -> list[str]:
     """One model's state as lines."""
-    lines = [f"{m['model_id']}: level {m['level']}  override {value(m.get('override'))}  seq {value(m.get('seq'))}"]
+    lines = [
+        f"{m['model_id']}: level {m['level']}  override {value(m.get('override'))}  seq {value(m.get('seq'))}"
+    ]
     control = m.get("control") or {}
     if control:
         lines.append(f"  control  {value(control.get('mode'))}: {value(control.get('reason'))}")

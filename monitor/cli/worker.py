@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from monitor.dev.service_config import ServiceConfig
 
 
-
 from monitor.cli.base import (
     GC_THRESHOLD,
     NOISY_LOGGERS,
@@ -32,9 +31,18 @@ log = logging.getLogger("monitor")
 
 
 @cli.command("run")
-@click.option("--web-port", type=int, help="HTTP port of the API, /metrics, /healthz, /readyz (env MONITOR_WEB_PORT).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="(env MONITOR_LOG_LEVEL)")
-@click.option("--rules", "rules_path", type=click.Path(path_type=Path), help="Rules file or folder (env MONITOR_RULES_PATH).")
+@click.option(
+    "--web-port", type=int, help="HTTP port of the API, /metrics, /healthz, /readyz (env MONITOR_WEB_PORT)."
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="(env MONITOR_LOG_LEVEL)"
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(path_type=Path),
+    help="Rules file or folder (env MONITOR_RULES_PATH).",
+)
 @pass_globals
 def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path: Path | None) -> int:
     """Run the worker until it is stopped (SIGTERM / Ctrl-C)."""
@@ -104,9 +112,15 @@ def services_up(g: Globals, as_json: bool) -> int:
 
     status = services.up(_service_config(g))
     if as_json:
-        out.print_json({"kafka": status.kafka_bootstrap, "kafka_external": status.kafka_external,
-                        "redis": status.redis_url, "redis_external": status.redis_external,
-                        "startup_s": status.startup_s})
+        out.print_json(
+            {
+                "kafka": status.kafka_bootstrap,
+                "kafka_external": status.kafka_external,
+                "redis": status.redis_url,
+                "redis_external": status.redis_external,
+                "startup_s": status.startup_s,
+            }
+        )
         return 0
     click.echo(f"kafka  {status.kafka_bootstrap}{'  (external)' if status.kafka_external else ''}")
     click.echo(f"redis  {status.redis_url}{'  (external)' if status.redis_external else ''}")
@@ -142,8 +156,12 @@ def services_status(g: Globals, as_json: bool) -> int:
 
 
 @cli.command("demo", short_help="A live demo: local services, a worker, synthetic traffic.")
-@click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds of traffic.")
-@click.option("--rate", type=click.FloatRange(min=3), default=500.0, show_default=True, help="Predictions per second.")
+@click.option(
+    "--duration", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds of traffic."
+)
+@click.option(
+    "--rate", type=click.FloatRange(min=3), default=500.0, show_default=True, help="Predictions per second."
+)
 def cmd_demo(duration: float, rate: float) -> int:
     """Local services, a worker and synthetic traffic with an injected degradation, live in the terminal."""
     from monitor.dev.demo import run_demo
@@ -168,5 +186,3 @@ def rules_check(g: Globals, path: Path | None) -> int:
     code, text = check_command(path if path is not None else g.settings().rules_path)
     click.echo(text, err=code != 0)
     return code
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,7 +45,9 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST JSON with the bearer token; the decoded JSON body."""
         request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), method="POST",
+            self.base_url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         if self.token:
@@ -58,9 +59,13 @@ class ApiClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise ApiError(f"{request.get_method()} {request.full_url}: {exc.code} {_detail(exc)}", exc.code) from None
-        except (TimeoutError, socket.timeout):
-            raise WorkerUnreachable(f"the worker at {self.base_url} did not answer within {self.timeout_s:g}s") from None
+            raise ApiError(
+                f"{request.get_method()} {request.full_url}: {exc.code} {_detail(exc)}", exc.code
+            ) from None
+        except TimeoutError:
+            raise WorkerUnreachable(
+                f"the worker at {self.base_url} did not answer within {self.timeout_s:g}s"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             if isinstance(getattr(exc, "reason", None), TimeoutError):
                 raise WorkerUnreachable(

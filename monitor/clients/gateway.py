@@ -55,8 +55,13 @@ def decide(
         return Route("automatic", "no control message for this model", 0, None, None)
 
     def route(decision: Decision, reason: str) -> Route:
-        return Route(decision, f"{reason} (level {message.level}, seq {message.seq})",
-                     message.level, message.seq, message.rollback_to)
+        return Route(
+            decision,
+            f"{reason} (level {message.level}, seq {message.seq})",
+            message.level,
+            message.seq,
+            message.rollback_to,
+        )
 
     # A revoked principal is refused whatever the mode: revocation contains a security incident.
     if principal is not None and principal in message.revoke_principals:
@@ -108,7 +113,9 @@ class GatewayClient:
             raise RuntimeError("GatewayClient is already started")
         partitions = [TopicPartition(self.control_topic, p) for p in await self._partitions()]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
         await consumer.start()
@@ -177,8 +184,14 @@ class GatewayClient:
             return False
         self._states[message.model_id] = message
         if held is None or (held.level, held.mode) != (message.level, message.mode):
-            log.info("control %s -> level %d (%s), seq %d: %s",
-                     message.model_id, message.level, message.mode, message.seq, message.reason)
+            log.info(
+                "control %s -> level %d (%s), seq %d: %s",
+                message.model_id,
+                message.level,
+                message.mode,
+                message.seq,
+                message.reason,
+            )
         return True
 
     def _on_record(self, key: bytes | None, value: bytes | None, where: str) -> None:
@@ -230,13 +243,23 @@ class GatewayClient:
 
         def away(exc: BaseException, delay_s: float) -> None:
             # Keep serving the last known state while the broker is away; never die silently.
-            log.warning("control topic %s: %s; retrying in %.1fs", self.control_topic, exc, delay_s,
-                        exc_info=not isinstance(exc, KafkaError))
+            log.warning(
+                "control topic %s: %s; retrying in %.1fs",
+                self.control_topic,
+                exc,
+                delay_s,
+                exc_info=not isinstance(exc, KafkaError),
+            )
 
         while True:
             # Each poll starts its backoff afresh: one success ends an outage.
-            batches = await retry(lambda: self._poll(consumer), on=Exception,
-                                  first_s=_RETRY_MIN_S, max_s=_RETRY_MAX_S, before_sleep=away)
+            batches = await retry(
+                lambda: self._poll(consumer),
+                on=Exception,
+                first_s=_RETRY_MIN_S,
+                max_s=_RETRY_MAX_S,
+                before_sleep=away,
+            )
             for tp, records in batches.items():
                 for record in records:
                     self._on_record(record.key, record.value, f"{tp.topic}/{tp.partition}@{record.offset}")

@@ -79,7 +79,9 @@ class PredictionReporter:
         if self._producer is not None:
             raise RuntimeError("PredictionReporter is already started")
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
             linger_ms=0,  # batching happens here, one array per message
             max_request_size=max(1_048_576, self.max_batch_bytes + 65_536),
         )
@@ -98,8 +100,12 @@ class PredictionReporter:
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:
-            log.error("reporter stopped with %d events unsent to %s after %.0fs",
-                      len(self._pending) + self._sending, self.topic, timeout_s)
+            log.error(
+                "reporter stopped with %d events unsent to %s after %.0fs",
+                len(self._pending) + self._sending,
+                self.topic,
+                timeout_s,
+            )
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         finally:
@@ -205,11 +211,21 @@ class PredictionReporter:
 
         def unsent(exc: BaseException, delay_s: float) -> None:
             # At least once: a retried message may land twice if the first try did land.
-            log.warning("reporter: %d events to %s not sent (%s); retrying in %.1fs",
-                        len(batch), self.topic, exc, delay_s)
+            log.warning(
+                "reporter: %d events to %s not sent (%s); retrying in %.1fs",
+                len(batch),
+                self.topic,
+                exc,
+                delay_s,
+            )
 
-        await retry(lambda: producer.send_and_wait(self.topic, value, key=batch[0].request_id),
-                    on=KafkaError, first_s=_RETRY_MIN_S, max_s=_RETRY_MAX_S, before_sleep=unsent)
+        await retry(
+            lambda: producer.send_and_wait(self.topic, value, key=batch[0].request_id),
+            on=KafkaError,
+            first_s=_RETRY_MIN_S,
+            max_s=_RETRY_MAX_S,
+            before_sleep=unsent,
+        )
         self.sent_events += len(batch)
         self.sent_messages += 1
         self._sending = 0

@@ -74,7 +74,10 @@ class Worker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:  # a fresh log per run: its tail is this run's
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor", "run"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "monitor", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
 
@@ -165,14 +168,23 @@ async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per
         await redis.aclose()
     print("\nsummary:")
     for incident in opened:
-        print(f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}")
+        print(
+            f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}"
+        )
         print(f"      evidence {incident.evidence_ref}")
     if not opened:
         print("  no incident opened")
 
 
-async def _traffic(settings: Settings, worker: Worker, store: RedisStore, watcher: AIOKafkaConsumer,
-                   gateway: GatewayClient, duration_s: float, rate_per_s: float) -> None:
+async def _traffic(
+    settings: Settings,
+    worker: Worker,
+    store: RedisStore,
+    watcher: AIOKafkaConsumer,
+    gateway: GatewayClient,
+    duration_s: float,
+    rate_per_s: float,
+) -> None:
     """Send the traffic, once a second, and print what the monitor makes of it."""
     base = f"http://{settings.web_host}:{settings.web_port}"
     streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
@@ -207,8 +219,10 @@ def _show_gateway(gateway: GatewayClient, seen: dict[str, int]) -> None:
         route = gateway.route(profile.model_id, confidence=0.70)
         if seen.get(profile.model_id, 0) != route.level:
             seen[profile.model_id] = route.level
-            print(f"\n=== GATEWAY {profile.model_id}: a request with confidence 0.70 now goes to "
-                  f"{route.decision} (level {route.level}: {route.reason})\n")
+            print(
+                f"\n=== GATEWAY {profile.model_id}: a request with confidence 0.70 now goes to "
+                f"{route.decision} (level {route.level}: {route.reason})\n"
+            )
 
 
 async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
@@ -247,7 +261,7 @@ async def _wait_ready(base: str, worker: Worker, timeout_s: float = READY_TIMEOU
                         print(f"  worker ready after {waited:.1f}s", flush=True)
                         return
                     detail = f"/readyz answers {resp.status}: {(await resp.text())[:200]}"
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             if time.monotonic() - last_said >= 5:
                 last_said = time.monotonic()

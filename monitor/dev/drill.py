@@ -115,7 +115,7 @@ async def evaluator_ticks(session: aiohttp.ClientSession, url: str) -> float | N
             if resp.status != 200:
                 return None
             text = await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(TICK_METRIC))
 
@@ -155,8 +155,10 @@ class Watchdog:
         ticks = await evaluator_ticks(self.session, self.url)
         if ticks is None or ticks == self.first_ticks:
             self.warned = True
-            self.say(f"  no worker is evaluating at {self.url}: start `monitor run`"
-                     + (" (it stopped answering)" if ticks is None else " (its evaluator has not ticked)"))
+            self.say(
+                f"  no worker is evaluating at {self.url}: start `monitor run`"
+                + (" (it stopped answering)" if ticks is None else " (its evaluator has not ticked)")
+            )
 
     async def stop(self) -> None:
         """Close the HTTP session."""
@@ -197,29 +199,56 @@ class DrillReport:
         return "\n".join(lines)
 
 
-def _events(phase: Phase, model_id: str, now: float, rng: random.Random, tag: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _events(
+    phase: Phase, model_id: str, now: float, rng: random.Random, tag: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     start, end = now + phase.start, now + phase.end
     out: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
     for i in range(phase.events):
         ts = start + (end - start) * (i + 0.5) / phase.events
         if phase.kind == "access":
-            out.append({"ts": ts, "principal": phase.principal, "action": phase.action,
-                        "resource_type": phase.resource_type, "resource": phase.resource, "outcome": phase.outcome,
-                        "model_id": model_id, "source_ip": "10.0.0.9", "bytes": phase.bytes})
+            out.append(
+                {
+                    "ts": ts,
+                    "principal": phase.principal,
+                    "action": phase.action,
+                    "resource_type": phase.resource_type,
+                    "resource": phase.resource,
+                    "outcome": phase.outcome,
+                    "model_id": model_id,
+                    "source_ip": "10.0.0.9",
+                    "bytes": phase.bytes,
+                }
+            )
             continue
         if phase.kind == "registry":
-            out.append({"ts": ts, "model_id": model_id, "version": phase.version, "event": phase.event,
-                        "sha256": phase.sha256, "actor": "drill"})
+            out.append(
+                {
+                    "ts": ts,
+                    "model_id": model_id,
+                    "version": phase.version,
+                    "event": phase.event,
+                    "sha256": phase.sha256,
+                    "actor": "drill",
+                }
+            )
             continue
         rid = f"{tag}-{phase.version}-{i}"
         sex = rng.choice(sorted(phase.group_approval)) if phase.group_approval else rng.choice("FM")
         approval = phase.group_approval[sex] if phase.group_approval else phase.approval
         failed = rng.random() < phase.error_rate
         approved = rng.random() < approval
-        event: dict[str, Any] = {"model_id": model_id, "model_version": phase.version, "request_id": rid, "ts": ts,
-                                 "latency_ms": phase.latency_ms, "groups": {"sex": sex}, "subject_id": f"s-{rid}",
-                                 "user_id": f"u{rng.randrange(2000)}"}
+        event: dict[str, Any] = {
+            "model_id": model_id,
+            "model_version": phase.version,
+            "request_id": rid,
+            "ts": ts,
+            "latency_ms": phase.latency_ms,
+            "groups": {"sex": sex},
+            "subject_id": f"s-{rid}",
+            "user_id": f"u{rng.randrange(2000)}",
+        }
         if failed:
             event["error"] = "drill"
         else:
@@ -227,15 +256,27 @@ def _events(phase: Phase, model_id: str, now: float, rng: random.Random, tag: st
             if phase.accuracy is not None:
                 correct = rng.random() < phase.accuracy
                 truth = approved if correct else not approved
-                labels.append({"request_id": rid, "model_id": model_id, "ts": min(ts + 60, now),
-                               "label": int(truth), "positive": truth})
+                labels.append(
+                    {
+                        "request_id": rid,
+                        "model_id": model_id,
+                        "ts": min(ts + 60, now),
+                        "label": int(truth),
+                        "positive": truth,
+                    }
+                )
         out.append(event)
     return out, labels
 
 
 async def run_drill(
-    scenario: Scenario, settings: Settings, *, timeout_s: float | None = None, seed: int = 7,
-    worker_url: str | None = None, progress: Callable[[str], None] | None = None,
+    scenario: Scenario,
+    settings: Settings,
+    *,
+    timeout_s: float | None = None,
+    seed: int = 7,
+    worker_url: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> DrillReport:
     """Produce the scenario and watch the incidents and control topics until it passes or times out.
 
@@ -249,8 +290,13 @@ async def run_drill(
     watchdog = Watchdog(worker_url, progress, grace_s=max(10.0, 3 * settings.eval_interval_s))
     await watchdog.start()
     watchdog.say(f"drill {scenario.name} on {model_id}: producing {len(scenario.phases)} phase(s)")
-    watcher = AIOKafkaConsumer(t.incidents, t.control, bootstrap_servers=settings.kafka_bootstrap,
-                               auto_offset_reset="latest", enable_auto_commit=False)
+    watcher = AIOKafkaConsumer(
+        t.incidents,
+        t.control,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+    )
     await watcher.start()
     await watcher.seek_to_end()
     for partition in watcher.assignment():  # resolve "latest" now, before anything is produced
@@ -265,7 +311,9 @@ async def run_drill(
             events, labels = _events(phase, model_id, now, rng, uuid.uuid4().hex[:6])
             for topic, batch in ((topics[phase.kind], events), (t.labels, labels)):
                 for start in range(0, len(batch), 500):
-                    await producer.send(topic, orjson.dumps(batch[start : start + 500]), key=model_id.encode())
+                    await producer.send(
+                        topic, orjson.dumps(batch[start : start + 500]), key=model_id.encode()
+                    )
         await producer.flush()
         produced_at = time.time()
         limit = timeout_s or max(e.within for e in scenario.expect) + 30
@@ -296,12 +344,19 @@ async def run_drill(
         report.outcomes.append(_judge(expectation, opened.get(expectation.rule), controls, produced_at))
     for rule in scenario.quiet:
         if rule in opened:
-            report.outcomes.append(Outcome(Expectation(rule=rule, severity="MEDIUM", level=0), False,
-                                           "fired but should have stayed quiet"))
+            report.outcomes.append(
+                Outcome(
+                    Expectation(rule=rule, severity="MEDIUM", level=0),
+                    False,
+                    "fired but should have stayed quiet",
+                )
+            )
     return report
 
 
-def _judge(e: Expectation, incident: dict[str, Any] | None, controls: list[dict[str, Any]], produced_at: float) -> Outcome:
+def _judge(
+    e: Expectation, incident: dict[str, Any] | None, controls: list[dict[str, Any]], produced_at: float
+) -> Outcome:
     if incident is None:
         return Outcome(e, False, f"no incident within {e.within}s")
     delay = max(0.0, incident["_seen"] - produced_at)

@@ -47,10 +47,13 @@ def _agree(legacy: str, setting: str, value: str, port: int | None, env: Mapping
     """Refuse a still-set MONITOR_*_PORT that disagrees with the address the worker dials."""
     given = env.get(legacy, "")
     if given and _port(legacy, given) != port:
-        example = f"127.0.0.1:{given}" if setting == "MONITOR_KAFKA_BOOTSTRAP" else f"redis://127.0.0.1:{given}/0"
-        raise ServicesError(f"{legacy}={given} disagrees with {setting}={value}: the local service listens "
-                            f"where the worker dials, so set {setting}={example} and unset {legacy}")
-
+        example = (
+            f"127.0.0.1:{given}" if setting == "MONITOR_KAFKA_BOOTSTRAP" else f"redis://127.0.0.1:{given}/0"
+        )
+        raise ServicesError(
+            f"{legacy}={given} disagrees with {setting}={value}: the local service listens "
+            f"where the worker dials, so set {setting}={example} and unset {legacy}"
+        )
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,15 @@ class ServiceConfig:
         elif kafka_port < 65535:
             controller_port = kafka_port + 1
         else:
-            raise ServicesError("the broker is on port 65535, so the controller cannot take the next one; "
-                                "set MONITOR_KAFKA_CONTROLLER_PORT")
+            raise ServicesError(
+                "the broker is on port 65535, so the controller cannot take the next one; "
+                "set MONITOR_KAFKA_CONTROLLER_PORT"
+            )
         if controller_port == kafka_port:
-            raise ServicesError(f"MONITOR_KAFKA_CONTROLLER_PORT={controller} is the broker's own port "
-                                f"(MONITOR_KAFKA_BOOTSTRAP={bootstrap}); choose another")
+            raise ServicesError(
+                f"MONITOR_KAFKA_CONTROLLER_PORT={controller} is the broker's own port "
+                f"(MONITOR_KAFKA_BOOTSTRAP={bootstrap}); choose another"
+            )
         db = urlsplit(url).path.strip("/")
         return cls(
             # Absolute, because the services run with their own working directories.

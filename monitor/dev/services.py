@@ -29,8 +29,15 @@ from monitor.dev.service_config import ServiceConfig
 from monitor.exceptions import ServicesError
 
 __all__ = [
-    "REDIS_PERSISTENCE", "ServiceConfig", "ServiceStatus", "ServicesError", "down", "fetch_kafka",
-    "kafka_cluster_id", "status", "up",
+    "REDIS_PERSISTENCE",
+    "ServiceConfig",
+    "ServiceStatus",
+    "ServicesError",
+    "down",
+    "fetch_kafka",
+    "kafka_cluster_id",
+    "status",
+    "up",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,23 +110,34 @@ def fetch_kafka(config: ServiceConfig) -> Path:
             shutil.rmtree(partial, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".libs-partial-", dir=dist))
     log.info("fetching Apache Kafka %s jars from Maven Central into %s", config.kafka_version, libs)
-    cmd = [mvn, "-q", "-B", "-f", str(dist / "pom.xml"), "dependency:copy-dependencies",
-           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}", f"-Dkafka.version={config.kafka_version}"]
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(dist / "pom.xml"),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={tmp}",
+        f"-Dkafka.version={config.kafka_version}",
+    ]
     try:
         done = subprocess.run(cmd, cwd=dist, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0 or not (tmp / f"kafka_2.13-{config.kafka_version}.jar").exists():
             output = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # mvn colours even with -B
             tail = "\n".join(output.strip().splitlines()[-20:])
-            raise ServicesError(f"mvn failed to fetch the Kafka {config.kafka_version} jars "
-                                f"(exit {done.returncode}):\n{tail}")
+            raise ServicesError(
+                f"mvn failed to fetch the Kafka {config.kafka_version} jars (exit {done.returncode}):\n{tail}"
+            )
         try:
             tmp.rename(libs)
         except OSError:
             if not libs.is_dir():  # else a concurrent fetch renamed first: its jars are as good
                 raise
     except subprocess.TimeoutExpired:
-        raise ServicesError("mvn took over 15 min to fetch the Kafka jars; is Maven Central reachable?") \
-            from None
+        raise ServicesError(
+            "mvn took over 15 min to fetch the Kafka jars; is Maven Central reachable?"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return libs
@@ -140,10 +158,24 @@ def _services(config: ServiceConfig) -> tuple[_Service, _Service]:
     kdir, rdir = config.kafka_dir, config.redis_dir
     # Redis rewrites its process title, so its own name is all of its command line that is left.
     return (
-        _Service("Kafka", kdir / "kafka.pid", "kafka.Kafka", config.kafka_port, "MONITOR_KAFKA_BOOTSTRAP",
-                 lambda: _kafka_answers(config.kafka_bootstrap), kdir / "kafka.log"),
-        _Service("Redis", rdir / "redis.pid", "redis-server", config.redis_port, "MONITOR_REDIS_URL",
-                 lambda: _redis_answers(config.redis_url), rdir / "redis.log"),
+        _Service(
+            "Kafka",
+            kdir / "kafka.pid",
+            "kafka.Kafka",
+            config.kafka_port,
+            "MONITOR_KAFKA_BOOTSTRAP",
+            lambda: _kafka_answers(config.kafka_bootstrap),
+            kdir / "kafka.log",
+        ),
+        _Service(
+            "Redis",
+            rdir / "redis.pid",
+            "redis-server",
+            config.redis_port,
+            "MONITOR_REDIS_URL",
+            lambda: _redis_answers(config.redis_url),
+            rdir / "redis.log",
+        ),
     )
 
 
@@ -223,8 +255,14 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 def _spawn(cmd: list[str], cwd: Path, logfile: Path, pidfile: Path) -> int:
     # A session of its own: the service outlives this process and ignores the terminal's Ctrl-C.
-    launched = subprocess.run(["/bin/sh", "-c", _LAUNCH, str(logfile), *cmd], cwd=cwd,
-                              capture_output=True, text=True, check=True, start_new_session=True)
+    launched = subprocess.run(
+        ["/bin/sh", "-c", _LAUNCH, str(logfile), *cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    )
     pid = int(launched.stdout)
     pidfile.write_text(f"{pid}\n")
     return pid
@@ -239,12 +277,24 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
     jvm = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]
     if not (kdir / "data" / "meta.properties").exists():
         # `--cluster-id=ID`, one argument, besides an id that never starts with "-".
-        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={kafka_cluster_id()}",
-                              "-c", str(props)],
-                             capture_output=True, text=True, check=False)
+        fmt = subprocess.run(
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={kafka_cluster_id()}",
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if fmt.returncode != 0:
-            raise ServicesError(f"formatting the Kafka storage in {kdir / 'data'} failed:\n"
-                                + (fmt.stdout + fmt.stderr).strip())
+            raise ServicesError(
+                f"formatting the Kafka storage in {kdir / 'data'} failed:\n"
+                + (fmt.stdout + fmt.stderr).strip()
+            )
     logfile = kdir / "kafka.log"
     if logfile.exists():  # the previous run's log may tell why that run died
         logfile.replace(kdir / "kafka.log.1")
@@ -255,8 +305,20 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
 def _start_redis(config: ServiceConfig, server: str) -> int:
     rdir = config.redis_dir
     rdir.mkdir(parents=True, exist_ok=True)
-    cmd = [server, "--bind", "127.0.0.1", "--port", str(config.redis_port), "--dir", str(rdir),
-           *REDIS_PERSISTENCE, "--daemonize", "no", "--logfile", str(rdir / "redis.log")]
+    cmd = [
+        server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(config.redis_port),
+        "--dir",
+        str(rdir),
+        *REDIS_PERSISTENCE,
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(rdir / "redis.log"),
+    ]
     return _spawn(cmd, rdir, rdir / "redis.log", rdir / "redis.pid")
 
 
@@ -275,16 +337,19 @@ def _stop(pids: list[int]) -> None:
 
 
 def _plan(svc: _Service) -> str:
-    """"ours" if we run it, "foreign" if some other server of its kind holds its port, else "start"."""
+    """ "ours" if we run it, "foreign" if some other server of its kind holds its port, else "start"."""
     if _read_pid(svc) is not None:
         return "ours"
     if not _port_open(svc.port):
         return "start"
     if not svc.answers():
-        raise ServicesError(f"port {svc.port} is taken by a process that does not answer as {svc.name}; "
-                            f"stop it or point {svc.address_env} at a free port")
-    log.warning("%s on port %d was not started from %s; using it as it is",
-                svc.name, svc.port, svc.pidfile.parent)
+        raise ServicesError(
+            f"port {svc.port} is taken by a process that does not answer as {svc.name}; "
+            f"stop it or point {svc.address_env} at a free port"
+        )
+    log.warning(
+        "%s on port %d was not started from %s; using it as it is", svc.name, svc.port, svc.pidfile.parent
+    )
     return "foreign"
 
 
@@ -296,8 +361,10 @@ def _remote(env: str, value: str | None, answers: Callable[[str, float], bool]) 
         log.info("using the running service at %s=%s", env, value)
         return True
     # Never a local one elsewhere instead: the worker would dial `value` all the same.
-    raise ServicesError(f"{env}={value} does not answer, and a local service starts only at a loopback "
-                        f"address (127.0.0.1:PORT); start that service or point {env} at 127.0.0.1")
+    raise ServicesError(
+        f"{env}={value} does not answer, and a local service starts only at a loopback "
+        f"address (127.0.0.1:PORT); start that service or point {env} at 127.0.0.1"
+    )
 
 
 def _wait(waiting: list[_Service], timeout_s: float) -> None:
@@ -305,15 +372,18 @@ def _wait(waiting: list[_Service], timeout_s: float) -> None:
     while waiting:
         for svc in list(waiting):
             if _read_pid(svc) is None:
-                raise ServicesError(f"{svc.name} exited while starting; last lines of {svc.logfile}:\n"
-                                    + _tail(svc.logfile))
+                raise ServicesError(
+                    f"{svc.name} exited while starting; last lines of {svc.logfile}:\n" + _tail(svc.logfile)
+                )
             # The TCP probe first: it is cheap, and spares the client's own connection-error logging.
             if _port_open(svc.port) and svc.answers():
                 waiting.remove(svc)
         if waiting and time.monotonic() > deadline:
             svc = waiting[0]
-            raise ServicesError(f"{svc.name} did not answer within {timeout_s:.0f} s (`monitor services "
-                                f"down` stops it); last lines of {svc.logfile}:\n{_tail(svc.logfile)}")
+            raise ServicesError(
+                f"{svc.name} did not answer within {timeout_s:.0f} s (`monitor services "
+                f"down` stops it); last lines of {svc.logfile}:\n{_tail(svc.logfile)}"
+            )
         if waiting:
             time.sleep(0.3)
 
@@ -333,9 +403,14 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
         raise RuntimeError("services.up() is synchronous: in async code, use asyncio.to_thread(up)")
     config = config or ServiceConfig.from_env()
     kafka, redis_ = _services(config)
-    kafka_plan = "external" if _remote("MONITOR_KAFKA_BOOTSTRAP", config.kafka_remote, _kafka_answers) \
+    kafka_plan = (
+        "external"
+        if _remote("MONITOR_KAFKA_BOOTSTRAP", config.kafka_remote, _kafka_answers)
         else _plan(kafka)
-    redis_plan = "external" if _remote("MONITOR_REDIS_URL", config.redis_remote, _redis_answers) else _plan(redis_)
+    )
+    redis_plan = (
+        "external" if _remote("MONITOR_REDIS_URL", config.redis_remote, _redis_answers) else _plan(redis_)
+    )
     # Everything that can fail fast is checked before anything is started.
     starts: list[Callable[[], int]] = []
     if redis_plan == "start":
@@ -343,8 +418,10 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
         starts.append(lambda: _start_redis(config, server))
     if kafka_plan == "start":
         if _port_open(config.kafka_controller_port):
-            raise ServicesError(f"port {config.kafka_controller_port} (Kafka controller) is taken; stop "
-                                "what holds it or set MONITOR_KAFKA_CONTROLLER_PORT to a free port")
+            raise ServicesError(
+                f"port {config.kafka_controller_port} (Kafka controller) is taken; stop "
+                "what holds it or set MONITOR_KAFKA_CONTROLLER_PORT to a free port"
+            )
         java = _require("java", "OpenJDK 17 or newer (apt-get install openjdk-17-jre-headless)")
         libs = fetch_kafka(config)
         starts.append(lambda: _start_kafka(config, libs, java))
@@ -400,6 +477,11 @@ def status(config: ServiceConfig | None = None) -> dict[str, str]:
             continue
         pid = _read_pid(svc)
         held = f"stopped (port {svc.port} is held by a process not started from here)"
-        result[svc.name.lower()] = (f"running pid {pid} at {address}" if pid is not None
-                                    else held if _port_open(svc.port) else "stopped")
+        result[svc.name.lower()] = (
+            f"running pid {pid} at {address}"
+            if pid is not None
+            else held
+            if _port_open(svc.port)
+            else "stopped"
+        )
     return result

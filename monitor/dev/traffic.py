@@ -56,7 +56,9 @@ def predictions(
             event["error"] = "upstream_timeout"
         else:
             approved = rng.random() < profile.approval_rate
-            event.update(prediction=int(approved), positive=approved, confidence=round(rng.uniform(0.5, 1.0), 3))
+            event.update(
+                prediction=int(approved), positive=approved, confidence=round(rng.uniform(0.5, 1.0), 3)
+            )
         if profile.flag_rate and rng.random() < profile.flag_rate:
             event["flags"] = ["gibberish"]
         yield event
@@ -70,7 +72,9 @@ class BatchingProducer:
     def __init__(self, bootstrap: str, topic: str, *, batch_size: int = 100) -> None:
         self.topic = topic
         self.batch_size = batch_size
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024
+        )
 
     async def __aenter__(self) -> BatchingProducer:
         await self._producer.start()

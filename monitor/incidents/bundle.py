@@ -65,15 +65,24 @@ class EvidenceRecorder:
         window = asdict(windows.window(rule.window_s)) if windows else None
         checksum = next((d["sha256"] for d in deployed if d["version"] == incident.model_version), None)
         incident.evidence_ref = str(incident_dir(self.root, incident.id))
-        rules_file = {"rule": rule.model_dump(), "rules_sha256": self.rules.sha256,
-                      "rules_files": list(self.rules.sources)}
-        model_file = {"model_id": model_id, "version": incident.model_version, "sha256": checksum,
-                      "versions": model.versions, "deployments": deployed}
+        rules_file = {
+            "rule": rule.model_dump(),
+            "rules_sha256": self.rules.sha256,
+            "rules_files": list(self.rules.sources),
+        }
+        model_file = {
+            "model_id": model_id,
+            "version": incident.model_version,
+            "sha256": checksum,
+            "versions": model.versions,
+            "deployments": deployed,
+        }
         files = {
             "incident.json": msgspec.json.format(msgspec.json.encode(incident), indent=2),
             "rule.json": orjson.dumps(rules_file, option=PRETTY),
-            "window.json": orjson.dumps({"window_s": rule.window_s, "now": self.clock(), "stats": window},
-                                        option=PRETTY),
+            "window.json": orjson.dumps(
+                {"window_s": rule.window_s, "now": self.clock(), "stats": window}, option=PRETTY
+            ),
             "model.json": orjson.dumps(model_file, option=PRETTY),
             "recent_events.json": b"[" + b",".join(recent) + b"]",
             "offsets.json": orjson.dumps(offsets, option=PRETTY),
@@ -164,7 +173,11 @@ class EvidenceRecorder:
         }
         incident.evidence_ref = str(incident_dir(self.root, incident.id))
         notification = render_bias_notification(incident, contact=self.contact)
-        write_evidence(self.root, incident.id, {
-            "affected.json": orjson.dumps(affected_file, option=orjson.OPT_INDENT_2),
-            "notification.txt": notification.encode(),
-        })
+        write_evidence(
+            self.root,
+            incident.id,
+            {
+                "affected.json": orjson.dumps(affected_file, option=orjson.OPT_INDENT_2),
+                "notification.txt": notification.encode(),
+            },
+        )

@@ -44,8 +44,9 @@ class CommandResult(msgspec.Struct, kw_only=True):
 
 def new_command(action: Action, model_id: str, who: str, why: str, **fields: object) -> Command:
     """A command with a fresh id, stamped now."""
-    return Command(id=uuid.uuid4().hex[:12], action=action, model_id=model_id, who=who, why=why,
-                   at=time.time(), **fields)  # type: ignore[arg-type]  # fields: incident_id / level
+    return Command(
+        id=uuid.uuid4().hex[:12], action=action, model_id=model_id, who=who, why=why, at=time.time(), **fields
+    )  # type: ignore[arg-type]  # fields: incident_id / level
 
 
 class CommandQueue:
@@ -68,13 +69,14 @@ class CommandQueue:
             replies = await pipe.execute()
         decoder = msgspec.json.Decoder(Command)
         return {
-            model_id: [decoder.decode(raw) for raw in replies[2 * i]]
-            for i, model_id in enumerate(model_ids)
+            model_id: [decoder.decode(raw) for raw in replies[2 * i]] for i, model_id in enumerate(model_ids)
         }
 
     async def record(self, result: CommandResult) -> None:
         """Keep a command's outcome for an hour (the API and CLI wait for it)."""
-        await self.redis.set(self.keys.command_result(result.id), msgspec.json.encode(result), ex=RESULT_TTL_S)
+        await self.redis.set(
+            self.keys.command_result(result.id), msgspec.json.encode(result), ex=RESULT_TTL_S
+        )
 
     async def result(self, command_id: str) -> CommandResult | None:
         """A command's outcome, None while it is queued."""

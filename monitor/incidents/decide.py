@@ -240,8 +240,14 @@ def control(
     if (level, revoke, rollback_to) == sent:
         return ControlDecision(level, None)  # gateways already route this way
     message = build_message(
-        model_id, state.seq + 1, level, asked,
-        override=state.override, rollback_to=rollback_to, issued_at=now, revoke_principals=revoke,
+        model_id,
+        state.seq + 1,
+        level,
+        asked,
+        override=state.override,
+        rollback_to=rollback_to,
+        issued_at=now,
+        revoke_principals=revoke,
     )
     return ControlDecision(level, message)
 

@@ -143,15 +143,20 @@ class Deliverer:
 
     async def _post(self, channel: str, url: str, body: Any) -> None:
         try:
-            await retry(lambda: _post_once(url, body), on=_UNDELIVERED, first_s=self.first_backoff_s,
-                        tries=self.attempts)
+            await retry(
+                lambda: _post_once(url, body),
+                on=_UNDELIVERED,
+                first_s=self.first_backoff_s,
+                tries=self.attempts,
+            )
         except _UNDELIVERED as exc:
             self.failed += 1
             if self.counters is not None:
                 self.counters.failed.labels(channel).inc()
             problem = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
-            log.error("could not deliver an incident event to %s after %d tries: %s",
-                      url, self.attempts, problem)
+            log.error(
+                "could not deliver an incident event to %s after %d tries: %s", url, self.attempts, problem
+            )
             return
         self.delivered += 1
         if self.counters is not None:

@@ -174,7 +174,8 @@ def refire(incident: Incident, finding: Finding, now: float) -> bool:
     incident.clear_since = None
     incident.updated_at = now
     rose = (SEVERITY_RANK[finding.severity], finding.level) > (
-        SEVERITY_RANK[incident.severity], incident.level
+        SEVERITY_RANK[incident.severity],
+        incident.level,
     )
     if rose:
         incident.severity, incident.level = finding.severity, finding.level
@@ -192,7 +193,11 @@ ALLOWED_FROM: dict[str, set[str]] = {
     "mitigate": {"open", "acknowledged"},
     "resolve": {"open", "acknowledged", "mitigated"},
 }
-STATUS_AFTER: dict[str, Status] = {"acknowledge": "acknowledged", "mitigate": "mitigated", "resolve": "resolved"}
+STATUS_AFTER: dict[str, Status] = {
+    "acknowledge": "acknowledged",
+    "mitigate": "mitigated",
+    "resolve": "resolved",
+}
 
 
 def _move(incident: Incident, status: Status, now: float, **detail: Any) -> None:

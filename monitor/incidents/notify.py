@@ -118,14 +118,20 @@ def render_notification(incident: Incident, *, contact: str) -> str:
     obs = incident.observation
     test = obs.get("test", {})
     if "p_value" in test:
-        test_line = f"{test['method']}, p = {test['p_value']:.2g} at {obs.get('confidence', 0.99):.0%} confidence"
+        test_line = (
+            f"{test['method']}, p = {test['p_value']:.2g} at {obs.get('confidence', 0.99):.0%} confidence"
+        )
     else:
         test_line = str(test.get("method", "threshold check"))
     level = incident.level
     return _env.get_template("incident_internal.txt.j2").render(
         incident=incident,
-        obs={"value": obs.get("value"), "threshold": obs.get("threshold"), "baseline": obs.get("baseline"),
-             "samples": obs.get("samples")},
+        obs={
+            "value": obs.get("value"),
+            "threshold": obs.get("threshold"),
+            "baseline": obs.get("baseline"),
+            "samples": obs.get("samples"),
+        },
         kind=CATEGORY_TITLES.get(incident.category, incident.category),
         window=_duration(int(obs.get("window_s", 0)) or 60),
         test_line=test_line,
@@ -133,10 +139,13 @@ def render_notification(incident: Incident, *, contact: str) -> str:
         level_name=LEVELS[level].name,
         routing=ROUTING[level],
         evidence=incident.evidence_ref or "in the incident record",
-        deadlines={k: f"within {m} minutes (by {datetime.fromtimestamp(incident.opened_at + m * 60, UTC):%H:%M} UTC)"
-                   for k, m in FIRST_STEPS_MIN.items()},
+        deadlines={
+            k: f"within {m} minutes (by {datetime.fromtimestamp(incident.opened_at + m * 60, UTC):%H:%M} UTC)"
+            for k, m in FIRST_STEPS_MIN.items()
+        },
         status=(
-            "The AI is paused; people decide everything." if level == 4
+            "The AI is paused; people decide everything."
+            if level == 4
             else f"Routing is at level {level} ({LEVELS[level].name}); the monitor keeps watching."
         ),
         contact=contact,

@@ -62,7 +62,9 @@ class NormalHours(BaseModel):
         if self.start_min >= self.end_min:
             raise ValueError(f"start ({self.start_min} min) must be before end ({self.end_min} min)")
         if not self.days or not self.days <= set(range(7)):
-            raise ValueError(f"days must be a non-empty set of 0 (Monday) .. 6 (Sunday) (got {sorted(self.days)})")
+            raise ValueError(
+                f"days must be a non-empty set of 0 (Monday) .. 6 (Sunday) (got {sorted(self.days)})"
+            )
         _zone(self.timezone)
         return self
 
@@ -180,8 +182,10 @@ class NormalHoursSpec(BaseModel):
     def resolve(self) -> NormalHours:
         """The public NormalHours (call only on a section without problems)."""
         return NormalHours(
-            start_min=_minutes(self.start), end_min=_minutes(self.end),
-            days=frozenset(DAYS.index(d) for d in self.days), timezone=self.timezone,
+            start_min=_minutes(self.start),
+            end_min=_minutes(self.end),
+            days=frozenset(DAYS.index(d) for d in self.days),
+            timezone=self.timezone,
         )
 
 
@@ -199,8 +203,11 @@ class GrantSpec(BaseModel):
     def resolve(self) -> Grant:
         """The public Grant (call only on a grant without problems)."""
         return Grant(
-            principals=tuple(self.principals), actions=frozenset(self.actions),
-            resource_types=frozenset(self.resource_types), models=tuple(self.models), hours=self.hours,
+            principals=tuple(self.principals),
+            actions=frozenset(self.actions),
+            resource_types=frozenset(self.resource_types),
+            models=tuple(self.models),
+            hours=self.hours,
         )
 
 
@@ -240,13 +247,15 @@ def _time_problem(value: object, latest: int) -> str | None:
     """Why `value` is no "HH:MM" time up to `latest` minutes, or None."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= DAY_MINUTES:
         # YAML 1.1 reads an unquoted 20:00 as a base-60 number (1200), but 07:00 as text.
-        return f"must be quoted text like \"07:00\" (got the number {value}: unquoted, YAML reads 20:00 as 1200)"
+        return (
+            f'must be quoted text like "07:00" (got the number {value}: unquoted, YAML reads 20:00 as 1200)'
+        )
     if not isinstance(value, str):
         shown = str(value).lower() if isinstance(value, bool) else repr(value)
-        return f"must be a time \"HH:MM\" in quotes (got {shown})"
+        return f'must be a time "HH:MM" in quotes (got {shown})'
     match = _TIME.fullmatch(value)
     if not match or int(match.group(2)) > 59 or _minutes(value) > latest:
-        return f"must be a time \"HH:MM\" from 00:00 to {_clock(latest)} (got {value!r})"
+        return f'must be a time "HH:MM" from 00:00 to {_clock(latest)} (got {value!r})'
     return None
 
 
@@ -261,9 +270,12 @@ def access_problems(spec: AccessPolicySpec) -> Iterator[tuple[Loc, str]]:
     if end:
         yield ("normal_hours", "end"), end
     if not start and not end and _minutes(hours.start) >= _minutes(hours.end):
-        yield ("normal_hours", "end"), (
-            f"must be later than start {hours.start} (normal hours cannot span midnight;"
-            f" give night work its own grant with hours: any) (got {hours.end!r})"
+        yield (
+            ("normal_hours", "end"),
+            (
+                f"must be later than start {hours.start} (normal hours cannot span midnight;"
+                f" give night work its own grant with hours: any) (got {hours.end!r})"
+            ),
         )
     if not hours.days:
         yield ("normal_hours", "days"), "must list at least one day (mon .. sun)"
@@ -272,8 +284,9 @@ def access_problems(spec: AccessPolicySpec) -> Iterator[tuple[Loc, str]]:
     except ValueError as exc:
         yield ("normal_hours", "timezone"), str(exc)
     if spec.privileged_actions == []:
-        yield ("privileged_actions",), (
-            "must list at least one action (new_source_privileged rules watch these)"
+        yield (
+            ("privileged_actions",),
+            ("must list at least one action (new_source_privileged rules watch these)"),
         )
     for index, grant in enumerate(spec.grants):
         lists: tuple[tuple[str, list[str], str], ...] = (

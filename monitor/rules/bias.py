@@ -74,16 +74,34 @@ def _disparate_impact(
         ratio = _rate(g) / _rate(ref)
 
         def test(t: float, g: GroupStats = g, ref: GroupStats = ref) -> stats.TestResult:
-            return stats.ratio_below(g.favourable, g.decisions, ref.favourable, ref.decisions, t, rule.confidence)
+            return stats.ratio_below(
+                g.favourable, g.decisions, ref.favourable, ref.decisions, t, rule.confidence
+            )
 
         def inside(t: float, ratio: float = ratio) -> bool:
             return ratio >= t
 
-        probes.append((name, Probe(ratio, g.decisions, _rate(ref), test, inside, {
-            "group": name, "reference_group": reference, "favourable_rate": _rate(g),
-            "reference_rate": _rate(ref), "decisions": g.decisions, "unfavourable": g.decisions - g.favourable,
-            "reference_decisions": ref.decisions,
-        })))
+        probes.append(
+            (
+                name,
+                Probe(
+                    ratio,
+                    g.decisions,
+                    _rate(ref),
+                    test,
+                    inside,
+                    {
+                        "group": name,
+                        "reference_group": reference,
+                        "favourable_rate": _rate(g),
+                        "reference_rate": _rate(ref),
+                        "decisions": g.decisions,
+                        "unfavourable": g.decisions - g.favourable,
+                        "reference_decisions": ref.decisions,
+                    },
+                ),
+            )
+        )
     return probes
 
 
@@ -103,17 +121,38 @@ def _fnr_gap(
 
         def test(t: float, g: GroupStats = g, ref: GroupStats = ref) -> stats.TestResult:
             return stats.difference_above(
-                g.false_negative, g.actual_positive, ref.false_negative, ref.actual_positive, t, rule.confidence
+                g.false_negative,
+                g.actual_positive,
+                ref.false_negative,
+                ref.actual_positive,
+                t,
+                rule.confidence,
             )
 
         def inside(t: float, gap: float = gap) -> bool:
             return gap <= t
 
-        probes.append((name, Probe(gap, g.actual_positive, _fnr(ref), test, inside, {
-            "group": name, "reference_group": reference, "false_negative_rate": _fnr(g),
-            "reference_false_negative_rate": _fnr(ref), "actual_positives": g.actual_positive,
-            "decisions": g.decisions, "unfavourable": g.decisions - g.favourable,
-        })))
+        probes.append(
+            (
+                name,
+                Probe(
+                    gap,
+                    g.actual_positive,
+                    _fnr(ref),
+                    test,
+                    inside,
+                    {
+                        "group": name,
+                        "reference_group": reference,
+                        "false_negative_rate": _fnr(g),
+                        "reference_false_negative_rate": _fnr(ref),
+                        "actual_positives": g.actual_positive,
+                        "decisions": g.decisions,
+                        "unfavourable": g.decisions - g.favourable,
+                    },
+                ),
+            )
+        )
     return probes
 
 
@@ -121,7 +160,8 @@ def _shift(
     rule: Rule, groups: dict[str, GroupStats], declared: str | None, reference: dict[str, GroupStats]
 ) -> list[tuple[str, Probe]]:
     names = [
-        n for n, g in groups.items()
+        n
+        for n, g in groups.items()
         if g.decisions >= rule.min_samples and reference.get(n, GroupStats()).decisions >= rule.min_samples
     ]
     if len(names) < 2:
@@ -135,8 +175,13 @@ def _shift(
         ref_o = (sum(o.favourable for o in others_ref), sum(o.decisions for o in others_ref))
         moved = (_rate(g) - _rate(r)) - (now_o[0] / now_o[1] - ref_o[0] / ref_o[1])
 
-        def test(t: float, g: GroupStats = g, r: GroupStats = r, now_o: tuple[int, int] = now_o,
-                 ref_o: tuple[int, int] = ref_o) -> stats.TestResult:
+        def test(
+            t: float,
+            g: GroupStats = g,
+            r: GroupStats = r,
+            now_o: tuple[int, int] = now_o,
+            ref_o: tuple[int, int] = ref_o,
+        ) -> stats.TestResult:
             return stats.shift_beyond(
                 (g.favourable, g.decisions), (r.favourable, r.decisions), now_o, ref_o, t, rule.confidence
             )
@@ -144,11 +189,26 @@ def _shift(
         def inside(t: float, moved: float = moved) -> bool:
             return abs(moved) <= t
 
-        probes.append((name, Probe(moved, g.decisions, _rate(r), test, inside, {
-            "group": name, "favourable_rate": _rate(g), "reference_rate": _rate(r),
-            "others_shift": now_o[0] / now_o[1] - ref_o[0] / ref_o[1],
-            "decisions": g.decisions, "unfavourable": g.decisions - g.favourable,
-        })))
+        probes.append(
+            (
+                name,
+                Probe(
+                    moved,
+                    g.decisions,
+                    _rate(r),
+                    test,
+                    inside,
+                    {
+                        "group": name,
+                        "favourable_rate": _rate(g),
+                        "reference_rate": _rate(r),
+                        "others_shift": now_o[0] / now_o[1] - ref_o[0] / ref_o[1],
+                        "decisions": g.decisions,
+                        "unfavourable": g.decisions - g.favourable,
+                    },
+                ),
+            )
+        )
     return probes
 
 

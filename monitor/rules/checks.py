@@ -107,14 +107,18 @@ def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         yield ("baseline",), f"not allowed for compare {rule.compare!r} ({only})"
     elif rule.baseline is not None and rule.baseline not in baselines:
         why = f" ({reason})" if reason else ""
-        yield ("baseline",), (
-            f"must be {' or '.join(baselines)} for compare {rule.compare!r}{on}{why} {_got(rule.baseline)}"
+        yield (
+            ("baseline",),
+            (f"must be {' or '.join(baselines)} for compare {rule.compare!r}{on}{why} {_got(rule.baseline)}"),
         )
     if rule.compare == "below_published_minimum":
         if rule.threshold is not None:
-            yield ("threshold",), (
-                "not allowed for compare 'below_published_minimum'"
-                " (the threshold is models.<model>.published_min_accuracy)"
+            yield (
+                ("threshold",),
+                (
+                    "not allowed for compare 'below_published_minimum'"
+                    " (the threshold is models.<model>.published_min_accuracy)"
+                ),
             )
     elif rule.threshold is None:
         yield ("threshold",), f"required for compare {rule.compare!r}"
@@ -125,9 +129,12 @@ def _threshold_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
             yield ("threshold",), str(exc)
             return
         if not MIN_WINDOW_S <= seconds < rule.window:
-            yield ("threshold",), (
-                f"must be at least 1m and shorter than the window {format_duration(rule.window)}"
-                f" (got {format_duration(seconds)})"
+            yield (
+                ("threshold",),
+                (
+                    f"must be at least 1m and shorter than the window {format_duration(rule.window)}"
+                    f" (got {format_duration(seconds)})"
+                ),
             )
     else:
         problem = _threshold_problem(rule.metric, rule.compare, rule.threshold)
@@ -147,17 +154,22 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
         if problem:
             yield ("ladder", index, "threshold"), problem
         elif previous is not None and (step.threshold >= previous if down else step.threshold <= previous):
-            yield ("ladder", index, "threshold"), (
-                f"must be {'smaller' if down else 'larger'} than {what} threshold {previous:g}"
-                f" (steps go weakest to strongest) {_got(step.threshold)}"
+            yield (
+                ("ladder", index, "threshold"),
+                (
+                    f"must be {'smaller' if down else 'larger'} than {what} threshold {previous:g}"
+                    f" (steps go weakest to strongest) {_got(step.threshold)}"
+                ),
             )
         if SEVERITY_RANK[step.severity] < SEVERITY_RANK[severity]:
-            yield ("ladder", index, "severity"), (
-                f"must not be weaker than {what} severity {severity} {_got(step.severity)}"
+            yield (
+                ("ladder", index, "severity"),
+                (f"must not be weaker than {what} severity {severity} {_got(step.severity)}"),
             )
         if step.level < level:
-            yield ("ladder", index, "level"), (
-                f"must not be lower than {what} level {level} {_got(step.level)}"
+            yield (
+                ("ladder", index, "level"),
+                (f"must not be lower than {what} level {level} {_got(step.level)}"),
             )
         previous, severity, level, what = step.threshold, step.severity, step.level, "the previous step's"
 
@@ -172,22 +184,32 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         if rule.metric not in metrics and value is not None:
             if category and metrics <= CATEGORY_METRICS.get(rule.category, frozenset()):
                 continue  # a key of the rule's category: the metric is the slip, and the category says so
-            names = "the security metrics" if metrics == SECURITY_METRICS else f"metric {', '.join(sorted(metrics))}"
+            names = (
+                "the security metrics"
+                if metrics == SECURITY_METRICS
+                else f"metric {', '.join(sorted(metrics))}"
+            )
             yield (key,), f"only allowed for {names} (this rule's metric is {rule.metric!r})"
         elif rule.metric in REQUIRED_KEY_METRICS[key] and value is None:
             yield (key,), f"required for metric {rule.metric!r}"
     if rule.min_volume is not None and rule.metric in VOLUME_METRICS and rule.compare != "ratio_above":
-        yield ("min_volume",), (
-            f"only meaningful with compare 'ratio_above' (compare {rule.compare!r} is already an absolute amount)"
+        yield (
+            ("min_volume",),
+            (
+                f"only meaningful with compare 'ratio_above' (compare {rule.compare!r} is already an absolute amount)"
+            ),
         )
     if rule.follow is not None and rule.metric == "new_source_privileged":
         if not MIN_WINDOW_S <= rule.follow <= MAX_WINDOW_S:
             yield ("follow",), f"must be between 1m and 7d (got {format_duration(rule.follow)})"
     if rule.rollback and not kind(rule.metric).rolls_back:
         rolls_back = ", ".join(sorted(SECURITY_METRICS - NO_ROLLBACK_METRICS))
-        yield ("rollback",), (
-            f"not allowed for metric {rule.metric!r}: of the security metrics only {rolls_back} rolls back"
-            " (an access incident is no fault of the model version; use revoke)"
+        yield (
+            ("rollback",),
+            (
+                f"not allowed for metric {rule.metric!r}: of the security metrics only {rolls_back} rolls back"
+                " (an access incident is no fault of the model version; use revoke)"
+            ),
         )
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
         yield ("test",), f"a binomial test needs a rate metric, not {rule.metric!r}; use test: none"
@@ -201,21 +223,29 @@ def _category_problem(rule: RuleSpec) -> str | None:
     own = CATEGORY_METRICS.get(rule.category)
     if own is not None and rule.metric not in own:
         names = ", ".join(sorted(own))
-        return f"category {rule.category!r} is only for metrics {names} (this rule's metric is {rule.metric!r})"
+        return (
+            f"category {rule.category!r} is only for metrics {names} (this rule's metric is {rule.metric!r})"
+        )
     return None
 
 
 def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
     """Every cross-field problem of one rule (paths relative to the rule); nothing when it is valid."""
     if not re.fullmatch(RULE_ID_PATTERN, rule.id):
-        yield ("id",), (
-            f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
+        yield (
+            ("id",),
+            (
+                f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
+            ),
         )
     allowed = METRIC_COMPARES[rule.metric]
     if rule.compare not in allowed:
-        yield ("compare",), (
-            f"compare {rule.compare!r} is not allowed for metric {rule.metric!r}"
-            f" (allowed: {', '.join(sorted(allowed))})"
+        yield (
+            ("compare",),
+            (
+                f"compare {rule.compare!r} is not allowed for metric {rule.metric!r}"
+                f" (allowed: {', '.join(sorted(allowed))})"
+            ),
         )
         return  # every later check assumes a meaningful metric/compare pair
     if not MIN_WINDOW_S <= rule.window <= MAX_WINDOW_S:

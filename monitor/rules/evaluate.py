@@ -92,9 +92,7 @@ def evaluate_silence(rule: Rule, model_id: str, last_event_s: float | None, now:
         "last_event_s": last_event_s,
         "test": {"method": "dead-man's switch", "significant": fired},
     }
-    return Finding(
-        rule.id, model_id, None, None, fired, not fired, rule.severity, rule.level, observation
-    )
+    return Finding(rule.id, model_id, None, None, fired, not fired, rule.severity, rule.level, observation)
 
 
 # A probe reduces one version's window (and its baseline) to a testable form, or None without enough
@@ -103,7 +101,10 @@ ProbeFn = Callable[[Rule, WindowStats, VersionWindows, WindowStats | None, float
 
 
 def _accuracy_probe(
-    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     c = rule.confidence
@@ -118,13 +119,17 @@ def _accuracy_probe(
             return None
         base = baseline.correct / baseline.labelled
         return Probe(
-            (base - accuracy) / base, n, base,
+            (base - accuracy) / base,
+            n,
+            base,
             lambda t: _rate(rule, k, n, base * (1 - t), c, "below"),
             lambda t: (base - accuracy) / base <= t,
             {**extra, "accuracy": accuracy, "baseline_samples": baseline.labelled},
         )
     return Probe(
-        accuracy, n, published,
+        accuracy,
+        n,
+        published,
         lambda t: _rate(rule, k, n, t, c, "below"),
         lambda t: accuracy >= t,
         extra,
@@ -132,14 +137,20 @@ def _accuracy_probe(
 
 
 def _error_rate_probe(
-    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     return _above(rule, cur.errors, cur.count)
 
 
 def _flag_rate_probe(
-    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     assert rule.flag is not None
@@ -147,7 +158,10 @@ def _flag_rate_probe(
 
 
 def _unserved_probe(
-    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     # Users with a request in the window who got no successful prediction in it (a user with
@@ -157,7 +171,10 @@ def _unserved_probe(
 
 
 def _latency_probe(
-    rule: Rule, cur: WindowStats, windows: VersionWindows, baseline: WindowStats | None,
+    rule: Rule,
+    cur: WindowStats,
+    windows: VersionWindows,
+    baseline: WindowStats | None,
     published: float | None,
 ) -> Probe | None:
     return _latency(rule, cur, baseline)
@@ -168,7 +185,9 @@ def _above(rule: Rule, k: int, n: int) -> Probe | None:
         return None
     rate = k / n
     return Probe(
-        rate, n, None,
+        rate,
+        n,
+        None,
         lambda t: _rate(rule, k, n, t, rule.confidence, "above"),
         lambda t: rate <= t,
     )
@@ -190,7 +209,9 @@ def _latency(rule: Rule, cur: WindowStats, baseline: WindowStats | None) -> Prob
         scale = base
     # "the q-quantile exceeds X" ⟺ "more than 1−q of requests are slower than X": a rate test.
     return Probe(
-        value / scale, n, base,
+        value / scale,
+        n,
+        base,
         lambda t: _rate(rule, cur.latency_above(t * scale), n, 1 - q, rule.confidence, "above"),
         lambda t: value / scale <= t,
         {"quantile": q, "latency_s": value},
@@ -254,15 +275,26 @@ def conclude(
         **probe.extra,
     }
     return Finding(
-        rule.id, model_id, version, group, fired, probe.inside(base_step.threshold),
-        step.severity, step.level, observation,
+        rule.id,
+        model_id,
+        version,
+        group,
+        fired,
+        probe.inside(base_step.threshold),
+        step.severity,
+        step.level,
+        observation,
     )
 
 
 def _untested(probe: Probe) -> stats.TestResult:
     return stats.TestResult(
-        "not tested: the estimate is inside the threshold", probe.value, 1.0, False,
-        (math.nan, math.nan), probe.samples,
+        "not tested: the estimate is inside the threshold",
+        probe.value,
+        1.0,
+        False,
+        (math.nan, math.nan),
+        probe.samples,
     )
 
 
@@ -272,9 +304,7 @@ def _accuracy_gaps(
     findings = []
     attributes = [rule.attribute] if rule.attribute else sorted(cur.groups)
     for attr in attributes:
-        groups = {
-            value: g for value, g in cur.groups.get(attr, {}).items() if g.labelled >= rule.min_samples
-        }
+        groups = {value: g for value, g in cur.groups.get(attr, {}).items() if g.labelled >= rule.min_samples}
         if len(groups) < 2:
             continue
         ranked = sorted(groups.items(), key=lambda item: _accuracy(item[1]))
@@ -283,13 +313,15 @@ def _accuracy_gaps(
         pairs = len(groups) * (len(groups) - 1) // 2
         ref_gap = 0.0
         if rule.compare == "widening":
-            ref = (baseline.groups.get(attr, {}) if baseline else {})
+            ref = baseline.groups.get(attr, {}) if baseline else {}
             ref_best, ref_worst = ref.get(best_name), ref.get(worst_name)
             if not ref_best or not ref_worst or min(ref_best.labelled, ref_worst.labelled) < rule.min_samples:
                 continue
             ref_gap = _accuracy(ref_best) - _accuracy(ref_worst)
 
-        def test(t: float, b: GroupStats = best, w: GroupStats = worst, r: float = ref_gap, m: int = pairs) -> stats.TestResult:
+        def test(
+            t: float, b: GroupStats = best, w: GroupStats = worst, r: float = ref_gap, m: int = pairs
+        ) -> stats.TestResult:
             return stats.difference_above(
                 b.correct, b.labelled, w.correct, w.labelled, r + t, rule.confidence, comparisons=m
             )
@@ -298,7 +330,9 @@ def _accuracy_gaps(
             return widened <= t
 
         probe = Probe(
-            gap - ref_gap, best.labelled + worst.labelled, ref_gap if rule.compare == "widening" else None,
+            gap - ref_gap,
+            best.labelled + worst.labelled,
+            ref_gap if rule.compare == "widening" else None,
             test,
             inside,
             {"attribute": attr, "best": best_name, "worst": worst_name, "gap": gap},

@@ -34,7 +34,9 @@ class ProxyAttribute(BaseModel):
     proxy_for: str | None = Field(default=None, min_length=1)  # free text, for the operator and evidence
 
 
-def select(protected: Iterable[str], proxies: Iterable[str], which: AttributeSelection) -> list[tuple[str, bool]]:
+def select(
+    protected: Iterable[str], proxies: Iterable[str], which: AttributeSelection
+) -> list[tuple[str, bool]]:
     """(attribute, is_proxy) for the attributes a rule's `attributes: which` tests, sorted by name."""
     chosen = [(name, False) for name in protected] if which != "proxies" else []
     chosen += [(name, True) for name in proxies] if which != "protected" else []
@@ -112,22 +114,27 @@ def fairness_problems(spec: FairnessSpec) -> Iterator[tuple[Loc, str]]:
         if value is None or isinstance(value, str) and value.strip():
             continue
         if isinstance(value, str):
-            yield ("protected", name, "reference"), "must not be empty (leave it out for the most favoured group)"
+            yield (
+                ("protected", name, "reference"),
+                "must not be empty (leave it out for the most favoured group)",
+            )
         elif isinstance(value, (list, dict)):
             kind = "a list" if isinstance(value, list) else "a mapping"
             yield ("protected", name, "reference"), f"must be a string naming one group (got {kind})"
         else:
             # YAML reads `01` as 1, `no` as false, `2024-01-01` as a date: only quoted text is certain.
             shown = str(value).lower() if isinstance(value, bool) else str(value)
-            yield ("protected", name, "reference"), (
-                f"must be a string: group values are compared as text, so quote it (got {shown})"
+            yield (
+                ("protected", name, "reference"),
+                (f"must be a string: group values are compared as text, so quote it (got {shown})"),
             )
     for name in spec.proxies:
         if not name.strip():
             yield ("proxies", name), "an attribute name must not be empty"
         elif name in spec.protected:
-            yield ("proxies", name), (
-                f"{name!r} is also declared protected; an attribute is either protected or a proxy"
+            yield (
+                ("proxies", name),
+                (f"{name!r} is also declared protected; an attribute is either protected or a proxy"),
             )
 
 
@@ -136,8 +143,10 @@ def selection_problem(spec: FairnessSpec, which: AttributeSelection, defined_at:
     if select(spec.protected, spec.proxies, which):
         return None
     declared = {"protected": "protected attributes", "proxies": "proxies", "all": "attributes"}[which]
-    why = f"the fairness section at {defined_at} declares no {declared}" if defined_at else (
-        "no file has a fairness section"
+    why = (
+        f"the fairness section at {defined_at} declares no {declared}"
+        if defined_at
+        else ("no file has a fairness section")
     )
     return (
         f"attributes {which!r} selects nothing to test: {why}"

@@ -27,13 +27,33 @@ from monitor.aggregates.access import (
 # The spelled-out names (pydantic and mypy need literals); tests/unit/test_kinds.py checks that they
 # match the tables, in order (a file's "must be 'accuracy', ..." message lists them in this order).
 Metric = Literal[
-    "accuracy", "accuracy_gap", "error_rate", "latency", "unserved_users", "flag_rate", "silence",
-    "disparate_impact", "fnr_gap", "group_shift",
-    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
-    "denied_burst", "new_source_privileged", "query_volume",
+    "accuracy",
+    "accuracy_gap",
+    "error_rate",
+    "latency",
+    "unserved_users",
+    "flag_rate",
+    "silence",
+    "disparate_impact",
+    "fnr_gap",
+    "group_shift",
+    "policy_violations",
+    "off_hours_access",
+    "new_principal_access",
+    "access_volume",
+    "unapproved_artifacts",
+    "denied_burst",
+    "new_source_privileged",
+    "query_volume",
 ]
 Compare = Literal[
-    "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence",
+    "above",
+    "below",
+    "below_published_minimum",
+    "relative_drop",
+    "ratio_above",
+    "widening",
+    "silence",
     "shift",
 ]
 Baseline = Literal["reference", "week_ago"]
@@ -111,25 +131,68 @@ def _count(
     """A security metric: a count of events per principal, key or artifact, never a rate (one
     unauthorized download is an incident), so no binomial test applies."""
     return MetricKind(
-        name, "security", compares, "counts", "count", baseline=baseline, least_count=least_count,
-        counter=counter, subject=subject, rolls_back=rolls_back, keys=keys,
+        name,
+        "security",
+        compares,
+        "counts",
+        "count",
+        baseline=baseline,
+        least_count=least_count,
+        counter=counter,
+        subject=subject,
+        rolls_back=rolls_back,
+        keys=keys,
     )
 
 
 # The rows, in `Metric` order.
 METRICS: tuple[MetricKind, ...] = (
-    MetricKind("accuracy", "performance", ("below", "below_published_minimum", "relative_drop"), "rate",
-               "fraction", rate=True, needs_labels=True, baseline="version"),
-    MetricKind("accuracy_gap", "performance", ("widening", "above"), "gaps", "fraction", rate=True,
-               needs_labels=True, baseline="version", keys=("attribute",)),
+    MetricKind(
+        "accuracy",
+        "performance",
+        ("below", "below_published_minimum", "relative_drop"),
+        "rate",
+        "fraction",
+        rate=True,
+        needs_labels=True,
+        baseline="version",
+    ),
+    MetricKind(
+        "accuracy_gap",
+        "performance",
+        ("widening", "above"),
+        "gaps",
+        "fraction",
+        rate=True,
+        needs_labels=True,
+        baseline="version",
+        keys=("attribute",),
+    ),
     MetricKind("error_rate", "availability", ("above",), "rate", "fraction", rate=True),
     # A latency quantile is a rate too: "the q-quantile exceeds X" is "more than 1−q of the requests
     # are slower than X", a binomial question.
-    MetricKind("latency", "availability", _ABOVE_OR_RATIO, "rate", "seconds", rate=True, baseline="version",
-               keys=("quantile",), required_keys=("quantile",)),
+    MetricKind(
+        "latency",
+        "availability",
+        _ABOVE_OR_RATIO,
+        "rate",
+        "seconds",
+        rate=True,
+        baseline="version",
+        keys=("quantile",),
+        required_keys=("quantile",),
+    ),
     MetricKind("unserved_users", "availability", ("above",), "rate", "fraction", rate=True),
-    MetricKind("flag_rate", "output_quality", ("above",), "rate", "fraction", rate=True,
-               keys=("flag",), required_keys=("flag",)),
+    MetricKind(
+        "flag_rate",
+        "output_quality",
+        ("above",),
+        "rate",
+        "fraction",
+        rate=True,
+        keys=("flag",),
+        required_keys=("flag",),
+    ),
     MetricKind("silence", "silence", ("silence",), "silence", "seconds"),
     # A disparate impact is a ratio of favourable rates: below 1.0 is any difference at all.
     MetricKind("disparate_impact", "bias", ("below",), "groups", "ratio", rate=True),
@@ -144,8 +207,9 @@ METRICS: tuple[MetricKind, ...] = (
     _count("denied_burst", DENIED),
     _count("new_source_privileged", NEW_SOURCE_PRIVILEGED, keys=("follow",)),
     # A query cap of 0 would fire on all use.
-    _count("query_volume", QUERIES, _ABOVE_OR_RATIO, baseline="own_history", least_count=1,
-           subject="api_key"),
+    _count(
+        "query_volume", QUERIES, _ABOVE_OR_RATIO, baseline="own_history", least_count=1, subject="api_key"
+    ),
 )
 KINDS: dict[str, MetricKind] = {kind.name: kind for kind in METRICS}
 
@@ -164,7 +228,14 @@ COMPARISONS: tuple[Comparison, ...] = (
 
 # Keys that belong to some metrics only, in the order the loader reports them.
 METRIC_KEYS = (
-    "flag", "quantile", "attribute", "min_label_coverage", "fdr", "attributes", "revoke", "min_volume",
+    "flag",
+    "quantile",
+    "attribute",
+    "min_label_coverage",
+    "fdr",
+    "attributes",
+    "revoke",
+    "min_volume",
     "follow",
 )
 # Keys every metric of a family takes: bias rules test groups (with FDR control, over chosen
@@ -208,8 +279,9 @@ LABEL_METRICS = metrics_where(needs_labels=True)
 COUNTERS: dict[str, str] = {k.name: k.counter for k in METRICS if k.counter is not None}
 NO_ROLLBACK_METRICS = metrics_where(rolls_back=False)
 # For each metric-specific key, the metrics that take it (and those that must give it).
-KEY_METRICS: dict[str, frozenset[str]] = {key: frozenset(k.name for k in METRICS if key in k.takes)
-                                          for key in METRIC_KEYS}
+KEY_METRICS: dict[str, frozenset[str]] = {
+    key: frozenset(k.name for k in METRICS if key in k.takes) for key in METRIC_KEYS
+}
 REQUIRED_KEY_METRICS: dict[str, frozenset[str]] = {
     key: frozenset(k.name for k in METRICS if key in k.required_keys) for key in METRIC_KEYS
 }

@@ -45,8 +45,14 @@ from monitor.rules.schema import (
 from monitor.rules.yamlfile import Problem, RulesFile, RulesFileError, read_file, validate
 
 __all__ = [
-    "Problem", "RulesFileError", "check_command", "default_rules_path", "format_duration", "load_rules",
-    "parse_duration", "resolve_rules_path",
+    "Problem",
+    "RulesFileError",
+    "check_command",
+    "default_rules_path",
+    "format_duration",
+    "load_rules",
+    "parse_duration",
+    "resolve_rules_path",
 ]
 
 DEFAULT_RULES_FILE = "default.yaml"  # shipped in this package (package data), beside this module
@@ -87,8 +93,10 @@ def default_rules_path() -> Path:
     found = resources.files("monitor.rules").joinpath(DEFAULT_RULES_FILE)
     # Installed from a wheel or a source tree the package is a directory; only a zip import is not.
     if not isinstance(found, Path) or not found.is_file():
-        raise ConfigError(f"the packaged default rules ({found}) are missing from this installation; "
-                          "reinstall the monitor or set MONITOR_RULES_PATH to a rules file or directory")
+        raise ConfigError(
+            f"the packaged default rules ({found}) are missing from this installation; "
+            "reinstall the monitor or set MONITOR_RULES_PATH to a rules file or directory"
+        )
     return found
 
 
@@ -98,19 +106,24 @@ def resolve_rules_path(path: Path | None) -> Path:
 
 
 # Where a path that does not exist came from, and how to do without one.
-_MOVE_HINT = ("set MONITOR_RULES_PATH (or the PATH of `monitor rules check`) to a rules file or directory, "
-              "or leave it unset for the packaged default rules")
+_MOVE_HINT = (
+    "set MONITOR_RULES_PATH (or the PATH of `monitor rules check`) to a rules file or directory, "
+    "or leave it unset for the packaged default rules"
+)
 
 
 def _files(path: Path) -> list[Path]:
     """The files a load reads: `path` itself, or every *.yaml / *.yml in it (not dot-files), sorted."""
     if path.is_dir():
         found = sorted(
-            p for p in path.iterdir()
+            p
+            for p in path.iterdir()
             if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
         )
         if not found:
-            raise ConfigError(f"{path.absolute()}: no *.yaml or *.yml rules files in this directory; {_MOVE_HINT}")
+            raise ConfigError(
+                f"{path.absolute()}: no *.yaml or *.yml rules files in this directory; {_MOVE_HINT}"
+            )
         return found
     if path.is_file():
         return [path]
@@ -224,7 +237,8 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
         window_s=spec.window,
         threshold=threshold,
         # Security rules count events: the defaults' sample size is for rates and would silence them.
-        min_samples=_first(spec.min_samples, SECURITY_MIN_SAMPLES) if spec.metric in SECURITY_METRICS
+        min_samples=_first(spec.min_samples, SECURITY_MIN_SAMPLES)
+        if spec.metric in SECURITY_METRICS
         else _first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
         min_label_coverage=coverage,
         test=spec.test or ("binomial" if spec.metric in RATE_METRICS else "none"),
@@ -244,8 +258,18 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
 
 # Keys a Rule takes over from the file unchanged.
 _SAME_KEYS = {
-    "id", "category", "description", "metric", "compare", "baseline", "severity", "level", "rollback", "flag",
-    "quantile", "attribute",
+    "id",
+    "category",
+    "description",
+    "metric",
+    "compare",
+    "baseline",
+    "severity",
+    "level",
+    "rollback",
+    "flag",
+    "quantile",
+    "attribute",
 }
 
 
@@ -293,7 +317,9 @@ def check_command(path: Path | None = None) -> tuple[int, str]:
         lines.append("models: " + ", ".join(facts))
     declared = ruleset.fairness
     if declared.protected or declared.proxies:
-        protected = [f"{a} (reference {p.reference})" if p.reference else a for a, p in declared.protected.items()]
+        protected = [
+            f"{a} (reference {p.reference})" if p.reference else a for a, p in declared.protected.items()
+        ]
         proxies = [f"{a} (for {p.proxy_for})" if p.proxy_for else a for a, p in declared.proxies.items()]
         listed = (", ".join(sorted(names)) or "-" for names in (protected, proxies))
         lines.append("fairness: protected {}; proxies {}".format(*listed))

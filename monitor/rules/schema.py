@@ -118,7 +118,7 @@ class Rule(BaseModel):
 
     @property
     def direction(self) -> Direction:
-        """"down" when a smaller value is worse (below, below_published_minimum), else "up" (shift too)."""
+        """ "down" when a smaller value is worse (below, below_published_minimum), else "up" (shift too)."""
         return "down" if self.compare in DOWN_COMPARES else "up"
 
 
@@ -177,6 +177,7 @@ class RuleSet(BaseModel):
 
 
 # --- durations ------------------------------------------------------------------------------------
+
 
 def _duration_field(value: Any) -> int | None:
     return None if value is None else parse_duration(value)

@@ -45,8 +45,9 @@ def evaluate_security(
             expected = reference.get(raw_key, 0) * rule.window_s / REFERENCE_S
             ratio = amount / expected if expected else math.inf
             fired = amount >= rule.min_volume and ratio > rule.threshold
-            observation.update(baseline=expected, ratio=None if math.isinf(ratio) else ratio,
-                               min_volume=rule.min_volume)
+            observation.update(
+                baseline=expected, ratio=None if math.isinf(ratio) else ratio, min_volume=rule.min_volume
+            )
         else:
             fired = amount > rule.threshold
         observation["test"] = {"method": "count against threshold", "significant": fired}

@@ -25,9 +25,15 @@ from monitor.rules.schema import DefaultsSpec, FileSpec, Loc, ModelSpec, RuleSpe
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _KNOWN_KEYS = sorted(
-    set(RuleSpec.model_fields) | set(FileSpec.model_fields) | set(DefaultsSpec.model_fields)
-    | set(ModelSpec.model_fields) | set(FairnessSpec.model_fields) | set(ProtectedSpec.model_fields)
-    | set(ProxySpec.model_fields) | set(AccessPolicySpec.model_fields) | set(NormalHoursSpec.model_fields)
+    set(RuleSpec.model_fields)
+    | set(FileSpec.model_fields)
+    | set(DefaultsSpec.model_fields)
+    | set(ModelSpec.model_fields)
+    | set(FairnessSpec.model_fields)
+    | set(ProtectedSpec.model_fields)
+    | set(ProxySpec.model_fields)
+    | set(AccessPolicySpec.model_fields)
+    | set(NormalHoursSpec.model_fields)
     | set(GrantSpec.model_fields)
 )
 
@@ -133,7 +139,9 @@ def read_file(path: Path) -> RulesFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        out.problems.append(Problem(source, line, "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+        out.problems.append(
+            Problem(source, line, "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        )
         return out
     loader = yaml.SafeLoader(text)
     try:
@@ -183,10 +191,14 @@ def _show(value: object) -> str:
 
 
 _TYPE_MESSAGES = {
-    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
     "dict_type": "must be a mapping",
-    "list_type": "must be a list", "int_type": "must be an integer", "float_type": "must be a number",
-    "string_type": "must be a string", "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
 }
 # pydantic's wording, in the voice of the rest of the messages.
 _WORDING = (("greater than or equal to", "at least"), ("less than or equal to", "at most"))

@@ -150,8 +150,13 @@ class ModelIndex:
 
     def sources(self, model_id: str) -> list[ModelSource]:
         """The kinds of state the model has (empty: an unknown model)."""
-        return [name for name, ids in zip(MODEL_SOURCES, (self.predictions, self.access, self.incidents, self.control),
-                                          strict=True) if model_id in ids]
+        return [
+            name
+            for name, ids in zip(
+                MODEL_SOURCES, (self.predictions, self.access, self.incidents, self.control), strict=True
+            )
+            if model_id in ids
+        ]
 
 
 ModelSource = Literal["predictions", "access", "incidents", "control"]
@@ -169,7 +174,9 @@ async def read_model_index(redis: Redis, keys: Keys) -> ModelIndex:
         for name in _model_indexes(keys):
             pipe.smembers(name)
         predictions, access, incidents, control = await pipe.execute()
-    return ModelIndex(*(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control)))
+    return ModelIndex(
+        *(frozenset(text(m) for m in members) for members in (predictions, access, incidents, control))
+    )
 
 
 async def model_sources(redis: Redis, keys: Keys, model_id: str) -> list[ModelSource]:

@@ -62,13 +62,9 @@ class StoreReads:
 
     async def window(self, model_id: str, version: str, start_s: float, end_s: float) -> WindowStats:
         """Statistics of one version over [start_s, end_s) at minute resolution."""
-        return WindowStats.from_counters(
-            await self.minute_counters(model_id, version, start_s, end_s)
-        )
+        return WindowStats.from_counters(await self.minute_counters(model_id, version, start_s, end_s))
 
-    async def _sum(
-        self, model_id: str, version: str, resolution: str, starts: range
-    ) -> Counter[str]:
+    async def _sum(self, model_id: str, version: str, resolution: str, starts: range) -> Counter[str]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for start in starts:
                 pipe.hgetall(self.keys.bucket(model_id, version, resolution, start))

@@ -142,9 +142,7 @@ class RedisStore(StoreReads):
 
     async def apply_predictions(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Add a batch of predictions to their models' buckets; at most once per (model, offset)."""
-        return await self._apply_guarded(
-            topic, located, self._prediction_call, index=self.keys.models()
-        )
+        return await self._apply_guarded(topic, located, self._prediction_call, index=self.keys.models())
 
     async def apply_labels(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Join a batch of labels to their predictions; at most once per (model, offset)."""
@@ -158,9 +156,7 @@ class RedisStore(StoreReads):
 
     async def apply_registry(self, topic: str, located: Sequence[Located]) -> ApplyResult:
         """Record approvals and check every artifact write and deployment against them; at most once."""
-        return await self._apply_guarded(
-            topic, located, self._registry_call, index=self.keys.access_models()
-        )
+        return await self._apply_guarded(topic, located, self._registry_call, index=self.keys.access_models())
 
     async def _apply_guarded(
         self,
@@ -326,8 +322,12 @@ class RedisStore(StoreReads):
         share = fold_access(located, policy, topic)[model_id]
         k = self.keys
         keys = [
-            k.offsets(model_id), k.access_facts(model_id), k.known_access(model_id),
-            k.known_sources(model_id), k.new_source_logins(model_id), k.recent_access(model_id),
+            k.offsets(model_id),
+            k.access_facts(model_id),
+            k.known_access(model_id),
+            k.known_sources(model_id),
+            k.new_source_logins(model_id),
+            k.recent_access(model_id),
         ]
         minutes = {(ACCESS_VERSION, start_s): counts for start_s, counts in share.minutes.items()}
         buckets = self._buckets(model_id, minutes, keys)
@@ -359,9 +359,7 @@ class RedisStore(StoreReads):
 
     def _label_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
         k = self.keys
-        labels = [
-            [item.event.request_id, label_record(item.event)] for item in located
-        ]
+        labels = [[item.event.request_id, label_record(item.event)] for item in located]
         label_days = [int(item.event.epoch_s) // DAY_S * DAY_S for item in located]
         look_back = -(-self.label_join_ttl_s // DAY_S) + 1
         days = range(max(label_days) + DAY_S, min(label_days) - (look_back + 1) * DAY_S, -DAY_S)
@@ -375,7 +373,10 @@ class RedisStore(StoreReads):
         }
         keys = [k.offsets(model_id), k.waiting_labels(model_id), k.waiting_until(model_id)]
         return _Call(
-            self._labels, keys, orjson.dumps(payload), len(located),
+            self._labels,
+            keys,
+            orjson.dumps(payload),
+            len(located),
             ("labels_matched", "labels_waiting", "labels_expired"),
         )
 

@@ -16,6 +16,7 @@ it. Two sorted sets per version hold each user's newest request and newest succe
 with them, users(W) = ZCOUNT(seen, now - W, +inf) and unserved(W) = users(W) - ZCOUNT(served,
 now - W, +inf), exact (no sketch) because every success is also a request, so served ⊆ seen.
 """
+
 from __future__ import annotations
 
 import time
@@ -119,7 +120,9 @@ class WindowReader:
         self._first_read: dict[tuple[str, str], float] = {}  # (model, version) -> first read (monotonic)
         self.require(windows_s)
 
-    async def read(self, pairs: Sequence[tuple[str, str]], now: float) -> dict[tuple[str, str], VersionWindows]:
+    async def read(
+        self, pairs: Sequence[tuple[str, str]], now: float
+    ) -> dict[tuple[str, str], VersionWindows]:
         """Windows of every (model, version) pair at event time `now`."""
         minute0 = int(now) - int(now) % MINUTE_S
         hour0 = int(now) - int(now) % HOUR_S
@@ -128,7 +131,9 @@ class WindowReader:
             self._first_read.setdefault(pair, checked)
         older_minutes = tuple(range(FRESH_MINUTES, MINUTES_KEPT))
         closed_hours = tuple(range(1, self.closed_hours + 1))
-        minute_plan = self._plan(pairs, self._tails, minute0, MINUTE_S, older_minutes, self.minute_ranges, checked)
+        minute_plan = self._plan(
+            pairs, self._tails, minute0, MINUTE_S, older_minutes, self.minute_ranges, checked
+        )
         hour_plan = self._plan(pairs, self._closed, hour0, HOUR_S, closed_hours, self.ranges, checked)
         plan = [(pair, minute_plan[pair], hour_plan[pair]) for pair in pairs]
         result: dict[tuple[str, str], VersionWindows] = {}
@@ -141,7 +146,16 @@ class WindowReader:
                 users = {w: unserved(int(next(replies)), int(next(replies))) for w in self.user_windows_s}
                 hours = {back: sum_buckets([next(replies)]) for back in hour_backs}
                 minutes.update(enumerate(fresh))  # range sums count minutes back from the current one
-                _update(self._tails, pair, minute0, minute_backs, minutes, older_minutes, self.minute_ranges, checked)
+                _update(
+                    self._tails,
+                    pair,
+                    minute0,
+                    minute_backs,
+                    minutes,
+                    older_minutes,
+                    self.minute_ranges,
+                    checked,
+                )
                 _update(self._closed, pair, hour0, hour_backs, hours, closed_hours, self.ranges, checked)
                 result[pair] = VersionWindows(
                     now, fresh, [current_hour], users, self._closed[pair][2], self._tails[pair][2]
@@ -188,7 +202,10 @@ class WindowReader:
         return FRESH_MINUTES + len(minute_backs) + 1 + 2 * len(self.user_windows_s) + len(hour_backs)
 
     async def _fetch(
-        self, chunk: list[tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]], minute0: int, hour0: int,
+        self,
+        chunk: list[tuple[tuple[str, str], tuple[int, ...], tuple[int, ...]]],
+        minute0: int,
+        hour0: int,
         now: float,
     ) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:

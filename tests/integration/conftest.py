@@ -45,7 +45,9 @@ class Bus:
             assert time.monotonic() < deadline, "could not read the topics to their end"
             for tp, records in (await self.consumer.getmany(timeout_ms=200)).items():
                 for record in records:
-                    self.seen.setdefault((tp.topic, record.key.decode()), []).append(orjson.loads(record.value))
+                    self.seen.setdefault((tp.topic, record.key.decode()), []).append(
+                        orjson.loads(record.value)
+                    )
 
     async def control(self, model_id: str) -> list[dict[str, Any]]:
         await self.drain()
@@ -53,7 +55,13 @@ class Bus:
 
     async def incidents(self, model_id: str) -> list[dict[str, Any]]:
         await self.drain()
-        return [e for (t, _), events in self.seen.items() if t == self.incidents_topic for e in events if e["model_id"] == model_id]
+        return [
+            e
+            for (t, _), events in self.seen.items()
+            if t == self.incidents_topic
+            for e in events
+            if e["model_id"] == model_id
+        ]
 
 
 @dataclass
@@ -70,12 +78,20 @@ class World:
         """The agents' write path under `keys`, with hour buckets kept long enough for a week's baseline."""
         return RedisStore(self.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
 
-    def evaluator(self, keys: Keys, clock: Callable[[], float], rules: RuleSet | None = None, **options: Any) -> Evaluator:
+    def evaluator(
+        self, keys: Keys, clock: Callable[[], float], rules: RuleSet | None = None, **options: Any
+    ) -> Evaluator:
         """An evaluator on `clock` (and `rules`, else the default ones) that always re-reads closed windows;
         `options` go to Evaluator as they are."""
         return Evaluator(
-            self.redis, keys, self.rules if rules is None else rules, self.publisher, clock=clock,
-            reader=WindowReader(self.redis, keys, closed_refresh_s=0), evidence_dir=self.evidence, **options,
+            self.redis,
+            keys,
+            self.rules if rules is None else rules,
+            self.publisher,
+            clock=clock,
+            reader=WindowReader(self.redis, keys, closed_refresh_s=0),
+            evidence_dir=self.evidence,
+            **options,
         )
 
 
@@ -88,20 +104,34 @@ async def open_world(services: tuple[str, str], evidence: Path, kind: type[W]) -
     settings = unique_settings(*services)
     await ensure_topics(settings)
     async with AsyncExitStack() as stack:
-        publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
+        publisher = KafkaPublisher(
+            settings.kafka_bootstrap,
+            control_topic=settings.topics.control,
+            incidents_topic=settings.topics.incidents,
+        )
         await publisher.start()
         stack.push_async_callback(publisher.stop)
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         # Assigned, not subscribed: no group rebalance to wait for, and every message from offset 0.
-        tps = [TopicPartition(t, p) for t in (settings.topics.control, settings.topics.incidents) for p in range(settings.partitions)]
+        tps = [
+            TopicPartition(t, p)
+            for t in (settings.topics.control, settings.topics.incidents)
+            for p in range(settings.partitions)
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         rules = load_rules(default_rules_path())
         redis = Redis.from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
-        yield kind(redis, publisher, Bus(consumer, settings.topics.control, settings.topics.incidents), rules, evidence)
+        yield kind(
+            redis,
+            publisher,
+            Bus(consumer, settings.topics.control, settings.topics.incidents),
+            rules,
+            evidence,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,15 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     with (folder / "log").open("wb") as log:
         proc = subprocess.Popen(
-            [BINARY, f"--config.file={config}", f"--storage.path={folder / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=subprocess.DEVNULL, stderr=log,
+            [
+                BINARY,
+                f"--config.file={config}",
+                f"--storage.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -62,9 +68,18 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def event(status: str, kind: str) -> IncidentEvent:
     now = time.time()
     return IncidentEvent(
-        event=kind, id="INC-20261126-abcdef01", category="bias", rule="disparate-impact", model_id="loan-approval",  # type: ignore[arg-type]
-        model_version="2.3", severity="HIGH", status=status, opened_at=now - 60, updated_at=now,  # type: ignore[arg-type]
-        observation={"value": 0.7, "threshold": 0.8}, group="sex=F",
+        event=kind,
+        id="INC-20261126-abcdef01",
+        category="bias",
+        rule="disparate-impact",
+        model_id="loan-approval",  # type: ignore[arg-type]
+        model_version="2.3",
+        severity="HIGH",
+        status=status,
+        opened_at=now - 60,
+        updated_at=now,  # type: ignore[arg-type]
+        observation={"value": 0.7, "threshold": 0.8},
+        group="sex=F",
         summary="potential discrimination: disparate impact of sex=F on loan-approval 2.3 is 0.7 (threshold 0.8)",
     )
 
@@ -81,16 +96,25 @@ async def alerts(url: str) -> list[dict[str, object]]:
 
 async def test_an_opened_incident_is_an_alert_and_a_resolved_one_ends_it(alertmanager: str) -> None:
     registry = CollectorRegistry()
-    deliverer = Deliverer(alertmanager_url=alertmanager, first_backoff_s=0.2,
-                          public_url="https://aimon.example.org/", counters=NotificationMetrics(registry))
+    deliverer = Deliverer(
+        alertmanager_url=alertmanager,
+        first_backoff_s=0.2,
+        public_url="https://aimon.example.org/",
+        counters=NotificationMetrics(registry),
+    )
     deadline = time.monotonic() + 20
     while deliverer.delivered == 0 and time.monotonic() < deadline:  # Alertmanager may still be starting
         deliverer.submit(event("open", "opened"))
         await deliverer.drain()
     [alert] = await alerts(alertmanager)
     assert alert["labels"] == {
-        "alertname": "disparate-impact", "incident_id": "INC-20261126-abcdef01", "model_id": "loan-approval",
-        "severity": "high", "category": "bias", "source": "aimon", "group": "sex=F",
+        "alertname": "disparate-impact",
+        "incident_id": "INC-20261126-abcdef01",
+        "model_id": "loan-approval",
+        "severity": "high",
+        "category": "bias",
+        "source": "aimon",
+        "group": "sex=F",
     }
     assert str(alert["annotations"]["summary"]).startswith("potential discrimination")  # type: ignore[index]
     assert alert["status"]["state"] == "active"  # type: ignore[index]
@@ -119,7 +143,9 @@ async def test_webhooks_are_retried_with_backoff() -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        deliverer = Deliverer(alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"], first_backoff_s=0.1)
+        deliverer = Deliverer(
+            alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"], first_backoff_s=0.1
+        )
         deliverer.submit(event("open", "opened"))
         await deliverer.drain()
         assert len(calls) == 3 and deliverer.delivered == 1 and deliverer.failed == 0
@@ -131,16 +157,25 @@ async def test_webhooks_are_retried_with_backoff() -> None:
 async def test_a_delivery_given_up_is_counted_per_channel() -> None:
     registry = CollectorRegistry()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    deliverer = Deliverer(alertmanager_url=closed, webhook_urls=[f"{closed}/hook"], attempts=2,
-                          first_backoff_s=0.05, counters=NotificationMetrics(registry))
+    deliverer = Deliverer(
+        alertmanager_url=closed,
+        webhook_urls=[f"{closed}/hook"],
+        attempts=2,
+        first_backoff_s=0.05,
+        counters=NotificationMetrics(registry),
+    )
     deliverer.submit(event("open", "opened"))
     await deliverer.drain()
     assert deliverer.failed == 2 and deliverer.delivered == 0
-    assert counted(registry, "failures", "alertmanager") == 1 and counted(registry, "failures", "webhook") == 1
+    assert (
+        counted(registry, "failures", "alertmanager") == 1 and counted(registry, "failures", "webhook") == 1
+    )
     assert counted(registry, "deliveries", "webhook") == 0
 
 
-async def test_related_incidents_page_once_and_open_ones_are_re_notified(services: tuple[str, str], tmp_path: Path) -> None:
+async def test_related_incidents_page_once_and_open_ones_are_re_notified(
+    services: tuple[str, str], tmp_path: Path
+) -> None:
     """Two rules fire on one model in one tick: one webhook message with both; hours later, one reminder."""
     from redis.asyncio import Redis
 
@@ -169,7 +204,11 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
     await web.TCPSite(runner, "127.0.0.1", port).start()
     settings = unique_settings(*services)
     await ensure_topics(settings)
-    publisher = KafkaPublisher(settings.kafka_bootstrap, control_topic=settings.topics.control, incidents_topic=settings.topics.incidents)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap,
+        control_topic=settings.topics.control,
+        incidents_topic=settings.topics.incidents,
+    )
     await publisher.start()
     redis = Redis.from_url(settings.redis_url)
     try:
@@ -177,17 +216,32 @@ async def test_related_incidents_page_once_and_open_ones_are_re_notified(service
         store = RedisStore(redis, keys, minute_ttl_s=26 * 3600, hour_ttl_s=15 * 86400)
         now = time.time()
         events = [
-            PredictionEvent(model_id="chatbot", model_version="1", request_id=f"r{i}", ts=now - 200 + i * 0.1,
-                            prediction="ok", error=(i % 10 == 0) or None, flags=["toxic"] if i % 50 == 0 else [],
-                            user_id=f"u{i}")
+            PredictionEvent(
+                model_id="chatbot",
+                model_version="1",
+                request_id=f"r{i}",
+                ts=now - 200 + i * 0.1,
+                prediction="ok",
+                error=(i % 10 == 0) or None,
+                flags=["toxic"] if i % 50 == 0 else [],
+                user_id=f"u{i}",
+            )
             for i in range(1500)
         ]
         await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
         deliverer = Deliverer(alertmanager_url=None, webhook_urls=[f"http://127.0.0.1:{port}/hook"])
         clock = [now]
-        ev = Evaluator(redis, keys, load_rules(default_rules_path()),
-                       publisher, clock=lambda: clock[0], reader=WindowReader(redis, keys, closed_refresh_s=0),
-                       evidence_dir=tmp_path, deliverer=deliverer, renotify_s=3600)
+        ev = Evaluator(
+            redis,
+            keys,
+            load_rules(default_rules_path()),
+            publisher,
+            clock=lambda: clock[0],
+            reader=WindowReader(redis, keys, closed_refresh_s=0),
+            evidence_dir=tmp_path,
+            deliverer=deliverer,
+            renotify_s=3600,
+        )
         report = await ev.tick()
         assert len(report.opened) >= 2
         await deliverer.drain()

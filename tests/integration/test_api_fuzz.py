@@ -32,7 +32,9 @@ MODEL = "fuzz-model"
 
 
 @pytest.fixture(scope="module")
-async def fuzzed_worker(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkerProcess]:
+async def fuzzed_worker(
+    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[WorkerProcess]:
     config = unique_settings(*services, api_token=TOKEN, evidence_dir=tmp_path_factory.mktemp("evidence"))
     await ensure_topics(config)
     worker = WorkerProcess(config, tmp_path_factory.mktemp("fuzz") / "worker.log")
@@ -49,10 +51,19 @@ async def known_ids(fuzzed_worker: WorkerProcess) -> dict[str, str]:
     """A model and an incident the worker knows, so the fuzz also reads and acts on real ones."""
     now = time.time()
     incident = Incident(
-        id="INC-FUZZ-0001", category="availability", rule="error-rate", model_id=MODEL, model_version="1.0",
-        group=None, severity="HIGH", level=2, opened_at=now, updated_at=now,
+        id="INC-FUZZ-0001",
+        category="availability",
+        rule="error-rate",
+        model_id=MODEL,
+        model_version="1.0",
+        group=None,
+        severity="HIGH",
+        level=2,
+        opened_at=now,
+        updated_at=now,
         observation={"metric": "error_rate", "value": 0.03, "threshold": 0.01, "samples": 1200},
-        scope={"window_s": 300, "decisions": 1200}, outbox=["opened"],
+        scope={"window_s": 300, "decisions": 1200},
+        outbox=["opened"],
     )
     incident.note(now, "opened", severity="HIGH", level=2)
     redis = Redis.from_url(fuzzed_worker.settings.redis_url)
@@ -77,10 +88,17 @@ def api_schema(fuzzed_worker: WorkerProcess) -> Any:
 
 # Parametrized from the document built in-process, then fuzzed from the one the worker serves:
 # schemathesis' own lazy pytest loader does not run on this pytest (it sets a removed node attribute).
-OPERATIONS = sorted((method.upper(), path) for path, ops in openapi_document()["paths"].items() for method in ops)
+OPERATIONS = sorted(
+    (method.upper(), path) for path, ops in openapi_document()["paths"].items() for method in ops
+)
 # Derandomized: the same examples on every run, so CI does not flake on a new random draw.
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                derandomize=True)
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    derandomize=True,
+)
 
 
 @pytest.mark.parametrize("authorized", [True, False], ids=["token", "no-token"])

@@ -34,12 +34,21 @@ class Api:
         self.worker = worker
         self.settings = settings
 
-    async def call(self, method: str, path: str, body: object = None, token: str | None = TOKEN) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, body: object = None, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with aiohttp.ClientSession() as http:
-            async with http.request(method, self.worker.base + path, json=body, headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=15)) as resp:
-                assert resp.content_type == ("text/plain" if path == "/metrics" else "application/json"), await resp.text()
+            async with http.request(
+                method,
+                self.worker.base + path,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=15),
+            ) as resp:
+                assert resp.content_type == ("text/plain" if path == "/metrics" else "application/json"), (
+                    await resp.text()
+                )
                 return resp.status, (await resp.text() if path == "/metrics" else await resp.json())
 
     async def model(self, model_id: str) -> dict[str, Any]:
@@ -76,9 +85,17 @@ async def test_a_model_known_only_from_the_registry_is_listed_shown_escalated_an
     assert listed["level"] == 4 and listed["override"] is None and listed["open_incidents"] == 1
     assert "predictions" not in listed["known_from"] and "access" in listed["known_from"]
     shown = await api.model(model_id)
-    assert shown["level"] == 4 and shown["control"]["mode"] == "paused" and shown["control"]["rollback_to"] == "2.0"
+    assert (
+        shown["level"] == 4
+        and shown["control"]["mode"] == "paused"
+        and shown["control"]["rollback_to"] == "2.0"
+    )
     [incident] = shown["open_incidents"]
-    assert (incident["rule"], incident["severity"], incident["status"]) == ("weights-tampered", "CRITICAL", "open")
+    assert (incident["rule"], incident["severity"], incident["status"]) == (
+        "weights-tampered",
+        "CRITICAL",
+        "open",
+    )
     assert INTERNAL.isdisjoint(incident)
     assert await api.worker.metric("aimon_escalation_level", model_id=model_id) == 4
 
@@ -103,9 +120,17 @@ async def test_a_model_known_only_from_access_logs_can_be_escalated_and_released
     try:
         # A login: the policy lets anyone log in, and a new model is still learning its sources,
         # so this event gives the model state without opening an incident.
-        event = {"ts": time.time(), "principal": "ml-dana", "action": "login", "resource_type": "endpoint",
-                 "resource": f"https://models/{model_id}", "model_id": model_id, "outcome": "allowed",
-                 "source_ip": "10.0.0.5", "auth_method": "sso"}
+        event = {
+            "ts": time.time(),
+            "principal": "ml-dana",
+            "action": "login",
+            "resource_type": "endpoint",
+            "resource": f"https://models/{model_id}",
+            "model_id": model_id,
+            "outcome": "allowed",
+            "source_ip": "10.0.0.5",
+            "auth_method": "sso",
+        }
         await producer.send_and_wait(api.settings.topics.access_logs, orjson.dumps(event), key=b"ml-dana")
     finally:
         await producer.stop()
@@ -115,13 +140,20 @@ async def test_a_model_known_only_from_access_logs_can_be_escalated_and_released
 
     await eventually(listed, timeout_s=30)
     shown = await api.model(model_id)
-    assert (shown["level"], shown["override"], shown["known_from"], shown["open_incidents"]) == (0, None, ["access"], [])
+    assert (shown["level"], shown["override"], shown["known_from"], shown["open_incidents"]) == (
+        0,
+        None,
+        ["access"],
+        [],
+    )
 
     body = {"by": "dana", "why": "audit week"}
     status, reply = await api.call("POST", f"/models/{model_id}/escalate", {**body, "level": 3})
     assert (status, reply["ok"]) == (200, True), reply
     shown = await api.model(model_id)
-    assert (shown["level"], shown["override"], shown["seq"], shown["open_incidents"]) == (3, 3, 1, []), [i["summary"] for i in shown["open_incidents"]]
+    assert (shown["level"], shown["override"], shown["seq"], shown["open_incidents"]) == (3, 3, 1, []), [
+        i["summary"] for i in shown["open_incidents"]
+    ]
     assert shown["control"]["reason"] == "level 3 (near-total oversight): manual override"
     assert shown["known_from"] == ["access", "control"]
     assert await api.worker.metric("aimon_escalation_level", model_id=model_id) == 3
@@ -135,26 +167,52 @@ async def test_unknown_models_and_bodies_are_refused_with_json(api: Api) -> None
     assert await api.call("GET", "/models/no-such-model") == (404, {"error": "no model no-such-model"})
     body = {"by": "dana", "why": "x"}
     assert (await api.call("POST", "/models/no-such-model/release", body))[0] == 404
-    assert (await api.call("POST", "/models/no-such-model/release", body, token=None)) == (401, {"error": "missing bearer token"})
-    assert (await api.call("POST", "/models/no-such-model/release", body, token="wrong")) == (403, {"error": "wrong token"})
+    assert (await api.call("POST", "/models/no-such-model/release", body, token=None)) == (
+        401,
+        {"error": "missing bearer token"},
+    )
+    assert (await api.call("POST", "/models/no-such-model/release", body, token="wrong")) == (
+        403,
+        {"error": "wrong token"},
+    )
     status, reply = await api.call("POST", "/models/no-such-model/escalate", body)
     assert status == 400 and "level" in reply["error"]
     status, reply = await api.call("POST", "/models/no-such-model/escalate", {**body, "level": 5})
     assert status == 400 and "<= 4" in reply["error"]
     status, reply = await api.call("POST", "/models/no-such-model/release", {"by": "  ", "why": "x"})
     assert status == 400 and "$.by" in reply["error"]
-    assert await api.call("GET", "/nowhere") == (404, {"error": "no route /nowhere; the routes are listed at /openapi.json"})
+    assert await api.call("GET", "/nowhere") == (
+        404,
+        {"error": "no route /nowhere; the routes are listed at /openapi.json"},
+    )
     assert await api.call("DELETE", "/models") == (405, {"error": "DELETE is not allowed on /models"})
-    assert await api.call("POST", "/models/m/retire", body) == (404, {"error": "no route /models/m/retire; the routes are listed at /openapi.json"})
+    assert await api.call("POST", "/models/m/retire", body) == (
+        404,
+        {"error": "no route /models/m/retire; the routes are listed at /openapi.json"},
+    )
 
 
 def incident(model_id: str, status: str, opened_at: float, group: str | None = None) -> Incident:
-    return Incident(id=f"INC-T-{uuid.uuid4().hex[:8]}", category="availability", rule="error-rate", model_id=model_id,
-                    model_version="1", group=group, severity="HIGH", level=2, status=status,  # type: ignore[arg-type]
-                    opened_at=opened_at, updated_at=opened_at, reminded_at=opened_at, outbox=["opened"])
+    return Incident(
+        id=f"INC-T-{uuid.uuid4().hex[:8]}",
+        category="availability",
+        rule="error-rate",
+        model_id=model_id,
+        model_version="1",
+        group=group,
+        severity="HIGH",
+        level=2,
+        status=status,  # type: ignore[arg-type]
+        opened_at=opened_at,
+        updated_at=opened_at,
+        reminded_at=opened_at,
+        outbox=["opened"],
+    )
 
 
-async def test_incident_filters_apply_before_the_limit_and_a_model_with_only_incidents_is_listed(api: Api) -> None:
+async def test_incident_filters_apply_before_the_limit_and_a_model_with_only_incidents_is_listed(
+    api: Api,
+) -> None:
     model_id = f"incidents-only-{uuid.uuid4().hex[:6]}"
     now = time.time()
     old_open = incident(model_id, "open", now - 7200)
@@ -194,10 +252,23 @@ async def test_the_openapi_document_lists_every_route(api: Api) -> None:
     status, document = await api.call("GET", "/openapi.json")
     assert status == 200 and document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {
-        "/incidents", "/incidents/{incident_id}", "/incidents/{incident_id}/acknowledge",
-        "/incidents/{incident_id}/mitigate", "/incidents/{incident_id}/resolve", "/models", "/models/{model_id}",
-        "/models/{model_id}/escalate", "/models/{model_id}/release", "/healthz", "/readyz", "/metrics", "/openapi.json",
+        "/incidents",
+        "/incidents/{incident_id}",
+        "/incidents/{incident_id}/acknowledge",
+        "/incidents/{incident_id}/mitigate",
+        "/incidents/{incident_id}/resolve",
+        "/models",
+        "/models/{model_id}",
+        "/models/{model_id}/escalate",
+        "/models/{model_id}/release",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
     }
     assert INTERNAL.isdisjoint(document["components"]["schemas"]["IncidentView"]["properties"])
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": "The worker's MONITOR_API_TOKEN."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The worker's MONITOR_API_TOKEN.",
+    }

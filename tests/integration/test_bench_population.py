@@ -36,7 +36,13 @@ from monitor.store.redis import RedisStore
 pytestmark = pytest.mark.integration
 
 # Hashes whose field names are layout (not traffic): compared field shape by field shape.
-SMALL_HASHES = ("{model}:totals", "{model}:meta", "{model}:versions", "{model}:versions:first", "{model}:offsets")
+SMALL_HASHES = (
+    "{model}:totals",
+    "{model}:meta",
+    "{model}:versions",
+    "{model}:versions:first",
+    "{model}:offsets",
+)
 
 
 def text(value: bytes | str) -> str:
@@ -77,8 +83,9 @@ async def redis(services: tuple[str, str]) -> AsyncIterator[Redis]:
 async def ingest(redis: Redis, prefix: str, settings: Settings) -> None:
     """A few minutes of healthy traffic with some failures and labels, for a one-version model and a
     model running a canary, through the real write paths."""
-    store = RedisStore(redis, Keys(prefix), minute_ttl_s=settings.minute_bucket_ttl_s,
-                       hour_ttl_s=settings.hour_bucket_ttl_s)
+    store = RedisStore(
+        redis, Keys(prefix), minute_ttl_s=settings.minute_bucket_ttl_s, hour_ttl_s=settings.hour_bucket_ttl_s
+    )
     rng = random.Random(5)
     now = int(time.time())
     start = now - now % 60 - 180
@@ -89,7 +96,9 @@ async def ingest(redis: Redis, prefix: str, settings: Settings) -> None:
         *synth_events(rng, "model-0001", "2", start, 180, 150, traffic),
     ]
     labels = synth_labels(rng, events, 0.5, 0.9)
-    await store.apply_predictions(settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)])
+    await store.apply_predictions(
+        settings.topics.predictions, [Located(e, i % 2, i) for i, e in enumerate(events)]
+    )
     await store.apply_labels(settings.topics.labels, [Located(e, i % 2, i) for i, e in enumerate(labels)])
 
 
@@ -98,7 +107,9 @@ async def test_population_writes_the_key_kinds_ingest_writes(redis: Redis) -> No
     real, synthetic = f"bpi-{uuid.uuid4().hex[:8]}", f"bpp-{uuid.uuid4().hex[:8]}"
     try:
         await ingest(redis, real, settings)
-        population = await populate(redis, Keys(synthetic), 2, history_hours=3, minute_history=5, settings=settings)
+        population = await populate(
+            redis, Keys(synthetic), 2, history_hours=3, minute_history=5, settings=settings
+        )
         assert population.pairs == 3
         ingested, populated = await layout(redis, real), await layout(redis, synthetic)
 

@@ -31,11 +31,23 @@ def evaluator(world: World, keys: Keys, clock: list[float]) -> Evaluator:
     return world.evaluator(keys, lambda: clock[0], contact="Dana Reyes, incident commander, +1 555 0100")
 
 
-def loan(model_id: str, i: int, ts: float, sex: str, approved: bool, rng: random.Random, zip3: str | None = None) -> PredictionEvent:
+def loan(
+    model_id: str, i: int, ts: float, sex: str, approved: bool, rng: random.Random, zip3: str | None = None
+) -> PredictionEvent:
     return PredictionEvent(
-        model_id=model_id, model_version="2.3", request_id=f"{model_id}-{i}", ts=ts,
-        prediction=int(approved), positive=approved, confidence=0.9, latency_ms=30.0,
-        groups={"sex": sex, "age_band": rng.choice(["18-34", "35-54", "55+"]), "zip3": zip3 or rng.choice(["941", "100", "606"])},
+        model_id=model_id,
+        model_version="2.3",
+        request_id=f"{model_id}-{i}",
+        ts=ts,
+        prediction=int(approved),
+        positive=approved,
+        confidence=0.9,
+        latency_ms=30.0,
+        groups={
+            "sex": sex,
+            "age_band": rng.choice(["18-34", "35-54", "55+"]),
+            "zip3": zip3 or rng.choice(["941", "100", "606"]),
+        },
         subject_id=f"applicant-{rng.randrange(10**9)}",
     )
 
@@ -62,7 +74,9 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
                 batch.append(loan(model, len(produced) + len(batch), ts, sex, rng.random() < rate, rng))
         produced.extend(batch)
         after_switch_f += sum(1 for e in batch if e.groups["sex"] == "F" and e.epoch_s >= t_switch)
-        await store.apply_predictions("predictions", [Located(e, 0, len(produced) - len(batch) + j) for j, e in enumerate(batch)])
+        await store.apply_predictions(
+            "predictions", [Located(e, 0, len(produced) - len(batch) + j) for j, e in enumerate(batch)]
+        )
         clock[0] = minute_start + MINUTE
         report = await ev.tick()
         assert all(i.category == "bias" and i.rule == "disparate-impact" for i in report.opened)
@@ -84,7 +98,11 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
 
     # affected decisions and subjects, counted here from what was produced
     window_start, now = incident.scope["window_start_s"], incident.scope["window_end_s"]
-    hit = [e for e in produced if e.groups["sex"] == "F" and e.positive is False and window_start <= e.epoch_s <= now]
+    hit = [
+        e
+        for e in produced
+        if e.groups["sex"] == "F" and e.positive is False and window_start <= e.epoch_s <= now
+    ]
     assert incident.scope["affected_decisions"] == len(hit)
     assert incident.scope["affected_subjects"] == len({e.subject_id for e in hit})
     assert incident.scope["complete"] is True
@@ -120,14 +138,28 @@ async def test_fnr_gap_fires_with_enough_labels_and_not_on_thirty(world: World) 
         for sex, fnr in (("F", 0.20), ("M", 0.10)):
             for i in range(2 * per_group):
                 qualified = i < per_group
-                refused = (i < round(per_group * fnr)) if qualified else (i - per_group) >= round(per_group * 0.1)
+                refused = (
+                    (i < round(per_group * fnr)) if qualified else (i - per_group) >= round(per_group * 0.1)
+                )
                 rid = f"{model}-{sex}-{i}"
                 ts = NOW - rng.uniform(60, 20 * HOUR)
-                predictions.append(PredictionEvent(
-                    model_id=model, model_version="1", request_id=rid, ts=ts, prediction=int(not refused),
-                    positive=not refused, groups={"sex": sex, "age_band": "35-54", "zip3": "941"}, subject_id=rid,
-                ))
-                labels.append(LabelEvent(request_id=rid, model_id=model, ts=ts + 3600, label=int(qualified), positive=qualified))
+                predictions.append(
+                    PredictionEvent(
+                        model_id=model,
+                        model_version="1",
+                        request_id=rid,
+                        ts=ts,
+                        prediction=int(not refused),
+                        positive=not refused,
+                        groups={"sex": sex, "age_band": "35-54", "zip3": "941"},
+                        subject_id=rid,
+                    )
+                )
+                labels.append(
+                    LabelEvent(
+                        request_id=rid, model_id=model, ts=ts + 3600, label=int(qualified), positive=qualified
+                    )
+                )
         await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
         await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(labels)])
         report = await evaluator(world, keys, clock).tick()
@@ -149,12 +181,16 @@ async def test_a_proxy_attribute_is_called_possible_proxy_discrimination(world: 
     for i in range(3000):
         zip3 = ("941", "606")[i % 2]
         approved = rng.random() < (0.6 if zip3 == "941" else 0.36)
-        events.append(loan(model, i, NOW - rng.uniform(1, 50 * MINUTE), rng.choice("FM"), approved, rng, zip3=zip3))
+        events.append(
+            loan(model, i, NOW - rng.uniform(1, 50 * MINUTE), rng.choice("FM"), approved, rng, zip3=zip3)
+        )
     await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
     report = await evaluator(world, keys, clock).tick()
     assert [(i.rule, i.group) for i in report.opened] == [("disparate-impact", "zip3=606")]
     incident = report.opened[0]
-    assert incident.summary.startswith("possible proxy discrimination (via zip3, may stand in for race or ethnicity)")
+    assert incident.summary.startswith(
+        "possible proxy discrimination (via zip3, may stand in for race or ethnicity)"
+    )
     text = (Path(incident.evidence_ref or "") / "notification.txt").read_text()
     assert "Possible proxy discrimination via zip3" in text
 
@@ -175,10 +211,22 @@ async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: 
         for m in range(50):
             for zip3, rate in rates.items():
                 for _ in range(110):
-                    batch.append(loan(f"fair-{m}", offset + len(batch), tick - rng.uniform(1, 13 * MINUTE), rng.choice("FM"), rng.random() < rate, rng, zip3=zip3))
+                    batch.append(
+                        loan(
+                            f"fair-{m}",
+                            offset + len(batch),
+                            tick - rng.uniform(1, 13 * MINUTE),
+                            rng.choice("FM"),
+                            rng.random() < rate,
+                            rng,
+                            zip3=zip3,
+                        )
+                    )
         for chunk in range(0, len(batch), 10_000):
             part = batch[chunk : chunk + 10_000]
-            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            await store.apply_predictions(
+                "predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)]
+            )
             offset += len(part)
         clock[0] = tick
         report = await ev.tick()

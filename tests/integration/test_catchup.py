@@ -45,8 +45,16 @@ def backlog(now: float) -> Iterator[tuple[float, str, bytes]]:
         for i in range(n):
             ts = now - 3600 + i / PER_SECOND
             rid = f"{model}-{i}"
-            value = {"model_id": model, "model_version": "1", "request_id": rid, "ts": ts,
-                     "prediction": 1, "positive": True, "latency_ms": 30.0, "user_id": f"u{i % 200}"}
+            value = {
+                "model_id": model,
+                "model_version": "1",
+                "request_id": rid,
+                "ts": ts,
+                "prediction": 1,
+                "positive": True,
+                "latency_ms": 30.0,
+                "user_id": f"u{i % 200}",
+            }
             events.append((ts, rid, orjson.dumps(value)))
     events.sort()
     yield from events
@@ -65,7 +73,9 @@ async def test_a_backlog_opens_no_downtime_and_a_stopped_model_is_caught_once_ca
     try:
         sent = 0
         for ts, rid, value in backlog(now):
-            await producer.send(settings.topics.predictions, value, key=rid.encode(), timestamp_ms=int(ts * 1000))
+            await producer.send(
+                settings.topics.predictions, value, key=rid.encode(), timestamp_ms=int(ts * 1000)
+            )
             sent += 1
         await producer.flush()
     finally:
@@ -100,7 +110,9 @@ async def test_a_backlog_opens_no_downtime_and_a_stopped_model_is_caught_once_ca
             every = await incidents.recent(1000)
             downtime = [i for i in every if i.rule == "downtime"]
             assert not [i for i in downtime if i.model_id in HEALTHY], (
-                [(i.model_id, i.observation) for i in downtime], worker.log_tail())
+                [(i.model_id, i.observation) for i in downtime],
+                worker.log_tail(),
+            )
             stopped_incident = next((i for i in downtime if i.model_id == STOPPED), None)
             if stopped_incident is not None and caught_up_at is not None:
                 break
@@ -137,16 +149,21 @@ async def test_while_behind_an_open_downtime_is_neither_refired_nor_resolved(wor
     lag = LagStore(world.redis, keys)
     clock = [time.time()]
     last = clock[0] - 40 * 60
-    events = [PredictionEvent(model_id="m-held", model_version="1", request_id=f"r{i}", ts=last - 600 + i, prediction=1)
-              for i in range(600)]
+    events = [
+        PredictionEvent(
+            model_id="m-held", model_version="1", request_id=f"r{i}", ts=last - 600 + i, prediction=1
+        )
+        for i in range(600)
+    ]
     await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(events)])
     hold = SilenceHold(lag, "predictions", lambda: 2)
     ev = world.evaluator(keys, lambda: clock[0], silence_hold=hold)
 
     async def at(lags: list[float | None]) -> None:
-        await lag.write("predictions", [
-            PartitionProgress(p, 1, None, 5, lag_s != 0, lag_s, clock[0]) for p, lag_s in enumerate(lags)
-        ])
+        await lag.write(
+            "predictions",
+            [PartitionProgress(p, 1, None, 5, lag_s != 0, lag_s, clock[0]) for p, lag_s in enumerate(lags)],
+        )
 
     await at([0.0, 2400.0])  # one partition 40 minutes behind
     report = await ev.tick()
@@ -156,8 +173,18 @@ async def test_while_behind_an_open_downtime_is_neither_refired_nor_resolved(wor
     assert not report.silence_held and [i.rule for i in report.opened] == ["downtime"]
     incident = report.opened[0]
     # The model sends again, but the monitor falls behind: the open incident is left as it is ...
-    await store.apply_predictions("predictions", [Located(
-        PredictionEvent(model_id="m-held", model_version="1", request_id="back", ts=clock[0], prediction=1), 0, 1000)])
+    await store.apply_predictions(
+        "predictions",
+        [
+            Located(
+                PredictionEvent(
+                    model_id="m-held", model_version="1", request_id="back", ts=clock[0], prediction=1
+                ),
+                0,
+                1000,
+            )
+        ],
+    )
     for minute in range(1, 11):
         clock[0] += 60
         await at([0.0, None])  # lag unknown on partition 1

@@ -25,17 +25,30 @@ from tests.conftest import ROOT, free_port, unique_settings
 pytestmark = pytest.mark.integration
 
 
-def demo(env: dict[str, str], *args: str, timeout_s: float = 120) -> tuple[subprocess.CompletedProcess[str], float]:
+def demo(
+    env: dict[str, str], *args: str, timeout_s: float = 120
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "monitor", "demo", *args], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
     return result, time.monotonic() - started
 
 
-def test_the_demo_stops_with_its_workers_log_when_the_worker_dies(services: tuple[str, str], tmp_path: Path) -> None:
+def test_the_demo_stops_with_its_workers_log_when_the_worker_dies(
+    services: tuple[str, str], tmp_path: Path
+) -> None:
     broken = tmp_path / "rules.yaml"
     broken.write_text("rules:\n  - id: [unclosed\n")
-    result, took = demo({"MONITOR_RULES_PATH": str(broken), "MONITOR_WEB_PORT": str(free_port())}, "--duration", "30")
+    result, took = demo(
+        {"MONITOR_RULES_PATH": str(broken), "MONITOR_WEB_PORT": str(free_port())}, "--duration", "30"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert took < 60
     assert "Traceback" not in result.stderr
@@ -89,14 +102,23 @@ def idle_worker() -> Iterator[IdleWorker]:
     worker.server.server_close()
 
 
-async def test_a_drill_says_when_no_worker_is_evaluating(services: tuple[str, str], idle_worker: IdleWorker) -> None:
+async def test_a_drill_says_when_no_worker_is_evaluating(
+    services: tuple[str, str], idle_worker: IdleWorker
+) -> None:
     settings = unique_settings(*services)
     await ensure_topics(settings)
     lines: list[str] = []
-    report = await run_drill(load_scenario(ROOT / "drills" / "outage.yaml"), settings, timeout_s=16,
-                             worker_url=idle_worker.url, progress=lines.append)
+    report = await run_drill(
+        load_scenario(ROOT / "drills" / "outage.yaml"),
+        settings,
+        timeout_s=16,
+        worker_url=idle_worker.url,
+        progress=lines.append,
+    )
     assert not report.passed
     assert lines[0].startswith("drill ")
     assert any(line.strip().startswith("… ") and "of 16s: waiting for" in line for line in lines), lines
     warnings = [line.strip() for line in lines if "no worker is evaluating" in line]
-    assert warnings == [f"no worker is evaluating at {idle_worker.url}: start `monitor run` (its evaluator has not ticked)"]
+    assert warnings == [
+        f"no worker is evaluating at {idle_worker.url}: start `monitor run` (its evaluator has not ticked)"
+    ]

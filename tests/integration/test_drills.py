@@ -18,7 +18,9 @@ DRILLS = sorted((Path(__file__).resolve().parents[2] / "drills").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-async def worker(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+async def worker(
+    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Settings]:
     settings = unique_settings(*services)
     await ensure_topics(settings)
     process = WorkerProcess(settings, tmp_path_factory.mktemp("drills") / "worker.log")
@@ -32,8 +34,12 @@ async def worker(services: tuple[str, str], tmp_path_factory: pytest.TempPathFac
 
 def test_the_playbook_cases_are_all_shipped() -> None:
     assert {p.stem for p in DRILLS} >= {
-        "retrain-introduced-bias", "feature-lowered-accuracy", "accuracy-collapse", "tampered-weights",
-        "training-data-exfiltration", "outage",
+        "retrain-introduced-bias",
+        "feature-lowered-accuracy",
+        "accuracy-collapse",
+        "tampered-weights",
+        "training-data-exfiltration",
+        "outage",
     }
 
 

@@ -27,7 +27,9 @@ TOKEN = "correct-horse-battery-staple"
 
 
 @pytest.fixture(scope="module")
-async def running(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Settings, WorkerProcess]]:
+async def running(
+    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Settings, WorkerProcess]]:
     settings = unique_settings(*services, api_token=TOKEN, evidence_dir=tmp_path_factory.mktemp("evidence"))
     await ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("e2e") / "worker.log")
@@ -39,8 +41,12 @@ async def running(services: tuple[str, str], tmp_path_factory: pytest.TempPathFa
         worker.stop()
 
 
-async def first_message(bootstrap: str, topic: str, timeout_s: float) -> tuple[bytes, dict[str, object], float]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+async def first_message(
+    bootstrap: str, topic: str, timeout_s: float
+) -> tuple[bytes, dict[str, object], float]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
@@ -53,14 +59,23 @@ async def first_message(bootstrap: str, topic: str, timeout_s: float) -> tuple[b
         await consumer.stop()
 
 
-async def test_an_error_burst_pauses_the_model_within_seconds(running: tuple[Settings, WorkerProcess]) -> None:
+async def test_an_error_burst_pauses_the_model_within_seconds(
+    running: tuple[Settings, WorkerProcess],
+) -> None:
     settings, worker = running
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     now = time.time()
     events = [
-        {"model_id": "loan-approval", "model_version": "3.1.0", "request_id": f"r{i}", "ts": now - 30 + i * 0.03,
-         "latency_ms": 35.0, "positive": i % 3 != 0, **({"error": "upstream_timeout"} if i % 10 < 3 else {})}
+        {
+            "model_id": "loan-approval",
+            "model_version": "3.1.0",
+            "request_id": f"r{i}",
+            "ts": now - 30 + i * 0.03,
+            "latency_ms": 35.0,
+            "positive": i % 3 != 0,
+            **({"error": "upstream_timeout"} if i % 10 < 3 else {}),
+        }
         for i in range(1000)
     ]
     try:
@@ -82,26 +97,46 @@ async def test_an_error_burst_pauses_the_model_within_seconds(running: tuple[Set
     assert incident["event"] == "opened" and incident["rule"] == "error-rate"
     assert incident["id"] in control["incident_ids"]  # type: ignore[operator]
     observation = incident["observation"]
-    assert isinstance(observation, dict) and observation["samples"] == 1000 and observation["value"] == pytest.approx(0.3)
+    assert (
+        isinstance(observation, dict)
+        and observation["samples"] == 1000
+        and observation["value"] == pytest.approx(0.3)
+    )
     assert await worker.metric("aimon_escalation_level", model_id="loan-approval") == 4
     assert await worker.metric("aimon_incidents_open", category="availability", severity="CRITICAL") == 1
     folder = Path(str(incident["evidence_ref"]))
     assert {p.name for p in folder.iterdir()} >= {
-        "incident.json", "rule.json", "window.json", "model.json", "recent_events.json", "offsets.json",
-        "notification.txt", "manifest.json",
+        "incident.json",
+        "rule.json",
+        "window.json",
+        "model.json",
+        "recent_events.json",
+        "offsets.json",
+        "notification.txt",
+        "manifest.json",
     }
     assert len(orjson.loads((folder / "recent_events.json").read_bytes())) == 200
     last_offsets = orjson.loads((folder / "offsets.json").read_bytes()).values()
     assert sum(offset + 1 for offset in last_offsets) == 10  # all 10 messages (arrays of 100) applied
     assert "error-rate" in (folder / "notification.txt").read_text()
     print("\ncontrol message:", orjson.dumps(control, option=orjson.OPT_INDENT_2).decode())
-    print("incident:", orjson.dumps({k: incident[k] for k in ("event", "id", "rule", "severity", "status", "observation")}, option=orjson.OPT_INDENT_2).decode())
+    print(
+        "incident:",
+        orjson.dumps(
+            {k: incident[k] for k in ("event", "id", "rule", "severity", "status", "observation")},
+            option=orjson.OPT_INDENT_2,
+        ).decode(),
+    )
     await asyncio.sleep(0)
 
 
 async def control_messages(settings: Settings, count: int, timeout_s: float = 20) -> list[dict[str, object]]:
-    consumer = AIOKafkaConsumer(settings.topics.control, bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        settings.topics.control,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     found: list[dict[str, object]] = []
     try:
@@ -119,7 +154,9 @@ def cli(settings: Settings, *args: str, token: str | None = TOKEN) -> subprocess
     env.pop("MONITOR_API_TOKEN", None)
     if token:
         env["MONITOR_API_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "monitor", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 async def test_incident_command_through_the_api_and_cli(running: tuple[Settings, WorkerProcess]) -> None:
@@ -130,6 +167,7 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     path = f"/incidents/{incident['id']}/acknowledge"
     body = {"by": "dana", "why": "looking into the upstream timeouts"}
     async with aiohttp.ClientSession() as http:
+
         async def post(p: str, payload: object, token: str | None) -> tuple[int, dict[str, object]]:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with http.post(base + p, json=payload, headers=headers) as resp:
@@ -149,7 +187,9 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     # same window's data), then a manual override raises it and a release lowers it again
     done = cli(settings, "incidents", "resolve", incident["id"], "--by", "dana", "--why", "upstream fixed")
     assert done.returncode == 0, done.stderr
-    escalate = cli(settings, "models", "escalate", "loan-approval", "--level", "3", "--by", "dana", "--why", "audit week")
+    escalate = cli(
+        settings, "models", "escalate", "loan-approval", "--level", "3", "--by", "dana", "--why", "audit week"
+    )
     assert escalate.returncode == 0, escalate.stderr
     release = cli(settings, "models", "release", "loan-approval", "--by", "dana", "--why", "audit over")
     assert release.returncode == 0, release.stderr
@@ -159,7 +199,12 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     shown = json.loads(cli(settings, "incidents", "show", incident["id"], "--json").stdout)
     assert [e["what"] for e in shown["timeline"]] == ["opened", "acknowledged", "resolved"]
     assert shown["timeline"][2]["by"] == "human:dana" and shown["timeline"][2]["why"] == "upstream fixed"
-    assert cli(settings, "incidents", "resolve", incident["id"], "--by", "dana", "--why", "x", token=None).returncode == 1
+    assert (
+        cli(
+            settings, "incidents", "resolve", incident["id"], "--by", "dana", "--why", "x", token=None
+        ).returncode
+        == 1
+    )
 
     verify = cli(settings, "audit", "verify")
     assert verify.returncode == 0 and "5 entries" in verify.stdout, verify.stdout + verify.stderr

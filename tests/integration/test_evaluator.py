@@ -68,18 +68,35 @@ class Traffic:
                 regular += 1
             group = groups[i % len(groups)] if groups else "all"
             flags = [f for f, rate in self.flags.items() if spread(self.n, rate, i)]
-            predictions.append(PredictionEvent(
-                model_id=model_id, model_version=self.version, request_id=rid, ts=ts,
-                prediction=None if failed else 1, positive=None if failed else True,
-                error=True if failed else None, latency_ms=self.latency_ms,
-                groups={"sex": group}, flags=flags, user_id=user,
-            ))
+            predictions.append(
+                PredictionEvent(
+                    model_id=model_id,
+                    model_version=self.version,
+                    request_id=rid,
+                    ts=ts,
+                    prediction=None if failed else 1,
+                    positive=None if failed else True,
+                    error=True if failed else None,
+                    latency_ms=self.latency_ms,
+                    groups={"sex": group},
+                    flags=flags,
+                    user_id=user,
+                )
+            )
             accuracy = self.group_accuracy[group] if self.group_accuracy else self.accuracy
             if accuracy is not None and not failed:
                 k = counters.get(group, 0)
                 counters[group] = k + 1
                 correct = spread(0, accuracy, k)
-                labels.append(LabelEvent(request_id=rid, model_id=model_id, ts=ts + 60, label=1 if correct else 0, positive=correct))
+                labels.append(
+                    LabelEvent(
+                        request_id=rid,
+                        model_id=model_id,
+                        ts=ts + 60,
+                        label=1 if correct else 0,
+                        positive=correct,
+                    )
+                )
         return predictions, labels
 
 
@@ -101,15 +118,26 @@ async def load(world: World, model_id: str, traffic: list[Traffic]) -> Keys:
     for slice_ in traffic:
         predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
         for chunk in range(0, len(predictions), 2000):
-            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(predictions[chunk : chunk + 2000])])
+            await store.apply_predictions(
+                "predictions",
+                [Located(e, 0, offset + j) for j, e in enumerate(predictions[chunk : chunk + 2000])],
+            )
             offset += len(predictions[chunk : chunk + 2000])
         for chunk in range(0, len(labels), 2000):
-            await store.apply_labels("labels", [Located(e, 0, offset + j) for j, e in enumerate(labels[chunk : chunk + 2000])])
+            await store.apply_labels(
+                "labels", [Located(e, 0, offset + j) for j, e in enumerate(labels[chunk : chunk + 2000])]
+            )
             offset += len(labels[chunk : chunk + 2000])
     return keys
 
 
-def evaluator(world: World, keys: Keys, clock: Callable[[], float], facts: dict[str, float] | None = None, model_id: str = "") -> Evaluator:
+def evaluator(
+    world: World,
+    keys: Keys,
+    clock: Callable[[], float],
+    facts: dict[str, float] | None = None,
+    model_id: str = "",
+) -> Evaluator:
     rules = world.rules
     if facts:
         rules = rules.model_copy(update={"models": {**rules.models, model_id: ModelFacts(**facts)}})
@@ -126,47 +154,146 @@ LAST_HOUR = (NOW - 3500, NOW - 1)
 def scenarios() -> list[Scenario]:
     out: list[Scenario] = []
 
-    def new_version(name: str, accuracy: float, rule: str | None, severity: str | None = None, level: int | None = None) -> None:
-        out.append(Scenario(name, f"m-{name}", [
-            Traffic("1", 5000, *HISTORY, accuracy=0.90),
-            Traffic("2", 5000, *RECENT, accuracy=accuracy),
-        ], rule, severity, level))
+    def new_version(
+        name: str, accuracy: float, rule: str | None, severity: str | None = None, level: int | None = None
+    ) -> None:
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [
+                    Traffic("1", 5000, *HISTORY, accuracy=0.90),
+                    Traffic("2", 5000, *RECENT, accuracy=accuracy),
+                ],
+                rule,
+                severity,
+                level,
+            )
+        )
 
     new_version("version-7pct-below", 0.837, "accuracy-drop-24h", "HIGH", 2)
     new_version("version-12pct-below", 0.792, "accuracy-drop-24h", "CRITICAL", 4)
     new_version("version-4pct-below", 0.864, None)
-    for name, recent, rule, sev, lvl in (("weekly-decay", 0.78, "accuracy-drop-7d", "CRITICAL", 4), ("weekly-decay-inside", 0.82, None, None, None)):
-        out.append(Scenario(name, f"m-{name}", [
-            Traffic("1", 5000, NOW - 330 * HOUR, NOW - 170 * HOUR, accuracy=0.90),
-            Traffic("1", 6000, NOW - 166 * HOUR, NOW - 60, accuracy=recent),
-        ], rule, sev, lvl))
-    for name, accuracy, rule in (("below-minimum", 0.75, "accuracy-below-minimum"), ("above-minimum", 0.81, None)):
-        out.append(Scenario(name, f"m-{name}", [Traffic("1", 3000, *RECENT, accuracy=accuracy)], rule, "HIGH" if rule else None, 2 if rule else None, facts={"published_min_accuracy": 0.80}))
-    for name, f_acc, m_acc, rule in (("gap-widening", 0.96, 0.84, "accuracy-gap-widening"), ("gap-steady", 0.92, 0.88, None)):
-        out.append(Scenario(name, f"m-{name}", [
-            Traffic("1", 4000, *HISTORY, group_accuracy={"F": 0.90, "M": 0.90}),
-            Traffic("1", 4000, *RECENT, group_accuracy={"F": f_acc, "M": m_acc}),
-        ], rule, "MEDIUM" if rule else None, 1 if rule else None))
-    out.append(Scenario("error-rate", "m-error-rate", [Traffic("1", 1000, *LAST_5M, error_rate=0.03)], "error-rate", "MEDIUM", 1))
-    out.append(Scenario("error-rate-inside", "m-error-rate-inside", [Traffic("1", 1000, *LAST_5M, error_rate=0.01)], None))
+    for name, recent, rule, sev, lvl in (
+        ("weekly-decay", 0.78, "accuracy-drop-7d", "CRITICAL", 4),
+        ("weekly-decay-inside", 0.82, None, None, None),
+    ):
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [
+                    Traffic("1", 5000, NOW - 330 * HOUR, NOW - 170 * HOUR, accuracy=0.90),
+                    Traffic("1", 6000, NOW - 166 * HOUR, NOW - 60, accuracy=recent),
+                ],
+                rule,
+                sev,
+                lvl,
+            )
+        )
+    for name, accuracy, rule in (
+        ("below-minimum", 0.75, "accuracy-below-minimum"),
+        ("above-minimum", 0.81, None),
+    ):
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [Traffic("1", 3000, *RECENT, accuracy=accuracy)],
+                rule,
+                "HIGH" if rule else None,
+                2 if rule else None,
+                facts={"published_min_accuracy": 0.80},
+            )
+        )
+    for name, f_acc, m_acc, rule in (
+        ("gap-widening", 0.96, 0.84, "accuracy-gap-widening"),
+        ("gap-steady", 0.92, 0.88, None),
+    ):
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [
+                    Traffic("1", 4000, *HISTORY, group_accuracy={"F": 0.90, "M": 0.90}),
+                    Traffic("1", 4000, *RECENT, group_accuracy={"F": f_acc, "M": m_acc}),
+                ],
+                rule,
+                "MEDIUM" if rule else None,
+                1 if rule else None,
+            )
+        )
+    out.append(
+        Scenario(
+            "error-rate",
+            "m-error-rate",
+            [Traffic("1", 1000, *LAST_5M, error_rate=0.03)],
+            "error-rate",
+            "MEDIUM",
+            1,
+        )
+    )
+    out.append(
+        Scenario(
+            "error-rate-inside", "m-error-rate-inside", [Traffic("1", 1000, *LAST_5M, error_rate=0.01)], None
+        )
+    )
     for name, latency, rule in (("latency-5x", 200.0, "latency-vs-normal"), ("latency-2.5x", 100.0, None)):
-        out.append(Scenario(name, f"m-{name}", [
-            Traffic("1", 3000, *HISTORY, latency_ms=40.0),
-            Traffic("1", 1000, *LAST_5M, latency_ms=latency),
-        ], rule, "MEDIUM" if rule else None, 1 if rule else None))
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [
+                    Traffic("1", 3000, *HISTORY, latency_ms=40.0),
+                    Traffic("1", 1000, *LAST_5M, latency_ms=latency),
+                ],
+                rule,
+                "MEDIUM" if rule else None,
+                1 if rule else None,
+            )
+        )
     # 1,000 repeat users (20 requests an hour each) at a healthy 0.5 % error rate: every one of them
     # was served. 87 more callers whose only request failed are 8 % of the users (an incident), 40
     # are 3.8 % (none); the error rate stays under 1 % in every case.
-    for name, failed, rule in (("unserved-users", 87, "unserved-users"), ("unserved-inside", 40, None), ("unserved-repeat-users-healthy", 0, None)):
-        out.append(Scenario(name, f"m-{name}", [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=failed)], rule, "HIGH" if rule else None, 2 if rule else None))
+    for name, failed, rule in (
+        ("unserved-users", 87, "unserved-users"),
+        ("unserved-inside", 40, None),
+        ("unserved-repeat-users-healthy", 0, None),
+    ):
+        out.append(
+            Scenario(
+                name,
+                f"m-{name}",
+                [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=failed)],
+                rule,
+                "HIGH" if rule else None,
+                2 if rule else None,
+            )
+        )
     for flag, rate, inside, rule, sev, lvl in (
         ("gibberish", 0.02, 0.01, "gibberish-outputs", "HIGH", 2),
         ("toxic", 0.005, 0.001, "toxic-outputs", "CRITICAL", 4),
         ("contradiction", 0.04, 0.02, "contradictions", "MEDIUM", 1),
         ("known_false", 0.02, 0.01, "known-false-outputs", "HIGH", 2),
     ):
-        out.append(Scenario(f"flag-{flag}", f"m-flag-{flag}", [Traffic("1", 5000, *LAST_HOUR, flags={flag: rate})], rule, sev, lvl))
-        out.append(Scenario(f"flag-{flag}-inside", f"m-flag-{flag}-inside", [Traffic("1", 5000, *LAST_HOUR, flags={flag: inside})], None))
+        out.append(
+            Scenario(
+                f"flag-{flag}",
+                f"m-flag-{flag}",
+                [Traffic("1", 5000, *LAST_HOUR, flags={flag: rate})],
+                rule,
+                sev,
+                lvl,
+            )
+        )
+        out.append(
+            Scenario(
+                f"flag-{flag}-inside",
+                f"m-flag-{flag}-inside",
+                [Traffic("1", 5000, *LAST_HOUR, flags={flag: inside})],
+                None,
+            )
+        )
     return out
 
 
@@ -182,7 +309,9 @@ async def test_trigger(world: World, scenario: Scenario) -> None:
         assert opened == [], [f.observation for f in first.findings if f.fired]
         assert control == []
         return
-    assert opened == [(scenario.rule, scenario.severity, scenario.level)], [(f.rule_id, f.fired, f.observation) for f in first.findings]
+    assert opened == [(scenario.rule, scenario.severity, scenario.level)], [
+        (f.rule_id, f.fired, f.observation) for f in first.findings
+    ]
     assert [(m["level"], m["seq"]) for m in control] == [(scenario.level, 1)]
     message = control[0]
     incident = first.opened[0]
@@ -202,13 +331,21 @@ async def test_unserved_counts_users_never_served_not_users_with_a_failed_reques
     healthy = await load(world, "m-repeat", [traffic])
     predictions, _ = traffic.events("m-repeat", "again")
     # the same users again through another topic (no offset guard): ZADD GT leaves every score as it was
-    await world.store(healthy).apply_predictions("predictions-replayed", [Located(e, 0, j) for j, e in enumerate(predictions[:2000])])
+    await world.store(healthy).apply_predictions(
+        "predictions-replayed", [Located(e, 0, j) for j, e in enumerate(predictions[:2000])]
+    )
     report = await evaluator(world, healthy, lambda: NOW).tick()
     (finding,) = [f for f in report.findings if f.rule_id == "unserved-users"]
     assert (finding.observation["samples"], finding.observation["value"], finding.fired) == (1000, 0.0, False)
     assert report.opened == []
-    assert 0 < await world.redis.ttl(healthy.users_seen("m-repeat", "1")) <= 4200 + 3600  # bounded, like every key
-    failing = await load(world, "m-never-served", [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=87)])
+    assert (
+        0 < await world.redis.ttl(healthy.users_seen("m-repeat", "1")) <= 4200 + 3600
+    )  # bounded, like every key
+    failing = await load(
+        world,
+        "m-never-served",
+        [Traffic("1", 20_000, *LAST_HOUR, error_rate=0.005, users=1000, failed_users=87)],
+    )
     report = await evaluator(world, failing, lambda: NOW).tick()
     (finding,) = [f for f in report.findings if f.rule_id == "unserved-users"]
     assert (finding.observation["samples"], finding.fired) == (1087, True)
@@ -295,20 +432,36 @@ async def test_a_stationary_week_of_twenty_models_opens_nothing(world: World) ->
         for i, ts in enumerate(sorted(stamps)):
             failed = rng.random() < 0.003
             rid = f"{model_id}-{i}"
-            flags = [f for f, p in (("gibberish", 0.002), ("toxic", 0.0001), ("contradiction", 0.005)) if rng.random() < p]
-            predictions.append(PredictionEvent(
-                model_id=model_id, model_version="1", request_id=rid, ts=ts,
-                prediction=None if failed else 1, positive=None if failed else True, error=failed or None,
-                latency_ms=rng.lognormvariate(math.log(base_latency), 0.4),
-                groups={"sex": rng.choice("FM"), "age_band": rng.choice(["18-34", "35-54", "55+"])},
-                flags=flags, user_id=f"u{rng.randrange(500)}",
-            ))
+            flags = [
+                f
+                for f, p in (("gibberish", 0.002), ("toxic", 0.0001), ("contradiction", 0.005))
+                if rng.random() < p
+            ]
+            predictions.append(
+                PredictionEvent(
+                    model_id=model_id,
+                    model_version="1",
+                    request_id=rid,
+                    ts=ts,
+                    prediction=None if failed else 1,
+                    positive=None if failed else True,
+                    error=failed or None,
+                    latency_ms=rng.lognormvariate(math.log(base_latency), 0.4),
+                    groups={"sex": rng.choice("FM"), "age_band": rng.choice(["18-34", "35-54", "55+"])},
+                    flags=flags,
+                    user_id=f"u{rng.randrange(500)}",
+                )
+            )
             if not failed and rng.random() < 0.9:
                 correct = rng.random() < 0.88
-                labels.append(LabelEvent(request_id=rid, model_id=model_id, ts=ts + 30, label=1 if correct else 0))
+                labels.append(
+                    LabelEvent(request_id=rid, model_id=model_id, ts=ts + 30, label=1 if correct else 0)
+                )
         for chunk in range(0, len(predictions), 5000):
             part = predictions[chunk : chunk + 5000]
-            await store.apply_predictions("predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)])
+            await store.apply_predictions(
+                "predictions", [Located(e, 0, offset + j) for j, e in enumerate(part)]
+            )
             offset += len(part)
         for chunk in range(0, len(labels), 5000):
             part = labels[chunk : chunk + 5000]

@@ -23,8 +23,16 @@ pytestmark = pytest.mark.integration
 
 
 def control(model_id: str, seq: int, level: int, *, revoke: tuple[str, ...] = ()) -> ControlMessage:
-    return build_message(model_id, seq, level, [], override=level, rollback_to=None,
-                         revoke_principals=revoke, issued_at=time.time())
+    return build_message(
+        model_id,
+        seq,
+        level,
+        [],
+        override=level,
+        rollback_to=None,
+        revoke_principals=revoke,
+        issued_at=time.time(),
+    )
 
 
 async def publish(bootstrap: str, topic: str, records: list[tuple[str, bytes | None]]) -> None:
@@ -44,16 +52,20 @@ async def test_gateways_route_by_the_latest_control_state_and_rebuild_it_after_a
     settings = unique_settings(*services)
     await ensure_topics(settings)
     bootstrap, topic = settings.kafka_bootstrap, settings.topics.control
-    await publish(bootstrap, topic, [
-        ("credit-scoring", encode(control("credit-scoring", 1, 1))),
-        ("credit-scoring", encode(control("credit-scoring", 3, 4))),
-        ("credit-scoring", encode(control("credit-scoring", 2, 0))),  # late and lower: ignored
-        ("fraud", encode(control("fraud", 1, 2))),
-        ("fraud", encode(control("fraud", 2, 3, revoke=("svc-leaked",)))),
-        ("fraud", b"{this is not a control message"),  # skipped and logged
-        ("retired", encode(control("retired", 1, 4))),
-        ("retired", None),  # tombstone: the model's state is gone
-    ])
+    await publish(
+        bootstrap,
+        topic,
+        [
+            ("credit-scoring", encode(control("credit-scoring", 1, 1))),
+            ("credit-scoring", encode(control("credit-scoring", 3, 4))),
+            ("credit-scoring", encode(control("credit-scoring", 2, 0))),  # late and lower: ignored
+            ("fraud", encode(control("fraud", 1, 2))),
+            ("fraud", encode(control("fraud", 2, 3, revoke=("svc-leaked",)))),
+            ("fraud", b"{this is not a control message"),  # skipped and logged
+            ("retired", encode(control("retired", 1, 4))),
+            ("retired", None),  # tombstone: the model's state is gone
+        ],
+    )
 
     async with GatewayClient(bootstrap, topic, rng=random.Random(1)) as gateway:
         await gateway.wait_caught_up(30)
@@ -107,8 +119,14 @@ async def test_the_reporter_sends_batches_as_json_arrays(services: tuple[str, st
     now = time.time()
     events: list[dict[str, object] | PredictionEvent] = []
     for i in range(1234):
-        fields = {"model_id": "credit-scoring", "model_version": "2.0.1", "request_id": f"req-{i}",
-                  "ts": now + i * 0.001, "confidence": 0.5 + (i % 50) / 100, "positive": i % 3 != 0}
+        fields = {
+            "model_id": "credit-scoring",
+            "model_version": "2.0.1",
+            "request_id": f"req-{i}",
+            "ts": now + i * 0.001,
+            "confidence": 0.5 + (i % 50) / 100,
+            "positive": i % 3 != 0,
+        }
         events.append(PredictionEvent(**fields) if i % 2 else fields)  # type: ignore[arg-type]
 
     reporter = PredictionReporter(settings.kafka_bootstrap, topic, max_batch=100)
@@ -118,8 +136,12 @@ async def test_the_reporter_sends_batches_as_json_arrays(services: tuple[str, st
     await reporter.stop()
     assert (reporter.sent_events, reporter.sent_messages) == (1234, 13)
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -43,7 +43,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-async def deployment(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+async def deployment(
+    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Deployment]:
     settings = unique_settings(*services)
     await ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log")
@@ -70,7 +72,10 @@ def make_events(now: float) -> list[dict[str, Any]]:
             model = rng.choice(list(MODELS))
             version, ts = rng.choice(MODELS[model]), now - rng.uniform(0, 2 * 3600)
         event: dict[str, Any] = {
-            "model_id": model, "model_version": version, "request_id": f"r{i}", "ts": ts,
+            "model_id": model,
+            "model_version": version,
+            "request_id": f"r{i}",
+            "ts": ts,
             "groups": {"sex": rng.choice("FMX"), "age_band": rng.choice(["18-24", "25-34", "65+"])},
         }
         if rng.random() < 0.03:
@@ -125,7 +130,10 @@ async def produced(deployment: Deployment) -> list[dict[str, Any]]:
     events = make_events(time.time())
     topic = deployment.settings.topics.predictions
     half = N_EVENTS // 2
-    sends = [await deployment.producer.send(topic, orjson.dumps(e), key=e["request_id"].encode()) for e in events[:half]]
+    sends = [
+        await deployment.producer.send(topic, orjson.dumps(e), key=e["request_id"].encode())
+        for e in events[:half]
+    ]
     for start in range(half, N_EVENTS, 50):
         sends.append(await deployment.producer.send(topic, orjson.dumps(events[start : start + 50])))
     await asyncio.gather(*sends)
@@ -133,7 +141,9 @@ async def produced(deployment: Deployment) -> list[dict[str, Any]]:
     return events
 
 
-async def test_aggregates_equal_an_independent_count(deployment: Deployment, produced: list[dict[str, Any]]) -> None:
+async def test_aggregates_equal_an_independent_count(
+    deployment: Deployment, produced: list[dict[str, Any]]
+) -> None:
     expected = expected_counters(produced)
     assert sum(c["n"] for c in expected.values()) == N_EVENTS
     for (model, version), counts in expected.items():
@@ -142,22 +152,41 @@ async def test_aggregates_equal_an_independent_count(deployment: Deployment, pro
     models = {m.decode() for m in await deployment.redis.smembers(deployment.keys.models())}
     assert models == {*MODELS, RECENT_MODEL}
     newest = max(e["ts"] for e in produced if e["model_id"] == "credit")
-    assert float(await deployment.redis.hget(deployment.keys.meta("credit"), "last_event_s")) == pytest.approx(newest)
+    assert float(
+        await deployment.redis.hget(deployment.keys.meta("credit"), "last_event_s")
+    ) == pytest.approx(newest)
 
 
-async def test_metrics_show_the_produced_numbers(deployment: Deployment, produced: list[dict[str, Any]]) -> None:
+async def test_metrics_show_the_produced_numbers(
+    deployment: Deployment, produced: list[dict[str, Any]]
+) -> None:
     topic = deployment.settings.topics.predictions
     worker = deployment.worker
     assert await worker.metric("aimon_events_ingested_total", topic=topic) == N_EVENTS
-    assert await worker.metric("aimon_messages_consumed_total", topic=topic) == N_EVENTS // 2 + N_EVENTS // 50 // 2
+    assert (
+        await worker.metric("aimon_messages_consumed_total", topic=topic)
+        == N_EVENTS // 2 + N_EVENTS // 50 // 2
+    )
     recent = [e for e in produced if e["model_id"] == RECENT_MODEL]
     # set by the evaluator's next tick, from the windows the rules read
-    gauge = await worker.wait_metric("aimon_model_predictions", len(recent), model_id=RECENT_MODEL, version="3", window="5m")
+    gauge = await worker.wait_metric(
+        "aimon_model_predictions", len(recent), model_id=RECENT_MODEL, version="3", window="5m"
+    )
     assert gauge == len(recent)
-    for (model, version), counts in expected_counters(produced).items():  # the counters cover every event ever
-        assert await worker.metric("aimon_model_predictions_total", model_id=model, version=version) == counts["n"]
-        assert await worker.metric("aimon_model_errors_total", model_id=model, version=version) == counts["err"]
-        assert await worker.metric("aimon_model_latency_seconds_count", model_id=model, version=version) == counts["latn"]
+    for (model, version), counts in expected_counters(
+        produced
+    ).items():  # the counters cover every event ever
+        assert (
+            await worker.metric("aimon_model_predictions_total", model_id=model, version=version)
+            == counts["n"]
+        )
+        assert (
+            await worker.metric("aimon_model_errors_total", model_id=model, version=version) == counts["err"]
+        )
+        assert (
+            await worker.metric("aimon_model_latency_seconds_count", model_id=model, version=version)
+            == counts["latn"]
+        )
     errors = sum(bool(e.get("error")) for e in recent)
     ratio = await worker.metric("aimon_model_error_ratio", model_id=RECENT_MODEL, version="3", window="5m")
     assert ratio == pytest.approx(errors / len(recent))
@@ -171,7 +200,10 @@ def bad_values(now: float) -> list[tuple[bytes, str, int]]:
     values: list[tuple[bytes, str, int]] = []
     values += [(b"{oops" + bytes([i]), "invalid_json", 1) for i in range(8)]
     values += [(b"", "empty", 1) for _ in range(4)]
-    values += [(orjson.dumps({k: v for k, v in bad_model.items() if k != "model_id"}), "invalid_event", 1) for _ in range(6)]
+    values += [
+        (orjson.dumps({k: v for k, v in bad_model.items() if k != "model_id"}), "invalid_event", 1)
+        for _ in range(6)
+    ]
     values += [(orjson.dumps({**bad_model, "confidence": "high"}), "invalid_event", 1) for _ in range(6)]
     values += [(orjson.dumps({**bad_model, "ts": "last tuesday"}), "invalid_event", 1) for _ in range(6)]
     values += [(orjson.dumps({**bad_model, "latency_ms": -3}), "invalid_event", 1) for _ in range(6)]
@@ -191,7 +223,9 @@ async def test_bad_values_are_dead_lettered_and_the_worker_keeps_going(deploymen
     s = deployment.settings
     now = time.time()
     values = bad_values(now)
-    sends = [await deployment.producer.send(s.topics.predictions, value, key=b"bad") for value, _, _ in values]
+    sends = [
+        await deployment.producer.send(s.topics.predictions, value, key=b"bad") for value, _, _ in values
+    ]
     await asyncio.gather(*sends)
     letters = await read_topic(s.kafka_bootstrap, s.topics.dead_letters, 50)
     reasons = Counter(dict(m.headers)["reason"].decode() for m in letters)
@@ -211,14 +245,20 @@ async def test_bad_values_are_dead_lettered_and_the_worker_keeps_going(deploymen
     assert all(orjson.loads(m.value)["positive"] == "maybe" for m in mixed)
 
     # the good elements of the mixed arrays are counted; nothing of the bad events is
-    await deployment.worker.wait_metric("aimon_events_ingested_total", N_EVENTS + 72, topic=s.topics.predictions)
+    await deployment.worker.wait_metric(
+        "aimon_events_ingested_total", N_EVENTS + 72, topic=s.topics.predictions
+    )
     mixed_counts = await stored_counters(deployment, "mixed", "1", MINUTE)
     assert mixed_counts["n"] == 72
     assert not await deployment.redis.exists(deployment.keys.meta("never-aggregated"))
 
     # still consuming afterwards
-    await deployment.producer.send_and_wait(s.topics.predictions, orjson.dumps({**good_event(now), "request_id": "after"}))
-    await deployment.worker.wait_metric("aimon_events_ingested_total", N_EVENTS + 73, topic=s.topics.predictions)
+    await deployment.producer.send_and_wait(
+        s.topics.predictions, orjson.dumps({**good_event(now), "request_id": "after"})
+    )
+    await deployment.worker.wait_metric(
+        "aimon_events_ingested_total", N_EVENTS + 73, topic=s.topics.predictions
+    )
 
 
 def good_event(now: float) -> dict[str, Any]:
@@ -226,9 +266,14 @@ def good_event(now: float) -> dict[str, Any]:
 
 
 async def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024,
-                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
     await consumer.start()
     messages: list[Any] = []
     try:
@@ -243,13 +288,17 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout_s: float = 
     return messages
 
 
-async def test_rewound_consumer_group_changes_nothing(deployment: Deployment, produced: list[dict[str, Any]]) -> None:
+async def test_rewound_consumer_group_changes_nothing(
+    deployment: Deployment, produced: list[dict[str, Any]]
+) -> None:
     s = deployment.settings
     expected = expected_counters(produced)
     before = {key: await stored_counters(deployment, *key, MINUTE) for key in expected}
     deployment.worker.stop()
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.app_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.kafka_bootstrap, group_id=s.app_id, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(s.topics.predictions, p) for p in range(s.partitions)]
@@ -261,7 +310,9 @@ async def test_rewound_consumer_group_changes_nothing(deployment: Deployment, pr
     deployment.worker.start()
     await deployment.worker.wait_ready()
     # every event of the first run comes again and is recognised as already applied
-    await deployment.worker.wait_metric("aimon_events_replayed_total", N_EVENTS, topic=s.topics.predictions, timeout_s=90)
+    await deployment.worker.wait_metric(
+        "aimon_events_replayed_total", N_EVENTS, topic=s.topics.predictions, timeout_s=90
+    )
     assert await deployment.worker.metric("aimon_events_ingested_total", topic=s.topics.predictions) == 0
     after = {key: await stored_counters(deployment, *key, MINUTE) for key in expected}
     assert after == before

@@ -22,9 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def store(services: tuple[str, str]) -> AsyncIterator[RedisStore]:
     redis = Redis.from_url(services[1])
-    yield RedisStore(
-        redis, Keys(f"t{uuid.uuid4().hex[:8]}"), minute_ttl_s=26 * 3600, hour_ttl_s=15 * 86400
-    )
+    yield RedisStore(redis, Keys(f"t{uuid.uuid4().hex[:8]}"), minute_ttl_s=26 * 3600, hour_ttl_s=15 * 86400)
     await redis.aclose()
 
 
@@ -47,12 +45,19 @@ async def test_labels_join_their_predictions_whatever_the_order(store: RedisStor
         sex = rng.choice("FM")
         predictions.append(
             PredictionEvent(
-                model_id="credit", model_version="1", request_id=f"r{i}", ts=now - rng.uniform(0, 20 * 3600),
-                prediction=int(predicted), positive=predicted, groups={"sex": sex},
+                model_id="credit",
+                model_version="1",
+                request_id=f"r{i}",
+                ts=now - rng.uniform(0, 20 * 3600),
+                prediction=int(predicted),
+                positive=predicted,
+                groups={"sex": sex},
             )
         )
         if i % 3:  # two in three get a label, the truth as 1.0/0.0 to check canonical matching
-            labels.append(LabelEvent(request_id=f"r{i}", model_id="credit", ts=now, label=float(truth), positive=truth))
+            labels.append(
+                LabelEvent(request_id=f"r{i}", model_id="credit", ts=now, label=float(truth), positive=truth)
+            )
     expected: Counter[str] = Counter()
     by_id = {p.request_id: p for p in predictions}
     for label in labels:
@@ -106,8 +111,9 @@ async def test_a_label_finds_its_prediction_whatever_the_model_id_spells(store: 
     # model id must land in the same keys Python reads.
     now = time.time()
     model = "credit%d:50%"
-    prediction = PredictionEvent(model_id=model, model_version="v%s", request_id="r1", ts=now - 120,
-                                 prediction=1, positive=True)
+    prediction = PredictionEvent(
+        model_id=model, model_version="v%s", request_id="r1", ts=now - 120, prediction=1, positive=True
+    )
     label = LabelEvent(request_id="r1", model_id=model, ts=now, label=1, positive=True)
     await store.apply_predictions("predictions", [Located(prediction, 0, 0)])
     matched = await store.apply_labels("labels", [Located(label, 0, 0)])
@@ -116,5 +122,7 @@ async def test_a_label_finds_its_prediction_whatever_the_model_id_spells(store: 
     for resolution, start in ((MINUTE, minute), (HOUR, minute - minute % 3600)):
         stored = await store.redis.hgetall(store.keys.bucket(model, "v%s", resolution, start))
         assert {k.decode(): int(v) for k, v in stored.items() if k in (b"lab", b"cor", b"apos")} == {
-            "lab": 1, "cor": 1, "apos": 1,
+            "lab": 1,
+            "cor": 1,
+            "apos": 1,
         }

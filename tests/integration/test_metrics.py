@@ -41,8 +41,12 @@ def traffic(now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for i in range(N):
         sex = "F" if i % 2 else "M"
         event: dict[str, Any] = {
-            "model_id": MODEL, "model_version": "2", "request_id": f"q{i}", "ts": now - 60 + i * 0.04,
-            "groups": {"sex": sex, "zip3": f"{rng.randrange(40):03d}"}, "latency_ms": rng.lognormvariate(3, 0.8),
+            "model_id": MODEL,
+            "model_version": "2",
+            "request_id": f"q{i}",
+            "ts": now - 60 + i * 0.04,
+            "groups": {"sex": sex, "zip3": f"{rng.randrange(40):03d}"},
+            "latency_ms": rng.lognormvariate(3, 0.8),
             "user_id": f"u{i % 150}",
         }
         if i % 20 == 0:
@@ -51,14 +55,23 @@ def traffic(now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             approved = rng.random() < (0.3 if sex == "F" else 0.7)  # disparate impact about 0.43
             event["positive"], event["prediction"] = approved, "approve" if approved else "deny"
             truth = rng.random() < 0.6
-            labels.append({"model_id": MODEL, "request_id": f"q{i}", "ts": now, "label": "approve" if truth else "deny",
-                           "positive": truth})
+            labels.append(
+                {
+                    "model_id": MODEL,
+                    "request_id": f"q{i}",
+                    "ts": now,
+                    "label": "approve" if truth else "deny",
+                    "positive": truth,
+                }
+            )
         predictions.append(event)
     return predictions, labels
 
 
 @pytest.fixture(scope="module")
-async def cluster(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+async def cluster(
+    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Cluster]:
     # Incidents go to a webhook nobody answers, so the failure counter has something to count.
     settings = unique_settings(*services, webhook_urls=[f"http://127.0.0.1:{free_port()}/hook"])
     await ensure_topics(settings)
@@ -109,7 +122,9 @@ async def evaluator_of(cluster: Cluster, timeout_s: float = 60) -> WorkerProcess
             if requests == N and labelled and failed >= 1:
                 return worker
         await asyncio.sleep(0.5)
-    raise AssertionError("no worker exported the whole traffic:\n" + "\n".join(w.log_tail(15) for w in cluster.workers))
+    raise AssertionError(
+        "no worker exported the whole traffic:\n" + "\n".join(w.log_tail(15) for w in cluster.workers)
+    )
 
 
 async def test_live_metrics_pass_promtool_check(cluster: Cluster) -> None:
@@ -118,27 +133,53 @@ async def test_live_metrics_pass_promtool_check(cluster: Cluster) -> None:
     worker = await evaluator_of(cluster)
     got = await samples(worker)
     every_family = {
-        "aimon_model_predictions_total", "aimon_model_errors_total", "aimon_model_latency_seconds_bucket",
-        "aimon_model_latency_seconds_sum", "aimon_model_latency_seconds_count", "aimon_model_predictions",
-        "aimon_model_error_ratio", "aimon_model_accuracy", "aimon_model_label_coverage",
-        "aimon_model_last_event_timestamp_seconds", "aimon_disparate_impact_ratio", "aimon_group_favourable_rate",
-        "aimon_group_accuracy", "aimon_group_false_negative_rate", "aimon_incidents_open", "aimon_escalation_level",
-        "aimon_notification_failures_total", "aimon_notification_deliveries_total", "aimon_events_ingested_total",
-        "aimon_evaluator_tick_seconds_bucket", "aimon_batch_write_seconds_bucket",
+        "aimon_model_predictions_total",
+        "aimon_model_errors_total",
+        "aimon_model_latency_seconds_bucket",
+        "aimon_model_latency_seconds_sum",
+        "aimon_model_latency_seconds_count",
+        "aimon_model_predictions",
+        "aimon_model_error_ratio",
+        "aimon_model_accuracy",
+        "aimon_model_label_coverage",
+        "aimon_model_last_event_timestamp_seconds",
+        "aimon_disparate_impact_ratio",
+        "aimon_group_favourable_rate",
+        "aimon_group_accuracy",
+        "aimon_group_false_negative_rate",
+        "aimon_incidents_open",
+        "aimon_escalation_level",
+        "aimon_notification_failures_total",
+        "aimon_notification_deliveries_total",
+        "aimon_events_ingested_total",
+        "aimon_evaluator_tick_seconds_bucket",
+        "aimon_batch_write_seconds_bucket",
     }
     assert every_family - set(got) == set()
     for worker in cluster.workers:
         _, text = await worker.get("/metrics")
-        result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True,
-                                timeout=60, check=False)
+        result = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert (result.returncode, result.stdout + result.stderr) == (0, ""), text
 
 
 async def test_counters_add_up_and_only_the_evaluator_exports_models(cluster: Cluster) -> None:
     evaluator = await evaluator_of(cluster)
     other = next(w for w in cluster.workers if w is not evaluator)
-    model_series = ("aimon_model_predictions_total", "aimon_model_latency_seconds_bucket", "aimon_incidents_open",
-                    "aimon_escalation_level", "aimon_group_favourable_rate", "aimon_model_predictions")
+    model_series = (
+        "aimon_model_predictions_total",
+        "aimon_model_latency_seconds_bucket",
+        "aimon_incidents_open",
+        "aimon_escalation_level",
+        "aimon_group_favourable_rate",
+        "aimon_model_predictions",
+    )
     got, elsewhere = await samples(evaluator), await samples(other)
     assert [name for name in model_series if elsewhere.get(name)] == []  # its own process counters only
     assert elsewhere.get("aimon_messages_consumed_total") is not None

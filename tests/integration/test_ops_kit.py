@@ -86,8 +86,12 @@ def exported_metric_names() -> set[str]:
         else:
             names.add(name)
     # A regex that stopped matching after a refactor must fail here, not pass every check vacuously.
-    assert {"aimon_ready", "aimon_messages_consumed_total", "aimon_evaluator_tick_seconds_bucket",
-            "aimon_model_predictions"} <= names, f"could not read the metric names of {METRICS_SOURCE}"
+    assert {
+        "aimon_ready",
+        "aimon_messages_consumed_total",
+        "aimon_evaluator_tick_seconds_bucket",
+        "aimon_model_predictions",
+    } <= names, f"could not read the metric names of {METRICS_SOURCE}"
     return names
 
 
@@ -97,8 +101,24 @@ _MATCHERS = re.compile(r"\{[^{}]*\}")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _RANGE = re.compile(r"\[[^\]]*\]")
 _IDENT = re.compile(r"(?<![\w.$:])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:]|\s*\()")
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-             "group_left", "group_right", "inf", "nan", "atan2", "start", "end"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -182,8 +202,16 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     rules = {(rule["alert"], rule["labels"]["severity"]) for rule in alert_rules()}
     assert rules - fired == set(), "alerts without a test where they fire"
     assert {name for name, _ in rules} - silent == set(), "alerts without a test where they stay silent"
-    asked = {"AimonWorkerDown", "AimonNotReady", "AimonIngestStalled", "AimonConsumerLag",
-             "AimonDeadLettersRising", "AimonEvaluatorSlow", "AimonEvaluatorFailing", "AimonRedisRetries"}
+    asked = {
+        "AimonWorkerDown",
+        "AimonNotReady",
+        "AimonIngestStalled",
+        "AimonConsumerLag",
+        "AimonDeadLettersRising",
+        "AimonEvaluatorSlow",
+        "AimonEvaluatorFailing",
+        "AimonRedisRetries",
+    }
     assert asked <= {name for name, _ in rules}
 
 
@@ -337,7 +365,10 @@ def test_dashboard_queries_reference_only_exported_metrics() -> None:
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Every panel query parses (as a recording rule, after Grafana's variables are substituted)."""
     queries = dashboard_queries()
-    rules = [{"record": f"dashboard:query_{i}", "expr": grafana_to_promql(expr)} for i, (_, expr) in enumerate(queries)]
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": grafana_to_promql(expr)}
+        for i, (_, expr) in enumerate(queries)
+    ]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
     result = run(promtool(), "check", "rules", str(path))
@@ -348,7 +379,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 def test_metric_name_extraction() -> None:
     expr = (
         'sum by (topic) (rate(aimon_events_ingested_total{topic=~"$t", job="aimon_x"}[$__rate_interval] offset 1h))'
-        ' / on (instance) group_left (model_id) up and kafka_consumergroup_lag > 1e3 or vector(0)'
+        " / on (instance) group_left (model_id) up and kafka_consumergroup_lag > 1e3 or vector(0)"
     )
     assert metric_names(expr) == {"aimon_events_ingested_total", "up", "kafka_consumergroup_lag"}
     assert metric_names("histogram_quantile(0.99, sum by (le) (rate(aimon_nope_bucket[5m]))) > 0.8") == {

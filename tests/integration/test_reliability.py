@@ -31,8 +31,15 @@ MODELS = [f"rel-{i}" for i in range(5)]
 
 def traffic(n: int, now: float) -> list[dict[str, object]]:
     return [
-        {"model_id": MODELS[i % len(MODELS)], "model_version": "1", "request_id": f"r{i}", "ts": now - (i % 600),
-         "positive": i % 3 == 0, "latency_ms": 20.0, "groups": {"sex": "FM"[i % 2]}}
+        {
+            "model_id": MODELS[i % len(MODELS)],
+            "model_version": "1",
+            "request_id": f"r{i}",
+            "ts": now - (i % 600),
+            "positive": i % 3 == 0,
+            "latency_ms": 20.0,
+            "groups": {"sex": "FM"[i % 2]},
+        }
         for i in range(n)
     ]
 
@@ -89,7 +96,9 @@ def expected(events: list[dict[str, object]]) -> Counter[str]:
     return Counter(str(e["model_id"]) for e in events)
 
 
-async def test_kill_9_mid_stream_then_restart(services: tuple[str, str], redis: Redis, tmp_path: Path) -> None:
+async def test_kill_9_mid_stream_then_restart(
+    services: tuple[str, str], redis: Redis, tmp_path: Path
+) -> None:
     settings = unique_settings(*services, kafka_session_timeout_s=6)
     await ensure_topics(settings)
     events = traffic(20_000, time.time())
@@ -98,7 +107,9 @@ async def test_kill_9_mid_stream_then_restart(services: tuple[str, str], redis: 
     await first.wait_ready()
     producing = asyncio.create_task(produce_slowly(settings, events, per_second=2500))
     await first.wait_metric("aimon_events_ingested_total", 4000, topic=settings.topics.predictions)
-    assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # no goodbye: offsets of the last batches are not committed
+    assert (
+        first.stop(signal.SIGKILL) == -signal.SIGKILL
+    )  # no goodbye: offsets of the last batches are not committed
     second = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / "second.log")
     second.start()
     try:
@@ -110,11 +121,16 @@ async def test_kill_9_mid_stream_then_restart(services: tuple[str, str], redis: 
         second.stop()
 
 
-async def test_a_third_worker_joins_mid_stream(services: tuple[str, str], redis: Redis, tmp_path: Path) -> None:
+async def test_a_third_worker_joins_mid_stream(
+    services: tuple[str, str], redis: Redis, tmp_path: Path
+) -> None:
     settings = unique_settings(*services, kafka_session_timeout_s=6)
     await ensure_topics(settings)
     events = traffic(20_000, time.time())
-    workers = [WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / f"w{i}.log") for i in range(3)]
+    workers = [
+        WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / f"w{i}.log")
+        for i in range(3)
+    ]
     for w in workers[:2]:
         w.start()
     try:
@@ -126,7 +142,10 @@ async def test_a_third_worker_joins_mid_stream(services: tuple[str, str], redis:
         await producing
         counts = await wait_for_total(redis, Keys(settings.key_prefix), len(events))
         assert counts == expected(events)
-        consumed = [await w.metric("aimon_messages_consumed_total", topic=settings.topics.predictions) for w in workers]
+        consumed = [
+            await w.metric("aimon_messages_consumed_total", topic=settings.topics.predictions)
+            for w in workers
+        ]
         assert sum(consumed) >= len(events) / 50 and sum(1 for c in consumed if c > 0) >= 2
     finally:
         for w in workers:
@@ -141,8 +160,23 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
 
     def start_redis() -> subprocess.Popen[bytes]:
         with (tmp_path / "redis.log").open("ab") as log:
-            return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "yes", "--dir", str(redis_dir)], stdout=log, stderr=log)
+            return subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--dir",
+                    str(redis_dir),
+                ],
+                stdout=log,
+                stderr=log,
+            )
 
     async def wait_redis_up() -> None:
         probe = Redis.from_url(f"redis://127.0.0.1:{port}/0")
@@ -208,15 +242,23 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
     ],
 )
 def test_bad_configuration_is_one_clear_line(env: dict[str, str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "monitor", "run"], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("monitor:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
 
 
-async def test_the_broker_restarts_mid_stream(services: tuple[str, str], redis: Redis, tmp_path: Path) -> None:
+async def test_the_broker_restarts_mid_stream(
+    services: tuple[str, str], redis: Redis, tmp_path: Path
+) -> None:
     """The broker goes away and comes back (same data): the worker resumes, the counts are exact."""
     from monitor.dev import services as local
 

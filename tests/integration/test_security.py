@@ -49,12 +49,32 @@ async def world(services: tuple[str, str], tmp_path_factory: pytest.TempPathFact
         yield world
 
 
-def access(ts: float, principal: str, action: str, resource_type: str, *, model: str = "credit-scoring",
-           resource: str = DATASET, outcome: str = "allowed", ip: str = "10.0.0.5", size: int | None = None,
-           key: str | None = None) -> AccessEvent:
-    return AccessEvent(ts=ts, principal=principal, action=action, resource_type=resource_type,  # type: ignore[arg-type]
-                       resource=resource, outcome=outcome, model_id=model, source_ip=ip,  # type: ignore[arg-type]
-                       auth_method="sso", bytes=size, api_key_id=key)
+def access(
+    ts: float,
+    principal: str,
+    action: str,
+    resource_type: str,
+    *,
+    model: str = "credit-scoring",
+    resource: str = DATASET,
+    outcome: str = "allowed",
+    ip: str = "10.0.0.5",
+    size: int | None = None,
+    key: str | None = None,
+) -> AccessEvent:
+    return AccessEvent(
+        ts=ts,
+        principal=principal,
+        action=action,
+        resource_type=resource_type,  # type: ignore[arg-type]
+        resource=resource,
+        outcome=outcome,
+        model_id=model,
+        source_ip=ip,  # type: ignore[arg-type]
+        auth_method="sso",
+        bytes=size,
+        api_key_id=key,
+    )
 
 
 def business_hours(day_offset: int, hour: int = 10) -> float:
@@ -85,10 +105,23 @@ def only(report: TickReport) -> tuple[str, str, int, str | None]:
 
 async def test_unauthorized_weights_download_pauses_and_revokes(world: World) -> None:
     keys, store = world.fresh()
-    await write(store, [access(NOW - 300, "intern-7", "download", "model_weights", resource="s3://models/credit/2.3/weights.bin")])
+    await write(
+        store,
+        [
+            access(
+                NOW - 300,
+                "intern-7",
+                "download",
+                "model_weights",
+                resource="s3://models/credit/2.3/weights.bin",
+            )
+        ],
+    )
     report = await world.tick(keys, NOW)
     assert only(report) == ("unauthorized-access", "CRITICAL", 4, "intern-7")
-    [message] = [m for m in await world.bus.control("credit-scoring") if report.opened[0].id in m["incident_ids"]]
+    [message] = [
+        m for m in await world.bus.control("credit-scoring") if report.opened[0].id in m["incident_ids"]
+    ]
     assert (message["level"], message["mode"], message["revoke_principals"]) == (4, "paused", ["intern-7"])
     evidence = json.loads((Path(report.opened[0].evidence_ref or "") / "access_events.json").read_text())
     assert [e["principal"] for e in evidence["events"]] == ["intern-7"]
@@ -100,24 +133,43 @@ async def test_training_data_read_at_three_am(world: World) -> None:
     keys, store = world.fresh()
     night = datetime.fromtimestamp(NOW - DAY, UTC).replace(hour=3, minute=10, second=0).timestamp()
     await write(store, [access(night, "ml-alice", "read", "training_data", size=10_000_000)])
-    assert only(await world.tick(keys, night + 20 * MINUTE)) == ("training-data-off-hours", "HIGH", 1, "ml-alice")
+    assert only(await world.tick(keys, night + 20 * MINUTE)) == (
+        "training-data-off-hours",
+        "HIGH",
+        1,
+        "ml-alice",
+    )
 
 
 def etl_history(days: int = 8, daily_bytes: int = 100_000_000) -> list[AccessEvent]:
-    return [access(NOW - d * DAY - 2 * HOUR, "svc-training-etl", "read", "training_data", size=daily_bytes) for d in range(1, days + 1)]
+    return [
+        access(NOW - d * DAY - 2 * HOUR, "svc-training-etl", "read", "training_data", size=daily_bytes)
+        for d in range(1, days + 1)
+    ]
 
 
 async def test_a_principal_new_to_the_data(world: World) -> None:
     keys, store = world.fresh()
     await write(store, etl_history())
     await write(store, [access(NOW - 600, "svc-training-adhoc", "read", "training_data", size=5_000_000)])
-    assert only(await world.tick(keys, NOW)) == ("training-data-new-principal", "HIGH", 1, "svc-training-adhoc")
+    assert only(await world.tick(keys, NOW)) == (
+        "training-data-new-principal",
+        "HIGH",
+        1,
+        "svc-training-adhoc",
+    )
 
 
 async def test_training_data_volume_far_above_the_principals_own(world: World) -> None:
     keys, store = world.fresh()
     await write(store, etl_history())
-    await write(store, [access(NOW - 1800 + i, "svc-training-etl", "download", "training_data", size=500_000_000) for i in range(10)])
+    await write(
+        store,
+        [
+            access(NOW - 1800 + i, "svc-training-etl", "download", "training_data", size=500_000_000)
+            for i in range(10)
+        ],
+    )
     report = await world.tick(keys, NOW)
     assert only(report) == ("training-data-volume", "CRITICAL", 4, "svc-training-etl")
     assert report.opened[0].revoke == ["svc-training-etl"]
@@ -133,12 +185,20 @@ async def test_tampered_weights_pause_and_recommend_the_last_approved_version(wo
     model = "fraud-detector"
 
     def reg(ts: float, event: str, version: str, sha: str) -> RegistryEvent:
-        return RegistryEvent(ts=ts, model_id=model, version=version, event=event, sha256=sha, actor="release-bot")  # type: ignore[arg-type]
+        return RegistryEvent(
+            ts=ts, model_id=model, version=version, event=event, sha256=sha, actor="release-bot"
+        )  # type: ignore[arg-type]
 
-    await write(store, [
-        reg(NOW - 9 * DAY, "approved", "1.0", SHA["a"]), reg(NOW - 9 * DAY + 60, "deployed", "1.0", SHA["a"]),
-        reg(NOW - 2 * DAY, "approved", "2.0", SHA["b"]), reg(NOW - 2 * DAY + 60, "deployed", "2.0", SHA["b"]),
-    ], topic="model-registry")
+    await write(
+        store,
+        [
+            reg(NOW - 9 * DAY, "approved", "1.0", SHA["a"]),
+            reg(NOW - 9 * DAY + 60, "deployed", "1.0", SHA["a"]),
+            reg(NOW - 2 * DAY, "approved", "2.0", SHA["b"]),
+            reg(NOW - 2 * DAY + 60, "deployed", "2.0", SHA["b"]),
+        ],
+        topic="model-registry",
+    )
     assert (await world.tick(keys, NOW)).opened == []  # approved deployments of new versions are fine
     await write(store, [reg(NOW - 120, "artifact_written", "2.0", SHA["c"])], topic="model-registry")
     report = await world.tick(keys, NOW)
@@ -146,7 +206,9 @@ async def test_tampered_weights_pause_and_recommend_the_last_approved_version(wo
     assert (rule, severity, level) == ("weights-tampered", "CRITICAL", 4)
     incident = report.opened[0]
     assert incident.rollback_to == "1.0"
-    assert incident.observation["expected_sha256"] == [SHA["b"]] and incident.observation["sha256"] == SHA["c"]
+    assert (
+        incident.observation["expected_sha256"] == [SHA["b"]] and incident.observation["sha256"] == SHA["c"]
+    )
     messages = [m for m in await world.bus.control(model) if incident.id in m["incident_ids"]]
     assert [(m["level"], m["rollback_to"]) for m in messages] == [(4, "1.0")]
     integrity = json.loads((Path(incident.evidence_ref or "") / "integrity.json").read_text())
@@ -158,7 +220,10 @@ async def test_tampered_weights_pause_and_recommend_the_last_approved_version(wo
 
 async def test_a_burst_of_denied_attempts(world: World) -> None:
     keys, store = world.fresh()
-    await write(store, [access(NOW - 200 + i * 5, "ml-dave", "read", "training_data", outcome="denied") for i in range(25)])
+    await write(
+        store,
+        [access(NOW - 200 + i * 5, "ml-dave", "read", "training_data", outcome="denied") for i in range(25)],
+    )
     assert only(await world.tick(keys, NOW)) == ("denied-burst", "HIGH", 1, "ml-dave")
 
 
@@ -166,10 +231,15 @@ async def test_a_login_from_a_new_source_then_a_privileged_action(world: World) 
     keys, store = world.fresh()
     history = [access(business_hours(d), "ml-erin", "login", "endpoint", ip="10.1.1.7") for d in range(1, 10)]
     await write(store, history)
-    await write(store, [
-        access(NOW - 900, "ml-erin", "login", "endpoint", ip="203.0.113.66"),
-        access(NOW - 600, "ml-erin", "write", "model_weights", resource="s3://models/credit/2.3/weights.bin"),
-    ])
+    await write(
+        store,
+        [
+            access(NOW - 900, "ml-erin", "login", "endpoint", ip="203.0.113.66"),
+            access(
+                NOW - 600, "ml-erin", "write", "model_weights", resource="s3://models/credit/2.3/weights.bin"
+            ),
+        ],
+    )
     report = await world.tick(keys, NOW)
     assert only(report) == ("new-source-privileged", "CRITICAL", 4, "ml-erin")
     assert report.opened[0].revoke == ["ml-erin"]
@@ -177,8 +247,15 @@ async def test_a_login_from_a_new_source_then_a_privileged_action(world: World) 
 
 async def test_an_api_key_querying_like_an_extraction_attack(world: World) -> None:
     keys, store = world.fresh()
-    steady = [access(NOW - h * HOUR - 600 + i, "svc-gateway-1", "query", "endpoint", key="key-123") for h in range(25, 24 * 8, 3) for i in range(100)]
-    burst = [access(NOW - 3000 + i * 0.15, "svc-gateway-1", "query", "endpoint", key="key-123") for i in range(20_000)]
+    steady = [
+        access(NOW - h * HOUR - 600 + i, "svc-gateway-1", "query", "endpoint", key="key-123")
+        for h in range(25, 24 * 8, 3)
+        for i in range(100)
+    ]
+    burst = [
+        access(NOW - 3000 + i * 0.15, "svc-gateway-1", "query", "endpoint", key="key-123")
+        for i in range(20_000)
+    ]
     await write(store, steady + burst)
     report = await world.tick(keys, NOW)
     assert only(report) == ("model-extraction", "HIGH", 2, "key-123")
@@ -193,7 +270,10 @@ async def test_a_normal_week_of_thirty_principals_raises_nothing(world: World) -
     gateways = [f"svc-gateway-{i}" for i in range(6)]
     others = ["svc-deployer", *[f"role:security-analyst-{i}" for i in range(5)]]
     assert len(set(engineers + jobs + gateways + others)) == 30
-    ips = {p: [f"10.2.{i}.{j}" for j in range(rng.randint(1, 2))] for i, p in enumerate(engineers + jobs + gateways + others)}
+    ips = {
+        p: [f"10.2.{i}.{j}" for j in range(rng.randint(1, 2))]
+        for i, p in enumerate(engineers + jobs + gateways + others)
+    }
     datasets = {p: rng.choice([DATASET, "s3://datasets/credit/holdout"]) for p in engineers + jobs}
     events: list[AccessEvent] = []
     for d in range(1, 10):
@@ -201,17 +281,56 @@ async def test_a_normal_week_of_thirty_principals_raises_nothing(world: World) -
             day = business_hours(d, hour=9)
             events.append(access(day, p, "login", "endpoint", ip=rng.choice(ips[p])))
             for _ in range(rng.randint(2, 6)):
-                events.append(access(day + rng.uniform(600, 8 * HOUR), p, "read", "training_data", resource=datasets[p], size=rng.randint(10**6, 10**8)))
+                events.append(
+                    access(
+                        day + rng.uniform(600, 8 * HOUR),
+                        p,
+                        "read",
+                        "training_data",
+                        resource=datasets[p],
+                        size=rng.randint(10**6, 10**8),
+                    )
+                )
         for p in jobs:  # nightly jobs: exempt from the off-hours rule by their grant
-            events.append(access(NOW - d * DAY - rng.uniform(0, 3 * HOUR), p, "read", "training_data", resource=datasets[p], size=rng.randint(10**8, 2 * 10**8)))
+            events.append(
+                access(
+                    NOW - d * DAY - rng.uniform(0, 3 * HOUR),
+                    p,
+                    "read",
+                    "training_data",
+                    resource=datasets[p],
+                    size=rng.randint(10**8, 2 * 10**8),
+                )
+            )
         for p in gateways:
             for h in range(0, 24, 2):
-                events.extend(access(NOW - d * DAY + h * HOUR + i, p, "query", "endpoint", key=f"key-{p}") for i in range(rng.randint(40, 60)))
+                events.extend(
+                    access(NOW - d * DAY + h * HOUR + i, p, "query", "endpoint", key=f"key-{p}")
+                    for i in range(rng.randint(40, 60))
+                )
         for p in others[1:]:
-            events.append(access(business_hours(d, hour=11), p, "read", "model_weights", resource="s3://models/credit/2.3/weights.bin"))
+            events.append(
+                access(
+                    business_hours(d, hour=11),
+                    p,
+                    "read",
+                    "model_weights",
+                    resource="s3://models/credit/2.3/weights.bin",
+                )
+            )
     await write(store, events)
-    approvals = [RegistryEvent(ts=NOW - d * DAY, model_id="credit-scoring", version=f"2.{d}", event=kind, sha256=SHA["abcdef"[d % 6]], actor="svc-deployer")  # type: ignore[arg-type]
-                 for d in range(1, 8) for kind in ("approved", "deployed")]
+    approvals = [
+        RegistryEvent(
+            ts=NOW - d * DAY,
+            model_id="credit-scoring",
+            version=f"2.{d}",
+            event=kind,
+            sha256=SHA["abcdef"[d % 6]],
+            actor="svc-deployer",
+        )  # type: ignore[arg-type]
+        for d in range(1, 8)
+        for kind in ("approved", "deployed")
+    ]
     await write(store, approvals, topic="model-registry")
     for at in (NOW - 6 * DAY, NOW - 4 * DAY, NOW - 2 * DAY, NOW - HOUR, NOW):
         report = await world.tick(keys, at)

@@ -20,26 +20,43 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
-ADDRESS_ENV = ("MONITOR_KAFKA_PORT", "MONITOR_KAFKA_CONTROLLER_PORT", "MONITOR_REDIS_PORT",
-               "MONITOR_KAFKA_BOOTSTRAP", "MONITOR_REDIS_URL", "MONITOR_STATE_DIR")
+ADDRESS_ENV = (
+    "MONITOR_KAFKA_PORT",
+    "MONITOR_KAFKA_CONTROLLER_PORT",
+    "MONITOR_REDIS_PORT",
+    "MONITOR_KAFKA_BOOTSTRAP",
+    "MONITOR_REDIS_URL",
+    "MONITOR_STATE_DIR",
+)
 
 
 def monitor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "monitor", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture
 def own_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """An environment that names only the addresses (free, non-default ports) and a fresh state dir."""
     env = {k: v for k, v in os.environ.items() if k not in ADDRESS_ENV}
-    env.update(MONITOR_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}", MONITOR_REDIS_URL=f"redis://127.0.0.1:{free_port()}/2",
-               MONITOR_STATE_DIR=str(tmp_path / "state"))
+    env.update(
+        MONITOR_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        MONITOR_REDIS_URL=f"redis://127.0.0.1:{free_port()}/2",
+        MONITOR_STATE_DIR=str(tmp_path / "state"),
+    )
     yield env
     monitor(env, "services", "down")
 
 
-async def test_services_up_listens_where_the_worker_dials(own_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_services_up_listens_where_the_worker_dials(
+    own_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     up = monitor(own_env, "services", "up")
     assert up.returncode == 0, up.stderr
     kafka_port = own_env["MONITOR_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]

@@ -24,9 +24,11 @@ async def configs(settings: Settings, *names: str) -> dict[str, dict[str, str]]:
     await admin.start()
     try:
         asked = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(KEYS)) for name in names]
-        return {name: {e[0]: e[1] for e in entries}
-                for answer in await admin.describe_configs(asked)
-                for _, _, _, name, entries in answer.resources}
+        return {
+            name: {e[0]: e[1] for e in entries}
+            for answer in await admin.describe_configs(asked)
+            for _, _, _, name, entries in answer.resources
+        }
     finally:
         await admin.close()
 
@@ -55,8 +57,9 @@ async def test_control_and_incidents_are_created_compacted(services: tuple[str, 
     assert await ensure_topics(settings) == []  # existing and right: accepted as they are
 
 
-@pytest.mark.parametrize(("topic", "variable"), [("control", "MONITOR_TOPIC_CONTROL"),
-                                                 ("incidents", "MONITOR_TOPIC_INCIDENTS")])
+@pytest.mark.parametrize(
+    ("topic", "variable"), [("control", "MONITOR_TOPIC_CONTROL"), ("incidents", "MONITOR_TOPIC_INCIDENTS")]
+)
 async def test_an_existing_uncompacted_topic_is_refused_in_one_line(
     services: tuple[str, str], topic: str, variable: str
 ) -> None:
@@ -66,9 +69,13 @@ async def test_an_existing_uncompacted_topic_is_refused_in_one_line(
     with pytest.raises(TopicConfigError) as refused:
         await ensure_topics(settings)
     message = str(refused.value)
-    assert message.startswith(f"topic {name!r} has cleanup.policy=delete, but the monitor needs cleanup.policy=compact")
-    assert (f"`kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics "
-            f"--entity-name {name} --add-config cleanup.policy=compact`") in message
+    assert message.startswith(
+        f"topic {name!r} has cleanup.policy=delete, but the monitor needs cleanup.policy=compact"
+    )
+    assert (
+        f"`kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter --entity-type topics "
+        f"--entity-name {name} --add-config cleanup.policy=compact`"
+    ) in message
     assert variable in message and "\n" not in message
     assert (await configs(settings, name))[name]["cleanup.policy"] == "delete"  # refused, not changed
 
@@ -83,9 +90,19 @@ async def test_compact_and_delete_is_not_compacted_enough(services: tuple[str, s
 async def test_the_worker_refuses_to_start_on_an_uncompacted_control_topic(services: tuple[str, str]) -> None:
     settings = unique_settings(*services)
     await precreate(settings, settings.topics.control, {})  # the broker's default: delete
-    run = subprocess.run([sys.executable, "-m", "monitor", "run"], env={**os.environ, **settings.to_env()},
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1].startswith(
-        f"monitor: topic {settings.topics.control!r} has cleanup.policy=delete, but the monitor needs "
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"monitor: topic {settings.topics.control!r} has cleanup.policy=delete, but the monitor needs "
+        )
     )

@@ -41,7 +41,9 @@ def dockerfile_build_context() -> list[str]:
 
 def run(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
-    assert done.returncode == 0, f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, argv))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     return done  # type: ignore[no-any-return]
 
 
@@ -68,8 +70,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 def clean_env(bin_dir: Path) -> dict[str, str]:
     """This process's environment without anything that would make the venv see the source tree."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MONITOR_RULES_PATH", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MONITOR_RULES_PATH", "PYTHONHOME")
+    }
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -77,8 +82,11 @@ def clean_env(bin_dir: Path) -> dict[str, str]:
 def test_the_wheel_ships_every_file_of_the_package(installed: tuple[Path, Path]) -> None:
     wheel, _ = installed
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "monitor").rglob("*")
-              if p.is_file() and "__pycache__" not in p.parts}
+    source = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "monitor").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
     assert source - shipped == set()
     assert "monitor/rules/default.yaml" in shipped
 
@@ -95,20 +103,32 @@ def test_the_installed_monitor_starts_from_another_directory(
     site = Path(where.stdout.strip()).parent
     assert site.is_relative_to(bin_dir.parent), site
     check = run(bin_dir / "monitor", "rules", "check", cwd=elsewhere, env=env)
-    assert check.stdout.startswith("OK: ") and f" rules from {site / 'rules' / 'default.yaml'}\n" in check.stdout
+    assert (
+        check.stdout.startswith("OK: ") and f" rules from {site / 'rules' / 'default.yaml'}\n" in check.stdout
+    )
 
     settings = unique_settings(*services)
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
-        worker = subprocess.Popen([bin_dir / "monitor", "run"], cwd=elsewhere, env={**env, **settings.to_env()},
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [bin_dir / "monitor", "run"],
+            cwd=elsewhere,
+            env={**env, **settings.to_env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         ready = f"http://127.0.0.1:{settings.web_port}/readyz"
         deadline = time.monotonic() + 120
         status = None
         while status != 200:
-            assert worker.poll() is None, f"the worker exited {worker.returncode}:\n{log_path.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"no 200 from {ready} in 120 s:\n{log_path.read_text()[-4000:]}"
+            assert worker.poll() is None, (
+                f"the worker exited {worker.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no 200 from {ready} in 120 s:\n{log_path.read_text()[-4000:]}"
+            )
             try:
                 with urllib.request.urlopen(ready, timeout=3) as answer:
                     status = answer.status

@@ -29,16 +29,28 @@ OFFSETS = itertools.count()
 @pytest.fixture
 async def store(services: tuple[str, str]) -> AsyncIterator[RedisStore]:
     redis = Redis.from_url(services[1])
-    yield RedisStore(redis, Keys(f"w{uuid.uuid4().hex[:8]}"), minute_ttl_s=26 * 3600,
-                     hour_ttl_s=15 * 86400, clock=lambda: NOW)
+    yield RedisStore(
+        redis,
+        Keys(f"w{uuid.uuid4().hex[:8]}"),
+        minute_ttl_s=26 * 3600,
+        hour_ttl_s=15 * 86400,
+        clock=lambda: NOW,
+    )
     await redis.aclose()
 
 
 def events(rng: random.Random, n: int, start: float, end: float) -> list[PredictionEvent]:
     return [
-        PredictionEvent(model_id="m", model_version="1", request_id=uuid.uuid4().hex, ts=rng.uniform(start, end),
-                        positive=rng.random() < 0.6, error=rng.random() < 0.02,
-                        latency_ms=rng.lognormvariate(3, 0.5), groups={"sex": rng.choice("FM")})
+        PredictionEvent(
+            model_id="m",
+            model_version="1",
+            request_id=uuid.uuid4().hex,
+            ts=rng.uniform(start, end),
+            positive=rng.random() < 0.6,
+            error=rng.random() < 0.02,
+            latency_ms=rng.lognormvariate(3, 0.5),
+            groups={"sex": rng.choice("FM")},
+        )
         for _ in range(n)
     ]
 
@@ -104,12 +116,16 @@ async def test_minute_sums_shifted_when_the_minute_turns_equal_a_full_read(store
         assert await snapshot(cached, later) == await snapshot(uncached, later)
 
 
-async def test_many_pairs_are_read_in_bounded_pipelines(store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_many_pairs_are_read_in_bounded_pipelines(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = random.Random(3)
     for model in ("a", "b", "c"):
         batch = events(rng, 300, NOW - 3 * 86_400, NOW)
-        await store.apply_predictions("predictions", [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS))
-                                          for e in batch])
+        await store.apply_predictions(
+            "predictions",
+            [Located(msgspec.structs.replace(e, model_id=model), 0, next(OFFSETS)) for e in batch],
+        )
     pairs = [("a", "1"), ("b", "1"), ("c", "1")]
     whole = await readers(store, [0.0])[1].read(pairs, NOW)
     monkeypatch.setattr(windows_module, "MAX_PIPELINE_COMMANDS", 50)  # below one pair's cold read

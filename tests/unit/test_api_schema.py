@@ -18,26 +18,32 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERNAL = {"outbox", "reminded_at", "notified_at"}
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ({}, ("all", None, 100)),
-    ({"status": "open", "limit": "10"}, ("open", None, 10)),
-    ({"model": "credit", "limit": "1000"}, ("all", "credit", 1000)),
-    ({"limit": "1"}, ("all", None, 1)),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, ("all", None, 100)),
+        ({"status": "open", "limit": "10"}, ("open", None, 10)),
+        ({"model": "credit", "limit": "1000"}, ("all", "credit", 1000)),
+        ({"limit": "1"}, ("all", None, 1)),
+    ],
+)
 def test_incident_query_accepts(query: dict[str, str], expected: tuple[str, str | None, int]) -> None:
     parsed = incident_query(MultiDict(query))
     assert (parsed.status, parsed.model, parsed.limit) == expected
 
 
-@pytest.mark.parametrize(("pairs", "message"), [
-    ([("status", "bogus")], "status must be one of open, acknowledged, mitigated, resolved, all"),
-    ([("limit", "0")], "limit must be a whole number from 1 to 1000"),
-    ([("limit", "1001")], "limit must be a whole number from 1 to 1000"),
-    ([("limit", "-3")], "limit must be a whole number from 1 to 1000"),
-    ([("limit", "many")], "limit must be a whole number from 1 to 1000"),
-    ([("sort", "asc")], "unknown query parameter `sort` (allowed: status, model, limit)"),
-    ([("status", "open"), ("status", "resolved")], "query parameter `status` is given more than once"),
-])
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([("status", "bogus")], "status must be one of open, acknowledged, mitigated, resolved, all"),
+        ([("limit", "0")], "limit must be a whole number from 1 to 1000"),
+        ([("limit", "1001")], "limit must be a whole number from 1 to 1000"),
+        ([("limit", "-3")], "limit must be a whole number from 1 to 1000"),
+        ([("limit", "many")], "limit must be a whole number from 1 to 1000"),
+        ([("sort", "asc")], "unknown query parameter `sort` (allowed: status, model, limit)"),
+        ([("status", "open"), ("status", "resolved")], "query parameter `status` is given more than once"),
+    ],
+)
 def test_incident_query_refuses(pairs: list[tuple[str, str]], message: str) -> None:
     with pytest.raises(Refused) as refused:
         incident_query(MultiDict(pairs))
@@ -45,9 +51,22 @@ def test_incident_query_refuses(pairs: list[tuple[str, str]], message: str) -> N
 
 
 def test_the_public_view_drops_the_bookkeeping_and_keeps_the_rest() -> None:
-    incident = Incident(id="INC-1", category="security", rule="weights-tampered", model_id="m", model_version="3",
-                        group=None, severity="CRITICAL", level=4, opened_at=1.0, updated_at=2.0,
-                        notified_at=5.0, reminded_at=6.0, outbox=["opened"], summary="s")
+    incident = Incident(
+        id="INC-1",
+        category="security",
+        rule="weights-tampered",
+        model_id="m",
+        model_version="3",
+        group=None,
+        severity="CRITICAL",
+        level=4,
+        opened_at=1.0,
+        updated_at=2.0,
+        notified_at=5.0,
+        reminded_at=6.0,
+        outbox=["opened"],
+        summary="s",
+    )
     public = incident.public()
     fields = set(type(public).__struct_fields__)
     assert INTERNAL.isdisjoint(fields)
@@ -79,10 +98,18 @@ def test_the_openapi_document_is_complete_and_self_contained() -> None:
     status, model, limit = document["paths"]["/incidents"]["get"]["parameters"]
     assert (status["name"], status["schema"]["enum"]) == ("status", sorted(STATUS_FILTERS))
     assert (model["name"], model["schema"]) == ("model", {"type": "string"})
-    assert (limit["name"], limit["schema"]) == ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+    assert (limit["name"], limit["schema"]) == (
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    )
     assert schemas["EscalateBody"]["required"] == ["by", "why", "level"]
-    assert schemas["ErrorBody"] == {"title": "ErrorBody", "description": "Every error reply: what went wrong, in a sentence.",
-                                    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+    assert schemas["ErrorBody"] == {
+        "title": "ErrorBody",
+        "description": "Every error reply: what went wrong, in a sentence.",
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+    }
 
 
 def test_whole_floats_are_integers_as_json_schema_says() -> None:
@@ -90,8 +117,12 @@ def test_whole_floats_are_integers_as_json_schema_says() -> None:
 
 
 def test_the_model_index_unions_every_kind_of_state() -> None:
-    index = ModelIndex(predictions=frozenset({"a"}), access=frozenset({"b", "a"}),
-                       incidents=frozenset({"c"}), control=frozenset({"d", "b"}))
+    index = ModelIndex(
+        predictions=frozenset({"a"}),
+        access=frozenset({"b", "a"}),
+        incidents=frozenset({"c"}),
+        control=frozenset({"d", "b"}),
+    )
     assert index.all == ["a", "b", "c", "d"]
     assert index.sources("b") == ["access", "control"]
     assert index.sources("nope") == []
@@ -100,4 +131,8 @@ def test_the_model_index_unions_every_kind_of_state() -> None:
 def test_the_dashboards_model_variable_lists_every_model_with_a_level() -> None:
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "aimon.json").read_text())
     [variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "model"]
-    assert variable["query"]["query"] == variable["definition"] == "label_values(aimon_escalation_level, model_id)"
+    assert (
+        variable["query"]["query"]
+        == variable["definition"]
+        == "label_values(aimon_escalation_level, model_id)"
+    )

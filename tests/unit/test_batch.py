@@ -77,10 +77,16 @@ def test_escape_round_trips_separators() -> None:
 def test_window_stats_parse_summed_counters() -> None:
     counters = Counter(
         {
-            "n": 10, "err": 1, "dec": 9, "pos": 6,
-            group_field("zip|3", "94|1", "n"): 4, group_field("zip|3", "94|1", "pos"): 1,
+            "n": 10,
+            "err": 1,
+            "dec": 9,
+            "pos": 6,
+            group_field("zip|3", "94|1", "n"): 4,
+            group_field("zip|3", "94|1", "pos"): 1,
             group_field("zip|3", "94|1", "dec"): 4,
-            "f|toxic": 2, f"lat|{histogram.bucket_of(50.0)}": 10, "latn": 10,
+            "f|toxic": 2,
+            f"lat|{histogram.bucket_of(50.0)}": 10,
+            "latn": 10,
         }
     )
     stats = WindowStats.from_counters(counters)

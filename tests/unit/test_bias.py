@@ -14,7 +14,9 @@ from monitor.rules.fairness import Fairness, ProtectedAttribute, ProxyAttribute
 from monitor.rules.loader import default_rules_path, load_rules
 
 RULES = load_rules(default_rules_path())
-FAIRNESS = Fairness(protected={"sex": ProtectedAttribute(reference="M")}, proxies={"zip3": ProxyAttribute(proxy_for="race")})
+FAIRNESS = Fairness(
+    protected={"sex": ProtectedAttribute(reference="M")}, proxies={"zip3": ProxyAttribute(proxy_for="race")}
+)
 
 
 def groups(attr: str, spec: dict[str, tuple[int, int]]) -> Counter[str]:
@@ -66,7 +68,9 @@ def test_a_group_shift_against_its_own_baseline() -> None:
     found = {f.group: f for f in evaluate_bias(rule, "m", "1", w, baseline=w.reference(), fairness=FAIRNESS)}
     assert found["sex=F"].fired and found["sex=F"].observation["value"] == pytest.approx(-0.19)
     steady = windows(groups("sex", {"F": (2000, 1180), "M": (2000, 1190)}), reference=before)
-    assert not any(f.fired for f in evaluate_bias(rule, "m", "1", steady, baseline=steady.reference(), fairness=FAIRNESS))
+    assert not any(
+        f.fired for f in evaluate_bias(rule, "m", "1", steady, baseline=steady.reference(), fairness=FAIRNESS)
+    )
 
 
 def test_ratio_test_and_interval() -> None:

@@ -25,14 +25,24 @@ NOW = 1_800_000_000.0
         (10, NOW - 900, 100, 100, False, 0.0),  # another worker applied the rest before a rebalance
     ],
 )
-def test_progress(applied: int | None, ts: float | None, committed: int | None, highwater: int | None,
-                  behind: bool | None, lag_s: float | None) -> None:
-    got = progress(0, applied_offset=applied, applied_ts=ts, committed=committed, highwater=highwater, now=NOW)
+def test_progress(
+    applied: int | None,
+    ts: float | None,
+    committed: int | None,
+    highwater: int | None,
+    behind: bool | None,
+    lag_s: float | None,
+) -> None:
+    got = progress(
+        0, applied_offset=applied, applied_ts=ts, committed=committed, highwater=highwater, now=NOW
+    )
     assert (got.behind, got.lag_s) == (behind, lag_s)
     assert PartitionProgress.decode(0, got.encode()) == got
 
 
-def report(partition: int, lag_s: float | None, *, behind: bool | None = True, age_s: float = 0.5) -> PartitionProgress:
+def report(
+    partition: int, lag_s: float | None, *, behind: bool | None = True, age_s: float = 0.5
+) -> PartitionProgress:
     return PartitionProgress(partition, 1, None, 2, behind if lag_s != 0 else False, lag_s, NOW - age_s)
 
 
@@ -50,7 +60,9 @@ def report(partition: int, lag_s: float | None, *, behind: bool | None = True, a
         ([], True, 100.0, {0: None, 1: None, 2: None}),  # a worker's start: no report yet
     ],
 )
-def test_hold(reports: list[PartitionProgress], held: bool, delay_s: float, behind: dict[int, float | None]) -> None:
+def test_hold(
+    reports: list[PartitionProgress], held: bool, delay_s: float, behind: dict[int, float | None]
+) -> None:
     got = judge({r.partition: r for r in reports}, range(3), NOW, watching_since=NOW - 100)
     assert (got.held, got.delay_s, got.behind) == (held, pytest.approx(delay_s, abs=0.6), behind)
 
@@ -66,13 +78,19 @@ def test_no_partition_at_all_holds() -> None:
 
 def test_tracker_keeps_the_newest_applied_record_per_owned_partition() -> None:
     tracker = AppliedTracker("p")
-    tracker.applied([
-        RawMessage("p", 0, 7, None, None, NOW - 70), RawMessage("p", 0, 5, None, None, NOW - 90),
-        RawMessage("p", 1, 3, None, None, NOW - 10), RawMessage("other", 2, 99, None, None, NOW),
-    ])
+    tracker.applied(
+        [
+            RawMessage("p", 0, 7, None, None, NOW - 70),
+            RawMessage("p", 0, 5, None, None, NOW - 90),
+            RawMessage("p", 1, 3, None, None, NOW - 10),
+            RawMessage("other", 2, 99, None, None, NOW),
+        ]
+    )
     reports = tracker.reports([0, 1, 2], highwater={0: 8, 1: 10, 2: 0}.get, committed=lambda p: None, now=NOW)
     assert [(r.partition, r.offset, r.behind, r.lag_s) for r in reports] == [
-        (0, 7, False, 0.0), (1, 3, True, 10.0), (2, None, False, 0.0),
+        (0, 7, False, 0.0),
+        (1, 3, True, 10.0),
+        (2, None, False, 0.0),
     ]
     tracker.reports([1], highwater=lambda p: 10, committed=lambda p: None, now=NOW)  # 0 was revoked
     again = tracker.reports([0], highwater=lambda p: 8, committed=lambda p: None, now=NOW)

@@ -24,12 +24,29 @@ from monitor.incidents.evidence import write_evidence
 from tests.conftest import ROOT, free_port
 
 INCIDENT = {
-    "id": "INC-20260101-abcd1234", "category": "performance", "rule": "error-rate", "model_id": "credit",
-    "model_version": None, "group": None, "severity": "HIGH", "level": 2, "status": "open",
-    "opened_at": 1767225600.0, "updated_at": 1767225660.0, "resolved_at": None,
-    "observation": {"value": 0.0812345, "threshold": 0.05, "window_s": 86400, "samples": 1200, "baseline": None,
-                    "test": {"interval": [0.07, 0.09], "p_value": 0.00123, "significant": True}},
-    "summary": "error rate 8.1 % over 24h", "evidence_ref": None, "remediation": ["Roll back"],
+    "id": "INC-20260101-abcd1234",
+    "category": "performance",
+    "rule": "error-rate",
+    "model_id": "credit",
+    "model_version": None,
+    "group": None,
+    "severity": "HIGH",
+    "level": 2,
+    "status": "open",
+    "opened_at": 1767225600.0,
+    "updated_at": 1767225660.0,
+    "resolved_at": None,
+    "observation": {
+        "value": 0.0812345,
+        "threshold": 0.05,
+        "window_s": 86400,
+        "samples": 1200,
+        "baseline": None,
+        "test": {"interval": [0.07, 0.09], "p_value": 0.00123, "significant": True},
+    },
+    "summary": "error rate 8.1 % over 24h",
+    "evidence_ref": None,
+    "remediation": ["Roll back"],
     "timeline": [{"at": 1767225600.0, "what": "opened", "by": None}],
 }
 
@@ -47,7 +64,9 @@ class Stub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 stub.requests.append((method, self.path, body))
-                status, payload = stub.routes.get((method, self.path), (404, {"error": f"no route {self.path}"}))
+                status, payload = stub.routes.get(
+                    (method, self.path), (404, {"error": f"no route {self.path}"})
+                )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -99,9 +118,28 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 HELP = {
-    (): ["incidents", "models", "audit", "evidence", "rules", "services", "run", "demo", "drill", "--version", "--verbose"],
+    (): [
+        "incidents",
+        "models",
+        "audit",
+        "evidence",
+        "rules",
+        "services",
+        "run",
+        "demo",
+        "drill",
+        "--version",
+        "--verbose",
+    ],
     ("incidents",): ["list", "show", "ack", "mitigate", "resolve"],
-    ("incidents", "list"): ["--status", "open|acknowledged|mitigated|resolved|all", "--model", "--limit", "--json", "--url"],
+    ("incidents", "list"): [
+        "--status",
+        "open|acknowledged|mitigated|resolved|all",
+        "--model",
+        "--limit",
+        "--json",
+        "--url",
+    ],
     ("incidents", "show"): ["ID", "--json"],
     ("incidents", "ack"): ["ID", "--by", "--why", "$USER"],
     ("incidents", "mitigate"): ["ID", "--by", "--why"],
@@ -164,14 +202,18 @@ def test_a_missing_or_wrong_argument_is_a_usage_error_before_any_request(
 
 def test_by_defaults_to_user_and_the_action_is_posted(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
     stub.routes[("POST", "/incidents/INC-1/acknowledge")] = (
-        200, {"command": "c1", "ok": True, "error": None, "incident": {**INCIDENT, "status": "acknowledged"}})
+        200,
+        {"command": "c1", "ok": True, "error": None, "incident": {**INCIDENT, "status": "acknowledged"}},
+    )
     code, out, _ = run(capsys, "incidents", "ack", "INC-1", "--why", "on it", "--url", stub.url)
     assert code == 0
     assert stub.requests == [("POST", "/incidents/INC-1/acknowledge", {"by": "alice", "why": "on it"})]
     assert out == "INC-1: acknowledged (command c1)\n"
 
 
-def test_a_user_less_shell_must_say_by(capsys: pytest.CaptureFixture[str], stub: Stub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_user_less_shell_must_say_by(
+    capsys: pytest.CaptureFixture[str], stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("USER")
     code, _, err = run(capsys, "models", "release", "m1", "--why", "x", "--url", stub.url)
     assert code == 2 and "Missing option '--by'" in err and stub.requests == []
@@ -179,8 +221,20 @@ def test_a_user_less_shell_must_say_by(capsys: pytest.CaptureFixture[str], stub:
 
 def test_escalate_sends_the_level(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
     stub.routes[("POST", "/models/m%2F1/escalate")] = (200, {"command": "c2", "ok": True, "error": None})
-    code, out, _ = run(capsys, "models", "escalate", "m/1", "--level", "3", "--by", "bob", "--why", "drill",
-                       "--url", stub.url)
+    code, out, _ = run(
+        capsys,
+        "models",
+        "escalate",
+        "m/1",
+        "--level",
+        "3",
+        "--by",
+        "bob",
+        "--why",
+        "drill",
+        "--url",
+        stub.url,
+    )
     assert code == 0
     assert stub.requests == [("POST", "/models/m%2F1/escalate", {"by": "bob", "why": "drill", "level": 3})]
     assert out == "m/1: held at level 3 (command c2)\n"
@@ -188,7 +242,9 @@ def test_escalate_sends_the_level(capsys: pytest.CaptureFixture[str], stub: Stub
 
 def test_a_queued_action_says_so(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
     stub.routes[("POST", "/incidents/INC-1/resolve")] = (
-        202, {"command": "c3", "status": "queued: the evaluator has not applied it yet"})
+        202,
+        {"command": "c3", "status": "queued: the evaluator has not applied it yet"},
+    )
     code, out, _ = run(capsys, "incidents", "resolve", "INC-1", "--why", "fixed", "--url", stub.url)
     assert (code, out) == (0, "INC-1: queued: the evaluator has not applied it yet (command c3)\n")
 
@@ -198,24 +254,55 @@ def test_an_empty_list_prints_none(capsys: pytest.CaptureFixture[str], stub: Stu
     stub.routes[("GET", "/incidents?status=open")] = (200, {"incidents": []})
     stub.routes[("GET", "/models")] = (200, {"models": []})
     stub.routes[("GET", "/models/m1")] = (
-        200, {"model_id": "m1", "level": 0, "override": None, "seq": 0, "control": None, "versions": [],
-              "open_incidents": []})
+        200,
+        {
+            "model_id": "m1",
+            "level": 0,
+            "override": None,
+            "seq": 0,
+            "control": None,
+            "versions": [],
+            "open_incidents": [],
+        },
+    )
     code, out, _ = run(capsys, *argv, "--url", stub.url)
     assert code == 0
     assert out.splitlines()[-1] == "(none)"
     assert "None" not in out
 
 
-def test_list_passes_the_filters_and_prints_a_plain_table(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
+def test_list_passes_the_filters_and_prints_a_plain_table(
+    capsys: pytest.CaptureFixture[str], stub: Stub
+) -> None:
     stub.routes[("GET", "/incidents?status=all&model=credit&limit=5")] = (200, {"incidents": [INCIDENT]})
-    code, out, _ = run(capsys, "incidents", "list", "--status", "all", "--model", "credit", "--limit", "5",
-                       "--url", stub.url)
+    code, out, _ = run(
+        capsys, "incidents", "list", "--status", "all", "--model", "credit", "--limit", "5", "--url", stub.url
+    )
     assert code == 0
     assert [r[1] for r in stub.requests] == ["/incidents?status=all&model=credit&limit=5"]
     header, row = out.splitlines()
-    assert header.split() == ["ID", "STATUS", "SEVERITY", "LEVEL", "MODEL", "RULE", "GROUP", "OPENED", "(UTC)"]
-    assert row.split() == ["INC-20260101-abcd1234", "open", "HIGH", "2", "credit", "error-rate", "-",
-                           "2026-01-01", "00:00"]
+    assert header.split() == [
+        "ID",
+        "STATUS",
+        "SEVERITY",
+        "LEVEL",
+        "MODEL",
+        "RULE",
+        "GROUP",
+        "OPENED",
+        "(UTC)",
+    ]
+    assert row.split() == [
+        "INC-20260101-abcd1234",
+        "open",
+        "HIGH",
+        "2",
+        "credit",
+        "error-rate",
+        "-",
+        "2026-01-01",
+        "00:00",
+    ]
     assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
 
 
@@ -239,7 +326,9 @@ def test_show_has_no_raw_none_or_seconds(capsys: pytest.CaptureFixture[str], stu
     assert "test       interval=[0.07, 0.09], p_value=0.00123, significant=yes" in lines
 
 
-def test_an_api_error_is_one_line_with_status_and_message(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
+def test_an_api_error_is_one_line_with_status_and_message(
+    capsys: pytest.CaptureFixture[str], stub: Stub
+) -> None:
     stub.routes[("GET", "/incidents/INC-9")] = (404, {"error": "no incident INC-9"})
     code, out, err = run(capsys, "incidents", "show", "INC-9", "--url", stub.url)
     assert (code, out) == (1, "")
@@ -255,8 +344,15 @@ def test_no_worker_is_one_line_that_says_what_to_do(capsys: pytest.CaptureFixtur
 
 def test_a_drill_with_no_worker_is_refused_before_it_produces(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = run(capsys, "--kafka-bootstrap", "127.0.0.1:1", "drill", str(ROOT / "drills" / "outage.yaml"),
-                         "--url", url)
+    code, out, err = run(
+        capsys,
+        "--kafka-bootstrap",
+        "127.0.0.1:1",
+        "drill",
+        str(ROOT / "drills" / "outage.yaml"),
+        "--url",
+        url,
+    )
     assert code == 1
     assert err == f"monitor: no worker answers at {url} (start `monitor run`, or pass --url)\n"
 
@@ -264,18 +360,28 @@ def test_a_drill_with_no_worker_is_refused_before_it_produces(capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("env", "line"),
     [
-        ({"MONITOR_WEBHOOK_URLS": "http://x"},
-         """monitor: bad setting MONITOR_WEBHOOK_URLS: must be a JSON list of URLs, e.g. ["http://x"] (got 'http://x')"""),
-        ({"MONITOR_PARTITIONS": "zero"},
-         "monitor: bad setting MONITOR_PARTITIONS: Input should be a valid integer, unable to parse string as an"
-         " integer (got 'zero')"),
-        ({"MONITOR_REDIS_URL": "localhost:6379"},
-         "monitor: bad setting MONITOR_REDIS_URL: Value error, must start with redis://, rediss:// or unix://, e.g."
-         " redis://127.0.0.1:6379/0 (got 'localhost:6379')"),
+        (
+            {"MONITOR_WEBHOOK_URLS": "http://x"},
+            """monitor: bad setting MONITOR_WEBHOOK_URLS: must be a JSON list of URLs, e.g. ["http://x"] (got 'http://x')""",
+        ),
+        (
+            {"MONITOR_PARTITIONS": "zero"},
+            "monitor: bad setting MONITOR_PARTITIONS: Input should be a valid integer, unable to parse string as an"
+            " integer (got 'zero')",
+        ),
+        (
+            {"MONITOR_REDIS_URL": "localhost:6379"},
+            "monitor: bad setting MONITOR_REDIS_URL: Value error, must start with redis://, rediss:// or unix://, e.g."
+            " redis://127.0.0.1:6379/0 (got 'localhost:6379')",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stub: Stub, env: dict[str, str], line: str
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stub: Stub,
+    env: dict[str, str],
+    line: str,
 ) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -287,8 +393,14 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
 def test_the_console_script_prints_one_line_for_a_bad_setting() -> None:
     """As a user types it: a new process, so nothing of pytest's logging set-up hides a traceback."""
     env = {"MONITOR_WEBHOOK_URLS": "http://x", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "monitor", "incidents", "list"], env=env, capture_output=True,
-                            text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "incidents", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         """monitor: bad setting MONITOR_WEBHOOK_URLS: must be a JSON list of URLs, e.g. ["http://x"] (got 'http://x')"""
@@ -314,7 +426,9 @@ def test_evidence_verify_intact(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert (code, out) == (0, f"evidence of INC-1 intact ({tmp_path / 'INC-1'})\n")
 
 
-def test_evidence_verify_unknown_id_is_not_tampering(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_evidence_verify_unknown_id_is_not_tampering(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     _bundle(tmp_path)
     code, out, err = run(capsys, "evidence", "verify", "INC-2", "--dir", str(tmp_path))
     assert (code, out, err) == (2, "", f"monitor: no evidence for INC-2 under {tmp_path}\n")
@@ -323,7 +437,10 @@ def test_evidence_verify_unknown_id_is_not_tampering(capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("tamper", "problem"),
     [
-        (lambda d: (d / "window.json").write_bytes(b"[1, 2, 4]"), "window.json: changed (sha256 does not match the manifest)"),
+        (
+            lambda d: (d / "window.json").write_bytes(b"[1, 2, 4]"),
+            "window.json: changed (sha256 does not match the manifest)",
+        ),
         (lambda d: (d / "window.json").unlink(), "window.json: missing"),
         (lambda d: (d / "extra.txt").write_text("x"), "extra.txt: not in the manifest"),
         (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json: unreadable"),

@@ -40,10 +40,26 @@ def finding(
 ) -> Finding:
     """A finding of a default rule (its severity and level unless given)."""
     r = RULES.by_id(rule_id)
-    obs = {"value": 0.5, "threshold": 0.1, "window_s": r.window_s, "samples": 1000, "attribute": "a",
-           "group": group or "g", **observation}
-    return Finding(rule_id, model, version, group, fired, inside, severity or r.severity,
-                   r.level if level is None else level, obs)
+    obs = {
+        "value": 0.5,
+        "threshold": 0.1,
+        "window_s": r.window_s,
+        "samples": 1000,
+        "attribute": "a",
+        "group": group or "g",
+        **observation,
+    }
+    return Finding(
+        rule_id,
+        model,
+        version,
+        group,
+        fired,
+        inside,
+        severity or r.severity,
+        r.level if level is None else level,
+        obs,
+    )
 
 
 def incident(rule_id: str, at: float = NOW - 3600, **finding_options: Any) -> Incident:
@@ -64,14 +80,21 @@ def transitions(decisions: decide.IncidentDecisions) -> list[tuple[str, str]]:
     ("open_rules", "firing", "expected"),
     [
         pytest.param([], ["accuracy-drop-24h"], [("accuracy-drop-24h", "open")], id="nothing-open"),
-        pytest.param(["downtime"], ["accuracy-drop-24h", "accuracy-gap-widening", "downtime"],
-                     [("downtime", "refire")], id="downtime-open-inhibits-accuracy"),
+        pytest.param(
+            ["downtime"],
+            ["accuracy-drop-24h", "accuracy-gap-widening", "downtime"],
+            [("downtime", "refire")],
+            id="downtime-open-inhibits-accuracy",
+        ),
         pytest.param(["downtime"], ["error-rate"], [("error-rate", "open")], id="error-rate-not-inhibited"),
         # file order: accuracy-drop-24h is judged before downtime, so a downtime opened in the same
         # tick inhibits only the rules after it
-        pytest.param([], ["downtime", "accuracy-drop-24h", "accuracy-gap-widening"],
-                     [("accuracy-drop-24h", "open"), ("accuracy-gap-widening", "open"), ("downtime", "open")],
-                     id="downtime-opened-now-inhibits-only-later-rules"),
+        pytest.param(
+            [],
+            ["downtime", "accuracy-drop-24h", "accuracy-gap-widening"],
+            [("accuracy-drop-24h", "open"), ("accuracy-gap-widening", "open"), ("downtime", "open")],
+            id="downtime-opened-now-inhibits-only-later-rules",
+        ),
         pytest.param(["group-shift"], ["disparate-impact"], [], id="bias-rules-inhibit-each-other"),
     ],
 )
@@ -156,16 +179,38 @@ def test_the_worst_version_speaks_for_the_incident() -> None:
         pytest.param("error-rate", {}, 899.0, True, "settle", "open", NOW - 899, id="hold-not-over"),
         pytest.param("error-rate", {}, None, True, "settle", "open", NOW, id="hold-starts"),
         pytest.param("error-rate", {}, 5000.0, False, "settle", "open", None, id="outside-again-restarts"),
-        pytest.param("error-rate", {"severity": "CRITICAL", "level": 4}, 10_000.0, True, "settle", "open",
-                     NOW - 10_000, id="critical-never"),
-        pytest.param("denied-burst", {"auto_recover": True}, 10_000.0, True, "settle", "open", NOW - 10_000,
-                     id="security-never"),
-        pytest.param("accuracy-drop-7d", {}, 10_000.0, True, "settle", "open", NOW - 10_000,
-                     id="auto-recover-false"),
+        pytest.param(
+            "error-rate",
+            {"severity": "CRITICAL", "level": 4},
+            10_000.0,
+            True,
+            "settle",
+            "open",
+            NOW - 10_000,
+            id="critical-never",
+        ),
+        pytest.param(
+            "denied-burst",
+            {"auto_recover": True},
+            10_000.0,
+            True,
+            "settle",
+            "open",
+            NOW - 10_000,
+            id="security-never",
+        ),
+        pytest.param(
+            "accuracy-drop-7d", {}, 10_000.0, True, "settle", "open", NOW - 10_000, id="auto-recover-false"
+        ),
     ],
 )
 def test_settle(
-    rule_id: str, options: dict[str, Any], clear_for_s: float | None, inside: bool, kind: str, status: str,
+    rule_id: str,
+    options: dict[str, Any],
+    clear_for_s: float | None,
+    inside: bool,
+    kind: str,
+    status: str,
     clear_since: float | None,
 ) -> None:
     r = rule(rule_id, auto_recover=options.pop("auto_recover", RULES.by_id(rule_id).auto_recover))
@@ -189,8 +234,14 @@ def test_a_finding_that_does_not_fire_opens_nothing() -> None:
 # --- level, rollback and revocations -------------------------------------------------------------------
 
 
-def live_incident(level: int, *, version: str = "2", rollback: bool = False, rollback_to: str | None = None,
-                  revoke: tuple[str, ...] = ()) -> Incident:
+def live_incident(
+    level: int,
+    *,
+    version: str = "2",
+    rollback: bool = False,
+    rollback_to: str | None = None,
+    revoke: tuple[str, ...] = (),
+) -> Incident:
     i = incident("error-rate", version=version, level=level)
     i.rollback, i.rollback_to, i.revoke = rollback, rollback_to, list(revoke)
     return i
@@ -228,14 +279,30 @@ def test_level_is_the_max_of_incidents_and_override(
     [
         pytest.param([live_incident(3, rollback=True)], {"2": ["1", "0"]}, "1", [], id="predecessor"),
         pytest.param([live_incident(3, rollback=True)], {"2": []}, None, [], id="no-predecessor"),
-        pytest.param([live_incident(3, rollback=False)], {"2": ["1"]}, None, [],
-                     id="rule-does-not-roll-back"),
-        pytest.param([live_incident(4, rollback=True, rollback_to="0.9"), live_incident(3, rollback=True)],
-                     {"2": ["1"]}, "0.9", [], id="named-by-incident-first"),
-        pytest.param([live_incident(3, rollback=True), live_incident(4, rollback=True, rollback_to="0.9")],
-                     {"2": ["1"]}, "0.9", [], id="named-by-incident-wins"),
-        pytest.param([live_incident(4, revoke=("bob",)), live_incident(4, revoke=("alice", "bob"))], {},
-                     None, ["alice", "bob"], id="revoke-each-once-sorted"),
+        pytest.param(
+            [live_incident(3, rollback=False)], {"2": ["1"]}, None, [], id="rule-does-not-roll-back"
+        ),
+        pytest.param(
+            [live_incident(4, rollback=True, rollback_to="0.9"), live_incident(3, rollback=True)],
+            {"2": ["1"]},
+            "0.9",
+            [],
+            id="named-by-incident-first",
+        ),
+        pytest.param(
+            [live_incident(3, rollback=True), live_incident(4, rollback=True, rollback_to="0.9")],
+            {"2": ["1"]},
+            "0.9",
+            [],
+            id="named-by-incident-wins",
+        ),
+        pytest.param(
+            [live_incident(4, revoke=("bob",)), live_incident(4, revoke=("alice", "bob"))],
+            {},
+            None,
+            ["alice", "bob"],
+            id="revoke-each-once-sorted",
+        ),
     ],
 )
 def test_rollback_to_and_revoke_principals(
@@ -279,11 +346,22 @@ def test_benjamini_hochberg_across_models_of_a_family() -> None:
     }
     result = decide.control_false_discoveries(RULES.rules, findings)
     # 4 tests: 0.001*4/1 = 0.004, 0.004*4/2 = 0.008, 0.03*4/3 = 0.04, 1.0
-    got = [(f.model_id, f.group, f.fired, f.observation["test"].get("p_adjusted"),
-            f.observation["test"].get("tests_in_family"))
-           for m in ("a", "b") for f in result[m]["fnr-gap"]]
+    got = [
+        (
+            f.model_id,
+            f.group,
+            f.fired,
+            f.observation["test"].get("p_adjusted"),
+            f.observation["test"].get("tests_in_family"),
+        )
+        for m in ("a", "b")
+        for f in result[m]["fnr-gap"]
+    ]
     assert [(m, g, fired, tests) for m, g, fired, _, tests in got] == [
-        ("a", "x", True, 4), ("a", "y", False, 4), ("b", "g", True, 4), ("b", "z", False, None),
+        ("a", "x", True, 4),
+        ("a", "y", False, 4),
+        ("b", "g", True, 4),
+        ("b", "z", False, None),
     ]
     assert [p for *_, p, _ in got][:3] == pytest.approx([0.004, 0.04, 0.008])
     assert result["a"]["error-rate"] == findings["a"]["error-rate"]  # not an fdr rule
@@ -308,8 +386,16 @@ def test_benjamini_hochberg_family_size_matters(p_values: list[float], fired: li
 
 
 def cmd(action: str, incident_id: str | None = None, level: int | None = None) -> Command:
-    return Command(id="c1", action=action, model_id="m", who="ann", why="checked",  # type: ignore[arg-type]
-                   at=NOW, incident_id=incident_id, level=level)
+    return Command(
+        id="c1",
+        action=action,
+        model_id="m",
+        who="ann",
+        why="checked",  # type: ignore[arg-type]
+        at=NOW,
+        incident_id=incident_id,
+        level=level,
+    )
 
 
 def test_commands() -> None:
@@ -317,7 +403,8 @@ def test_commands() -> None:
     incidents, state = [open_one], ControlState()
     quiet_s = {"error-rate": 300.0}
     assert decide.command(cmd("escalate", level=3), incidents, state, quiet_s, NOW) == decide.CommandEffect(
-        sets_override=True, override=3)
+        sets_override=True, override=3
+    )
     assert state.override == 3
     assert decide.command(cmd("release"), incidents, state, quiet_s, NOW).sets_override
     assert state.override is None

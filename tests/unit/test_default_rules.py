@@ -71,4 +71,6 @@ def test_rules_check_without_a_path_follows_the_setting(
 ) -> None:
     monkeypatch.setenv("MONITOR_RULES_PATH", "missing.yaml")
     assert main(["rules", "check"]) == 1
-    assert capsys.readouterr().err.startswith(f"{elsewhere / 'missing.yaml'}: no such rules file or directory")
+    assert capsys.readouterr().err.startswith(
+        f"{elsewhere / 'missing.yaml'}: no such rules file or directory"
+    )

@@ -68,8 +68,12 @@ def scrape_jobs() -> dict[str, list[str]]:
 
 def queries() -> list[tuple[str, str]]:
     """(where, PromQL) of every alert rule and every dashboard query."""
-    found = [(f"alert {rule['alert']}", rule["expr"])
-             for group in load(DEPLOY / "alerts.yml")["groups"] for rule in group["rules"] if "alert" in rule]
+    found = [
+        (f"alert {rule['alert']}", rule["expr"])
+        for group in load(DEPLOY / "alerts.yml")["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
 
     def panels(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [p for item in items for p in [item, *panels(item.get("panels", []))]]
@@ -80,7 +84,9 @@ def queries() -> list[tuple[str, str]]:
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]
-            found.append((f"variable {variable['name']}", query["query"] if isinstance(query, dict) else query))
+            found.append(
+                (f"variable {variable['name']}", query["query"] if isinstance(query, dict) else query)
+            )
     assert len(found) > 20, "could not read the alert rules and the dashboard"
     return found
 
@@ -92,7 +98,9 @@ def without_strings(expr: str) -> str:
 def test_every_scraped_target_is_a_compose_service_on_its_port() -> None:
     for job, hosts in scrape_jobs().items():
         for host in hosts:
-            assert host in SERVICES, f"Prometheus job {job} scrapes {host}, which docker-compose.yml does not run"
+            assert host in SERVICES, (
+                f"Prometheus job {job} scrapes {host}, which docker-compose.yml does not run"
+            )
     monitor_port = dockerfile_env()["MONITOR_WEB_PORT"]
     assert scrape_jobs()["aimon"] == ["monitor"]
     targets = {t for job in PROMETHEUS["scrape_configs"] for s in job["static_configs"] for t in s["targets"]}
@@ -102,7 +110,9 @@ def test_every_scraped_target_is_a_compose_service_on_its_port() -> None:
 
 def test_every_queried_metric_comes_from_a_scraped_compose_service() -> None:
     jobs = scrape_jobs()
-    by_image = {("." if "build" in svc else svc["image"].split(":")[0]): name for name, svc in SERVICES.items()}
+    by_image = {
+        ("." if "build" in svc else svc["image"].split(":")[0]): name for name, svc in SERVICES.items()
+    }
     scraped = {host for hosts in jobs.values() for host in hosts}
     problems = []
     for where, expr in queries():
@@ -111,7 +121,9 @@ def test_every_queried_metric_comes_from_a_scraped_compose_service() -> None:
             prefix = name.split("_", 1)[0] + "_"
             service = by_image.get(EXPORTERS[prefix])
             if service is None or service not in scraped:
-                problems.append(f"{where}: {name} needs {EXPORTERS[prefix]} run by compose and scraped by Prometheus")
+                problems.append(
+                    f"{where}: {name} needs {EXPORTERS[prefix]} run by compose and scraped by Prometheus"
+                )
         for job in re.findall(r'\bjob\s*=~?\s*"([^"]*)"', expr):
             if job not in jobs:
                 problems.append(f"{where}: job {job!r} is no scrape job of deploy/prometheus.yml")
@@ -151,8 +163,11 @@ def test_the_monitor_is_wired_to_alertmanager_a_token_and_an_evidence_volume() -
 
 def test_state_is_on_named_volumes_and_services_restart() -> None:
     volumes = set(COMPOSE["volumes"])
-    for service, path in (("kafka", environment("kafka")["KAFKA_LOG_DIRS"]), ("redis", "/data"),
-                          ("monitor", "/home/aimon/evidence")):
+    for service, path in (
+        ("kafka", environment("kafka")["KAFKA_LOG_DIRS"]),
+        ("redis", "/data"),
+        ("monitor", "/home/aimon/evidence"),
+    ):
         mounted = {v.split(":")[1]: v.split(":")[0] for v in SERVICES[service]["volumes"]}
         assert mounted.get(path) in volumes, f"{service}: {path} is not on a named volume"
     for name, service in SERVICES.items():

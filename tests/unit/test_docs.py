@@ -17,10 +17,22 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".j2", ".lua", ".txt", 
 
 def _repo_text_files() -> list[Path]:
     # What git tracks (or would): build products and caches are not the repository's text.
-    skip = {".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache", "__pycache__", "evidence", "build"}
+    skip = {
+        ".git",
+        ".venv",
+        "node_modules",
+        ".mypy_cache",
+        ".pytest_cache",
+        "__pycache__",
+        "evidence",
+        "build",
+    }
     return [
-        path for path in ROOT.rglob("*")
-        if path.is_file() and path.suffix in TEXT_SUFFIXES and path != Path(__file__)
+        path
+        for path in ROOT.rglob("*")
+        if path.is_file()
+        and path.suffix in TEXT_SUFFIXES
+        and path != Path(__file__)
         and not skip.intersection(path.relative_to(ROOT).parts)
         and not any(part.endswith(".egg-info") for part in path.parts)
     ]
@@ -29,8 +41,10 @@ def _repo_text_files() -> list[Path]:
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc: Path) -> None:
     broken = [
-        target for target in LINK.findall(doc.read_text(encoding="utf-8"))
-        if "://" not in target and not target.startswith("mailto:")
+        target
+        for target in LINK.findall(doc.read_text(encoding="utf-8"))
+        if "://" not in target
+        and not target.startswith("mailto:")
         and not (doc.parent / target).resolve().exists()
     ]
     assert broken == [], f"{doc.relative_to(ROOT)} links to missing files: {broken}"
@@ -39,7 +53,8 @@ def test_relative_links_resolve(doc: Path) -> None:
 def test_nothing_points_outside_the_repository() -> None:
     outside = re.compile(r"DESIGN\.md|STYLE\.md|/work/shared|\.\./shared")
     offenders = [
-        str(path.relative_to(ROOT)) for path in _repo_text_files()
+        str(path.relative_to(ROOT))
+        for path in _repo_text_files()
         if outside.search(path.read_text(encoding="utf-8", errors="replace"))
     ]
     assert offenders == []

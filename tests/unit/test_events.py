@@ -173,18 +173,36 @@ def test_to_epoch_rejects_nan() -> None:
 
 LABEL = {"request_id": "r", "model_id": "m", "ts": 1.0, "label": 1, "positive": False}
 ACCESS = {
-    "ts": "2025-01-01T03:00:00Z", "principal": "svc-a", "action": "download",
-    "resource_type": "model_weights", "resource": "s3://w/credit/1.2.0", "outcome": "allowed",
-    "source_ip": "10.0.0.1", "auth_method": "iam", "bytes": 10, "api_key_id": "k",
+    "ts": "2025-01-01T03:00:00Z",
+    "principal": "svc-a",
+    "action": "download",
+    "resource_type": "model_weights",
+    "resource": "s3://w/credit/1.2.0",
+    "outcome": "allowed",
+    "source_ip": "10.0.0.1",
+    "auth_method": "iam",
+    "bytes": 10,
+    "api_key_id": "k",
 }
-REGISTRY = {"ts": 1.0, "model_id": "m", "version": "1", "event": "approved", "sha256": "ab" * 32, "actor": "alice"}
+REGISTRY = {
+    "ts": 1.0,
+    "model_id": "m",
+    "version": "1",
+    "event": "approved",
+    "sha256": "ab" * 32,
+    "actor": "alice",
+}
 
 
 @pytest.mark.parametrize(
     ("schema", "good", "bad_changes"),
     [
         (LabelEvent, LABEL, [{"label": [1]}, {"request_id": None}, {"positive": 2}]),
-        (AccessEvent, ACCESS, [{"action": "steal"}, {"resource_type": "x"}, {"outcome": "maybe"}, {"bytes": -1}]),
+        (
+            AccessEvent,
+            ACCESS,
+            [{"action": "steal"}, {"resource_type": "x"}, {"outcome": "maybe"}, {"bytes": -1}],
+        ),
         (RegistryEvent, REGISTRY, [{"sha256": "zz"}, {"event": "deleted"}, {"actor": ""}]),
     ],
 )

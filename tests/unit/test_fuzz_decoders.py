@@ -23,20 +23,48 @@ from monitor.events import (
 )
 
 REASONS = {REASON_EMPTY, REASON_INVALID_EVENT, REASON_INVALID_JSON, REASON_TOO_LARGE}
-DECODERS = [EventDecoder(schema, max_value_bytes=16 * 1024) for schema in (PredictionEvent, LabelEvent, AccessEvent, RegistryEvent)]
+DECODERS = [
+    EventDecoder(schema, max_value_bytes=16 * 1024)
+    for schema in (PredictionEvent, LabelEvent, AccessEvent, RegistryEvent)
+]
 VALID: dict[type, dict[str, Any]] = {
-    PredictionEvent: {"model_id": "m", "model_version": "1", "request_id": "r", "ts": 1_700_000_000.0, "positive": True},
+    PredictionEvent: {
+        "model_id": "m",
+        "model_version": "1",
+        "request_id": "r",
+        "ts": 1_700_000_000.0,
+        "positive": True,
+    },
     LabelEvent: {"request_id": "r", "model_id": "m", "ts": 1_700_000_000.0, "label": 1},
-    AccessEvent: {"ts": 1_700_000_000.0, "principal": "p", "action": "read", "resource_type": "training_data",
-                  "resource": "s3://x", "outcome": "allowed"},
-    RegistryEvent: {"ts": 1_700_000_000.0, "model_id": "m", "version": "1", "event": "approved", "sha256": "a" * 64, "actor": "x"},
+    AccessEvent: {
+        "ts": 1_700_000_000.0,
+        "principal": "p",
+        "action": "read",
+        "resource_type": "training_data",
+        "resource": "s3://x",
+        "outcome": "allowed",
+    },
+    RegistryEvent: {
+        "ts": 1_700_000_000.0,
+        "model_id": "m",
+        "version": "1",
+        "event": "approved",
+        "sha256": "a" * 64,
+        "actor": "x",
+    },
 }
 
 # Finite floats only: json.dumps writes inf as `Infinity`, which is not JSON (that case is covered
 # by the arbitrary-bytes test, where such a value is dead-lettered whole as invalid_json).
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 FUZZ = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,11 +22,25 @@ from monitor.events import ControlMessage, EventDecoder, PredictionEvent, encode
 MODEL = "credit-scoring"
 
 
-def control(level: int, seq: int = 1, *, revoke: tuple[str, ...] = (), rollback_to: str | None = None,
-            model_id: str = MODEL) -> ControlMessage:
+def control(
+    level: int,
+    seq: int = 1,
+    *,
+    revoke: tuple[str, ...] = (),
+    rollback_to: str | None = None,
+    model_id: str = MODEL,
+) -> ControlMessage:
     """The control message the monitor publishes for `level` (the real ladder in monitor.control)."""
-    return build_message(model_id, seq, level, [], override=level, rollback_to=rollback_to,
-                         revoke_principals=revoke, issued_at=1_760_000_000.0)
+    return build_message(
+        model_id,
+        seq,
+        level,
+        [],
+        override=level,
+        rollback_to=rollback_to,
+        revoke_principals=revoke,
+        issued_at=1_760_000_000.0,
+    )
 
 
 class Draw(random.Random):
@@ -72,8 +86,14 @@ ALWAYS = 0.0  # a draw below every sampling rate above 0
         (2, None, "svc-leaked", NEVER, "blocked", "revoked"),
     ],
 )
-def test_routing_table(level: int | None, confidence: float | None, principal: str | None, draw: float,
-                       decision: str, reason: str) -> None:
+def test_routing_table(
+    level: int | None,
+    confidence: float | None,
+    principal: str | None,
+    draw: float,
+    decision: str,
+    reason: str,
+) -> None:
     message = None if level is None else control(level, seq=7, revoke=("svc-leaked",), rollback_to="3.0.2")
     route = decide(message, confidence, principal, Draw(draw))
     assert route.decision == decision
@@ -85,7 +105,12 @@ def test_routing_table(level: int | None, confidence: float | None, principal: s
 
 def test_every_level_of_the_ladder_is_routed_by_its_mode() -> None:
     assert {level: policy.mode for level, policy in LEVELS.items()} == {
-        0: "auto", 1: "auto", 2: "human_review", 3: "human_review", 4: "paused"}
+        0: "auto",
+        1: "auto",
+        2: "human_review",
+        3: "human_review",
+        4: "paused",
+    }
     reason = decide(control(3), 0.99, None, Draw(NEVER)).reason
     assert reason.endswith("(level 3, seq 1)")
 
@@ -126,7 +151,9 @@ def test_models_are_independent() -> None:
     gateway._apply(control(0, seq=1, model_id="b"))
     assert gateway.route("a", confidence=0.99).decision == "human_review"
     assert gateway.route("b", confidence=0.99, principal=None).level == 0
-    assert gateway.route("unknown", confidence=None) == Route("automatic", "no control message for this model", 0, None, None)
+    assert gateway.route("unknown", confidence=None) == Route(
+        "automatic", "no control message for this model", 0, None, None
+    )
     assert set(gateway.models()) == {"a", "b"}
 
 
@@ -171,10 +198,12 @@ def test_a_seeded_gateway_is_reproducible() -> None:
     for gateway in (first, second):
         gateway._apply(control(1))
     assert [first.route(MODEL, confidence=0.9).decision for _ in range(500)] == [
-        second.route(MODEL, confidence=0.9).decision for _ in range(500)]
+        second.route(MODEL, confidence=0.9).decision for _ in range(500)
+    ]
 
 
 # The reporter, on a producer that records what it is asked to send.
+
 
 class FakeProducer:
     """Stands in for AIOKafkaProducer; `gate` holds sends back, `failures` fail the next sends."""
@@ -215,11 +244,19 @@ def fake_producer(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeProducer
 
 
 def event(i: int) -> dict[str, Any]:
-    return {"model_id": MODEL, "model_version": "1.0", "request_id": f"r{i}", "ts": 1_760_000_000.0 + i,
-            "confidence": 0.9, "positive": i % 2 == 0}
+    return {
+        "model_id": MODEL,
+        "model_version": "1.0",
+        "request_id": f"r{i}",
+        "ts": 1_760_000_000.0 + i,
+        "confidence": 0.9,
+        "positive": i % 2 == 0,
+    }
 
 
-async def test_a_full_batch_goes_at_once_and_the_rest_after_the_linger(fake_producer: type[FakeProducer]) -> None:
+async def test_a_full_batch_goes_at_once_and_the_rest_after_the_linger(
+    fake_producer: type[FakeProducer],
+) -> None:
     reporter = PredictionReporter("fake:9092", "predictions", max_batch=10, linger_s=0.3)
     await reporter.start()
     producer = fake_producer.made[0]
@@ -247,7 +284,9 @@ async def test_flush_and_stop_send_without_lingering(fake_producer: type[FakePro
     await reporter.start()
     producer = fake_producer.made[0]
     await reporter.report(event(0))
-    await reporter.report(PredictionEvent(model_id=MODEL, model_version="1.0", request_id="r1", ts=1_760_000_001.0))
+    await reporter.report(
+        PredictionEvent(model_id=MODEL, model_version="1.0", request_id="r1", ts=1_760_000_001.0)
+    )
     await asyncio.wait_for(reporter.flush(), 1)
     assert [len(a) for a in producer.arrays()] == [2]
     decoded, rejected = EventDecoder(PredictionEvent, 1_048_576).decode(producer.sent[0][1])
@@ -281,9 +320,13 @@ async def test_a_full_buffer_makes_report_wait_instead_of_dropping(fake_producer
     assert (reporter.sent_events, reporter.sent_messages) == (40, 4)
 
 
-async def test_batches_are_cut_by_size_and_an_oversized_event_is_refused(fake_producer: type[FakeProducer]) -> None:
+async def test_batches_are_cut_by_size_and_an_oversized_event_is_refused(
+    fake_producer: type[FakeProducer],
+) -> None:
     one = len(orjson.dumps(event(0)))
-    reporter = PredictionReporter("fake:9092", "predictions", max_batch=100, linger_s=60, max_batch_bytes=3 * one + 10)
+    reporter = PredictionReporter(
+        "fake:9092", "predictions", max_batch=100, linger_s=60, max_batch_bytes=3 * one + 10
+    )
     await reporter.start()
     for i in range(7):
         await reporter.report(event(i))
@@ -308,7 +351,9 @@ async def test_broker_errors_are_retried_and_nothing_is_lost(fake_producer: type
     await reporter.stop()
 
 
-async def test_an_event_that_cannot_be_encoded_fails_only_its_own_report(fake_producer: type[FakeProducer]) -> None:
+async def test_an_event_that_cannot_be_encoded_fails_only_its_own_report(
+    fake_producer: type[FakeProducer],
+) -> None:
     reporter = PredictionReporter("fake:9092", "predictions", max_batch=5, linger_s=0.01)
     await reporter.start()
     await reporter.report(event(0))

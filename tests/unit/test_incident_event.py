@@ -10,11 +10,25 @@ from monitor.incidents.incident import Incident, IncidentView
 
 def incident() -> Incident:
     return Incident(
-        id="INC-20240101-0000beef", category="performance", rule="error-rate", model_id="credit",
-        model_version="2", group="sex=F", severity="HIGH", level=2, status="acknowledged",
-        opened_at=100.0, updated_at=160.0, observation={"value": 0.2, "threshold": 0.05},
-        scope={"window_s": 300}, actions=[{"what": "paged"}], evidence_ref="s3://e/1",
-        summary="errors up", remediation=["roll back"], revoke=["svc-x"], notified_at=150.0,
+        id="INC-20240101-0000beef",
+        category="performance",
+        rule="error-rate",
+        model_id="credit",
+        model_version="2",
+        group="sex=F",
+        severity="HIGH",
+        level=2,
+        status="acknowledged",
+        opened_at=100.0,
+        updated_at=160.0,
+        observation={"value": 0.2, "threshold": 0.05},
+        scope={"window_s": 300},
+        actions=[{"what": "paged"}],
+        evidence_ref="s3://e/1",
+        summary="errors up",
+        remediation=["roll back"],
+        revoke=["svc-x"],
+        notified_at=150.0,
         outbox=["opened"],
     )
 
@@ -22,11 +36,23 @@ def incident() -> Incident:
 def test_the_event_carries_the_incident_fields_the_wire_contract_declares() -> None:
     event = incident().event("updated")
     assert msgspec.to_builtins(event) == {
-        "event": "updated", "id": "INC-20240101-0000beef", "category": "performance", "rule": "error-rate",
-        "model_id": "credit", "model_version": "2", "severity": "HIGH", "status": "acknowledged",
-        "opened_at": 100.0, "updated_at": 160.0, "observation": {"value": 0.2, "threshold": 0.05},
-        "scope": {"window_s": 300}, "actions": [{"what": "paged"}], "evidence_ref": "s3://e/1",
-        "group": "sex=F", "summary": "errors up", "remediation": ["roll back"],
+        "event": "updated",
+        "id": "INC-20240101-0000beef",
+        "category": "performance",
+        "rule": "error-rate",
+        "model_id": "credit",
+        "model_version": "2",
+        "severity": "HIGH",
+        "status": "acknowledged",
+        "opened_at": 100.0,
+        "updated_at": 160.0,
+        "observation": {"value": 0.2, "threshold": 0.05},
+        "scope": {"window_s": 300},
+        "actions": [{"what": "paged"}],
+        "evidence_ref": "s3://e/1",
+        "group": "sex=F",
+        "summary": "errors up",
+        "remediation": ["roll back"],
     }
     assert isinstance(event, IncidentEvent)
 

@@ -22,7 +22,7 @@ def fake_bin(tmp_path: Path, *tools: str, java_version: str = "17.0.9") -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     for tool in tools:
-        body = f'echo \'openjdk version "{java_version}" 2023-10-17\' >&2' if tool == "java" else "exit 0"
+        body = f"echo 'openjdk version \"{java_version}\" 2023-10-17' >&2" if tool == "java" else "exit 0"
         (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
     (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "apt.log"}\n')
     for path in bin_dir.iterdir():
@@ -30,12 +30,20 @@ def fake_bin(tmp_path: Path, *tools: str, java_version: str = "17.0.9") -> Path:
     return bin_dir
 
 
-def run(bin_dir: Path, *args: str, user: list[str] | None = None,
-        python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+def run(
+    bin_dir: Path, *args: str, user: list[str] | None = None, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
     # Only the made-up PATH: the real tools of this machine must not count.
     env = {"PATH": str(bin_dir), "PYTHON": python, "HOME": os.environ.get("HOME", "/")}
-    return subprocess.run([*(user or []), BASH, str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=30, check=False)
+    return subprocess.run(
+        [*(user or []), BASH, str(SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
 
 
 def apt_calls(tmp_path: Path) -> list[str]:
@@ -65,10 +73,14 @@ def test_dry_run_lists_what_is_missing_and_installs_nothing(tmp_path: Path) -> N
 
 
 def test_an_old_java_counts_as_missing(tmp_path: Path) -> None:
-    bin_dir = fake_bin(tmp_path, "redis-server", "mvn", "promtool", "prometheus-alertmanager", "java",
-                       java_version="11.0.21")
+    bin_dir = fake_bin(
+        tmp_path, "redis-server", "mvn", "promtool", "prometheus-alertmanager", "java", java_version="11.0.21"
+    )
     done = run(bin_dir, "--dry-run")
-    assert done.stdout.splitlines()[0] == "install-deps: missing Java 17 or newer (found 11) (default-jre-headless)"
+    assert (
+        done.stdout.splitlines()[0]
+        == "install-deps: missing Java 17 or newer (found 11) (default-jre-headless)"
+    )
     assert run(fake_bin(tmp_path / "j8", *ALL, java_version="1.8.0_392"), "--dry-run").returncode == 1
     assert run(fake_bin(tmp_path / "j21", *ALL, java_version="21.0.2"), "--dry-run").returncode == 0
 
@@ -84,8 +96,10 @@ def test_as_root_it_installs_what_is_missing_with_apt_get(tmp_path: Path) -> Non
     ]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
-                    reason="needs root to run the script as another user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root to run the script as another user",
+)
 def test_not_root_it_prints_the_command_and_fails(tmp_path: Path) -> None:
     # pytest's base temporary directory is root's alone: the fake tools go where nobody can run them.
     shared = Path(tempfile.mkdtemp(prefix="aimon-install-deps-"))
@@ -116,16 +130,18 @@ def test_without_apt_get_it_names_the_packages(tmp_path: Path) -> None:
     (bin_dir / "apt-get").unlink()
     done = run(bin_dir)
     assert done.returncode == 1
-    assert done.stderr == ("install-deps: no apt-get here; install these with your package manager: "
-                           "prometheus-alertmanager\n")
+    assert done.stderr == (
+        "install-deps: no apt-get here; install these with your package manager: prometheus-alertmanager\n"
+    )
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("target", ["demo", "test"])
 def test_the_readme_commands_run_it_first(target: str) -> None:
     root = SCRIPT.parents[1]
-    planned = subprocess.run(["make", "-n", "-C", str(root), target], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
+    planned = subprocess.run(
+        ["make", "-n", "-C", str(root), target], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     steps = [line for line in planned.splitlines() if not line.startswith("make")]
     assert steps[0] == "PYTHON=python3 scripts/install-deps"
 
@@ -133,4 +149,6 @@ def test_the_readme_commands_run_it_first(target: str) -> None:
 def test_ci_runs_it_before_the_tests() -> None:
     text = (SCRIPT.parents[1] / ".ci" / "run").read_text()
     lines = [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
-    assert lines.index("scripts/install-deps") < next(i for i, line in enumerate(lines) if "make test" in line)
+    assert lines.index("scripts/install-deps") < next(
+        i for i, line in enumerate(lines) if "make test" in line
+    )

@@ -50,10 +50,18 @@ OLD_METRIC_COMPARES = {
     "query_volume": frozenset({"ratio_above", "above"}),
 }
 OLD_BIAS_METRICS = frozenset({"disparate_impact", "fnr_gap", "group_shift"})
-OLD_SECURITY_METRICS = frozenset({
-    "policy_violations", "off_hours_access", "new_principal_access", "access_volume", "unapproved_artifacts",
-    "denied_burst", "new_source_privileged", "query_volume",
-})
+OLD_SECURITY_METRICS = frozenset(
+    {
+        "policy_violations",
+        "off_hours_access",
+        "new_principal_access",
+        "access_volume",
+        "unapproved_artifacts",
+        "denied_burst",
+        "new_source_privileged",
+        "query_volume",
+    }
+)
 OLD_VOLUME_METRICS = frozenset({"access_volume", "query_volume"})
 OLD_MIN_COUNT_THRESHOLD = {metric: 0 for metric in OLD_SECURITY_METRICS} | {"query_volume": 1}
 OLD_RATE_METRICS = frozenset(
@@ -113,7 +121,13 @@ def test_the_literals_list_the_rows_in_order() -> None:
     assert get_args(kinds.Metric) == tuple(kinds.KINDS) == tuple(OLD_METRIC_COMPARES)
     assert get_args(kinds.Compare) == tuple(c.name for c in kinds.COMPARISONS)
     assert get_args(kinds.Compare) == (
-        "above", "below", "below_published_minimum", "relative_drop", "ratio_above", "widening", "silence",
+        "above",
+        "below",
+        "below_published_minimum",
+        "relative_drop",
+        "ratio_above",
+        "widening",
+        "silence",
         "shift",
     )
     assert len(kinds.METRICS) == len(set(kinds.KINDS)) == 18
@@ -122,30 +136,35 @@ def test_the_literals_list_the_rows_in_order() -> None:
         kinds.kind("acuracy")
 
 
-@pytest.mark.parametrize(("derived", "expected"), [
-    (kinds.METRIC_COMPARES, OLD_METRIC_COMPARES),
-    (kinds.BIAS_METRICS, OLD_BIAS_METRICS),
-    (kinds.SECURITY_METRICS, OLD_SECURITY_METRICS),
-    (kinds.VOLUME_METRICS, OLD_VOLUME_METRICS),
-    (kinds.CATEGORY_METRICS, {"bias": OLD_BIAS_METRICS, "security": OLD_SECURITY_METRICS}),
-    (kinds.MIN_COUNT_THRESHOLD, OLD_MIN_COUNT_THRESHOLD),
-    (kinds.RATE_METRICS, OLD_RATE_METRICS),
-    (kinds.PERFORMANCE_METRICS, OLD_SCHEMA_ACCURACY_METRICS),
-    (kinds.LABEL_METRICS, OLD_LABEL_METRICS),
-    (kinds.LABEL_METRICS, OLD_EVALUATOR_ACCURACY_METRICS),
-    (kinds.COMPARE_BASELINES, OLD_COMPARE_BASELINES),
-    (kinds.BASELINE_COMPARES, frozenset(OLD_COMPARE_BASELINES)),
-    (kinds.METRIC_BASELINES, OLD_METRIC_BASELINES),
-    (kinds.BASELINE_REASONS, OLD_BASELINE_REASONS),
-    (kinds.DOWN_COMPARES, OLD_DOWN_COMPARES),
-    (kinds.NO_LADDER_COMPARES, OLD_NO_LADDER_COMPARES),
-    (kinds.COUNTERS, OLD_SECURITY_KIND),
-    (kinds.NO_ROLLBACK_METRICS, OLD_SECURITY_METRICS - {"unapproved_artifacts"}),
-    (kinds.METRIC_KEYS, tuple(key for key, _, _ in OLD_KEY_OWNERS)),
-    (kinds.KEY_METRICS, {key: metrics for key, metrics, _ in OLD_KEY_OWNERS}),
-    (kinds.REQUIRED_KEY_METRICS,
-     {key: metrics if required else frozenset() for key, metrics, required in OLD_KEY_OWNERS}),
-])
+@pytest.mark.parametrize(
+    ("derived", "expected"),
+    [
+        (kinds.METRIC_COMPARES, OLD_METRIC_COMPARES),
+        (kinds.BIAS_METRICS, OLD_BIAS_METRICS),
+        (kinds.SECURITY_METRICS, OLD_SECURITY_METRICS),
+        (kinds.VOLUME_METRICS, OLD_VOLUME_METRICS),
+        (kinds.CATEGORY_METRICS, {"bias": OLD_BIAS_METRICS, "security": OLD_SECURITY_METRICS}),
+        (kinds.MIN_COUNT_THRESHOLD, OLD_MIN_COUNT_THRESHOLD),
+        (kinds.RATE_METRICS, OLD_RATE_METRICS),
+        (kinds.PERFORMANCE_METRICS, OLD_SCHEMA_ACCURACY_METRICS),
+        (kinds.LABEL_METRICS, OLD_LABEL_METRICS),
+        (kinds.LABEL_METRICS, OLD_EVALUATOR_ACCURACY_METRICS),
+        (kinds.COMPARE_BASELINES, OLD_COMPARE_BASELINES),
+        (kinds.BASELINE_COMPARES, frozenset(OLD_COMPARE_BASELINES)),
+        (kinds.METRIC_BASELINES, OLD_METRIC_BASELINES),
+        (kinds.BASELINE_REASONS, OLD_BASELINE_REASONS),
+        (kinds.DOWN_COMPARES, OLD_DOWN_COMPARES),
+        (kinds.NO_LADDER_COMPARES, OLD_NO_LADDER_COMPARES),
+        (kinds.COUNTERS, OLD_SECURITY_KIND),
+        (kinds.NO_ROLLBACK_METRICS, OLD_SECURITY_METRICS - {"unapproved_artifacts"}),
+        (kinds.METRIC_KEYS, tuple(key for key, _, _ in OLD_KEY_OWNERS)),
+        (kinds.KEY_METRICS, {key: metrics for key, metrics, _ in OLD_KEY_OWNERS}),
+        (
+            kinds.REQUIRED_KEY_METRICS,
+            {key: metrics if required else frozenset() for key, metrics, required in OLD_KEY_OWNERS},
+        ),
+    ],
+)
 def test_a_derived_set_equals_the_old_literal(derived: object, expected: object) -> None:
     assert derived == expected
 

@@ -82,12 +82,16 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-@pytest.mark.parametrize(("importer", "forbidden", "why"), FORBIDDEN, ids=[f"{a}-/->{b}" for a, b, _ in FORBIDDEN])
+@pytest.mark.parametrize(
+    ("importer", "forbidden", "why"), FORBIDDEN, ids=[f"{a}-/->{b}" for a, b, _ in FORBIDDEN]
+)
 def test_no_forbidden_edge(importer: str, forbidden: str, why: str) -> None:
     edges = sorted(
         f"{name} -> {target}"
-        for name, targets in ALL_IMPORTS.items() if _under(name, importer)
-        for target in targets if _under(target, forbidden)
+        for name, targets in ALL_IMPORTS.items()
+        if _under(name, importer)
+        for target in targets
+        if _under(target, forbidden)
     )
     assert edges == [], f"{why}: {edges}"
 
@@ -106,7 +110,7 @@ def test_no_import_loops() -> None:
             if _under(node, target):  # a submodule importing its package's __init__
                 continue
             if state.get(target) == 1:
-                loops.append([*stack[stack.index(target):], target])
+                loops.append([*stack[stack.index(target) :], target])
             elif target not in state:
                 visit(target)
         stack.pop()

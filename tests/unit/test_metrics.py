@@ -45,8 +45,15 @@ def group_counts(attr: str, values: dict[str, tuple[int, int, int]]) -> Counter[
     of which half decided unfavourably); every decision is also labelled, half of them correctly."""
     c: Counter[str] = Counter()
     for value, (decisions, favourable, actual_positive) in values.items():
-        for stat, n in (("n", decisions), ("dec", decisions), ("pos", favourable), ("lab", decisions),
-                        ("cor", decisions // 2), ("apos", actual_positive), ("fn", actual_positive // 2)):
+        for stat, n in (
+            ("n", decisions),
+            ("dec", decisions),
+            ("pos", favourable),
+            ("lab", decisions),
+            ("cor", decisions // 2),
+            ("apos", actual_positive),
+            ("fn", actual_positive // 2),
+        ):
             c[group_field(attr, value, stat)] += n
         c["n"] += decisions
         c["dec"] += decisions
@@ -61,27 +68,60 @@ def windows(current_minute: Counter[str], older_hour: Counter[str] | None = None
     return VersionWindows(NOW, [Counter(current_minute)] + [Counter() for _ in range(59)], hours)
 
 
-def di_finding(rule_id: str, window_s: int, group: str, value: float, *, fired: bool = False,
-               attribute: str = "sex") -> Finding:
-    return Finding(rule_id, "loan", "1", f"{attribute}={group}", fired, not fired, "HIGH", 3, {
-        "metric": "disparate_impact", "window_s": window_s, "value": value, "attribute": attribute,
-        "group": group, "reference_group": "M",
-    })
+def di_finding(
+    rule_id: str, window_s: int, group: str, value: float, *, fired: bool = False, attribute: str = "sex"
+) -> Finding:
+    return Finding(
+        rule_id,
+        "loan",
+        "1",
+        f"{attribute}={group}",
+        fired,
+        not fired,
+        "HIGH",
+        3,
+        {
+            "metric": "disparate_impact",
+            "window_s": window_s,
+            "value": value,
+            "attribute": attribute,
+            "group": group,
+            "reference_group": "M",
+        },
+    )
 
 
 def incident(category: str, severity: str, group: str | None = None) -> Incident:
     return Incident(
-        id=f"INC-{category}-{severity}", category=category, rule="r", model_id="loan", model_version="1",
-        severity=severity, level=1, status="open", opened_at=NOW, updated_at=NOW, group=group,
+        id=f"INC-{category}-{severity}",
+        category=category,
+        rule="r",
+        model_id="loan",
+        model_version="1",
+        severity=severity,
+        level=1,
+        status="open",
+        opened_at=NOW,
+        updated_at=NOW,
+        group=group,
     )
 
 
 def test_window_labels_use_the_rules_units() -> None:
-    assert [window_label(s) for s in (300, 1800, 3600, 86_400, 604_800, 90)] == ["5m", "30m", "1h", "24h", "7d", "90s"]
+    assert [window_label(s) for s in (300, 1800, 3600, 86_400, 604_800, 90)] == [
+        "5m",
+        "30m",
+        "1h",
+        "24h",
+        "7d",
+        "90s",
+    ]
 
 
 def test_latency_histogram_is_cumulative_at_exact_powers_of_two() -> None:
-    totals = {f"lat|{histogram.bucket_of(ms)}": n for ms, n in ((0.05, 1), (1.0, 3), (1.7, 2), (200_000.0, 4))}
+    totals = {
+        f"lat|{histogram.bucket_of(ms)}": n for ms, n in ((0.05, 1), (1.0, 3), (1.7, 2), (200_000.0, 4))
+    }
     pairs = latency_buckets({**totals, "n": 99, "latn": 10})
     assert [le for le, _ in pairs][:4] == ["0.0001", "0.0002", "0.0004", "0.0008"]
     assert pairs[-2][0] == "52.4288" and pairs[-1] == ("+Inf", 10)
@@ -116,26 +156,46 @@ def test_group_gauges_carry_their_window_and_the_tail_is_pooled(rules: RuleSet) 
     # 24 h window only: F 100 more, all favourable.
     now = group_counts("sex", {"F": (100, 40, 20), "M": (300, 240, 40), "X": (50, 10, 10), "Y": (10, 5, 2)})
     earlier = group_counts("sex", {"F": (100, 100, 0)})
-    report = TickReport(windows={("loan", "1"): windows(now, earlier)}, findings=[
-        di_finding("disparate-impact", 1800, "F", 0.5),
-        di_finding("disparate-impact-24h", 86_400, "F", 0.875),
-        di_finding("disparate-impact", 1800, "X", 0.25),
-        di_finding("disparate-impact", 1800, "Y", 0.625),
-    ])
+    report = TickReport(
+        windows={("loan", "1"): windows(now, earlier)},
+        findings=[
+            di_finding("disparate-impact", 1800, "F", 0.5),
+            di_finding("disparate-impact-24h", 86_400, "F", 0.875),
+            di_finding("disparate-impact", 1800, "X", 0.25),
+            di_finding("disparate-impact", 1800, "Y", 0.625),
+        ],
+    )
     metrics.record(report)
     rate = samples(registry, "aimon_group_favourable_rate")
 
     def key(group: str, window: str) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted({"model_id": "loan", "version": "1", "attribute": "sex", "group": group,
-                             "window": window}.items()))
+        return tuple(
+            sorted(
+                {
+                    "model_id": "loan",
+                    "version": "1",
+                    "attribute": "sex",
+                    "group": group,
+                    "window": window,
+                }.items()
+            )
+        )
 
     assert rate[key("F", "30m")] == 0.4 and rate[key("F", "24h")] == 0.7  # not one overwriting the other
     assert rate[key("M", "30m")] == 0.8
     assert rate[key("_other", "30m")] == 15 / 60  # X and Y pooled
     assert rate[key("F", "1h")] == 0.4  # the group-shift rule's window
-    assert {dict(k)["group"] for k in rate} == {"F", "M", "_other"}  # two by name (most requests), the rest pooled
+    assert {dict(k)["group"] for k in rate} == {
+        "F",
+        "M",
+        "_other",
+    }  # two by name (most requests), the rest pooled
     impact = samples(registry, "aimon_disparate_impact_ratio")
-    assert impact == {key("F", "30m"): 0.5, key("F", "24h"): 0.875, key("_other", "30m"): 0.25}  # _other: the lowest
+    assert impact == {
+        key("F", "30m"): 0.5,
+        key("F", "24h"): 0.875,
+        key("_other", "30m"): 0.25,
+    }  # _other: the lowest
     fnr = samples(registry, "aimon_group_false_negative_rate")
     assert fnr[key("F", "24h")] == 10 / 20 and key("F", "30m") not in fnr  # the fnr-gap rule's window only
     accuracy = samples(registry, "aimon_group_accuracy")
@@ -147,13 +207,19 @@ def test_a_proxy_shows_only_its_flagged_groups(rules: RuleSet) -> None:
     metrics = EvaluatorMetrics(registry, rules)
     zips = group_counts("zip3", {f"{z:03d}": (100, 60, 10) for z in range(300)})
     zips.update(group_counts("zip3", {"941": (100, 20, 10)}))
-    report = TickReport(windows={("loan", "1"): windows(zips)}, findings=[
-        di_finding("disparate-impact", 1800, "941", 0.3, fired=True, attribute="zip3"),
-        di_finding("disparate-impact", 1800, "007", 0.9, attribute="zip3"),
-    ])
+    report = TickReport(
+        windows={("loan", "1"): windows(zips)},
+        findings=[
+            di_finding("disparate-impact", 1800, "941", 0.3, fired=True, attribute="zip3"),
+            di_finding("disparate-impact", 1800, "007", 0.9, attribute="zip3"),
+        ],
+    )
     metrics.record(report)
-    rate = {dict(k)["group"]: v for k, v in samples(registry, "aimon_group_favourable_rate").items()
-            if dict(k)["window"] == "30m"}
+    rate = {
+        dict(k)["group"]: v
+        for k, v in samples(registry, "aimon_group_favourable_rate").items()
+        if dict(k)["window"] == "30m"
+    }
     assert rate == {"941": pytest.approx(40 / 200), "_other": pytest.approx(0.6)}
     impact = {dict(k)["group"]: v for k, v in samples(registry, "aimon_disparate_impact_ratio").items()}
     assert impact == {"941": 0.3, "_other": 0.9}
@@ -163,7 +229,11 @@ def test_model_gauges_use_the_rules_window(rules: RuleSet) -> None:
     registry = CollectorRegistry()
     metrics = EvaluatorMetrics(registry, rules)
     minutes = [Counter({"n": 10, "err": 1}) for _ in range(60)]
-    w = VersionWindows(NOW, minutes, [Counter({"n": 600, "err": 60, "lab": 100, "cor": 90})] + [Counter() for _ in range(14 * 24)])
+    w = VersionWindows(
+        NOW,
+        minutes,
+        [Counter({"n": 600, "err": 60, "lab": 100, "cor": 90})] + [Counter() for _ in range(14 * 24)],
+    )
     metrics.record(TickReport(windows={("loan", "1"): w}))
     predictions = samples(registry, "aimon_model_predictions")
     # The error-rate rule's 5 minutes: the current minute and the 4 before (5 buckets, not 6).
@@ -191,7 +261,8 @@ def test_notification_counters_exist_per_channel_from_the_start() -> None:
     registry = CollectorRegistry()
     NotificationMetrics(registry)
     assert samples(registry, "aimon_notification_failures_total") == {
-        (("channel", "alertmanager"),): 0.0, (("channel", "webhook"),): 0.0,
+        (("channel", "alertmanager"),): 0.0,
+        (("channel", "webhook"),): 0.0,
     }
 
 

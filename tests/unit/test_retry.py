@@ -26,23 +26,32 @@ class Flaky:
 async def test_waits_double_up_to_the_cap_and_the_result_comes_back() -> None:
     waits: list[float] = []
     attempt = Flaky(*(OSError(f"down {i}") for i in range(5)))
-    result = await retry(attempt, on=OSError, first_s=0.001, max_s=0.004,
-                         before_sleep=lambda exc, delay: waits.append(delay))
+    result = await retry(
+        attempt, on=OSError, first_s=0.001, max_s=0.004, before_sleep=lambda exc, delay: waits.append(delay)
+    )
     assert result == 6 and attempt.calls == 6
     assert waits == [0.001, 0.002, 0.004, 0.004, 0.004]
 
 
 async def test_without_a_cap_the_wait_keeps_doubling() -> None:
     waits: list[float] = []
-    await retry(Flaky(OSError(), OSError(), OSError()), on=OSError, first_s=0.001,
-                before_sleep=lambda exc, delay: waits.append(delay))
+    await retry(
+        Flaky(OSError(), OSError(), OSError()),
+        on=OSError,
+        first_s=0.001,
+        before_sleep=lambda exc, delay: waits.append(delay),
+    )
     assert waits == [0.001, 0.002, 0.004]
 
 
 async def test_the_hook_sees_each_exception() -> None:
     seen: list[str] = []
-    await retry(Flaky(TimeoutError("a"), ConnectionError("b")), on=(TimeoutError, ConnectionError),
-                first_s=0.0, before_sleep=lambda exc, delay: seen.append(str(exc)))
+    await retry(
+        Flaky(TimeoutError("a"), ConnectionError("b")),
+        on=(TimeoutError, ConnectionError),
+        first_s=0.0,
+        before_sleep=lambda exc, delay: seen.append(str(exc)),
+    )
     assert seen == ["a", "b"]
 
 
@@ -50,8 +59,9 @@ async def test_after_the_last_try_the_last_exception_is_raised_without_a_wait() 
     waits: list[float] = []
     attempt = Flaky(OSError("1"), OSError("2"), OSError("3"), OSError("4"))
     with pytest.raises(OSError, match="^3$"):
-        await retry(attempt, on=OSError, first_s=0.001, tries=3,
-                    before_sleep=lambda exc, delay: waits.append(delay))
+        await retry(
+            attempt, on=OSError, first_s=0.001, tries=3, before_sleep=lambda exc, delay: waits.append(delay)
+        )
     assert attempt.calls == 3 and waits == [0.001, 0.002]
 
 

@@ -16,8 +16,15 @@ from monitor.dev import services
 from monitor.dev.services import ServiceConfig, ServicesError
 from monitor.settings import Settings
 
-ENV = ("MONITOR_CACHE_DIR", "MONITOR_STATE_DIR", "MONITOR_KAFKA_PORT", "MONITOR_KAFKA_CONTROLLER_PORT",
-       "MONITOR_REDIS_PORT", "MONITOR_KAFKA_BOOTSTRAP", "MONITOR_REDIS_URL")
+ENV = (
+    "MONITOR_CACHE_DIR",
+    "MONITOR_STATE_DIR",
+    "MONITOR_KAFKA_PORT",
+    "MONITOR_KAFKA_CONTROLLER_PORT",
+    "MONITOR_REDIS_PORT",
+    "MONITOR_KAFKA_BOOTSTRAP",
+    "MONITOR_REDIS_URL",
+)
 
 
 @pytest.fixture
@@ -38,7 +45,9 @@ def test_from_env_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert (config.kafka_remote, config.redis_remote) == (None, None)
 
 
-def test_ports_come_from_the_addresses_the_worker_dials(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_ports_come_from_the_addresses_the_worker_dials(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     clean_env.setenv("MONITOR_CACHE_DIR", str(tmp_path / "cache"))
     clean_env.setenv("MONITOR_STATE_DIR", "~/state")
     clean_env.setenv("MONITOR_KAFKA_BOOTSTRAP", "localhost:29092")
@@ -57,7 +66,11 @@ def test_ports_come_from_the_addresses_the_worker_dials(clean_env: pytest.Monkey
 def test_a_redis_url_without_port_is_redis_default_port(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MONITOR_REDIS_URL", "redis://localhost")
     config = ServiceConfig.from_env()
-    assert (config.redis_port, config.redis_url, config.redis_remote) == (6379, "redis://127.0.0.1:6379/0", None)
+    assert (config.redis_port, config.redis_url, config.redis_remote) == (
+        6379,
+        "redis://127.0.0.1:6379/0",
+        None,
+    )
 
 
 def test_a_legacy_port_that_agrees_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
@@ -119,13 +132,17 @@ def test_a_loopback_bootstrap_needs_a_port(clean_env: pytest.MonkeyPatch) -> Non
         ("[2001:db8::1]:9092", "redis://:secret@127.0.0.1:6379/0"),  # a password: not a server we start
     ],
 )
-def test_a_non_loopback_address_is_remote(clean_env: pytest.MonkeyPatch, bootstrap: str, redis_url: str) -> None:
+def test_a_non_loopback_address_is_remote(
+    clean_env: pytest.MonkeyPatch, bootstrap: str, redis_url: str
+) -> None:
     clean_env.setenv("MONITOR_KAFKA_BOOTSTRAP", bootstrap)
     clean_env.setenv("MONITOR_REDIS_URL", redis_url)
     config = ServiceConfig.from_env()
     assert (config.kafka_remote, config.redis_remote) == (bootstrap, redis_url)
-    assert services.status(config) == {"kafka": f"remote at {bootstrap} (not started here)",
-                                       "redis": f"remote at {redis_url} (not started here)"}
+    assert services.status(config) == {
+        "kafka": f"remote at {bootstrap} (not started here)",
+        "redis": f"remote at {redis_url} (not started here)",
+    }
 
 
 def test_a_remote_address_is_used_if_it_answers_and_never_replaced_by_a_local_one() -> None:
@@ -135,6 +152,7 @@ def test_a_remote_address_is_used_if_it_answers_and_never_replaced_by_a_local_on
         def answers(address: str, timeout_s: float) -> bool:
             asked.append(address)
             return answer
+
         return answers
 
     assert services._remote("MONITOR_KAFKA_BOOTSTRAP", None, probe(True)) is False
@@ -143,8 +161,10 @@ def test_a_remote_address_is_used_if_it_answers_and_never_replaced_by_a_local_on
     with pytest.raises(ServicesError) as refused:
         services._remote("MONITOR_REDIS_URL", "redis://redis.internal:6379/0", probe(False))
     assert asked == ["kafka.internal:9092", "redis://redis.internal:6379/0"]
-    assert str(refused.value).startswith("MONITOR_REDIS_URL=redis://redis.internal:6379/0 does not answer, "
-                                         "and a local service starts only at a loopback address")
+    assert str(refused.value).startswith(
+        "MONITOR_REDIS_URL=redis://redis.internal:6379/0 does not answer, "
+        "and a local service starts only at a loopback address"
+    )
     assert "\n" not in str(refused.value)
 
 
@@ -158,7 +178,9 @@ def test_cluster_id_never_starts_with_a_dash() -> None:
     dashed = uuid.UUID(bytes=b"\xf8" + bytes(range(1, 16)))
     assert _old_cluster_id(dashed).startswith("-")  # what made `kafka-storage format -t ID` fail
     draws = iter([dashed, uuid.UUID(int=0), uuid.UUID(int=1), uuid.UUID(bytes=bytes(range(16)))])
-    assert services.kafka_cluster_id(lambda: next(draws)) == _old_cluster_id(uuid.UUID(bytes=bytes(range(16))))
+    assert services.kafka_cluster_id(lambda: next(draws)) == _old_cluster_id(
+        uuid.UUID(bytes=bytes(range(16)))
+    )
     alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     ids = [services.kafka_cluster_id() for _ in range(5000)]
     assert all(len(i) == 22 and set(i) <= alphabet and not i.startswith("-") for i in ids)
@@ -178,8 +200,9 @@ def test_redis_starts_persistent_in_its_state_dir(tmp_path: Path, monkeypatch: p
 
 
 def test_server_properties_has_ports_and_data_dir(tmp_path: Path) -> None:
-    config = ServiceConfig(cache_dir=tmp_path / "c", state_dir=tmp_path / "s", kafka_port=29092,
-                           kafka_controller_port=29093)
+    config = ServiceConfig(
+        cache_dir=tmp_path / "c", state_dir=tmp_path / "s", kafka_port=29092, kafka_controller_port=29093
+    )
     props = dict(
         line.split("=", 1)
         for line in services.render_server_properties(config).splitlines()

@@ -20,7 +20,11 @@ from monitor.rules.loader import default_rules_path, load_rules
 RULES = load_rules(default_rules_path())
 
 
-def windows(minutes: Counter[str] | None = None, hours: Counter[str] | None = None, reference: Counter[str] | None = None) -> VersionWindows:
+def windows(
+    minutes: Counter[str] | None = None,
+    hours: Counter[str] | None = None,
+    reference: Counter[str] | None = None,
+) -> VersionWindows:
     hour_list = [hours or Counter()] + [Counter() for _ in range(14 * 24)]
     if reference is not None:
         hour_list[30] = reference
@@ -29,7 +33,13 @@ def windows(minutes: Counter[str] | None = None, hours: Counter[str] | None = No
 
 @pytest.mark.parametrize(
     ("k", "n", "threshold", "significant"),
-    [(3, 8, 0.2, False), (30, 1000, 0.01, True), (10, 1000, 0.01, False), (12, 1000, 0.01, False), (1875, 5000, 0.2, True)],
+    [
+        (3, 8, 0.2, False),
+        (30, 1000, 0.01, True),
+        (10, 1000, 0.01, False),
+        (12, 1000, 0.01, False),
+        (1875, 5000, 0.2, True),
+    ],
 )
 def test_rate_above(k: int, n: int, threshold: float, significant: bool) -> None:
     result = stats.rate_above(k, n, threshold, 0.99)
@@ -46,11 +56,19 @@ def test_difference_above_needs_samples_on_both_sides() -> None:
 
 @pytest.mark.parametrize(
     ("errors", "n", "severity", "level"),
-    [(3, 8, None, None), (30, 1000, "MEDIUM", 1), (90, 1000, "HIGH", 2), (1875, 5000, "CRITICAL", 4), (10, 1000, None, None)],
+    [
+        (3, 8, None, None),
+        (30, 1000, "MEDIUM", 1),
+        (90, 1000, "HIGH", 2),
+        (1875, 5000, "CRITICAL", 4),
+        (10, 1000, None, None),
+    ],
 )
 def test_error_rate_ladder(errors: int, n: int, severity: str | None, level: int | None) -> None:
     rule = RULES.by_id("error-rate")
-    found = evaluate(rule, "m", "1", windows(minutes=Counter({"n": n, "err": errors})), baseline=None, facts=None)
+    found = evaluate(
+        rule, "m", "1", windows(minutes=Counter({"n": n, "err": errors})), baseline=None, facts=None
+    )
     if n < rule.min_samples:
         assert found == []
         return
@@ -76,8 +94,14 @@ def test_accuracy_waits_for_label_coverage() -> None:
 def test_gap_widening_names_the_attribute() -> None:
     rule = RULES.by_id("accuracy-gap-widening")
     ref = Counter({group_field("sex", g, s): v for g in "FM" for s, v in (("lab", 2000), ("cor", 1800))})
-    now = Counter({group_field("sex", "F", "lab"): 2000, group_field("sex", "F", "cor"): 1920,
-                   group_field("sex", "M", "lab"): 2000, group_field("sex", "M", "cor"): 1680})
+    now = Counter(
+        {
+            group_field("sex", "F", "lab"): 2000,
+            group_field("sex", "F", "cor"): 1920,
+            group_field("sex", "M", "lab"): 2000,
+            group_field("sex", "M", "cor"): 1680,
+        }
+    )
     base = windows(reference=ref).reference()
     [finding] = evaluate(rule, "m", "1", windows(hours=now), baseline=base, facts=None)
     assert finding.fired and finding.group == "sex"
@@ -98,13 +122,23 @@ def test_target_level_is_the_maximum_of_incidents_and_override() -> None:
     message = build_message("m", 7, 2, causes, override=None, rollback_to=None, issued_at=1.0)
     assert message.mode == "human_review" and message.review_below_confidence == 0.80
     assert message.incident_ids == ["b", "a"] and "r HIGH" in message.reason
-    assert [LEVELS[level].mode for level in range(5)] == ["auto", "auto", "human_review", "human_review", "paused"]
+    assert [LEVELS[level].mode for level in range(5)] == [
+        "auto",
+        "auto",
+        "human_review",
+        "human_review",
+        "paused",
+    ]
 
 
 def test_hysteresis_and_no_auto_recovery_from_critical() -> None:
     rule = RULES.by_id("error-rate")
-    bad = evaluate(rule, "m", "1", windows(minutes=Counter({"n": 1000, "err": 90})), baseline=None, facts=None)[0]
-    good = evaluate(rule, "m", "1", windows(minutes=Counter({"n": 1000, "err": 2})), baseline=None, facts=None)[0]
+    bad = evaluate(
+        rule, "m", "1", windows(minutes=Counter({"n": 1000, "err": 90})), baseline=None, facts=None
+    )[0]
+    good = evaluate(
+        rule, "m", "1", windows(minutes=Counter({"n": 1000, "err": 2})), baseline=None, facts=None
+    )[0]
     incident = open_incident(rule, bad, 0.0)
     assert not settle(incident, good, rule.hold_s, 100.0)
     assert not settle(incident, good, rule.hold_s, 100.0 + rule.hold_s - 1)
@@ -112,17 +146,23 @@ def test_hysteresis_and_no_auto_recovery_from_critical() -> None:
     assert not settle(incident, good, rule.hold_s, 300.0)
     assert settle(incident, good, rule.hold_s, 300.0 + rule.hold_s)
     assert incident.status == "resolved" and incident.outbox == ["opened", "resolved"]
-    critical = evaluate(rule, "m", "1", windows(minutes=Counter({"n": 5000, "err": 1875})), baseline=None, facts=None)[0]
+    critical = evaluate(
+        rule, "m", "1", windows(minutes=Counter({"n": 5000, "err": 1875})), baseline=None, facts=None
+    )[0]
     stuck = open_incident(rule, critical, 0.0)
     assert not settle(stuck, good, rule.hold_s, 10 * rule.hold_s) and stuck.status == "open"
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    n=st.integers(1, 5000), data=st.data(),
-    threshold=st.floats(0.0, 1.0), confidence=st.sampled_from([0.9, 0.95, 0.99, 0.999]),
+    n=st.integers(1, 5000),
+    data=st.data(),
+    threshold=st.floats(0.0, 1.0),
+    confidence=st.sampled_from([0.9, 0.95, 0.99, 0.999]),
 )
-def test_binomial_tests_agree_with_scipy_binomtest(n: int, data: st.DataObject, threshold: float, confidence: float) -> None:
+def test_binomial_tests_agree_with_scipy_binomtest(
+    n: int, data: st.DataObject, threshold: float, confidence: float
+) -> None:
     k = data.draw(st.integers(0, n))
     for alternative, ours in (("greater", stats.rate_above), ("less", stats.rate_below)):
         reference = scipy_stats.binomtest(k, n, threshold, alternative=alternative)

@@ -1,4 +1,4 @@
-""""Unserved users" means users who got no successful prediction in the window (pure parts)."""
+""" "Unserved users" means users who got no successful prediction in the window (pure parts)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,25 @@ HOUR = 3600
 
 def ev(user: str | None, ts: float, failed: bool, version: str = "1") -> PredictionEvent:
     return PredictionEvent(
-        model_id="m", model_version=version, request_id=f"{user}-{ts}", ts=ts,
-        prediction=None if failed else 1, error=True if failed else None, user_id=user,
+        model_id="m",
+        model_version=version,
+        request_id=f"{user}-{ts}",
+        ts=ts,
+        prediction=None if failed else 1,
+        error=True if failed else None,
+        user_id=user,
     )
 
 
 def test_the_fold_keeps_each_users_newest_request_and_newest_success_per_version() -> None:
     batch = [
-        ev("a", NOW - 30, False), ev("a", NOW - 10, True), ev("a", NOW - 50, False),  # newest success: -30
-        ev("b", NOW - 20, True), ev("b", NOW - 40, True),  # never served
-        ev("c", NOW - 5, False, version="2"), ev(None, NOW, True),  # no user id: not a user
+        ev("a", NOW - 30, False),
+        ev("a", NOW - 10, True),
+        ev("a", NOW - 50, False),  # newest success: -30
+        ev("b", NOW - 20, True),
+        ev("b", NOW - 40, True),  # never served
+        ev("c", NOW - 5, False, version="2"),
+        ev(None, NOW, True),  # no user id: not a user
     ]
     share = fold(Located(e, 0, i) for i, e in enumerate(batch))["m"]
     assert share.users == {"1": {"a": NOW - 10, "b": NOW - 20}, "2": {"c": NOW - 5}}
@@ -70,17 +79,17 @@ def test_repeat_users_at_a_healthy_error_rate_are_served() -> None:
     users, never = simulate(1000, 0.005, 0)
     assert (users, never) == (1000, 0)
     # What the old definition ("had a request fail") counted: about 1 - 0.995^20 ≈ 9.5 % of users.
-    finding, = evaluate(rule(), "m", "1", windows(users, never), baseline=None, facts=None)
+    (finding,) = evaluate(rule(), "m", "1", windows(users, never), baseline=None, facts=None)
     assert not finding.fired and finding.observation["value"] == 0.0
 
 
 def test_a_subset_of_users_whose_every_request_fails_fires() -> None:
     users, never = simulate(920, 0.005, 80)
     assert (users, never) == (1000, 80)
-    finding, = evaluate(rule(), "m", "1", windows(users, never), baseline=None, facts=None)
+    (finding,) = evaluate(rule(), "m", "1", windows(users, never), baseline=None, facts=None)
     assert finding.fired and finding.severity == "HIGH" and finding.observation["value"] == 0.08
 
 
 def test_just_inside_does_not_fire() -> None:
-    finding, = evaluate(rule(), "m", "1", windows(1000, 50), baseline=None, facts=None)
+    (finding,) = evaluate(rule(), "m", "1", windows(1000, 50), baseline=None, facts=None)
     assert not finding.fired  # 5.0 % is not "more than 5 %"

@@ -37,12 +37,15 @@ def test_rule_windows_name_their_ranges() -> None:
     assert hour_ranges([86_400]) == {(24, 168), (1, 23), (168, 24)}
 
 
-@pytest.mark.parametrize("window_s,shift_s", [(300, 0), (1800, 0), (3600, 0), (60, 0), (86_400, 0),
-                                              (604_800, 0), (604_800, 604_800), (3600, 604_800)])
+@pytest.mark.parametrize(
+    "window_s,shift_s",
+    [(300, 0), (1800, 0), (3600, 0), (60, 0), (86_400, 0), (604_800, 0), (604_800, 604_800), (3600, 604_800)],
+)
 def test_windows_from_range_sums_equal_windows_from_every_hour(window_s: int, shift_s: int) -> None:
     every_hour = VersionWindows(0.0, MINUTES, [Counter({"n": 7}), *HOURS])
-    from_sums = VersionWindows(0.0, MINUTES, [Counter({"n": 7})],
-                               closed=range_sums(HOURS, hour_ranges([window_s])))
+    from_sums = VersionWindows(
+        0.0, MINUTES, [Counter({"n": 7})], closed=range_sums(HOURS, hour_ranges([window_s]))
+    )
     assert +from_sums.counters(window_s, shift_s=shift_s) == +every_hour.counters(window_s, shift_s=shift_s)
     assert from_sums.reference_counters() == plain(HOURS[23:191])
 
@@ -56,12 +59,18 @@ def test_a_range_nobody_asked_for_is_an_error() -> None:
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 30, 60])
 def test_windows_from_minute_tails_equal_windows_from_every_minute(count: int) -> None:
     every_minute = VersionWindows(0.0, MINUTES, [Counter()])
-    from_tails = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()],
-                                tails=range_sums(MINUTES[1:], minute_ranges([60 * count, 300])))
+    from_tails = VersionWindows(
+        0.0,
+        MINUTES[:FRESH_MINUTES],
+        [Counter()],
+        tails=range_sums(MINUTES[1:], minute_ranges([60 * count, 300])),
+    )
     assert +from_tails.counters(60 * count) == +every_minute.counters(60 * count)
 
 
 def test_a_minute_window_nobody_asked_for_is_an_error() -> None:
-    windows = VersionWindows(0.0, MINUTES[:FRESH_MINUTES], [Counter()], tails=range_sums(MINUTES[1:], minute_ranges([300])))
+    windows = VersionWindows(
+        0.0, MINUTES[:FRESH_MINUTES], [Counter()], tails=range_sums(MINUTES[1:], minute_ranges([300]))
+    )
     with pytest.raises(KeyError, match="newest minutes were not read"):
         windows.counters(600)
