@@ -45,8 +45,14 @@ class CommandResult(msgspec.Struct, kw_only=True):
 def new_command(action: Action, model_id: str, who: str, why: str, **fields: object) -> Command:
     """A command with a fresh id, stamped now."""
     return Command(
-        id=uuid.uuid4().hex[:12], action=action, model_id=model_id, who=who, why=why, at=time.time(), **fields
-    )  # type: ignore[arg-type]  # fields: incident_id / level
+        id=uuid.uuid4().hex[:12],
+        action=action,
+        model_id=model_id,
+        who=who,
+        why=why,
+        at=time.time(),
+        **fields,  # type: ignore[arg-type]  # fields: incident_id / level
+    )
 
 
 class CommandQueue:
