@@ -328,12 +328,14 @@ def report(trials: list[Trial], ticks: dict[str, float]) -> bool:
     for name in trials[0].phases():
         values = np.array([t.phases()[name] for t in trials])
         print(
-            f"  {name:14} mean {values.mean():6.3f}  p50 {np.percentile(values, 50):6.3f}  max {values.max():6.3f}"
+            f"  {name:14} mean {values.mean():6.3f}  p50 {np.percentile(values, 50):6.3f}  "
+            f"max {values.max():6.3f}"
         )
     count = ticks.get("aimon_evaluator_tick_seconds_count", 0.0)
     if count:
         print(
-            f"  evaluator ticks: {count:.0f}, mean duration {ticks['aimon_evaluator_tick_seconds_sum'] / count:.3f} s "
+            f"  evaluator ticks: {count:.0f}, mean duration "
+            f"{ticks['aimon_evaluator_tick_seconds_sum'] / count:.3f} s "
             "(ticks start every 1 s, at a fixed rate)"
         )
     lags = ticks.get("aimon_detection_lag_seconds_count", 0.0)

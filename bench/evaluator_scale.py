@@ -9,9 +9,10 @@ checked field by field against `apply_predictions`/`apply_labels` at start). Eve
 every other model also runs version 2 as a 50/50 canary for the last 48 h (so N models = 1.5 N
 versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values (sex 2,
 age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram; two
-output flags; users seen / served sets and the totals hash; per version 60 minute buckets and 360 hour buckets (15 days: what the hour
-TTL keeps, more than the current hour + 335 closed hours the evaluator reads for monitor/rules/default.yaml). Model 0 is `credit-scoring` (the one model with
-a published minimum accuracy in monitor/rules/default.yaml).
+output flags; users seen / served sets and the totals hash; per version 60 minute buckets and 360 hour
+buckets (15 days: what the hour TTL keeps, more than the current hour + 335 closed hours the evaluator
+reads for monitor/rules/default.yaml). Model 0 is `credit-scoring` (the one model with a published
+minimum accuracy in monitor/rules/default.yaml).
 
 Ticks. A real `Evaluator` (monitor/rules/default.yaml, an in-memory publisher, a temporary evidence dir) ticks
 with an injected event clock stepping 1 s per tick, as in production, and an injected monotonic clock
@@ -136,7 +137,8 @@ PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("models", "ModelCatalog.models: SMEMBERS + 3 hash reads per model (1 round trip each)"),
     (
         "read",
-        "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute turns, closed hours when stale)",
+        "WindowReader.read: one pipeline, 3 HGETALL + 4 ZCOUNT per version (+ older minutes when the minute "
+        "turns, closed hours when stale)",
     ),
     ("read.sum_buckets", "  of which sum_buckets: reply dicts -> Counter[str] (bytes decode, int())"),
     ("read.range_sums", "  of which range_sums (closed-hour range sums, cold/refresh only)"),
@@ -489,8 +491,9 @@ async def measure(
             young = getattr(windows_module, "YOUNG_S", "?")
             every = getattr(windows_module, "YOUNG_REFRESH_S", "?")
             print(
-                f"    (the reader re-reads every version's sums every {every} s for {young} s after it first sees it, "
-                "e.g. after a restart; the warm ticks below are past that: a refresh tick shows its cost)",
+                f"    (the reader re-reads every version's sums every {every} s for {young} s after it "
+                "first sees it, e.g. after a restart; the warm ticks below are past that: a refresh "
+                "tick shows its cost)",
                 flush=True,
             )
         warm_ticks = [await step() for _ in range(warm)]
@@ -684,7 +687,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
     )
     head = (
         f"{'models':>6} {'versions':>8} {'keys':>10} {'cold':>9} {'warm med':>9} {'warm max':>9} "
-        f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} {'redis ms':>8} {'cache MB':>8} {'rss MB':>7}"
+        f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} "
+        f"{'redis ms':>8} {'cache MB':>8} {'rss MB':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -697,12 +701,14 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         cache = f"{'~' if r.primed else ''}{r.cache_mb:.0f}"
         print(
             f"{r.models:>6} {r.pairs:>8} {r.keys:>10,} {_ms(r.cold, est):>9} {warm_med:>9.0f} "
-            f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} {r.after.wall_ms:>9.0f} "
-            f"{r.breach.opened:>6} {r.tests:>6} {r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}"
+            f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} "
+            f"{r.after.wall_ms:>9.0f} {r.breach.opened:>6} {r.tests:>6} "
+            f"{r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}"
         )
     print(
-        "  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in HGETALL"
-        " + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour cache)"
+        "  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in "
+        "HGETALL + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour "
+        "cache)"
     )
     print(f"\ntarget: one tick <= {TARGET_MS:.0f} ms at 1,000 models")
     for r in rows:
@@ -713,7 +719,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         print(
             f"  N={r.models}: warm ticks {', '.join(f'{ms:.0f}' for ms in r.warm_ms)} ms "
             f"({med / r.models:.1f} ms per model, {med / r.pairs:.1f} ms per version); "
-            f"{r.findings} findings of which {r.tests} statistical tests; breach: {len(r.breach_models)} models -> "
+            f"{r.findings} findings of which {r.tests} statistical tests; "
+            f"breach: {len(r.breach_models)} models -> "
             f"opened {dict(r.rules)}, {r.controls} control messages; populate {r.populate_s:.0f} s"
             + ("; cold/refresh not run (cache primed)" if r.primed else "")
         )
@@ -724,7 +731,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
             else "given with --hour-cost-ms"
         )
         print(
-            f"  a closed hour bucket costs {per_hour_ms * 1000:.0f} µs per version-hour on a cold/refresh tick "
+            f"  a closed hour bucket costs {per_hour_ms * 1000:.0f} µs per version-hour "
+            "on a cold/refresh tick "
             f"({where}); ~ values = warm median + that x versions x closed hours ({rows[-1].closed_hours})"
         )
     for r in rows:
@@ -747,11 +755,13 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
             print(f"    {seconds * 1000:9.0f} ms {100 * seconds / total:5.1f} %  {what}")
         accounted = sum(phases.get(label, 0.0) for label, _ in PHASES if "." not in label)
         print(
-            f"    {(total - accounted) * 1000:9.0f} ms {100 * (total - accounted) / total:5.1f} %  rest of tick() "
+            f"    {(total - accounted) * 1000:9.0f} ms {100 * (total - accounted) / total:5.1f} %  "
+            "rest of tick() "
             "(mostly the 24 h window of every version for the report)"
         )
         print(
-            f"    collections during the tick: gen0 {phases.get('gc.gen0', 0):.0f}, gen1 {phases.get('gc.gen1', 0):.0f}, "
+            f"    collections during the tick: gen0 {phases.get('gc.gen0', 0):.0f}, "
+            f"gen1 {phases.get('gc.gen1', 0):.0f}, "
             f"gen2 (full) {phases.get('gc.gen2', 0):.0f}"
         )
         for name, other in (("cold", r.cold), ("refresh", r.refresh)):
@@ -760,7 +770,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
                     f"    {name} tick: read {other.phases.get('read', 0) * 1000:.0f} ms (sum_buckets "
                     f"{other.phases.get('read.sum_buckets', 0) * 1000:.0f} ms, range_sums "
                     f"{other.phases.get('read.range_sums', 0) * 1000:.0f} ms), findings "
-                    f"{other.phases.get('findings', 0) * 1000:.0f} ms, Redis server {other.redis_total_ms:.0f} ms"
+                    f"{other.phases.get('findings', 0) * 1000:.0f} ms, "
+                    f"Redis server {other.redis_total_ms:.0f} ms"
                     + (f"; {other.error}" if other.error else "")
                 )
 

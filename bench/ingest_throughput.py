@@ -223,7 +223,8 @@ async def main() -> None:
         args.profile and args.profile.with_suffix(".single.txt"),
     )
     print(
-        f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages (20 models, 6 attributes)"
+        f"events: {args.events:,} in arrays of 100, {args.single:,} as single messages "
+        "(20 models, 6 attributes)"
     )
     print(f"{'':34}{'arrays of 100':>16}{'single messages':>18}")
     print(f"{'(a) aiokafka + orjson, events/s':34}{a_arrays:>16,.0f}{a_single:>18,.0f}")

@@ -9,9 +9,9 @@ TTLs bounding growth".
    ingest's 60 s expiry floor and left out of the steady state), through `RedisStore.apply_predictions`;
    labels for 80 % of it (50 % of the last hour) through `RedisStore.apply_labels`, plus a few labels
    whose prediction never came; a few access-log and registry events (`apply_access`, `apply_registry`);
-   the last 5 minutes carry 10 % errors and one access is unauthorised, so one `Evaluator` tick opens incidents (incident,
-   control and index keys); a person's command and an audit entry. `MEMORY USAGE key SAMPLES 0` of
-   every key, by key type, and `INFO memory` used_memory before/after.
+   the last 5 minutes carry 10 % errors and one access is unauthorised, so one `Evaluator` tick opens
+   incidents (incident, control and index keys); a person's command and an audit entry.
+   `MEMORY USAGE key SAMPLES 0` of every key, by key type, and `INFO memory` used_memory before/after.
 2. TTLs. `TTL` of every key under the sample's prefix: any key without an expiry is listed, marked
    "documented" when the README/keys.py say it is kept without expiry.
 3. Steady state. Per model-version: minute buckets for the minute TTL (Settings:
@@ -440,7 +440,10 @@ def mb(value: float) -> str:
 
 
 def print_kinds(kinds: dict[str, Kind]) -> None:
-    head = f"{'key type':<42} {'keys':>6} {'encoding':<22} {'bytes/key':>10} {'entries/key':>11} {'bytes/entry':>11} {'TTL (max)':>12}"
+    head = (
+        f"{'key type':<42} {'keys':>6} {'encoding':<22} {'bytes/key':>10} {'entries/key':>11} "
+        f"{'bytes/entry':>11} {'TTL (max)':>12}"
+    )
     print(head)
     print("-" * len(head))
     for name, kind in sorted(kinds.items(), key=lambda kv: -kv[1].mean_bytes() * len(kv[1].keys)):
@@ -468,7 +471,8 @@ async def scale_check(redis: Redis, n: int, per_key: dict[str, float]) -> None:
             by_kind[info.kind].append(info)
         summed = sum(i.bytes for i in infos)
         print(
-            f"\n4. cross-check: {n} models, {population.pairs} versions, 60 minute + {population.history_hours} hour "
+            f"\n4. cross-check: {n} models, {population.pairs} versions, "
+            f"60 minute + {population.history_hours} hour "
             f"buckets each ({len(infos):,} keys, written in {population.seconds:.0f} s)"
         )
         print(
@@ -544,17 +548,20 @@ async def main() -> None:
         hours = settings.hour_bucket_ttl_s // 3600
         groups = sum(len(v) for v in GROUPS.values())
         print(
-            f"\n   bytes per bucket hash: minute {minute.mean_bytes():,.0f} B ({minute.mean_entries():.0f} fields), "
+            f"\n   bytes per bucket hash: minute {minute.mean_bytes():,.0f} B "
+            f"({minute.mean_entries():.0f} fields), "
             f"hour {statistics.mean(k.bytes for k in hour_keys):,.0f} B "
             f"({statistics.mean(k.entries for k in hour_keys):.0f} fields), {minute.encodings()} encoding"
         )
         print(
-            f"   bytes per series (one counter field of one group in one bucket): minute {per_field_m:.1f} B, "
+            f"   bytes per series (one counter field of one group in one bucket): "
+            f"minute {per_field_m:.1f} B, "
             f"hour {per_field_h:.1f} B"
         )
         print(
             f"   one series tracked over its retention ({minutes:,} minute + {hours} hour buckets): "
-            f"{minutes * per_field_m + hours * per_field_h:,.0f} B; one group value (8 stats: n dec pos err lab cor apos fn): "
+            f"{minutes * per_field_m + hours * per_field_h:,.0f} B; "
+            "one group value (8 stats: n dec pos err lab cor apos fn): "
             f"{8 * (minutes * per_field_m + hours * per_field_h) / 1024:,.0f} kB"
         )
 
@@ -562,7 +569,8 @@ async def main() -> None:
             users = kinds[name]
             print(
                 f"   {name}: {users.mean_bytes():,.0f} B for {users.mean_entries():,.0f} users "
-                f"({users.encodings()}): {users.mean_bytes() / max(users.mean_entries(), 1):,.1f} B per distinct user"
+                f"({users.encodings()}): "
+                f"{users.mean_bytes() / max(users.mean_entries(), 1):,.1f} B per distinct user"
             )
         totals = kinds["totals hash"]
         print(
@@ -596,7 +604,8 @@ async def main() -> None:
                 print(f"   {name:<46} {mb(value):>12}  {100 * value / state.total:5.1f} %")
             print(f"   {'total per model-version':<46} {mb(state.total):>12}")
             print(
-                f"   {f'x {args.models:,} models (1 version each, 1 prediction/s each)':<46} {mb(state.total * args.models):>12}"
+                f"   {f'x {args.models:,} models (1 version each, 1 prediction/s each)':<46} "
+                f"{mb(state.total * args.models):>12}"
             )
             buckets = sum(v for k, v in state.parts.items() if not k.startswith("join"))
             print(f"   {'  of which everything but the join records':<46} {mb(buckets * args.models):>12}")
@@ -608,7 +617,8 @@ async def main() -> None:
         )
         print(
             f"   at {args.rate:,.0f} predictions/s: {mb(join * per_day)} per day; kept 7 days "
-            f"(label_join_ttl): {mb(join * per_day * 7)}; as written (until the end of the prediction's UTC day "
+            f"(label_join_ttl): {mb(join * per_day * 7)}; "
+            "as written (until the end of the prediction's UTC day "
             f"+ 7 d, 7.5 d on average): {mb(join * per_day * 7.5)} when no label ever arrives; labels delete "
             f"their record, so x (1 - labelled share)"
         )

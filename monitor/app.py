@@ -309,7 +309,7 @@ class Monitor:
     async def check_health(self) -> Health:
         """Ask Redis for a PING and Kafka for metadata; record and return the answers."""
         health = self.health
-        for attempt in (1, 2):
+        for _ in (1, 2):
             try:
                 await asyncio.wait_for(self.redis.ping(), HEALTH_TIMEOUT_S)
                 health.redis_ok = True

@@ -166,7 +166,8 @@ class EvaluatorMetrics:
         group_labels = ["model_id", "version", "attribute", "group", "window"]
         self.disparate_impact = Gauge(
             "aimon_disparate_impact_ratio",
-            "A group's favourable rate / its reference group's (the 80 % rule), as the rule of that window computed it.",
+            "A group's favourable rate / its reference group's (the 80 % rule), "
+            "as the rule of that window computed it.",
             group_labels,
             registry=gauges,
         )

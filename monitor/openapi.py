@@ -225,7 +225,9 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listModels",
                 "tags": ["models"],
                 "security": [],
-                "summary": "Every model with any state (predictions, access or registry events, incidents, control).",
+                "summary": (
+                    "Every model with any state (predictions, access or registry events, incidents, control)."
+                ),
                 "responses": {"200": _json("ModelList", "The models."), **_errors(400)},
             }
         },

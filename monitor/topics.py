@@ -33,7 +33,8 @@ INCIDENT_EVENTS_KEPT_MS = 7 * 24 * 3600 * 1000
 
 
 class TopicConfigError(ConfigError):
-    """An existing topic's configuration breaks what the monitor relies on (e.g. an uncompacted control topic)."""
+    """An existing topic's configuration breaks what the monitor relies on (e.g. an uncompacted control
+    topic)."""
 
 
 def required_configs(settings: Settings) -> dict[str, tuple[str, dict[str, str], str]]:
@@ -68,7 +69,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet and check the existing compacted ones; returns the names created."""
+    """Create the topics that do not exist yet and check the existing compacted ones; returns the names
+    created."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
@@ -108,7 +110,8 @@ async def _check_existing(admin: AIOKafkaAdminClient, settings: Settings, existi
         for key, value in configs.items():
             if actual.get(key) != value:
                 raise TopicConfigError(
-                    f"topic {name!r} has {key}={actual.get(key)}, but the monitor needs {key}={value} ({why}); "
+                    f"topic {name!r} has {key}={actual.get(key)}, "
+                    f"but the monitor needs {key}={value} ({why}); "
                     f"fix it with `kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap} --alter "
                     f"--entity-type topics --entity-name {name} --add-config {key}={value}` "
                     f"or set {variable} to a topic that does not exist yet"

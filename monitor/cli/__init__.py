@@ -57,7 +57,10 @@ def bad_setting(exc: ValidationError | SettingsError) -> str:
     if isinstance(exc, SettingsError):
         found = re.search(r'field "([^"]+)"', str(exc))
         field = found.group(1) if found else "?"
-        return f"{_env_name((field,))}: {SETTING_HINTS.get(field, 'is not valid JSON')} (got {_env_value(field)!r})"
+        return (
+            f"{_env_name((field,))}: {SETTING_HINTS.get(field, 'is not valid JSON')} "
+            f"(got {_env_value(field)!r})"
+        )
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
     hint = SETTING_HINTS.get(loc[0] if loc else "", error["msg"])

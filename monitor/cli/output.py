@@ -152,7 +152,8 @@ def incident_text(i: dict[str, Any]) -> list[str]:
         f"  {i.get('summary') or i['rule']}",
         f"  model     {i['model_id']} {value(i.get('model_version'))}",
         f"  rule      {i.get('category', MISSING)}/{i['rule']}  group {value(i.get('group'))}",
-        f"  opened    {when(i.get('opened_at'), seconds=True)} UTC   updated {when(i.get('updated_at'), seconds=True)} UTC",
+        f"  opened    {when(i.get('opened_at'), seconds=True)} UTC   "
+        f"updated {when(i.get('updated_at'), seconds=True)} UTC",
     ]
     if i.get("resolved_at") is not None:
         lines.append(f"  resolved  {when(i['resolved_at'], seconds=True)} UTC")

@@ -84,7 +84,8 @@ async def _check_redis(url: str) -> None:
         await client.ping()
     except (RedisError, OSError) as exc:
         raise ServicesError(
-            f"Redis at {url} does not answer ({exc}); start it with `monitor services up` or set MONITOR_REDIS_URL"
+            f"Redis at {url} does not answer ({exc}); start it with `monitor services up` "
+            "or set MONITOR_REDIS_URL"
         ) from None
     finally:
         await client.aclose()

@@ -31,7 +31,8 @@ PROFILES = (
     TrafficProfile("resume-screening", "1.4.1", approval_rate=0.35, latency_median_ms=90.0),
     TrafficProfile("claims-triage", "0.9.0", approval_rate=0.8, latency_median_ms=25.0),
 )
-# After 20 s (or halfway through a shorter demo), the credit model degrades: errors jump from 0.2 % to 8 % and latency triples.
+# After 20 s (or halfway through a shorter demo), the credit model degrades: errors jump from 0.2 % to 8 %
+# and latency triples.
 DEGRADED = TrafficProfile(
     "credit-scoring", "2.3.0", approval_rate=0.62, error_rate=0.08, latency_median_ms=120.0
 )
@@ -123,8 +124,9 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
     base = f"http://{settings.web_host}:{settings.web_port}"
     if _port_taken(settings.web_host, settings.web_port):
         raise DemoError(
-            f"{settings.web_host}:{settings.web_port} is already in use (another worker?), so the demo could not "
-            f"tell its own worker's answers from that process's; stop it or set MONITOR_WEB_PORT to a free port"
+            f"{settings.web_host}:{settings.web_port} is already in use (another worker?), so the demo "
+            "could not tell its own worker's answers from that process's; stop it or set MONITOR_WEB_PORT "
+            "to a free port"
         )
     asyncio.run(ensure_topics(settings))
     log_path = services.ServiceConfig.from_env().state_dir / "demo-worker.log"
@@ -169,7 +171,8 @@ async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per
     print("\nsummary:")
     for incident in opened:
         print(
-            f"  {incident.id} {incident.severity:<8} {incident.rule:<16} {incident.model_id}: {incident.summary}"
+            f"  {incident.id} {incident.severity:<8} {incident.rule:<16} "
+            f"{incident.model_id}: {incident.summary}"
         )
         print(f"      evidence {incident.evidence_ref}")
     if not opened:
@@ -243,7 +246,8 @@ async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
                     f"\n=== INCIDENT {body['event'].upper()} {body['id']} {body['severity']} "
                     f"{body['category']}/{body['rule']} on {body['model_id']} {body['model_version'] or ''}\n"
                     f"    value {obs.get('value'):.4g} vs threshold {obs.get('threshold')}, "
-                    f"{obs.get('samples')} samples, p = {obs.get('test', {}).get('p_value', float('nan')):.2g}\n"
+                    f"{obs.get('samples')} samples, "
+                    f"p = {obs.get('test', {}).get('p_value', float('nan')):.2g}\n"
                 )
 
 
@@ -281,7 +285,8 @@ async def _show(store: RedisStore, base: str, sent: int, elapsed: float) -> None
         stats = await store.window(profile.model_id, profile.model_version, now - WINDOW_S, now + 60)
         p95 = stats.latency_quantile_s(0.95)
         lines.append(
-            f"  {profile.model_id:<17} {stats.count:>8,} in 5m   errors {100 * (stats.error_rate or 0):5.2f} %"
+            f"  {profile.model_id:<17} {stats.count:>8,} in 5m   "
+            f"errors {100 * (stats.error_rate or 0):5.2f} %"
             f"   p95 {1000 * (p95 or 0):7.1f} ms"
         )
     print("\n".join(lines), flush=True)

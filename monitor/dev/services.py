@@ -471,7 +471,9 @@ def status(config: ServiceConfig | None = None) -> dict[str, str]:
     config = config or ServiceConfig.from_env()
     result: dict[str, str] = {}
     remotes = (config.kafka_remote, config.redis_remote)
-    for svc, address, remote in zip(_services(config), (config.kafka_bootstrap, config.redis_url), remotes):
+    for svc, address, remote in zip(
+        _services(config), (config.kafka_bootstrap, config.redis_url), remotes, strict=True
+    ):
         if remote is not None:
             result[svc.name.lower()] = f"remote at {remote} (not started here)"
             continue

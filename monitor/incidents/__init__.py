@@ -1,1 +1,2 @@
-"""Incidents: the record and its transitions, evidence, notifications and their delivery, storage, people's commands."""
+"""Incidents: the record and its transitions, evidence, notifications and their delivery, storage,
+people's commands."""

@@ -52,13 +52,15 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         kind = "Potential discrimination (disparate impact)"
         what = (
             f"The favourable-decision rate of {group} is {obs['favourable_rate']:.1%} against "
-            f"{obs['reference_rate']:.1%} for the reference group {obs['attribute']}={obs['reference_group']}: "
+            f"{obs['reference_rate']:.1%} for the reference group "
+            f"{obs['attribute']}={obs['reference_group']}: "
             f"a disparate impact ratio of {obs['value']:.2f}, below the {obs['threshold']:.2f} (80 %) rule."
         )
     elif metric == "fnr_gap":
         kind = "Potential discrimination (false-negative rate gap)"
         what = (
-            f"Members of {group} who deserved a favourable decision were refused {obs['false_negative_rate']:.1%} "
+            f"Members of {group} who deserved a favourable decision were refused "
+            f"{obs['false_negative_rate']:.1%} "
             f"of the time, against {obs['reference_false_negative_rate']:.1%} for "
             f"{obs['attribute']}={obs['reference_group']}: a gap of {obs['value'] * 100:.1f} points "
             f"(threshold {obs['threshold'] * 100:.0f})."
@@ -67,8 +69,10 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         kind = "Potential discrimination (sudden shift in group treatment)"
         what = (
             f"The favourable-decision rate of {group} moved from {obs['reference_rate']:.1%} to "
-            f"{obs['favourable_rate']:.1%} while the other groups moved {obs['others_shift'] * 100:+.1f} points: "
-            f"a shift of {obs['value'] * 100:+.1f} points beyond theirs (threshold {obs['threshold'] * 100:.0f})."
+            f"{obs['favourable_rate']:.1%} while the other groups moved "
+            f"{obs['others_shift'] * 100:+.1f} points: "
+            f"a shift of {obs['value'] * 100:+.1f} points beyond theirs "
+            f"(threshold {obs['threshold'] * 100:.0f})."
         )
     if obs.get("proxy"):
         stands_for = obs.get("proxy_for") or "a protected characteristic"
@@ -79,7 +83,10 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         "All new decisions of this system are being reviewed by humans. "
         "Automated operation is suspended pending investigation."
         if level >= 3
-        else f"Routing is at level {level} ({LEVELS[level].name}); the monitor continues to watch the fairness metrics."
+        else (
+            f"Routing is at level {level} ({LEVELS[level].name}); "
+            "the monitor continues to watch the fairness metrics."
+        )
     )
     return _env.get_template("bias_internal.txt.j2").render(
         incident=incident,

@@ -175,7 +175,8 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
 
 
 def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    """Keys that belong to some metrics only, a binomial test, and the metrics of categories bias and security."""
+    """Keys that belong to some metrics only, a binomial test, and the metrics of categories bias and
+    security."""
     category = _category_problem(rule)
     if category:
         yield ("category",), category
@@ -196,7 +197,8 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         yield (
             ("min_volume",),
             (
-                f"only meaningful with compare 'ratio_above' (compare {rule.compare!r} is already an absolute amount)"
+                "only meaningful with compare 'ratio_above' "
+                f"(compare {rule.compare!r} is already an absolute amount)"
             ),
         )
     if rule.follow is not None and rule.metric == "new_source_privileged":
@@ -207,8 +209,8 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         yield (
             ("rollback",),
             (
-                f"not allowed for metric {rule.metric!r}: of the security metrics only {rolls_back} rolls back"
-                " (an access incident is no fault of the model version; use revoke)"
+                f"not allowed for metric {rule.metric!r}: of the security metrics only {rolls_back} "
+                "rolls back (an access incident is no fault of the model version; use revoke)"
             ),
         )
     if rule.test == "binomial" and rule.metric not in RATE_METRICS:
@@ -216,7 +218,8 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
 
 
 def _category_problem(rule: RuleSpec) -> str | None:
-    """Why the rule's category and metric disagree (bias and security take their own metrics only), or None."""
+    """Why the rule's category and metric disagree (bias and security take their own metrics only),
+    or None."""
     for category, metrics in CATEGORY_METRICS.items():
         if rule.metric in metrics and rule.category != category:
             return f"must be {category} for metric {rule.metric!r} {_got(rule.category)}"
@@ -235,7 +238,8 @@ def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
         yield (
             ("id",),
             (
-                f"must be lowercase letters, digits and '-', first a letter or digit, at most 64 {_got(rule.id)}"
+                "must be lowercase letters, digits and '-', first a letter or digit, "
+                f"at most 64 {_got(rule.id)}"
             ),
         )
     allowed = METRIC_COMPARES[rule.metric]

@@ -154,7 +154,8 @@ _ONE_FILE_SECTIONS = {
 
 
 def _defines_first(f: RulesFile, key: str, merged: _Merged) -> bool:
-    """Whether `f` is the first file to define the section `key`; a later one gets a problem naming the first."""
+    """Whether `f` is the first file to define the section `key`; a later one gets a problem naming the
+    first."""
     if (f.data or {}).get(key) is None:
         return False
     if key in merged.section_at:
@@ -168,7 +169,8 @@ def _merge(files: list[RulesFile]) -> _Merged:
     merged = _Merged()
     for f in files:
         data, spec = f.data or {}, f.spec
-        # The check comes first in each `and`: a repeated section is a problem even in a file that did not validate.
+        # The check comes first in each `and`: a repeated section is a problem even in a file that did
+        # not validate.
         if _defines_first(f, "defaults", merged) and spec is not None and spec.defaults is not None:
             merged.defaults = spec.defaults
         if _defines_first(f, "fairness", merged) and spec is not None and spec.fairness is not None:
@@ -326,7 +328,8 @@ def check_command(path: Path | None = None) -> tuple[int, str]:
     policy = ruleset.access_policy
     lines.append(
         f"access policy: {len(policy.grants)} grant{'' if len(policy.grants) == 1 else 's'};"
-        f" normal hours {policy.normal_hours.describe()}; learning period {format_duration(policy.learning_s)}"
+        f" normal hours {policy.normal_hours.describe()};"
+        f" learning period {format_duration(policy.learning_s)}"
     )
     lines.append(f"sha256: {ruleset.sha256}")
     return 0, "\n".join(lines)

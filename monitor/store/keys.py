@@ -22,7 +22,8 @@ class Keys:
     prefix: str
 
     def models(self) -> str:
-        """Set of every model id that sent a prediction (cross-slot index, written outside the atomic step)."""
+        """Set of every model id that sent a prediction (cross-slot index, written outside the atomic
+        step)."""
         return f"{self.prefix}:models"
 
     def incident_model_ids(self) -> str:
@@ -30,7 +31,8 @@ class Keys:
         return f"{self.prefix}:incident_model_ids"
 
     def controlled_models(self) -> str:
-        """Set of every model id with escalation state: a control message or an override (cross-slot index)."""
+        """Set of every model id with escalation state: a control message or an override (cross-slot
+        index)."""
         return f"{self.prefix}:controlled_models"
 
     def model(self, model_id: str) -> str:

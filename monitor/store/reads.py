@@ -20,7 +20,8 @@ class StoreReads:
     keys: Keys
 
     async def model_ids(self) -> list[str]:
-        """Every model id that has sent a prediction (`store.catalog.read_model_index` has every model with any state)."""
+        """Every model id that has sent a prediction (`store.catalog.read_model_index` has every model
+        with any state)."""
         members = await self.redis.smembers(self.keys.models())
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
@@ -45,7 +46,8 @@ class StoreReads:
         return result
 
     async def last_events(self, model_ids: Sequence[str]) -> dict[str, float]:
-        """Event time of each model's newest prediction (models never seen are left out), in one round trip."""
+        """Event time of each model's newest prediction (models never seen are left out), in one round
+        trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for model_id in model_ids:
                 pipe.hget(self.keys.meta(model_id), "last_event_s")

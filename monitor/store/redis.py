@@ -1,9 +1,10 @@
 """The Redis side of ingest and of reading windows back.
 
 Writes: a batch is folded into one share per model, each applied by one script call (atomic, one
-hash slot); each call goes out as soon as its share is folded, so Redis works while Python folds. A share that reaches back into offsets already
-applied (a batch replayed after a crash or a rebalance) is refused by the script as a whole; we then
-drop exactly the replayed events and send the rest, so nothing is counted twice or lost.
+hash slot); each call goes out as soon as its share is folded, so Redis works while Python folds. A
+share that reaches back into offsets already applied (a batch replayed after a crash or a rebalance)
+is refused by the script as a whole; we then drop exactly the replayed events and send the rest, so
+nothing is counted twice or lost.
 """
 
 from __future__ import annotations

@@ -80,7 +80,9 @@ def event(status: str, kind: str) -> IncidentEvent:
         updated_at=now,  # type: ignore[arg-type]
         observation={"value": 0.7, "threshold": 0.8},
         group="sex=F",
-        summary="potential discrimination: disparate impact of sex=F on loan-approval 2.3 is 0.7 (threshold 0.8)",
+        summary=(
+            "potential discrimination: disparate impact of sex=F on loan-approval 2.3 is 0.7 (threshold 0.8)"
+        ),
     )
 
 

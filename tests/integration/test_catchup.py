@@ -185,7 +185,7 @@ async def test_while_behind_an_open_downtime_is_neither_refired_nor_resolved(wor
             )
         ],
     )
-    for minute in range(1, 11):
+    for _ in range(1, 11):
         clock[0] += 60
         await at([0.0, None])  # lag unknown on partition 1
         report = await ev.tick()

@@ -185,18 +185,26 @@ async def test_counters_add_up_and_only_the_evaluator_exports_models(cluster: Cl
     assert elsewhere.get("aimon_messages_consumed_total") is not None
     labels = {"model_id": MODEL, "version": "2"}
     errors = sum(1 for e in cluster.sent if "error" in e)
-    assert [v for l, v in got["aimon_model_errors_total"] if l == labels] == [errors]
-    count = [v for l, v in got["aimon_model_latency_seconds_count"] if l == labels]
+    assert [v for series, v in got["aimon_model_errors_total"] if series == labels] == [errors]
+    count = [v for series, v in got["aimon_model_latency_seconds_count"] if series == labels]
     total_ms = sum(e["latency_ms"] for e in cluster.sent)
-    [latency_sum] = [v for l, v in got["aimon_model_latency_seconds_sum"] if l == labels]
+    [latency_sum] = [v for series, v in got["aimon_model_latency_seconds_sum"] if series == labels]
     assert count == [N] and latency_sum == pytest.approx(total_ms / 1000, abs=N * 1e-6)
-    buckets = {l["le"]: v for l, v in got["aimon_model_latency_seconds_bucket"] if l["model_id"] == MODEL}
+    buckets = {
+        series["le"]: v
+        for series, v in got["aimon_model_latency_seconds_bucket"]
+        if series["model_id"] == MODEL
+    }
     assert buckets["0.0256"] == sum(1 for e in cluster.sent if e["latency_ms"] <= 25.6)
     # one series per label set of incidents_open, at 0 where nothing is open
     open_now = got["aimon_incidents_open"]
     assert len(open_now) == 15 and any(v == 0 for _, v in open_now)
     # the proxy is summarised: 40 zip3 values, at most the flagged ones by name plus _other
-    zips = {l["group"] for l, _ in got["aimon_group_favourable_rate"] if l["attribute"] == "zip3"}
+    zips = {
+        series["group"] for series, _ in got["aimon_group_favourable_rate"] if series["attribute"] == "zip3"
+    }
     assert "_other" in zips and len(zips) < 40
-    windows = {l["window"] for l, _ in got["aimon_group_favourable_rate"] if l["attribute"] == "sex"}
+    windows = {
+        series["window"] for series, _ in got["aimon_group_favourable_rate"] if series["attribute"] == "sex"
+    }
     assert {"30m", "24h"} <= windows

@@ -378,7 +378,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 def test_metric_name_extraction() -> None:
     expr = (
-        'sum by (topic) (rate(aimon_events_ingested_total{topic=~"$t", job="aimon_x"}[$__rate_interval] offset 1h))'
+        'sum by (topic) (rate(aimon_events_ingested_total{topic=~"$t", job="aimon_x"}'
+        "[$__rate_interval] offset 1h))"
         " / on (instance) group_left (model_id) up and kafka_consumergroup_lag > 1e3 or vector(0)"
     )
     assert metric_names(expr) == {"aimon_events_ingested_total", "up", "kafka_consumergroup_lag"}

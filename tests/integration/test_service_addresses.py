@@ -84,9 +84,9 @@ def test_a_mismatched_legacy_port_is_refused_before_anything_starts(own_env: dic
     refused = monitor({**own_env, "MONITOR_REDIS_PORT": "16999"}, "services", "up")
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
-        f"monitor: MONITOR_REDIS_PORT=16999 disagrees with MONITOR_REDIS_URL={own_env['MONITOR_REDIS_URL']}: the "
-        "local service listens where the worker dials, so set MONITOR_REDIS_URL=redis://127.0.0.1:16999/0 and "
-        "unset MONITOR_REDIS_PORT"
+        "monitor: MONITOR_REDIS_PORT=16999 disagrees with "
+        f"MONITOR_REDIS_URL={own_env['MONITOR_REDIS_URL']}: the local service listens where the worker "
+        "dials, so set MONITOR_REDIS_URL=redis://127.0.0.1:16999/0 and unset MONITOR_REDIS_PORT"
     ]
     assert not (Path(own_env["MONITOR_STATE_DIR"]) / "redis").exists()
 

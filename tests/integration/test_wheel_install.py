@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def dockerfile_build_context() -> list[str]:
-    """The paths the Dockerfile's build stage copies from the repository (its COPY lines before the 2nd FROM)."""
+    """The paths the Dockerfile's build stage copies from the repository (its COPY lines before the 2nd
+    FROM)."""
     copied: list[str] = []
     stages = 0
     for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():

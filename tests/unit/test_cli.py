@@ -366,13 +366,13 @@ def test_a_drill_with_no_worker_is_refused_before_it_produces(capsys: pytest.Cap
         ),
         (
             {"MONITOR_PARTITIONS": "zero"},
-            "monitor: bad setting MONITOR_PARTITIONS: Input should be a valid integer, unable to parse string as an"
-            " integer (got 'zero')",
+            "monitor: bad setting MONITOR_PARTITIONS: Input should be a valid integer, unable to parse "
+            "string as an integer (got 'zero')",
         ),
         (
             {"MONITOR_REDIS_URL": "localhost:6379"},
-            "monitor: bad setting MONITOR_REDIS_URL: Value error, must start with redis://, rediss:// or unix://, e.g."
-            " redis://127.0.0.1:6379/0 (got 'localhost:6379')",
+            "monitor: bad setting MONITOR_REDIS_URL: Value error, must start with redis://, rediss:// "
+            "or unix://, e.g. redis://127.0.0.1:6379/0 (got 'localhost:6379')",
         ),
     ],
 )

@@ -1,4 +1,5 @@
-"""The default rules ship with the package: what loads when no rules path is set, wherever the monitor runs."""
+"""The default rules ship with the package: what loads when no rules path is set, wherever the monitor
+runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The gateway-side library without Kafka: routing at every level, seq ordering, decoding, and the reporter's batching."""
+"""The gateway-side library without Kafka: routing at every level, seq ordering, decoding, and the
+reporter's batching."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What /metrics exports: the evaluator's gauges from a tick, the latency histogram, and which worker exports what."""
+"""What /metrics exports: the evaluator's gauges from a tick, the latency histogram, and which worker
+exports what."""
 
 from __future__ import annotations
 

@@ -562,7 +562,8 @@ def test_access_policy_section_resolved(tmp_path: Path) -> None:
             "  unchecked_actions: []\n"
             "  privileged_actions: [grant]\n"
             "  grants:\n"
-            "    - {principals: [a, 'b-*'], actions: [query, read], resource_types: [endpoint], models: ['credit-*']}\n"
+            "    - {principals: [a, 'b-*'], actions: [query, read], resource_types: [endpoint], "
+            "models: ['credit-*']}\n"
             "    - {principals: [c], actions: [read], resource_types: [training_data], hours: any}\n"
         ),
     )
@@ -1048,7 +1049,9 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
         "ladder-unordered",
         ERROR_RATE,
         {
-            "ladder": "[{threshold: 0.2, severity: HIGH, level: 2}, {threshold: 0.1, severity: HIGH, level: 2}]"
+            "ladder": (
+                "[{threshold: 0.2, severity: HIGH, level: 2}, {threshold: 0.1, severity: HIGH, level: 2}]"
+            )
         },
         "ladder[1].threshold",
         "ladder",
@@ -1985,8 +1988,8 @@ FILE_CASES: list[tuple[str, str, str, str]] = [
         "end-before-start",
         "version: 1\naccess_policy:\n  normal_hours:\n    start: '20:00'\n    end: '08:00' #<\n",
         "access_policy.normal_hours.end",
-        "must be later than start 20:00 (normal hours cannot span midnight; give night work its own grant with"
-        " hours: any) (got '08:00')",
+        "must be later than start 20:00 (normal hours cannot span midnight; give night work its own grant "
+        "with hours: any) (got '08:00')",
     ),
     (
         "end-equals-start",
