@@ -1,9 +1,8 @@
-"""The rules contract (docs/rules.md): resolved models, the file format, and its cross-field checks.
+"""The rules contract (docs/rules.md): resolved models and the file format as written.
 
 `Rule`, `Step`, `ModelFacts` and `RuleSet` are what the evaluator reads: every value resolved
-(defaults applied, durations in seconds). The `*Spec` models are a file as written, and
-`rule_problems` / `file_problems` are every cross-field check of the format; they return paths relative
-to the checked node so the loader can put a file and line on each. The resolved models repeat the
+(defaults applied, durations in seconds). The `*Spec` models are a file as written; its cross-field
+checks are in monitor.rules.checks. The resolved models repeat the
 simple ranges so a Rule built by hand in a test cannot hold an impossible value either. The models
 and checks of the `fairness:` section live in monitor.rules.fairness, those of the `access_policy:`
 section in monitor.rules.access (both re-exported here); what each metric and compare allows (the
