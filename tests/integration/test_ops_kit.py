@@ -31,7 +31,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "aimon.json"
 GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARDS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "aimon.yml"
 COMPOSE = ROOT / "docker-compose.yml"
-METRICS_SOURCE = ROOT / "monitor" / "metrics.py"
+METRICS_SOURCES = (ROOT / "monitor" / "metrics.py", ROOT / "monitor" / "model_metrics.py")
 
 # Metrics the queries may use that the daemon does not export: Prometheus' own scrape health, and
 # kafka-exporter's consumer lag (true lag needs the brokers' end offsets, see deploy/alerts.yml).
@@ -70,8 +70,8 @@ def load_yaml(path: Path) -> Any:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name the daemon can expose, from the text of monitor/metrics.py."""
-    text = METRICS_SOURCE.read_text(encoding="utf-8")
+    """Every series name the daemon can expose, from the text of the modules that define them."""
+    text = "\n".join(source.read_text(encoding="utf-8") for source in METRICS_SOURCES)
     kinds = "Counter|Gauge|Histogram|Summary|GaugeMetricFamily|CounterMetricFamily|HistogramMetricFamily"
     found = re.findall(rf"\b({kinds})\(\s*\"(aimon_[a-z_]+)\"", text)
     names: set[str] = set()
@@ -91,7 +91,7 @@ def exported_metric_names() -> set[str]:
         "aimon_messages_consumed_total",
         "aimon_evaluator_tick_seconds_bucket",
         "aimon_model_predictions",
-    } <= names, f"could not read the metric names of {METRICS_SOURCE}"
+    } <= names, f"could not read the metric names of {METRICS_SOURCES}"
     return names
 
 
