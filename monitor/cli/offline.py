@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from monitor.cli import output as out
-
-if TYPE_CHECKING:
-    pass
-
-
 from monitor.cli.base import (
     Globals,
     api_options,
@@ -23,8 +16,6 @@ from monitor.cli.base import (
     pass_globals,
     web_url,
 )
-
-log = logging.getLogger("monitor")
 
 # ---------------------------------------------------------------- offline checks
 
@@ -42,7 +33,9 @@ def audit_verify(g: Globals, as_json: bool) -> int:
     from redis.asyncio import Redis
 
     from monitor.audit import AuditLog, Verification
+    from monitor.exceptions import ServicesError
     from monitor.store.keys import Keys
+    from monitor.store.redis import TRANSIENT
 
     settings = g.settings()
 
@@ -50,9 +43,7 @@ def audit_verify(g: Globals, as_json: bool) -> int:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
         try:
             return await AuditLog(redis, Keys(settings.key_prefix)).verify()
-        except (OSError, ConnectionError) as exc:
-            from monitor.exceptions import ServicesError
-
+        except TRANSIENT as exc:  # redis-py's connection errors are no OSError
             raise ServicesError(
                 f"Redis at {settings.redis_url} does not answer ({exc}); set MONITOR_REDIS_URL"
             ) from None

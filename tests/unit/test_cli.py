@@ -342,6 +342,16 @@ def test_no_worker_is_one_line_that_says_what_to_do(capsys: pytest.CaptureFixtur
     assert err == f"monitor: no worker answers at {url} (start `monitor run`, or pass --url)\n"
 
 
+def test_audit_verify_without_redis_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    monkeypatch.setenv("MONITOR_REDIS_URL", url)
+    code, out, err = run(capsys, "audit", "verify")
+    assert code == 1 and out == ""
+    assert err.startswith(f"monitor: Redis at {url} does not answer (") and err.count("\n") == 1
+
+
 def test_a_drill_with_no_worker_is_refused_before_it_produces(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, out, err = run(
