@@ -48,7 +48,6 @@ class TickReport:
     levels: dict[str, int] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     live: list[Incident] = field(default_factory=list)  # every incident not resolved, after the tick
-    day: dict[tuple[str, str], WindowStats] = field(default_factory=dict)  # 24 h window per version
     # Every active version's windows as the rules read them (the metrics export the same windows)
     windows: dict[tuple[str, str], VersionWindows] = field(default_factory=dict)
     last_event_s: dict[str, float] = field(default_factory=dict)
@@ -80,8 +79,6 @@ class Evaluator:
         self.rules = rules
         self.publisher = publisher
         self.clock = clock
-        self.evidence_dir = evidence_dir
-        self.contact = contact
         self.deliverer = deliverer
         self.renotify_s = renotify_s
         self.reader = reader or WindowReader(redis, keys)
@@ -96,7 +93,6 @@ class Evaluator:
         self.last_report = TickReport()
         # Without a hold (a test driving Redis directly, no consumer) silence is always judged.
         self.silence_hold = silence_hold
-        self._silence_held = False
 
     async def tick(self) -> TickReport:
         """One evaluation of every rule against every model."""
@@ -106,7 +102,6 @@ class Evaluator:
         if self.silence_hold is not None:
             catch_up = await self.silence_hold.check(now)
             report.silence_held, report.detection_delay_s = catch_up.held, catch_up.delay_s
-        self._silence_held = report.silence_held
         models = await self._read_models(now, report)
         model_ids = [m.model_id for m in models]
         open_by_model = await self.incidents.open_incidents(model_ids)
@@ -121,7 +116,8 @@ class Evaluator:
         # Every finding of every model first, so the false-discovery rate is controlled over the
         # whole tick; then act on them model by model.
         findings = decide.control_false_discoveries(
-            self.rules.rules, {m.model_id: self._model_findings(m, now) for m in models}
+            self.rules.rules,
+            {m.model_id: self._model_findings(m, now, held=report.silence_held) for m in models},
         )
         for model in models:
             report.findings.extend(f for fs in findings[model.model_id].values() for f in fs)
@@ -152,20 +148,18 @@ class Evaluator:
             model.windows = {v: windows[(model.model_id, v)] for v in model.versions}
             model.access = windows.get((model.model_id, ACCESS_VERSION))
             for version, w in model.windows.items():
-                report.day[(model.model_id, version)] = w.window(86_400)
                 report.windows[(model.model_id, version)] = w
             if model.last_event_s is not None:
                 report.last_event_s[model.model_id] = model.last_event_s
-        await self._freeze_references(models)
+        await self._freeze_references(models, now)
         return models
 
-    async def _freeze_references(self, models: list[ModelView]) -> None:
+    async def _freeze_references(self, models: list[ModelView], now: float) -> None:
         """Keep each superseded version's reference as it stood when its successor appeared."""
         wanted = [(m, v) for m in models for v in {p for ps in m.predecessors.values() for p in ps[:1]}]
         if not wanted:
             return
         stored = await self.catalog.frozen_references([(m.model_id, v) for m, v in wanted])
-        now = self.clock()
         to_freeze = []
         for (model, version), frozen in zip(wanted, stored, strict=True):
             live = model.windows[version].reference() if version in model.windows else None
@@ -227,12 +221,12 @@ class Evaluator:
             )
         return results
 
-    def _model_findings(self, model: ModelView, now: float) -> dict[str, list[Finding]]:
-        return {rule.id: self._findings(rule, model, now) for rule in self.rules.rules}
+    def _model_findings(self, model: ModelView, now: float, *, held: bool) -> dict[str, list[Finding]]:
+        return {rule.id: self._findings(rule, model, now, held=held) for rule in self.rules.rules}
 
-    def _findings(self, rule: Rule, model: ModelView, now: float) -> list[Finding]:
+    def _findings(self, rule: Rule, model: ModelView, now: float, *, held: bool) -> list[Finding]:
         if rule.compare == "silence":
-            if self._silence_held:
+            if held:
                 return []  # behind on the input: silence says nothing yet (monitor.rules.catchup)
             finding = evaluate_silence(rule, model.model_id, model.last_event_s, now)
             return [] if finding is None else [finding]
@@ -275,16 +269,15 @@ class Evaluator:
         report.updated += decided.of("update")
         report.resolved += decided.of("resolve")
         changed, live = decided.changed, decided.live
+        for incident in changed:  # published below (the outbox makes sure of it, crash or not)
+            incident.notified_at = incident.notified_at or now
+            incident.reminded_at = incident.reminded_at or now
+        stamped = self._renotify(live, now)
         await self.incidents.save(changed)
         await self._publish_incidents(changed)
         report.live.extend(live)
-        for incident in changed:  # just published: Alertmanager and webhooks have them
-            incident.notified_at = incident.notified_at or now
-            incident.reminded_at = incident.reminded_at or now
-        before = {i.id: (i.notified_at, i.reminded_at) for i in live}
-        self._renotify(live, now)
-        stamped = [i for i in live if (i.notified_at, i.reminded_at) != before[i.id] or i in changed]
-        await self.incidents.save(stamped)
+        ids = {i.id for i in changed}
+        await self.incidents.save([i for i in stamped if i.id not in ids])  # changed ones are saved
         await self._escalate(model, live, state, now, report)
 
     async def _publish_incidents(self, incidents: list[Incident]) -> None:
@@ -303,15 +296,17 @@ class Evaluator:
             self.deliverer.submit_group(events)
         await self.incidents.save(flushed)
 
-    def _renotify(self, live: list[Incident], now: float) -> None:
-        """Keep open incidents alive in Alertmanager, and remind the webhooks of unattended ones."""
+    def _renotify(self, live: list[Incident], now: float) -> list[Incident]:
+        """Keep open incidents alive in Alertmanager, and remind the webhooks of unattended ones;
+        returns the incidents sent again (their stamps changed)."""
         if self.deliverer is None:
-            return
+            return []
         remind, refresh = decide.renotify(live, now, self.renotify_s)
         if remind:
             self.deliverer.submit_group([i.event("updated") for i in remind])
         if refresh:
             self.deliverer.submit_group([i.event("updated") for i in refresh], webhooks=False)
+        return remind + refresh
 
     async def _escalate(
         self, model: ModelView, live: list[Incident], state: ControlState, now: float, report: TickReport
@@ -320,6 +315,9 @@ class Evaluator:
         if state.pending is not None:  # a message staged before a crash: publish it first
             await self.publisher.control(state.pending)
             await self.incidents.control_published(state.pending)
+            # It is now the last message sent: the next decision compares with it, not with the one
+            # before (which would send the same routing again under the next seq).
+            state.last, state.pending = state.pending, None
         decision = decide.control(model.model_id, live, state, model.predecessors, now)
         report.levels[model.model_id] = decision.level
         message = decision.message

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 
 from monitor.aggregates.predictions import Located
@@ -384,6 +385,19 @@ async def test_a_restarted_evaluator_continues_the_same_incidents_and_seq(world:
     await evaluator(world, keys, lambda: NOW).incidents.set_override("m-restart", 3)
     await evaluator(world, keys, lambda: NOW).tick()
     assert [(m["seq"], m["level"]) for m in await world.bus.control("m-restart")] == [(1, 1), (2, 3)]
+
+
+async def test_a_message_left_pending_by_a_crash_is_sent_once_not_followed_by_a_copy(world: World) -> None:
+    keys = await load(world, "m-crash", [Traffic("1", 1000, *LAST_5M, error_rate=0.03)])
+    ev = evaluator(world, keys, lambda: NOW)
+    await ev.tick()  # seq 1, level 1, acknowledged
+    state = (await ev.incidents.control_states(["m-crash"]))["m-crash"]
+    assert state.last is not None and state.last.seq == 1
+    # A person raised the level, and the evaluator crashed after staging seq 2 but before Kafka had it.
+    await ev.incidents.set_override("m-crash", 3)
+    await ev.incidents.stage_control(msgspec.structs.replace(state.last, seq=2, level=3))
+    await evaluator(world, keys, lambda: NOW).tick()  # a new process finds the outbox
+    assert [(m["seq"], m["level"]) for m in await world.bus.control("m-crash")] == [(1, 1), (2, 3)]
 
 
 async def test_recovery_waits_for_the_hold_period(world: World) -> None:
