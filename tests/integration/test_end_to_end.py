@@ -79,10 +79,13 @@ async def test_an_error_burst_pauses_the_model_within_seconds(
         for i in range(1000)
     ]
     try:
-        # The ten messages go out together (not one round trip each), so the worker takes the
-        # burst in one batch: a tick between two batches would open the incident on part of it.
+        # The ten messages go out together, to one partition (one record batch, one fetch), so the
+        # worker takes the burst in one batch: a tick between two batches would open the incident
+        # on part of it (spread over partitions, they arrived as 200 + 800 now and then).
         for start in range(0, len(events), 100):
-            await producer.send(settings.topics.predictions, orjson.dumps(events[start : start + 100]))
+            await producer.send(
+                settings.topics.predictions, orjson.dumps(events[start : start + 100]), partition=0
+            )
         await producer.flush()
         sent = time.time()
     finally:
