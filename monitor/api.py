@@ -33,6 +33,7 @@ from monitor.incidents.store import IncidentStore
 from monitor.openapi import (
     INCIDENT_ACTIONS,
     LIMIT_MAX,
+    MODEL_ACTIONS,
     STATUS_FILTERS,
     ActionBody,
     CommandQueued,
@@ -296,9 +297,9 @@ def register_api(app: faust.App, deps: ApiDeps) -> None:
     app.page("/incidents/{incident_id}")(OneIncident)
     for incident_verb in INCIDENT_ACTIONS:
         app.page(f"/incidents/{{incident_id}}/{incident_verb}", name=f"incident_{incident_verb}")(
-            incident_action(incident_verb)  # type: ignore[arg-type]  # INCIDENT_ACTIONS are Action values
+            incident_action(incident_verb)
         )
     app.page("/models")(Models)
     app.page("/models/{model_id}")(OneModel)
-    for model_verb in ("escalate", "release"):
+    for model_verb in MODEL_ACTIONS:
         app.page(f"/models/{{model_id}}/{model_verb}", name=f"model_{model_verb}")(model_action(model_verb))

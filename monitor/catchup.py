@@ -40,7 +40,6 @@ class SilenceHold:
         self.metrics = metrics
         self._since: float | None = None  # the first check (a worker's start: hold until reports)
         self._logged_at: float | None = None  # last "detection delayed" line; None: caught up
-        self.last = CatchUp(True, 0.0)
 
     async def check(self, now: float) -> CatchUp:
         """This tick's decision (read from Redis; a failed read propagates and skips the tick)."""
@@ -57,7 +56,6 @@ class SilenceHold:
             stale_after_s=self.stale_after_s,
         )
         self._say(decision, now)
-        self.last = decision
         if self.metrics is not None:
             self.metrics.detection_delay.set(decision.delay_s)
             self.metrics.silence_held.set(1 if decision.held else 0)

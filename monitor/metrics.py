@@ -11,14 +11,9 @@ counts a model twice and a worker that stopped evaluating leaves no stale value 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitor.aggregates import histogram
-
-if TYPE_CHECKING:  # the evaluator reports to these metrics; importing it here would loop
-    pass
 
 CATEGORIES = ("performance", "availability", "output_quality", "bias", "security")
 SEVERITIES = ("MEDIUM", "HIGH", "CRITICAL")

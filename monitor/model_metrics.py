@@ -16,13 +16,6 @@ from prometheus_client.registry import Collector
 from monitor.aggregates import histogram
 from monitor.aggregates.predictions import COUNT, ERRORS, LATENCY_PREFIX, LATENCY_SUM_US
 from monitor.aggregates.window import GroupStats
-from monitor.rules.schema import RuleSet
-from monitor.store.redis import RedisStore
-
-if TYPE_CHECKING:  # the evaluator reports to these metrics; importing it here would loop
-    from monitor.evaluator import TickReport
-
-
 from monitor.metrics import (
     CATEGORIES,
     LATENCY_EDGES,
@@ -31,6 +24,11 @@ from monitor.metrics import (
     SEVERITIES,
     window_label,
 )
+from monitor.rules.schema import RuleSet
+from monitor.store.redis import RedisStore
+
+if TYPE_CHECKING:  # the evaluator reports to these metrics; importing it here would loop
+    from monitor.evaluator import TickReport
 
 
 class WhileEvaluating(Collector):
@@ -100,6 +98,9 @@ class EvaluatorMetrics:
     ) -> None:
         self.rules = rules
         self.windows = MetricWindows.of(rules)
+        # Fixed once the rules are loaded: which attributes have group series, over which windows.
+        self._attributes = self._group_attributes()
+        self._group_windows_s = tuple(sorted({*self.windows.favourable_s, *self.windows.labelled_groups_s}))
         self.max_groups = max_groups
         self.tick_seconds = Histogram(
             "aimon_evaluator_tick_seconds",
@@ -219,11 +220,12 @@ class EvaluatorMetrics:
                     self.coverage.labels(*labels).set(stats.label_coverage)
         self._record_groups(report)
 
-    def _attributes(self) -> list[tuple[str, bool]]:
+    def _group_attributes(self) -> list[tuple[str, bool]]:
         """(attribute, is_proxy): the declared ones, and those an accuracy-gap rule names."""
         declared = self.rules.fairness.attributes("all")
+        names = {attr for attr, _ in declared}
         named = {r.attribute for r in self.rules.rules if r.metric == "accuracy_gap" and r.attribute}
-        return sorted({*declared, *((a, False) for a in named if a not in dict(declared))})
+        return sorted({*declared, *((a, False) for a in named if a not in names)})
 
     def _record_groups(self, report: TickReport) -> None:
         gauges = (self.disparate_impact, self.favourable_rate, self.group_accuracy, self.false_negative_rate)
@@ -241,12 +243,11 @@ class EvaluatorMetrics:
             if incident.category == "bias" and incident.group and "=" in incident.group:
                 attr, _, group = incident.group.partition("=")
                 flagged.setdefault((incident.model_id, incident.model_version or "", attr), set()).add(group)
-        attributes = self._attributes()
         shown_at: dict[tuple[str, str, str, int], set[str]] = {}
         for (model_id, version), windows in report.windows.items():
-            for window_s in sorted({*self.windows.favourable_s, *self.windows.labelled_groups_s}):
+            for window_s in self._group_windows_s:
                 stats = windows.window(window_s)
-                for attr, is_proxy in attributes:
+                for attr, is_proxy in self._attributes:
                     groups = stats.groups.get(attr)
                     if not groups:
                         continue

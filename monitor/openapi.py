@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 from monitor.events import ControlMessage
+from monitor.incidents.commands import Action
 from monitor.incidents.incident import IncidentView
 from monitor.store.catalog import ModelSource
 
@@ -138,8 +139,8 @@ _SCHEMAS = (
     Readiness,
 )
 _REF = "#/components/schemas/{name}"
-INCIDENT_ACTIONS = ("acknowledge", "mitigate", "resolve")
-MODEL_ACTIONS = ("escalate", "release")
+INCIDENT_ACTIONS: tuple[Action, ...] = ("acknowledge", "mitigate", "resolve")
+MODEL_ACTIONS: tuple[Action, ...] = ("escalate", "release")
 
 
 def _json(name: str, description: str) -> dict[str, Any]:

@@ -123,9 +123,14 @@ class Settings(BaseSettings):
         return env
 
     @property
+    def web_url(self) -> str:
+        """Where this worker's web server listens: the API, /metrics, /healthz, /readyz."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @property
     def api_url(self) -> str:
         """The API's public base URL, without a trailing slash."""
-        return (self.public_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
+        return (self.public_url or self.web_url).rstrip("/")
 
     @property
     def retention_s(self) -> int:

@@ -6,24 +6,18 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from monitor.clients.api_client import ApiClient
 from monitor.settings import Settings
 
-if TYPE_CHECKING:
-    pass
-
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 # Loggers of the libraries underneath: chatty at INFO, and their warnings (a retried connection, a
 # rebalance) mean nothing to a person running one command. `--verbose` brings them back.
 NOISY_LOGGERS = ("faust", "aiokafka", "kafka", "mode", "urllib3", "asyncio", "aiohttp", "venusian", "redis")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-log = logging.getLogger("monitor")
 
 
 @dataclass
@@ -111,4 +105,4 @@ def client_for(g: Globals, url: str | None) -> ApiClient:
 
 def web_url(settings: Settings) -> str:
     """The worker's web address from the settings."""
-    return f"http://{settings.web_host}:{settings.web_port}"
+    return settings.web_url

@@ -40,8 +40,6 @@ def incidents_list(
 ) -> int:
     """The newest incidents, open ones by default."""
     found = client_for(g, url).get(path("incidents", status=status, model=model, limit=limit))["incidents"]
-    if limit is not None:
-        found = found[:limit]
     if as_json:
         out.print_json(found)
     else:

@@ -25,8 +25,6 @@ from monitor.cli.base import (
     pass_globals,
 )
 
-log = logging.getLogger("monitor")
-
 # ---------------------------------------------------------------- worker and local services
 
 

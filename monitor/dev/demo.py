@@ -105,7 +105,8 @@ class Worker:
 def run_demo(*, duration_s: float, rate_per_s: float) -> int:
     """Run the demo end to end; returns the exit code."""
     print("starting local Kafka and Redis (the first run downloads the broker, about 45 MB)…")
-    status = services.up()
+    config = services.ServiceConfig.from_env()
+    status = services.up(config)
     print(f"  kafka {status.kafka_bootstrap}, redis {status.redis_url}: ready in {status.startup_s:.1f}s")
     # Every run gets its own topics, consumer group and Redis prefix, so a second run starts clean
     # instead of finding the first run's incidents still open.
@@ -121,7 +122,7 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
         topics=topics,
         partitions=2,
     )
-    base = f"http://{settings.web_host}:{settings.web_port}"
+    base = settings.web_url
     if _port_taken(settings.web_host, settings.web_port):
         raise DemoError(
             f"{settings.web_host}:{settings.web_port} is already in use (another worker?), so the demo "
@@ -129,7 +130,7 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
             "to a free port"
         )
     asyncio.run(ensure_topics(settings))
-    log_path = services.ServiceConfig.from_env().state_dir / "demo-worker.log"
+    log_path = config.state_dir / "demo-worker.log"
     worker = Worker(settings, log_path)
     print(f"  worker pid {worker.proc.pid}, web {base}, log {log_path}", flush=True)
     try:
@@ -141,7 +142,7 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
 
 
 async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per_s: float) -> None:
-    base = f"http://{settings.web_host}:{settings.web_port}"
+    base = settings.web_url
     await _wait_ready(base, worker)
     redis = Redis.from_url(settings.redis_url)
     store = RedisStore(
@@ -189,7 +190,7 @@ async def _traffic(
     rate_per_s: float,
 ) -> None:
     """Send the traffic, once a second, and print what the monitor makes of it."""
-    base = f"http://{settings.web_host}:{settings.web_port}"
+    base = settings.web_url
     streams = {p.model_id: predictions(p, seed=i) for i, p in enumerate(PROFILES)}
     per_model = rate_per_s / len(PROFILES)
     started = time.monotonic()

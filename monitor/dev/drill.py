@@ -27,6 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from monitor.exceptions import ConfigError, MonitorError
 from monitor.rules.durations import parse_duration
 from monitor.settings import Settings
+from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
 
 
 def _offset(value: str | int) -> int:
@@ -301,7 +302,9 @@ async def run_drill(
     await watcher.seek_to_end()
     for partition in watcher.assignment():  # resolve "latest" now, before anything is produced
         await watcher.position(partition)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, max_request_size=TOPIC_MAX_MESSAGE_BYTES
+    )
     await producer.start()
     rng = random.Random(seed)
     now = time.time()

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.dev.kafka import _template, fetch_kafka, kafka_cluster_id, render_server_properties
+from monitor.dev.kafka import _require, _template, fetch_kafka, kafka_cluster_id, render_server_properties
 from monitor.dev.service_config import ServiceConfig
 from monitor.exceptions import ServicesError
 
@@ -47,13 +46,6 @@ _LAUNCH = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
 # file in its state dir, fsynced once a second (at most a second of writes lost on a crash); no RDB
 # snapshots besides, the AOF is the one copy.
 REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
-
-
-def _require(tool: str, install: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ServicesError(f"{tool} not found: install {install}")
-    return path
 
 
 @dataclass(frozen=True)

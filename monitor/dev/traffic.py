@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
+
 GROUPS = {
     "sex": ("F", "M"),
     "age_band": ("18-24", "25-34", "35-49", "50-64", "65+"),
@@ -73,7 +75,7 @@ class BatchingProducer:
         self.topic = topic
         self.batch_size = batch_size
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024
+            bootstrap_servers=bootstrap, linger_ms=5, max_request_size=TOPIC_MAX_MESSAGE_BYTES
         )
 
     async def __aenter__(self) -> BatchingProducer:

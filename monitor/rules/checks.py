@@ -7,17 +7,8 @@ import math
 import re
 from collections.abc import Iterator
 
-# Re-exported (`X as X`): the evaluator reads every resolved model from this module.
-from monitor.rules.access import AccessPolicy as AccessPolicy
-from monitor.rules.access import Grant as Grant
-from monitor.rules.access import NormalHours as NormalHours
 from monitor.rules.access import access_problems
-from monitor.rules.durations import format_duration as format_duration
-from monitor.rules.durations import parse_duration as parse_duration
-from monitor.rules.fairness import AttributeSelection as AttributeSelection
-from monitor.rules.fairness import Fairness as Fairness
-from monitor.rules.fairness import ProtectedAttribute as ProtectedAttribute
-from monitor.rules.fairness import ProxyAttribute as ProxyAttribute
+from monitor.rules.durations import format_duration, parse_duration
 from monitor.rules.fairness import fairness_problems
 from monitor.rules.kinds import (
     BASELINE_COMPARES,
@@ -38,9 +29,6 @@ from monitor.rules.kinds import (
     VOLUME_METRICS,
     kind,
 )
-from monitor.rules.kinds import Baseline as Baseline
-from monitor.rules.kinds import Compare as Compare
-from monitor.rules.kinds import Metric as Metric
 from monitor.rules.schema import (
     FORMAT_VERSION,
     MAX_WINDOW_S,

@@ -37,6 +37,6 @@ class LagStore:
         raw = await self.redis.hgetall(self.keys.consumer_lag(topic))
         reports = {}
         for name, value in raw.items():
-            partition = int(name.decode() if isinstance(name, bytes) else name)
+            partition = int(name)  # int() reads bytes too
             reports[partition] = PartitionProgress.decode(partition, value)
         return reports

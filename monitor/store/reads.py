@@ -23,7 +23,7 @@ class StoreReads:
         """Every model id that has sent a prediction (`store.catalog.read_model_index` has every model
         with any state)."""
         members = await self.redis.smembers(self.keys.models())
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        return sorted(text(m) for m in members)
 
     async def versions(self, model_id: str) -> dict[str, float]:
         """The model's versions, each with the start of its newest minute bucket."""

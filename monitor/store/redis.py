@@ -56,10 +56,10 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 # A conflict means another writer applied part of a share; after this many rounds something is wrong.
 MAX_CONFLICT_ROUNDS = 8
 DAY_S = 86_400
-# Unfavourable decisions are kept for a day and a bit: the longest bias window is 24 h.
 # Users seen / served are kept for the longest unserved-users window plus this (late events).
 USERS_SLACK_S = 600
-USERS_KEEP_DEFAULT_S = 3600 + USERS_SLACK_S
+USERS_KEEP_DEFAULT_S = IngestRules.unserved_window_s + USERS_SLACK_S
+# Unfavourable decisions are kept for a day and a bit: the longest bias window is 24 h.
 IMPACT_TTL_S = 26 * 3600
 
 
@@ -127,7 +127,7 @@ class RedisStore(StoreReads):
         self._access = redis.register_script(_load_script("access"))
         self._registry = redis.register_script(_load_script("registry"))
         self.access_policy: AccessClassifier | None = None  # from `configure`
-        self.follow_s = 3600
+        self.follow_s = IngestRules.follow_s
         self.recent_access_max = 10_000
         self.recent_events_max = 200  # raw prediction events kept per model for evidence
         # Users are kept as long as the longest `unserved_users` window reads back (and a bit

@@ -100,7 +100,7 @@ class WindowReader:
         keys: Keys,
         *,
         closed_refresh_s: float = 60.0,
-        user_windows_s: Sequence[int] = (300, 3600),
+        user_windows_s: Sequence[int] = (),  # the rules add theirs (require_users)
         windows_s: Iterable[int] = DEFAULT_WINDOWS_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
