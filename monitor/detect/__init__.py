@@ -1,0 +1,1 @@
+"""Sequential detectors and anytime-valid intervals (pure numpy and scipy; no rules, no I/O)."""
