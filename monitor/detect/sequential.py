@@ -149,13 +149,11 @@ class Bank:
         run began (a few unlucky events never page anyone)."""
         at = self.stat >= cap[:, None] * (1.0 - 1e-12)
         enough = self.total >= min_events[:, None]
-        result: npt.NDArray[np.bool_] = (at & enough).any(axis=1)
-        return result
+        return np.asarray((at & enough).any(axis=1), dtype=bool)
 
     def quiet(self) -> npt.NDArray[np.bool_]:
         """Rows whose every statistic is back at zero: the events since the last run look healthy."""
-        result: npt.NDArray[np.bool_] = (self.stat <= 0.0).all(axis=1)
-        return result
+        return np.asarray((self.stat <= 0.0).all(axis=1), dtype=bool)
 
     def row(self, d: int, p0: float) -> tuple[float, float, float, float, float]:
         """Row d's strongest component against boundary p0: (statistic, its alternative's odds
