@@ -52,6 +52,12 @@ class Keys:
         Prometheus counters; stats n, err, lat|<bucket>, and latus, summed latency in microseconds)."""
         return f"{self.model(model_id)}:totals"
 
+    def detectors(self, model_id: str) -> str:
+        """String: the evaluator's detector state of the model's sequential rules and the totals it
+        has absorbed (msgpack, see monitor.rules.detectors.DetectorSet.dump); rewritten every few
+        seconds, with the totals' expiry."""
+        return f"{self.model(model_id)}:detectors"
+
     def versions(self, model_id: str) -> str:
         """Hash version -> newest event time seen for it."""
         return f"{self.model(model_id)}:versions"

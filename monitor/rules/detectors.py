@@ -1,0 +1,369 @@
+"""Every sequential rule's detectors for every model version, fed from the versions' totals (pure).
+
+Each tick the evaluator hands over each model's totals hash (monotonic counters per version, written
+by ingest in the same atomic step as the buckets and the replay guard). The set keeps the totals it
+last absorbed (its cursor), so the difference is exactly the events that arrived since: late events
+and late labels count when they arrive, a replayed batch was never counted by ingest, and a restart
+that restores the cursor with the detector state (`dump` / `load`) absorbs what it missed in one step.
+The difference goes to the detectors as arrays: a sparse matrix maps the totals' columns to each
+row's bad and total counts, so a tick costs a few array operations, not a loop over versions.
+
+The budget of a rule (`false_alarm_every`, B) is split over the ticks, the rule's rows m (every
+model, version, group and ladder step it watches) and the K alternatives of each row:
+monitor.detect.sequential.alarm_threshold. Where a boundary is estimated from data, half of the
+budget goes to the detectors and half to the bounds on the data, each at delta = tick / (4·B·m).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+
+from monitor.aggregates import histogram
+from monitor.aggregates.predictions import SEP, escape, latency_field, unescape
+from monitor.detect.sequential import Bank, alarm_threshold
+from monitor.rules.questions import Boundary, Question, estimated, fixed_boundary, questions, sequential
+from monitor.rules.schema import Fairness, ModelFacts, Rule, RuleSet
+from monitor.text import text
+
+Array = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+STATE_VERSION = 1
+_GROUP = "g" + SEP
+
+
+@dataclass
+class RowState:
+    """One row's verdict at this tick (for the findings)."""
+
+    question: Question
+    row: int
+    alarm: bool
+    inside: bool
+
+
+@dataclass
+class _Model:
+    """What the set keeps per model: its totals columns and the groups each version has shown."""
+
+    columns: dict[bytes, int] = field(default_factory=dict)
+    groups: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # version -> attr -> values
+    pending: dict[str, Array] = field(default_factory=dict)  # restored rows not yet rebuilt
+
+
+class _Saved(msgspec.Struct):
+    v: int
+    fields: list[str]
+    seen: list[int]
+    rows: list[str]
+    state: bytes
+
+
+class DetectorSet:
+    """The detector rows of every sequential rule of a rule set, and their totals cursor."""
+
+    def __init__(self, rules: RuleSet, tick_s: float) -> None:
+        self.rules = rules
+        self.tick_s = tick_s
+        self.watched: tuple[Rule, ...] = tuple(r for r in rules.rules if sequential(r))
+        self.bank = Bank()
+        self.rows: list[Question] = []
+        self.row_model: list[str] = []
+        self.index: dict[tuple[str, str], int] = {}  # (model, row key) -> row
+        self.by_finding: dict[tuple[str, str, str | None], list[int]] = {}  # (model, rule, group) -> rows
+        self.boundaries: list[Boundary] = []
+        self.models: dict[str, _Model] = {}
+        self.now = np.zeros(0)
+        self.seen = np.zeros(0)
+        self.last_tick: float | None = None
+        self._changed: set[tuple[str, str]] = set()  # (model, version) whose rows must be rebuilt
+        self._matrices: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None
+        self._arrays_stale = True
+        self.alarm = np.zeros(0, dtype=bool)
+        self.inside = np.zeros(0, dtype=bool)
+
+    # --- input ------------------------------------------------------------------------------------
+
+    def absorb(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]], now: float) -> None:
+        """One tick: every model's totals hash (as HGETALL returns it), fed to the detectors."""
+        for model_id, raw in totals.items():
+            self._read(model_id, raw)
+        self._rebuild()
+        delta = np.where(self.now < self.seen, self.now, self.now - self.seen)  # a recreated key starts over
+        self.seen = self.now.copy()
+        if self.bank.size:
+            bad, total = self._counts(delta)
+            since = self.last_tick if self.last_tick is not None else now - self.tick_s
+            windows = np.array([float(q.rule.window_s) for q in self.rows])
+            decay = np.exp(-max(now - since, 0.0) / windows)
+            self.bank.update(bad, total, self._p0, self._cap, since, decay)
+            self.alarm = self.bank.alarms(self._cap, self._min_events)
+            self.inside = self.bank.inside(self._p0)
+        self.last_tick = now
+
+    def _read(self, model_id: str, raw: Mapping[str | bytes, str | bytes | int]) -> None:
+        model = self.models.setdefault(model_id, _Model())
+        columns = model.columns
+        keys = [k if isinstance(k, bytes) else k.encode() for k in raw]
+        new = [k for k in keys if k not in columns]
+        if new:
+            self._grow(len(new))
+            for key in new:
+                columns[key] = self._next
+                self._next += 1
+                self._note_field(model_id, model, key.decode())
+        cols = [columns[k] for k in keys]
+        self.now[cols] = np.fromiter((float(v) for v in raw.values()), dtype=float, count=len(cols))
+
+    _next = 0
+
+    def _grow(self, extra: int) -> None:
+        need = self._next + extra
+        if need > len(self.now):
+            size = max(need, 2 * len(self.now), 1024)
+            self.now = np.concatenate([self.now, np.zeros(size - len(self.now))])
+            self.seen = np.concatenate([self.seen, np.zeros(size - len(self.seen))])
+
+    def _note_field(self, model_id: str, model: _Model, key: str) -> None:
+        escaped, _, name = key.partition(SEP)
+        version = unescape(escaped)
+        groups = model.groups.setdefault(version, {})
+        if not groups and (model_id, version) not in self._changed:
+            self._changed.add((model_id, version))
+        if name.startswith(_GROUP):
+            attr, value, _stat = name[len(_GROUP) :].split(SEP)
+            attr, value = unescape(attr), unescape(value)
+            values = groups.setdefault(attr, set())
+            if value not in values:
+                values.add(value)
+                self._changed.add((model_id, version))
+
+    # --- rows -------------------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        if not self._changed and not self._arrays_stale:
+            return
+        before = len(self.rows)
+        restored: list[tuple[int, Array]] = []
+        for model_id, version in sorted(self._changed):
+            facts = self.rules.models.get(model_id)
+            model = self.models[model_id]
+            groups = {a: frozenset(v) for a, v in model.groups.get(version, {}).items()}
+            for rule in self.watched:
+                for q in questions(rule, version, groups, self.rules.fairness, facts):
+                    if (model_id, q.key) in self.index:
+                        continue
+                    row = len(self.rows)
+                    self.rows.append(q)
+                    self.row_model.append(model_id)
+                    self.boundaries.append(fixed_boundary(q, facts))
+                    self.index[(model_id, q.key)] = row
+                    self.by_finding.setdefault((model_id, q.rule.id, q.group), []).append(row)
+                    saved = model.pending.pop(q.key, None)
+                    if saved is not None:
+                        restored.append((row, saved))
+        self._changed.clear()
+        if len(self.rows) > before:  # one resize for every new row of the tick
+            keep = np.concatenate([np.arange(before, dtype=np.int64), np.full(len(self.rows) - before, -1)])
+            self.bank.resize(keep.astype(np.int64), len(self.rows))
+            if restored:
+                rows = np.array([r for r, _ in restored], dtype=np.int64)
+                self.bank.load_rows(rows, np.stack([state for _, state in restored]))
+            self._matrices = None
+        self._arrays()
+
+    def forget(self, model_id: str) -> None:
+        """Drop a model (retired, or no longer this worker's): its rows and its columns' meaning."""
+        rows = [i for i, m in enumerate(self.row_model) if m != model_id]
+        if len(rows) == len(self.rows):
+            self.models.pop(model_id, None)
+            return
+        keep = np.array(rows, dtype=np.int64)
+        self.bank.resize(keep, len(rows))
+        self.rows = [self.rows[i] for i in rows]
+        self.row_model = [self.row_model[i] for i in rows]
+        self.boundaries = [self.boundaries[i] for i in rows]
+        self.index = {(m, q.key): i for i, (m, q) in enumerate(zip(self.row_model, self.rows, strict=True))}
+        self.by_finding = {}
+        for i, (m, q) in enumerate(zip(self.row_model, self.rows, strict=True)):
+            self.by_finding.setdefault((m, q.rule.id, q.group), []).append(i)
+        model = self.models.pop(model_id, None)
+        if model is not None:
+            cols = list(model.columns.values())
+            self.now[cols] = 0.0
+            self.seen[cols] = 0.0
+        self._matrices = None
+        self._arrays()
+
+    def set_boundary(self, model_id: str, q: Question, boundary: Boundary) -> None:
+        """A row's boundary from fresh data (estimated rules, and the label-coverage gate)."""
+        row = self.index.get((model_id, q.key))
+        if row is not None:
+            self.boundaries[row] = boundary
+            self._arrays_stale = True
+
+    def _arrays(self) -> None:
+        """Per-row arrays: boundaries, caps (the rule's budget over its rows), minimum events."""
+        self._p0 = np.array([b.p0 for b in self.boundaries], dtype=float)
+        per_rule: dict[str, int] = {}
+        for q in self.rows:
+            per_rule[q.rule.id] = per_rule.get(q.rule.id, 0) + 1
+        caps = {rule_id: self.threshold(self.rules.by_id(rule_id), m) for rule_id, m in per_rule.items()}
+        self._cap = np.array([caps[q.rule.id] for q in self.rows], dtype=float)
+        self._min_events = np.array([float(q.rule.min_samples) for q in self.rows])
+        self._cut = np.array([_cut_index(b.cut_s) for b in self.boundaries], dtype=np.int64)
+        self._arrays_stale = False
+
+    def threshold(self, rule: Rule, rows: int) -> float:
+        """The alarm threshold c of each of `rows` rows of `rule` (rows rounded up to a power of two,
+        so a fleet that grows by one version does not move every threshold)."""
+        budget = rule.false_alarm_every_s / (2.0 if estimated(rule) else 1.0)
+        return alarm_threshold(budget, self.tick_s, _pow2(rows), self.bank.width)
+
+    def delta(self, rule: Rule, rows: int) -> float:
+        """The level of each bound an estimated boundary of `rule` rests on, per row and tick."""
+        return self.tick_s / (4.0 * rule.false_alarm_every_s * _pow2(rows))
+
+    def rule_rows(self, rule_id: str) -> int:
+        """How many rows `rule_id` has in the whole set."""
+        return sum(1 for q in self.rows if q.rule.id == rule_id)
+
+    def _counts(self, delta: Array) -> tuple[Array, Array]:
+        if self._matrices is None:
+            self._matrices = self._build_matrices()
+        bad_m, total_m = self._matrices
+        vec = delta[: self._next]
+        bad = np.asarray(bad_m @ vec, dtype=float)
+        total = np.asarray(total_m @ vec, dtype=float)
+        lat_rows = np.flatnonzero(self._latency_rows)
+        if len(lat_rows):
+            cols = self._latency_cols  # rows × buckets, −1 where the version has no such bucket
+            padded = np.concatenate([vec, [0.0]])
+            counts = padded[np.where(cols >= 0, cols, len(vec))]
+            above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+            cut = np.minimum(self._cut[lat_rows], histogram.BUCKETS)
+            above = np.concatenate([above, np.zeros((len(lat_rows), 1))], axis=1)
+            bad[lat_rows] = above[np.arange(len(lat_rows)), cut]
+            total[lat_rows] = above[:, 0]
+        return np.maximum(bad, 0.0), np.maximum(total, 0.0)
+
+    def _build_matrices(self) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        shape = (len(self.rows), max(self._next, 1))
+        parts: list[tuple[list[int], list[int], list[float]]] = [([], [], []), ([], [], [])]
+        lat_rows: list[int] = []
+        lat_cols: list[list[int]] = []
+        for i, (model_id, q) in enumerate(zip(self.row_model, self.rows, strict=True)):
+            columns = self.models[model_id].columns
+            head = (escape(q.version) + SEP).encode()
+            if q.latency:
+                lat_rows.append(i)
+                lat_cols.append(
+                    [columns.get(head + latency_field(b).encode(), -1) for b in range(histogram.BUCKETS)]
+                )
+                continue
+            for (rows, cols, data), terms in zip(parts, (q.bad, q.total), strict=True):
+                for name, coef in terms:
+                    col = columns.get(head + name.encode())
+                    if col is not None:
+                        rows.append(i)
+                        cols.append(col)
+                        data.append(coef)
+        self._latency_rows = np.zeros(len(self.rows), dtype=bool)
+        self._latency_rows[lat_rows] = True
+        self._latency_cols = np.array(lat_cols, dtype=np.int64).reshape(len(lat_rows), histogram.BUCKETS)
+        built = [sparse.csr_matrix((data, (rows, cols)), shape=shape) for rows, cols, data in parts]
+        return built[0], built[1]
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def dump(self, model_id: str) -> bytes:
+        """The model's detector state and its totals cursor, to restore exactly after a restart."""
+        model = self.models.get(model_id, _Model())
+        names = list(model.columns)
+        rows = [i for i, m in enumerate(self.row_model) if m == model_id]
+        state = self.bank.rows_state(np.array(rows, dtype=np.int64)) if rows else np.zeros((0, 0))
+        saved = _Saved(
+            v=STATE_VERSION,
+            fields=[text(n) for n in names],
+            seen=[int(self.seen[model.columns[n]]) for n in names],
+            rows=[self.rows[i].key for i in rows],
+            state=np.ascontiguousarray(state, dtype=np.float64).tobytes(),
+        )
+        return msgspec.msgpack.encode(saved)
+
+    def load(self, model_id: str, blob: bytes) -> None:
+        """Restore a model's state from `dump` before its first totals are absorbed (a state of
+        another format is ignored: the model then starts from its whole history)."""
+        try:
+            saved = msgspec.msgpack.decode(blob, type=_Saved)
+        except msgspec.DecodeError:
+            return
+        if saved.v != STATE_VERSION:
+            return
+        model = self.models.setdefault(model_id, _Model())
+        width = 4 * self.bank.width + 2
+        state = np.frombuffer(saved.state, dtype=np.float64)
+        if state.size != len(saved.rows) * width:
+            return
+        self._grow(len(saved.fields))
+        for name, seen in zip(saved.fields, saved.seen, strict=True):
+            key = name.encode()
+            if key not in model.columns:
+                model.columns[key] = self._next
+                self._next += 1
+                self._note_field(model_id, model, name)
+            self.seen[model.columns[key]] = float(seen)
+            self.now[model.columns[key]] = float(seen)
+        model.pending.update(zip(saved.rows, state.reshape(len(saved.rows), width), strict=True))
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def states(self, model_id: str, rule_id: str, group: str | None) -> list[RowState]:
+        """The rows of one (model, rule, group), each with this tick's verdict."""
+        return [
+            RowState(self.rows[i], i, bool(self.alarm[i]), bool(self.inside[i]))
+            for i in self.by_finding.get((model_id, rule_id, group), [])
+            if i < len(self.alarm)
+        ]
+
+    def alarmed(self) -> set[tuple[str, str, str | None]]:
+        """(model, rule, group) of every row in alarm now."""
+        return {
+            (self.row_model[i], self.rows[i].rule.id, self.rows[i].group) for i in np.flatnonzero(self.alarm)
+        }
+
+    def row_questions(self, model_id: str) -> list[Question]:
+        """Every row of a model (the evaluator refreshes the estimated ones' boundaries)."""
+        return [q for m, q in zip(self.row_model, self.rows, strict=True) if m == model_id]
+
+    def p0(self, row: int) -> float:
+        """Row's boundary now."""
+        return float(self._p0[row])
+
+    def cap(self, row: int) -> float:
+        """Row's alarm threshold now."""
+        return float(self._cap[row])
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _cut_index(cut_s: float | None) -> int:
+    """The first latency bucket all of whose values are slower than `cut_s` (BUCKETS: none)."""
+    if cut_s is None or not math.isfinite(cut_s):
+        return histogram.BUCKETS
+    limit_ms = cut_s * 1000.0
+    for index in range(1, histogram.BUCKETS):
+        if histogram.upper_bound_ms(index - 1) >= limit_ms:
+            return index
+    return histogram.BUCKETS
+
+
+__all__ = ["DetectorSet", "Fairness", "ModelFacts", "RowState"]

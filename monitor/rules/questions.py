@@ -1,0 +1,312 @@
+"""What a sequential rule asks of one model version's events, as detector rows (pure).
+
+A *question* is one detector row: which counters of the version's totals are the "bad" events and
+which the trials, and the boundary p0 that a rate of bad events must not pass. Every rule is put in
+the form "the rate of bad events exceeds p0":
+
+| metric | bad events, of | p0 |
+|---|---|---|
+| error_rate, flag_rate | errors or flagged, of requests | the step's threshold t |
+| accuracy below a minimum m | wrong, of labelled | 1 − m |
+| accuracy drop t from a baseline | wrong, of labelled | 1 − (baseline lower bound)·(1 − t) |
+| latency quantile q above X | slower than X, of timed | 1 − q (ratio_above: X = t × baseline upper bound) |
+| disparate impact below t | unfavourable, of a group's decisions | 1 − t × (reference lower bound) |
+| false-negative-rate gap above t | false negatives, of actual positives | reference upper bound + t |
+| group shift beyond t | favourable (up) or unfavourable (down) | own reference ± others' shift ± t |
+
+A boundary that comes from data (a baseline, another group) is made conservative with one-sided
+exact bounds at level `delta`, a share of the false-alarm budget (monitor.rules.detectors), so that
+"the truth sits on the threshold" still means "the detector's null holds" with that probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from monitor.aggregates import histogram
+from monitor.aggregates.predictions import (
+    ACTUAL_POSITIVE,
+    CORRECT,
+    COUNT,
+    DECISIONS,
+    ERRORS,
+    FALSE_NEGATIVE,
+    FAVOURABLE,
+    LABELLED,
+    flag_field,
+    group_field,
+)
+from monitor.aggregates.window import GroupStats, WindowStats
+from monitor.detect.intervals import lower_bounds, upper_bounds
+from monitor.rules.schema import Fairness, ModelFacts, Rule
+
+# Decided by detectors; every other rate metric is a windowed test at a share of the budget.
+SEQUENTIAL_METRICS = frozenset(
+    {"error_rate", "flag_rate", "accuracy", "latency", "disparate_impact", "fnr_gap", "group_shift"}
+)
+Terms = tuple[tuple[str, float], ...]  # a linear combination of totals fields (without the version)
+
+
+def sequential(rule: Rule) -> bool:
+    """Whether a detector decides this rule (`test: none` keeps the point estimate)."""
+    return rule.metric in SEQUENTIAL_METRICS and rule.test != "none"
+
+
+def estimated(rule: Rule) -> bool:
+    """Whether the rule's boundary comes from data (a baseline or another group), not its threshold."""
+    return rule.compare in ("relative_drop", "ratio_above") or rule.metric in (
+        "disparate_impact",
+        "fnr_gap",
+        "group_shift",
+    )
+
+
+@dataclass(frozen=True)
+class Question:
+    """One detector row: `bad` of `total` events of `version` (in `group`, for bias rules), against
+    the boundary of ladder step `step`; `side` "down" counts the opposite outcome (group shift)."""
+
+    rule: Rule
+    version: str
+    group: str | None
+    attribute: str | None
+    value: str | None
+    step: int
+    side: str
+    bad: Terms
+    total: Terms
+    latency: bool = False  # bad = timed events slower than the row's cut (set with its boundary)
+
+    @property
+    def key(self) -> str:
+        """Stable name of the row (its persisted state is found by it)."""
+        return f"{self.rule.id}|{self.version}|{self.group or ''}|{self.step}|{self.side}"
+
+    @property
+    def finding_key(self) -> tuple[str, str, str | None]:
+        """The finding the row contributes to: (rule, version, group)."""
+        return (self.rule.id, self.version, self.group)
+
+
+def questions(
+    rule: Rule,
+    version: str,
+    groups: Mapping[str, frozenset[str]],
+    fairness: Fairness,
+    facts: ModelFacts | None,
+) -> list[Question]:
+    """The rows of `rule` for one version whose totals hold `groups` (attribute → values)."""
+    published = facts.published_min_accuracy if facts else None
+    if rule.compare == "below_published_minimum" and published is None:
+        return []
+    steps = range(len(rule.steps(published)))
+    metric = rule.metric
+
+    def one(bad: Terms, total: Terms, latency: bool = False) -> list[Question]:
+        return [Question(rule, version, None, None, None, s, "up", bad, total, latency) for s in steps]
+
+    if metric == "error_rate":
+        return one(((ERRORS, 1.0),), ((COUNT, 1.0),))
+    if metric == "flag_rate":
+        assert rule.flag is not None
+        return one(((flag_field(rule.flag), 1.0),), ((COUNT, 1.0),))
+    if metric == "accuracy":
+        return one(((LABELLED, 1.0), (CORRECT, -1.0)), ((LABELLED, 1.0),))
+    if metric == "latency":
+        return one((), (), latency=True)
+    rows: list[Question] = []
+    for attr, _ in fairness.attributes(rule.attributes):
+        for value in sorted(groups.get(attr, ())):
+            group = f"{attr}={value}"
+
+            def field(stat: str, attr: str = attr, value: str = value) -> str:
+                return group_field(attr, value, stat)
+
+            for s in steps:
+                if metric == "disparate_impact":
+                    bad: Terms = ((field(DECISIONS), 1.0), (field(FAVOURABLE), -1.0))
+                    rows.append(
+                        Question(
+                            rule, version, group, attr, value, s, "down", bad, ((field(DECISIONS), 1.0),)
+                        )
+                    )
+                elif metric == "fnr_gap":
+                    total: Terms = ((field(ACTUAL_POSITIVE), 1.0),)
+                    rows.append(
+                        Question(
+                            rule, version, group, attr, value, s, "up", ((field(FALSE_NEGATIVE), 1.0),), total
+                        )
+                    )
+                elif metric == "group_shift":
+                    decisions: Terms = ((field(DECISIONS), 1.0),)
+                    up: Terms = ((field(FAVOURABLE), 1.0),)
+                    down: Terms = ((field(DECISIONS), 1.0), (field(FAVOURABLE), -1.0))
+                    rows.append(Question(rule, version, group, attr, value, s, "up", up, decisions))
+                    rows.append(Question(rule, version, group, attr, value, s, "down", down, decisions))
+    return rows
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A row's boundary as last computed: p0 (NaN: not testable yet), the latency cut in seconds for
+    latency rows, and what it was built from (reported in the incident)."""
+
+    p0: float
+    cut_s: float | None = None
+    basis: Mapping[str, object] | None = None
+
+
+UNTESTABLE = Boundary(math.nan)
+
+
+def fixed_boundary(q: Question, facts: ModelFacts | None) -> Boundary:
+    """The boundary of a row whose rule needs no data to state it (NaN for an estimated one)."""
+    rule = q.rule
+    if estimated(rule):
+        return UNTESTABLE
+    threshold = rule.steps(facts.published_min_accuracy if facts else None)[q.step].threshold
+    if rule.metric == "accuracy":
+        return Boundary(1.0 - threshold)
+    if rule.metric == "latency":
+        assert rule.quantile is not None
+        return Boundary(1.0 - rule.quantile, cut_s=threshold)
+    return Boundary(threshold)
+
+
+def estimated_boundary(
+    q: Question,
+    current: WindowStats,
+    baseline: WindowStats | None,
+    fairness: Fairness,
+    delta: float,
+) -> Boundary:
+    """The conservative boundary of a row whose rule compares with data: `current` is the rule's
+    window of the version now, `baseline` its baseline (reference or a week ago); each bound holds
+    with probability ≥ 1 − delta."""
+    rule = q.rule
+    t = rule.steps()[q.step].threshold if rule.threshold is not None else math.nan
+    if rule.compare == "relative_drop":
+        if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
+            return UNTESTABLE
+        base = baseline.correct / baseline.labelled
+        low = float(lower_bounds(np.array([baseline.correct]), np.array([baseline.labelled]), delta)[0])
+        return Boundary(1.0 - low * (1.0 - t), basis={"baseline": base, "baseline_bound": low})
+    if rule.metric == "latency":  # ratio_above: X = t × an upper bound on the baseline's quantile
+        assert rule.quantile is not None
+        if baseline is None or baseline.latency_count < rule.min_samples:
+            return UNTESTABLE
+        upper_s = quantile_upper_s(baseline.latency, rule.quantile, delta)
+        base_s = baseline.latency_quantile_s(rule.quantile)
+        return Boundary(
+            1.0 - rule.quantile, cut_s=t * upper_s, basis={"baseline": base_s, "baseline_bound": upper_s}
+        )
+    assert q.attribute is not None and q.value is not None
+    now = current.groups.get(q.attribute, {})
+    if rule.metric == "disparate_impact":
+        return _impact(q, now, fairness, t, delta)
+    if rule.metric == "fnr_gap":
+        return _fnr(q, now, fairness, t, delta)
+    ref = baseline.groups.get(q.attribute, {}) if baseline else {}
+    return _shift(q, now, ref, t, delta)
+
+
+def quantile_upper_s(latency: Mapping[int, int], q: float, delta: float) -> float:
+    """An upper bound (probability ≥ 1 − delta) on the q-quantile of a latency histogram: the upper
+    edge of the bucket holding the order statistic of rank binom.ppf(1 − delta, n, q) + 1."""
+    n = sum(latency.values())
+    rank = min(n, int(stats.binom.ppf(1.0 - delta, n, q)) + 1)
+    seen = 0
+    for index in sorted(latency):
+        seen += latency[index]
+        if seen >= rank:
+            return histogram.upper_bound_ms(index) / 1000.0
+    return histogram.upper_bound_ms(histogram.BUCKETS - 1) / 1000.0
+
+
+def _bounds(groups: Mapping[str, GroupStats], k: str, n: str, delta: float, upper: bool) -> dict[str, float]:
+    names = sorted(groups)
+    ks = np.array([getattr(groups[g], k) for g in names], dtype=float)
+    ns = np.array([getattr(groups[g], n) for g in names], dtype=float)
+    bounds = upper_bounds(ks, ns, delta) if upper else lower_bounds(ks, ns, delta)
+    return dict(zip(names, (float(b) for b in bounds), strict=True))
+
+
+def _impact(
+    q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float
+) -> Boundary:
+    rule = q.rule
+    sized = {g: s for g, s in now.items() if s.decisions >= rule.min_samples}
+    declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
+    others = [g for g in sized if g != q.value and (declared is None or g == declared)]
+    if q.value not in sized or not others:
+        return UNTESTABLE
+    low = _bounds({g: sized[g] for g in others}, "favourable", "decisions", delta / len(others), upper=False)
+    reference = max(others, key=lambda g: low[g])
+    ref = sized[reference]
+    basis = {
+        "reference_group": reference,
+        "reference_rate": ref.favourable / ref.decisions,
+        "reference_bound": low[reference],
+    }
+    return Boundary(1.0 - t * low[reference], basis=basis)
+
+
+def _fnr(q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float) -> Boundary:
+    rule = q.rule
+    sized = {g: s for g, s in now.items() if s.actual_positive >= rule.min_samples}
+    declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
+    others = [g for g in sized if g != q.value and (declared not in sized or g == declared)]
+    if q.value not in sized or not others:
+        return UNTESTABLE
+    high = _bounds(
+        {g: sized[g] for g in others}, "false_negative", "actual_positive", delta / len(others), upper=True
+    )
+    reference = min(others, key=lambda g: high[g])
+    ref = sized[reference]
+    p0 = high[reference] + t
+    if p0 >= 1.0:
+        return UNTESTABLE
+    basis = {
+        "reference_group": reference,
+        "reference_false_negative_rate": ref.false_negative / ref.actual_positive,
+        "reference_bound": high[reference],
+    }
+    return Boundary(p0, basis=basis)
+
+
+def _shift(
+    q: Question, now: Mapping[str, GroupStats], ref: Mapping[str, GroupStats], t: float, delta: float
+) -> Boundary:
+    rule = q.rule
+    names = [
+        g
+        for g, s in now.items()
+        if s.decisions >= rule.min_samples and ref.get(g, GroupStats()).decisions >= rule.min_samples
+    ]
+    if q.value not in names or len(names) < 2:
+        return UNTESTABLE
+    g = ref[q.value]
+    others_now = [now[o] for o in names if o != q.value]
+    others_ref = [ref[o] for o in names if o != q.value]
+    k_now, n_now = sum(o.favourable for o in others_now), sum(o.decisions for o in others_now)
+    k_ref, n_ref = sum(o.favourable for o in others_ref), sum(o.decisions for o in others_ref)
+    d = delta / 3.0  # three bounds: the group's reference, the others now and in the reference
+    up = q.side == "up"
+    own = (upper_bounds if up else lower_bounds)(np.array([g.favourable]), np.array([g.decisions]), d)[0]
+    o_now = (upper_bounds if up else lower_bounds)(np.array([k_now]), np.array([n_now]), d)[0]
+    o_ref = (lower_bounds if up else upper_bounds)(np.array([k_ref]), np.array([n_ref]), d)[0]
+    favourable = own + (o_now - o_ref) + (t if up else -t)
+    basis = {
+        "reference_rate": g.favourable / g.decisions,
+        "others_shift": k_now / n_now - k_ref / n_ref,
+        "favourable_boundary": float(favourable),
+    }
+    p0 = float(favourable) if up else 1.0 - float(favourable)
+    if not 0.0 < p0 < 1.0:
+        return UNTESTABLE
+    return Boundary(p0, basis=basis)
