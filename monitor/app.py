@@ -112,6 +112,8 @@ class Monitor:
         self.registry.register(self.model_stats)
         self.notification_metrics = NotificationMetrics(self.registry)
         self.rules = load_rules(settings.rules_path)
+        for warning in self.rules.warnings:
+            log.warning("rules: %s", warning)
         self.store.configure(self.rules.ingest_rules())
         # The catch-up hold: every worker reports how far it has applied the predictions topic;
         # the evaluator holds silence rules while any partition is behind (monitor/rules/catchup.py).

@@ -32,6 +32,7 @@ from monitor.rules.kinds import (
 from monitor.rules.schema import (
     FORMAT_VERSION,
     MAX_WINDOW_S,
+    MIN_FALSE_ALARM_EVERY_S,
     MIN_WINDOW_S,
     RULE_ID_PATTERN,
     SEVERITY_RANK,
@@ -163,7 +164,7 @@ def _ladder_problems(rule: RuleSpec, base_ok: bool) -> Iterator[tuple[Loc, str]]
 
 
 def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
-    """Keys that belong to some metrics only, a binomial test, and the metrics of categories bias and
+    """Keys that belong to some metrics only, a detector's test, and the metrics of categories bias and
     security."""
     category = _category_problem(rule)
     if category:
@@ -176,6 +177,8 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
             names = (
                 "the security metrics"
                 if metrics == SECURITY_METRICS
+                else f"the rate metrics ({', '.join(sorted(metrics))})"
+                if metrics == RATE_METRICS
                 else f"metric {', '.join(sorted(metrics))}"
             )
             yield (key,), f"only allowed for {names} (this rule's metric is {rule.metric!r})"
@@ -201,8 +204,11 @@ def _metric_key_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
                 "rolls back (an access incident is no fault of the model version; use revoke)"
             ),
         )
-    if rule.test == "binomial" and rule.metric not in RATE_METRICS:
-        yield ("test",), f"a binomial test needs a rate metric, not {rule.metric!r}; use test: none"
+    budget = rule.false_alarm_every
+    if budget is not None and rule.metric in RATE_METRICS and budget < MIN_FALSE_ALARM_EVERY_S:
+        yield ("false_alarm_every",), f"must be at least 1h (got {format_duration(budget)})"
+    if rule.test in ("sequential", "binomial") and rule.metric not in RATE_METRICS:
+        yield ("test",), f"test: {rule.test} needs a rate metric, not {rule.metric!r}; use test: none"
 
 
 def _category_problem(rule: RuleSpec) -> str | None:
@@ -260,6 +266,25 @@ def rule_problems(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
             yield ("inhibited_by", index), f"{other!r} is listed twice"
 
 
+# What a deprecated key is told: what replaced it, and to remove it.
+DEPRECATED_BINOMIAL = (
+    "deprecated: rate rules are now decided by a sequential detector with a false-alarm budget"
+    " (docs/rules.md#detectors); remove `test: binomial`"
+)
+DEPRECATED_FDR = (
+    "deprecated: the false-alarm budget (`false_alarm_every`) now accounts for every model, version"
+    " and group the rule watches (docs/rules.md#detectors); remove `fdr`"
+)
+
+
+def rule_warnings(rule: RuleSpec) -> Iterator[tuple[Loc, str]]:
+    """What in one rule still loads but is deprecated (paths relative to the rule)."""
+    if rule.test == "binomial":
+        yield ("test",), DEPRECATED_BINOMIAL
+    if rule.fdr is not None:
+        yield ("fdr",), DEPRECATED_FDR
+
+
 def file_problems(spec: FileSpec) -> Iterator[tuple[Loc, str]]:
     """Problems of a file's version, defaults and models (paths from the top of the file)."""
     if spec.version != FORMAT_VERSION:
@@ -267,6 +292,9 @@ def file_problems(spec: FileSpec) -> Iterator[tuple[Loc, str]]:
     hold = spec.defaults.hold if spec.defaults else None
     if hold is not None and hold > MAX_WINDOW_S:
         yield ("defaults", "hold"), f"must be at most 7d (got {format_duration(hold)})"
+    budget = spec.defaults.false_alarm_every if spec.defaults else None
+    if budget is not None and budget < MIN_FALSE_ALARM_EVERY_S:
+        yield ("defaults", "false_alarm_every"), f"must be at least 1h (got {format_duration(budget)})"
     for model_id in spec.models or {}:
         if not model_id.strip():
             yield ("models", model_id), "a model id must not be empty"

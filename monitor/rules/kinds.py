@@ -93,7 +93,7 @@ class MetricKind:
     compares: tuple[Compare, ...]
     evaluation: Evaluation
     unit: Unit
-    rate: bool = False  # a proportion of counted events: a binomial test applies (the default test)
+    rate: bool = False  # a proportion of counted events: a sequential detector decides it (the default test)
     needs_labels: bool = False  # computed from ground-truth labels: label coverage matters
     baseline: BaselineKind = "none"
     least_count: int | None = None  # counts: the smallest "above" threshold (0 is "any at all")
@@ -111,6 +111,8 @@ class MetricKind:
             keys.add("min_label_coverage")
         if self.baseline == "own_history":
             keys.add("min_volume")  # below this amount a ratio with the principal's own past means nothing
+        if self.rate:
+            keys.add("false_alarm_every")  # the budget of the sequential detectors only rates have
         return frozenset(keys)
 
 
@@ -129,7 +131,7 @@ def _count(
     keys: tuple[str, ...] = (),
 ) -> MetricKind:
     """A security metric: a count of events per principal, key or artifact, never a rate (one
-    unauthorized download is an incident), so no binomial test applies."""
+    unauthorized download is an incident), so no statistical test applies."""
     return MetricKind(
         name,
         "security",
@@ -237,6 +239,7 @@ METRIC_KEYS = (
     "revoke",
     "min_volume",
     "follow",
+    "false_alarm_every",
 )
 # Keys every metric of a family takes: bias rules test groups (with FDR control, over chosen
 # attributes), security rules may name the principal or key to revoke.

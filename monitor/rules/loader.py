@@ -22,13 +22,14 @@ from typing import TypeVar
 
 from monitor.exceptions import ConfigError
 from monitor.rules.access import AccessPolicySpec
-from monitor.rules.checks import file_problems, rule_problems
+from monitor.rules.checks import file_problems, rule_problems, rule_warnings
 from monitor.rules.fairness import (
     FairnessSpec,
     selection_problem,
 )
 from monitor.rules.kinds import BIAS_METRICS, LABEL_METRICS, RATE_METRICS, SECURITY_METRICS
 from monitor.rules.schema import (
+    DEFAULT_FALSE_ALARM_EVERY_S,
     DEFAULT_FOLLOW_S,
     DefaultsSpec,
     FileSpec,
@@ -84,6 +85,8 @@ def _parse(out: RulesFile) -> None:
             problems = list(rule_problems(rule))
             for loc, message in problems:
                 out.add(("rules", index, *loc), message)
+            for loc, message in rule_warnings(rule):
+                out.warn(("rules", index, *loc), message)
             if not problems:
                 out.rules.append((index, rule))
 
@@ -243,7 +246,12 @@ def _resolve(spec: RuleSpec, defaults: DefaultsSpec) -> Rule:
         if spec.metric in SECURITY_METRICS
         else _first(spec.min_samples, defaults.min_samples, BUILTIN_MIN_SAMPLES),
         min_label_coverage=coverage,
-        test=spec.test or ("binomial" if spec.metric in RATE_METRICS else "none"),
+        # Rates default to the sequential detector; a deprecated `test: binomial` means it too (the
+        # checks refuse a detector on any other metric).
+        test="none" if spec.test == "none" or spec.metric not in RATE_METRICS else "sequential",
+        false_alarm_every_s=_first(
+            spec.false_alarm_every, defaults.false_alarm_every, DEFAULT_FALSE_ALARM_EVERY_S
+        ),
         confidence=_first(spec.confidence, defaults.confidence, BUILTIN_CONFIDENCE),
         ladder=tuple(Step(**step.model_dump()) for step in spec.ladder),
         auto_recover=auto_recover,
@@ -299,12 +307,13 @@ def load_rules(path: Path | None = None) -> RuleSet:
         access_policy=merged.access.resolve(),
         sources=tuple(f.source for f in files),
         sha256=digest.hexdigest(),
+        warnings=tuple(str(w) for f in files for w in sorted(f.warnings, key=lambda w: w.line or 0)),
     )
 
 
 def check_command(path: Path | None = None) -> tuple[int, str]:
-    """`monitor rules check [PATH]`: (0, a summary of what loads) or (1, every problem, one per line);
-    with no PATH, the packaged default rules."""
+    """`monitor rules check [PATH]`: (0, a summary of what loads, then any warnings) or (1, every problem,
+    one per line); with no PATH, the packaged default rules."""
     try:
         ruleset = load_rules(path)
     except ConfigError as exc:
@@ -332,4 +341,8 @@ def check_command(path: Path | None = None) -> tuple[int, str]:
         f" learning period {format_duration(policy.learning_s)}"
     )
     lines.append(f"sha256: {ruleset.sha256}")
+    if ruleset.warnings:
+        count = len(ruleset.warnings)
+        lines.append(f"{count} warning{'' if count == 1 else 's'} (the rules load):")
+        lines += ruleset.warnings
     return 0, "\n".join(lines)

@@ -44,7 +44,9 @@ from monitor.rules.kinds import Metric as Metric
 
 Category = Literal["performance", "availability", "output_quality", "bias", "security"]
 Severity = Literal["MEDIUM", "HIGH", "CRITICAL"]
-Test = Literal["binomial", "none"]
+# As written: "binomial" is deprecated and means "sequential" (the loader warns); a Rule holds the others.
+Test = Literal["sequential", "none", "binomial"]
+ResolvedTest = Literal["sequential", "none"]
 Direction = Literal["up", "down"]
 Loc = tuple[str | int, ...]
 
@@ -55,6 +57,10 @@ RULE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 MIN_WINDOW_S = 60
 MAX_WINDOW_S = 7 * 86400
 DEFAULT_FOLLOW_S = 3600
+# A rate rule's false-alarm budget (docs/rules.md#detectors): the mean time to its first false alarm
+# anywhere in the fleet when every watched rate sits exactly on its threshold.
+DEFAULT_FALSE_ALARM_EVERY_S = 90 * 86400
+MIN_FALSE_ALARM_EVERY_S = 3600
 
 
 class Step(BaseModel):
@@ -83,7 +89,9 @@ class Rule(BaseModel):
     threshold: float | None = None
     min_samples: int = Field(ge=1)
     min_label_coverage: float | None = Field(default=None, ge=0.0, le=1.0)
-    test: Test
+    test: ResolvedTest
+    # Rate rules: the sequential detectors' budget (unused by other rules).
+    false_alarm_every_s: int = Field(default=DEFAULT_FALSE_ALARM_EVERY_S, ge=MIN_FALSE_ALARM_EVERY_S)
     confidence: float = Field(gt=0.5, lt=1.0)
     severity: Severity
     level: int = Field(ge=0, le=4)
@@ -95,7 +103,7 @@ class Rule(BaseModel):
     flag: str | None = None
     quantile: float | None = Field(default=None, gt=0.0, lt=1.0)
     attribute: str | None = None
-    fdr: bool = False  # Benjamini–Hochberg across every test of the tick, not per test
+    fdr: bool = False  # Benjamini–Hochberg across every test of the tick (`fdr:` in a file is deprecated)
     attributes: AttributeSelection = "all"  # which of RuleSet.fairness the rule tests (bias metrics)
     revoke: bool = False  # security: name the principal or API key in the control message's revoke_principals
     min_volume: int = Field(default=0, ge=0)  # volume metrics: below this amount a ratio never fires
@@ -140,6 +148,8 @@ class RuleSet(BaseModel):
     access_policy: AccessPolicy = Field(default_factory=AccessPolicy)
     sources: tuple[str, ...] = ()
     sha256: str = ""  # over the raw bytes of `sources`, in load order
+    # What loads but should change (deprecated keys), one `file:line: path: message` line each.
+    warnings: tuple[str, ...] = ()
 
     _by_id: dict[str, Rule] = PrivateAttr(default_factory=dict)
 
@@ -221,6 +231,7 @@ class RuleSpec(BaseModel):
     min_samples: MinSamples | None = None
     min_label_coverage: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     test: Test | None = None
+    false_alarm_every: Duration = None
     confidence: Confidence | None = None
     severity: Severity
     level: Level
@@ -247,6 +258,7 @@ class DefaultsSpec(BaseModel):
     confidence: Confidence | None = None
     hold: Duration = None
     min_samples: MinSamples | None = None
+    false_alarm_every: Duration = None
 
 
 class ModelSpec(BaseModel):

@@ -78,6 +78,7 @@ class RulesFile:
     raw: bytes
     lines: dict[Loc, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # what loads but should change (deprecations)
     data: dict[str, Any] | None = None  # None when the file is not even a YAML mapping
     spec: FileSpec | None = None
     rules: list[tuple[int, RuleSpec]] = field(default_factory=list)
@@ -92,6 +93,10 @@ class RulesFile:
     def add(self, loc: Loc, message: str, line: int | None = None) -> None:
         """Record a problem at `loc` (on `line` when the path alone cannot say which line)."""
         self.problems.append(Problem(self.source, line or self.line(loc), format_path(loc), message))
+
+    def warn(self, loc: Loc, message: str) -> None:
+        """Record a warning at `loc`: located like a problem, but the file still loads."""
+        self.warnings.append(Problem(self.source, self.line(loc), format_path(loc), message))
 
 
 def _map_lines(

@@ -34,6 +34,7 @@ def test_no_rules_path_means_the_packaged_rules(elsewhere: Path) -> None:
     assert ruleset.sources == (str(default_rules_path()),)
     assert len(ruleset.rules) >= 10
     assert ruleset == load_rules()
+    assert ruleset.warnings == ()  # the shipped file uses no deprecated key
 
 
 def test_an_empty_rules_path_is_unset(elsewhere: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +66,7 @@ def test_rules_check_without_a_path_checks_the_packaged_rules(
     assert main(["rules", "check"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"OK: {len(load_rules().rules)} rules from {default_rules_path()}\n")
+    assert "warning" not in out
 
 
 def test_rules_check_without_a_path_follows_the_setting(

@@ -104,6 +104,7 @@ OLD_KEY_OWNERS = (
     ("revoke", OLD_SECURITY_METRICS, False),
     ("min_volume", OLD_VOLUME_METRICS, False),
     ("follow", frozenset({"new_source_privileged"}), False),
+    ("false_alarm_every", OLD_RATE_METRICS, False),  # new: the sequential detectors' budget
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from monitor.cli import main
 from monitor.exceptions import ConfigError
 from monitor.rules import (
     SECURITY_METRICS,
@@ -51,7 +52,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         level=2,
         min_samples=200,
         min_label_coverage=0.05,
-        test="binomial",
+        test="sequential",
         confidence=0.99,
         rollback=False,
         auto_recover=True,
@@ -131,7 +132,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         severity="MEDIUM",
         level=1,
         min_samples=200,
-        test="binomial",
+        test="sequential",
     ),
     "unserved-users": dict(
         metric="unserved_users",
@@ -151,7 +152,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         window_s=3600,
         compare="above",
         min_samples=200,
-        test="binomial",
+        test="sequential",
         auto_recover=True,
     ),
     "toxic-outputs": dict(
@@ -160,7 +161,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         severity="CRITICAL",
         level=4,
         auto_recover=False,
-        test="binomial",
+        test="sequential",
     ),
     "contradictions": dict(flag="contradiction", threshold=0.02, severity="MEDIUM", level=1),
     "known-false-outputs": dict(flag="known_false", threshold=0.01, severity="HIGH", level=2),
@@ -173,7 +174,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         threshold=0.80,
         min_samples=100,
         min_label_coverage=None,
-        test="binomial",
+        test="sequential",
         severity="HIGH",
         level=3,
         ladder_=(),
@@ -206,7 +207,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         threshold=0.05,
         min_samples=100,
         min_label_coverage=0.05,
-        test="binomial",
+        test="sequential",
         severity="HIGH",
         level=3,
         ladder_=(),
@@ -225,7 +226,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         threshold=0.10,
         min_samples=100,
         min_label_coverage=None,
-        test="binomial",
+        test="sequential",
         severity="HIGH",
         level=3,
         ladder_=(),
@@ -1465,7 +1466,49 @@ RULE_CASES: list[tuple[str, dict[str, str | None], dict[str, str | None], str, s
         {"test": "binomial"},
         "test",
         "test",
-        "a binomial test needs a rate metric, not 'denied_burst'; use test: none",
+        "test: binomial needs a rate metric, not 'denied_burst'; use test: none",
+    ),
+    (
+        "security-sequential",
+        DENIED,
+        {"test": "sequential"},
+        "test",
+        "test",
+        "test: sequential needs a rate metric, not 'denied_burst'; use test: none",
+    ),
+    ("test-unknown", ERROR_RATE, {"test": "cusum"}, "test", "test", "'sequential', 'none' or 'binomial'"),
+    (
+        "false-alarm-security",
+        DENIED,
+        {"false_alarm_every": "30d"},
+        "false_alarm_every",
+        "false_alarm_every",
+        "only allowed for the rate metrics (accuracy, accuracy_gap, disparate_impact, error_rate, flag_rate,"
+        " fnr_gap, group_shift, latency, unserved_users) (this rule's metric is 'denied_burst')",
+    ),
+    (
+        "false-alarm-silence",
+        SILENCE,
+        {"false_alarm_every": "30d"},
+        "false_alarm_every",
+        "false_alarm_every",
+        "(this rule's metric is 'silence')",
+    ),
+    (
+        "false-alarm-short",
+        ERROR_RATE,
+        {"false_alarm_every": "59m"},
+        "false_alarm_every",
+        "false_alarm_every",
+        "must be at least 1h (got 59m)",
+    ),
+    (
+        "false-alarm-not-duration",
+        FLAGS,
+        {"false_alarm_every": "'90 days'"},
+        "false_alarm_every",
+        "false_alarm_every",
+        "must be a duration like 90s, 30m, 24h or 7d (got '90 days')",
     ),
     ("security-min-samples-zero", DENIED, {"min_samples": "0"}, "min_samples", "min_samples", "at least 1"),
     (
@@ -1627,7 +1670,7 @@ def test_resolved_defaults_of_a_minimal_rule(tmp_path: Path) -> None:
     rule = load_rules(source).by_id("r")
     assert (rule.confidence, rule.hold_s, rule.min_samples) == (0.95, 3600, 50)
     assert (rule.test, rule.min_label_coverage, rule.auto_recover, rule.rollback) == (
-        "binomial",
+        "sequential",
         0.05,
         True,
         False,
@@ -1636,13 +1679,93 @@ def test_resolved_defaults_of_a_minimal_rule(tmp_path: Path) -> None:
     assert (rule.fdr, rule.attributes) == (False, "all")
 
 
+# --- the false-alarm budget and the deprecated keys -----------------------------------------------
+
+BINOMIAL_WARNING = (
+    "deprecated: rate rules are now decided by a sequential detector with a false-alarm budget"
+    " (docs/rules.md#detectors); remove `test: binomial`"
+)
+FDR_WARNING = (
+    "deprecated: the false-alarm budget (`false_alarm_every`) now accounts for every model, version"
+    " and group the rule watches (docs/rules.md#detectors); remove `fdr`"
+)
+
+
+def test_false_alarm_every_from_the_defaults_and_from_a_rule(tmp_path: Path) -> None:
+    text = render({**FLAGS, "false_alarm_every": "7d"})
+    source = write(tmp_path, "r.yaml", text + "defaults: {false_alarm_every: 30d}\n")
+    ruleset = load_rules(source)
+    assert ruleset.by_id("r").false_alarm_every_s == 7 * 86400
+    assert ruleset.by_id("other").false_alarm_every_s == 30 * 86400
+    assert ruleset.warnings == ()
+    # No defaults: the built-in 90 days; whole seconds are a duration too.
+    source = write(tmp_path, "r.yaml", render({**LATENCY, "false_alarm_every": "3600"}))
+    ruleset = load_rules(source)
+    assert (ruleset.by_id("r").false_alarm_every_s, ruleset.by_id("other").false_alarm_every_s) == (
+        3600,
+        7_776_000,
+    )
+
+
+def test_false_alarm_every_in_the_defaults_does_not_refuse_other_rules(tmp_path: Path) -> None:
+    source = write(tmp_path, "r.yaml", render(DENIED) + "defaults: {false_alarm_every: 30d}\n")
+    assert load_rules(source).by_id("r").test == "none"
+
+
+def test_deprecated_keys_load_with_located_warnings(tmp_path: Path) -> None:
+    text = render({**IMPACT, "test": "binomial", "fdr": "true"})
+    source = write(tmp_path, "old.yaml", text)
+    ruleset = load_rules(source)
+    rule = ruleset.by_id("r")
+    assert (rule.test, rule.fdr) == ("sequential", True)  # binomial now means the detector
+    assert ruleset.warnings == (
+        f"{source}:{line_of(text, 'test')}: rules[1].test: {BINOMIAL_WARNING}",
+        f"{source}:{line_of(text, 'fdr')}: rules[1].fdr: {FDR_WARNING}",
+    )
+    # `fdr: false` is as deprecated as `fdr: true`, and resolves as it did.
+    text = render({**FNR, "fdr": "false"})
+    ruleset = load_rules(write(tmp_path, "old.yaml", text))
+    assert ruleset.by_id("r").fdr is False
+    assert ruleset.warnings == (f"{source}:{line_of(text, 'fdr')}: rules[1].fdr: {FDR_WARNING}",)
+
+
+def test_warnings_of_a_directory_come_in_file_then_line_order(tmp_path: Path) -> None:
+    rule = "  - {{id: {id}, category: availability, metric: error_rate, window: 5m, compare: above,\n"
+    rule += "     threshold: 0.01, severity: MEDIUM, level: 1, test: binomial}}\n"
+    second = write(tmp_path, "b.yaml", "version: 1\nrules:\n" + rule.format(id="b"))
+    first = write(tmp_path, "a.yaml", "version: 1\nrules:\n" + rule.format(id="a1") + rule.format(id="a2"))
+    assert [w.split(": ", 2)[:2] for w in load_rules(tmp_path).warnings] == [
+        [f"{first}:4", "rules[0].test"],
+        [f"{first}:6", "rules[1].test"],
+        [f"{second}:4", "rules[0].test"],
+    ]
+
+
+def test_a_refused_file_reports_its_problems_not_its_warnings(tmp_path: Path) -> None:
+    source = write(tmp_path, "bad.yaml", render({**ERROR_RATE, "test": "binomial", "level": "9"}))
+    code, text = check_command(source)
+    assert code == 1
+    assert "deprecated" not in text and "rules[1].level: must be at most 4" in text
+
+
+def test_rule_built_by_hand_checks_the_budget_and_the_test() -> None:
+    rule = load_rules(DEFAULT).by_id("error-rate")
+    assert rule.false_alarm_every_s == 7_776_000
+    assert Rule(**{**rule.model_dump(), "false_alarm_every_s": 3600}).false_alarm_every_s == 3600
+    del_budget = {k: v for k, v in rule.model_dump().items() if k != "false_alarm_every_s"}
+    assert Rule(**del_budget).false_alarm_every_s == 7_776_000
+    for bad in ({"false_alarm_every_s": 3599}, {"test": "binomial"}):
+        with pytest.raises(ValueError):
+            Rule(**{**rule.model_dump(), **bad})
+
+
 @pytest.mark.parametrize(
     ("base", "changes", "want"),
     [
         (
             IMPACT,
             {},
-            dict(fdr=True, attributes="all", test="binomial", min_label_coverage=None, direction="down"),
+            dict(fdr=True, attributes="all", test="sequential", min_label_coverage=None, direction="down"),
         ),
         (FNR, {}, dict(fdr=True, min_label_coverage=0.05, direction="up")),
         (FNR, {"min_label_coverage": "0.2", "fdr": "false"}, dict(fdr=False, min_label_coverage=0.2)),
@@ -2099,6 +2222,18 @@ FILE_CASES: list[tuple[str, str, str, str]] = [
         "must list at least one principal pattern",
     ),
     (
+        "defaults-false-alarm-short",
+        "version: 1\ndefaults:\n  false_alarm_every: 1800 #<\nrules: []\n",
+        "defaults.false_alarm_every",
+        "must be at least 1h (got 30m)",
+    ),
+    (
+        "defaults-false-alarm-type",
+        "version: 1\ndefaults:\n  false_alarm_every: true #<\nrules: []\n",
+        "defaults.false_alarm_every",
+        "must be a duration like 90s, 30m, 24h or 7d (got True)",
+    ),
+    (
         "grant-principal-blank",
         "version: 1\naccess_policy:\n  grants:\n    - principals:\n        - a\n"
         "        - ' ' #<\n      actions: [read]\n      resource_types: [config]\n",
@@ -2422,3 +2557,27 @@ def test_check_command_reports_the_problems(tmp_path: Path) -> None:
     lines = text.split("\n")
     assert all(PROBLEM.match(line) and line.startswith(f"{source}:3: rules[0].") for line in lines), text
     assert any("rules[0].metric: required key is missing" in line for line in lines)
+
+
+def test_check_command_prints_the_warnings_after_the_summary(tmp_path: Path) -> None:
+    text = render({**IMPACT, "test": "binomial", "fdr": "true"})
+    source = write(tmp_path, "old.yaml", text)
+    code, out = check_command(source)
+    assert code == 0 and out.startswith(f"OK: 2 rules from {source}\n")
+    assert out.split("\n")[-3:] == [
+        "2 warnings (the rules load):",
+        f"{source}:{line_of(text, 'test')}: rules[1].test: {BINOMIAL_WARNING}",
+        f"{source}:{line_of(text, 'fdr')}: rules[1].fdr: {FDR_WARNING}",
+    ]
+
+
+def test_monitor_rules_check_prints_a_warning_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = render({**ERROR_RATE, "test": "binomial"})
+    source = write(tmp_path, "old.yaml", text)
+    assert main(["rules", "check", str(source)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    warning = f"{source}:{line_of(text, 'test')}: rules[1].test: {BINOMIAL_WARNING}"
+    assert captured.out.endswith(f"\n1 warning (the rules load):\n{warning}\n")
