@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from redis.asyncio import Redis
 
 from monitor.aggregates.window import VersionWindows, WindowStats
-from monitor.rules.detectors import DetectorSet
+from monitor.rules.detectors import DetectorSet, RowState
 from monitor.rules.evaluate import Finding
-from monitor.rules.questions import estimated, estimated_boundary, fixed_boundary, sequential
+from monitor.rules.questions import sequential
 from monitor.rules.schema import Rule, RuleSet
 from monitor.rules.verdicts import finding
 from monitor.store.keys import Keys
@@ -142,20 +142,7 @@ class Detection:
         baseline_for: Callable[[Rule], WindowStats | None],
     ) -> None:
         """Re-state the data-dependent boundaries of one version from its fresh windows."""
-        facts = self.rules.models.get(model_id)
-        for q in self.detectors.version_questions(model_id, version):
-            rule = q.rule
-            rows = self.detectors.rule_rows(rule.id)
-            if estimated(rule):
-                current = windows.window(rule.window_s)
-                boundary = estimated_boundary(
-                    q, current, baseline_for(rule), self.rules.fairness, self.detectors.delta(rule, rows)
-                )
-            else:
-                boundary = fixed_boundary(q, facts)
-            if rule.min_label_coverage and (windows.window(rule.window_s).label_coverage or 0.0) < rule.min_label_coverage:
-                boundary = fixed_boundary(q, facts).__class__(math.nan)  # too few labels to judge yet
-            self.detectors.set_boundary(model_id, q, boundary)
+        self.detectors.restate(model_id, version, lambda rule: windows.window(rule.window_s), baseline_for)
 
     def findings(
         self, model_id: str, versions: Sequence[str], open_keys: Iterable[str], display: Display
@@ -169,7 +156,7 @@ class Detection:
             groups = {g for r, g in alarmed if r == rule.id}
             groups |= {self._group(k) for k in keys if k.split("|", 1)[0] == rule.id}
             for group in sorted(groups, key=lambda g: g or ""):
-                by_version: dict[str, list] = {}
+                by_version: dict[str, list[RowState]] = {}
                 for state in self.detectors.states(model_id, rule.id, group):
                     by_version.setdefault(state.question.version, []).append(state)
                 for version, states in by_version.items():

@@ -17,7 +17,7 @@ budget goes to the detectors and half to the bounds on the data, each at delta =
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -27,8 +27,18 @@ from scipy import sparse
 
 from monitor.aggregates import histogram
 from monitor.aggregates.predictions import SEP, escape, latency_field, unescape
+from monitor.aggregates.window import WindowStats
 from monitor.detect.sequential import Bank, alarm_threshold
-from monitor.rules.questions import Boundary, Question, estimated, fixed_boundary, questions, sequential
+from monitor.rules.questions import (
+    UNTESTABLE,
+    Boundary,
+    Question,
+    estimated,
+    estimated_boundary,
+    fixed_boundary,
+    questions,
+    sequential,
+)
 from monitor.rules.schema import Fairness, ModelFacts, Rule, RuleSet
 from monitor.text import text
 
@@ -77,6 +87,7 @@ class DetectorSet:
         self.row_model: list[str] = []
         self.index: dict[tuple[str, str], int] = {}  # (model, row key) -> row
         self.by_finding: dict[tuple[str, str, str | None], list[int]] = {}  # (model, rule, group) -> rows
+        self.by_version: dict[tuple[str, str], list[int]] = {}  # (model, version) -> rows
         self.boundaries: list[Boundary] = []
         self.models: dict[str, _Model] = {}
         self.now = np.zeros(0)
@@ -87,6 +98,11 @@ class DetectorSet:
         self._arrays_stale = True
         self.alarm = np.zeros(0, dtype=bool)
         self.inside = np.zeros(0, dtype=bool)
+        self._p0 = np.zeros(0)
+        self._cap = np.zeros(0)
+        self._min_events = np.zeros(0)
+        self._cut = np.zeros(0, dtype=np.int64)
+        self._windows = np.zeros(0)
 
     # --- input ------------------------------------------------------------------------------------
 
@@ -100,8 +116,7 @@ class DetectorSet:
         if self.bank.size:
             bad, total = self._counts(delta)
             since = self.last_tick if self.last_tick is not None else now - self.tick_s
-            windows = np.array([float(q.rule.window_s) for q in self.rows])
-            decay = np.exp(-max(now - since, 0.0) / windows)
+            decay = np.exp(-max(now - since, 0.0) / self._windows)
             self.bank.update(bad, total, self._p0, self._cap, since, decay)
             self.alarm = self.bank.alarms(self._cap, self._min_events)
             self.inside = self.bank.inside(self._p0)
@@ -165,6 +180,7 @@ class DetectorSet:
                     self.boundaries.append(fixed_boundary(q, facts))
                     self.index[(model_id, q.key)] = row
                     self.by_finding.setdefault((model_id, q.rule.id, q.group), []).append(row)
+                    self.by_version.setdefault((model_id, q.version), []).append(row)
                     saved = model.pending.pop(q.key, None)
                     if saved is not None:
                         restored.append((row, saved))
@@ -190,9 +206,10 @@ class DetectorSet:
         self.row_model = [self.row_model[i] for i in rows]
         self.boundaries = [self.boundaries[i] for i in rows]
         self.index = {(m, q.key): i for i, (m, q) in enumerate(zip(self.row_model, self.rows, strict=True))}
-        self.by_finding = {}
+        self.by_finding, self.by_version = {}, {}
         for i, (m, q) in enumerate(zip(self.row_model, self.rows, strict=True)):
             self.by_finding.setdefault((m, q.rule.id, q.group), []).append(i)
+            self.by_version.setdefault((m, q.version), []).append(i)
         model = self.models.pop(model_id, None)
         if model is not None:
             cols = list(model.columns.values())
@@ -206,7 +223,35 @@ class DetectorSet:
         row = self.index.get((model_id, q.key))
         if row is not None:
             self.boundaries[row] = boundary
-            self._arrays_stale = True
+            if row < len(self._p0):  # in place: a refresh must not rebuild every row's arrays
+                self._p0[row] = boundary.p0
+                self._cut[row] = _cut_index(boundary.cut_s)
+            else:
+                self._arrays_stale = True
+
+    def restate(
+        self,
+        model_id: str,
+        version: str,
+        current_for: Callable[[Rule], WindowStats],
+        baseline_for: Callable[[Rule], WindowStats | None],
+    ) -> None:
+        """Re-state one version's boundaries from fresh data: `current_for(rule)` is the rule's
+        window now, `baseline_for(rule)` its baseline. Estimated boundaries are recomputed with
+        their bounds at this set's `delta`; a rule with `min_label_coverage` waits (NaN) while its
+        window has fewer labels than that."""
+        facts = self.rules.models.get(model_id)
+        for q in self.version_questions(model_id, version):
+            rule = q.rule
+            current = current_for(rule)
+            if estimated(rule):
+                delta = self.delta(rule, self.rule_rows(rule.id))
+                boundary = estimated_boundary(q, current, baseline_for(rule), self.rules.fairness, delta)
+            else:
+                boundary = fixed_boundary(q, facts)
+            if rule.min_label_coverage and (current.label_coverage or 0.0) < rule.min_label_coverage:
+                boundary = UNTESTABLE  # too few labels yet: the first ones are not a fair sample
+            self.set_boundary(model_id, q, boundary)
 
     def _arrays(self) -> None:
         """Per-row arrays: boundaries, caps (the rule's budget over its rows), minimum events."""
@@ -217,6 +262,7 @@ class DetectorSet:
         caps = {rule_id: self.threshold(self.rules.by_id(rule_id), m) for rule_id, m in per_rule.items()}
         self._cap = np.array([caps[q.rule.id] for q in self.rows], dtype=float)
         self._min_events = np.array([float(q.rule.min_samples) for q in self.rows])
+        self._windows = np.array([float(q.rule.window_s) for q in self.rows])
         self._cut = np.array([_cut_index(b.cut_s) for b in self.boundaries], dtype=np.int64)
         self._arrays_stale = False
 
@@ -338,9 +384,9 @@ class DetectorSet:
             (self.row_model[i], self.rows[i].rule.id, self.rows[i].group) for i in np.flatnonzero(self.alarm)
         }
 
-    def row_questions(self, model_id: str) -> list[Question]:
-        """Every row of a model (the evaluator refreshes the estimated ones' boundaries)."""
-        return [q for m, q in zip(self.row_model, self.rows, strict=True) if m == model_id]
+    def version_questions(self, model_id: str, version: str) -> list[Question]:
+        """Every row of one model version (the evaluator re-states their boundaries)."""
+        return [self.rows[i] for i in self.by_version.get((model_id, version), [])]
 
     def p0(self, row: int) -> float:
         """Row's boundary now."""
