@@ -16,8 +16,8 @@ real code:
    script sets (bucket start + `minute_bucket_ttl_s` / `hour_bucket_ttl_s`). The users sets
    (`users:seen:<version>` / `users:served:<version>`, user -> newest event time, over the users
    keep span) are COPYs of sorted sets folded from that span's events the same way; the per-model
-   `totals` hash (per version: requests, errors, latency buckets, latency sum since the version's
-   first event) sums what `version_totals` makes of every hour since the version was first seen.
+   `totals` hash (per version: every bucket counter, labels' too, and the latency sum since the
+   version's first event) sums what `stat_totals` makes of every hour since the version was first seen.
    The recent-events list and the per-model hashes the evaluator reads (`models` set, `meta`,
    `versions`, `versions:first`, `offsets`, a superseded version's frozen `ref:<version>`) are
    written with the key names of `monitor.store.keys.Keys`.
@@ -284,12 +284,17 @@ class Templates:
         return keys + ([self.recent] if self.recent else [])
 
 
-def stat_totals(share: Share, version: str = "1") -> Counter[str]:
-    """`version_totals` of one version of a share, by stat alone (the version head stripped)."""
+def stat_totals(b: Buckets, version: str = "1") -> Counter[str]:
+    """What the totals hash gains from these events and labels for one version, by stat alone (the
+    version head stripped): `version_totals` of the fold, plus the label counters the join adds."""
     head = escape(version) + SEP
-    return Counter(
-        {name[len(head) :]: value for name, value in version_totals(share).items() if name.startswith(head)}
+    totals = Counter(
+        {name[len(head) :]: value for name, value in version_totals(b.share).items() if name.startswith(head)}
     )
+    for (v, minute), counts in b.minutes.items():
+        if v == version:
+            totals.update(counts - b.share.minutes[(v, minute)])
+    return totals
 
 
 def _hset(pipe: Pipeline, key: str, counts: Counter[str]) -> None:
@@ -326,7 +331,7 @@ async def build_templates(
                 counts = b.minutes[("1", minute0)]
                 if i <= (now - hour0) // MINUTE_S:
                     partial.update(counts)
-                    partial_totals.update(stat_totals(b.share))
+                    partial_totals.update(stat_totals(b))
                 key = f"{base}:m:{kind}:{i}"
                 _hset(pipe, key, counts)
                 t.minute[kind].append(key)
@@ -355,7 +360,7 @@ async def build_templates(
                 _hset(pipe, key, counts)
                 t.hour[kind].append(key)
                 t.counters[kind].append(counts)
-                t.totals[kind].append(stat_totals(b.share))
+                t.totals[kind].append(stat_totals(b))
         events = synth_events(rng, "tmpl", "1", minute0, MINUTE_S, RECENT_EVENTS, traffic)
         share = fold(Located(e, i % PARTITIONS, 10**6 + i) for i, e in enumerate(events))["tmpl"]
         t.recent = f"{base}:recent"
@@ -750,8 +755,8 @@ async def verify_against_ingest(redis: Redis, prefix: str, settings: Settings | 
                 assert abs(ttl - (store.users_keep_s + USERS_TTL_EXTRA_S)) <= 5, (key, ttl)
                 checked += 1
         stored_totals = {_text(k): int(v) for k, v in (await redis.hgetall(keys.totals("verify"))).items()}
-        want_totals = Counter({escape("1") + SEP + stat: value for stat, value in stat_totals(share).items()})
-        assert stored_totals == dict(want_totals), (
+        want_totals = {escape("1") + SEP + stat: value for stat, value in stat_totals(expected).items()}
+        assert stored_totals == want_totals, (
             f"totals: {sorted(set(stored_totals.items()) ^ set(want_totals.items()))[:6]}"
         )
         expire_at = await redis.expiretime(keys.totals("verify"))

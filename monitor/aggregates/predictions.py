@@ -33,7 +33,8 @@ ERRORS = "err"
 DECISIONS = "dec"
 FAVOURABLE = "pos"
 LATENCY_COUNT = "latn"
-# Written by the label join (store/lua/labels.lua) into the prediction's own buckets:
+# Written by the label join (store/lua/common.lua apply_label) into the prediction's own buckets and
+# the model's totals:
 LABELLED = "lab"
 CORRECT = "cor"
 ACTUAL_POSITIVE = "apos"  # labelled favourable (label `positive` true)
@@ -310,20 +311,46 @@ def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[L
     return [item for item in located if item.offset > applied.get(item.partition, -1)]
 
 
-TOTAL_STATS = (COUNT, ERRORS)
 LATENCY_SUM_US = "latus"
 LATENCY_PREFIX = "lat" + SEP  # the latency bucket fields, "lat|<index>"
 
 
 def version_totals(share: Share) -> Counter[str]:
-    """What a share adds to its model's monotonic totals: per version, requests, errors, latency
-    buckets (summed over the share's minutes) and the latency sum in whole microseconds."""
-    totals: Counter[str] = Counter()
+    """What a share adds to its model's monotonic totals: per version, every counter of its minute
+    buckets summed over the share's minutes, and the latency sum in whole microseconds.
+
+    Fields are "<escaped version>|<bucket field>", so any windowed count is also a difference of
+    two readings of the totals; the label join adds the label counters (store/lua/common.lua).
+    """
+    # Summed per version first (usually one or two minutes each), then prefixed once per field:
+    # this runs on ingest's hot path, for every share.
+    by_version: dict[str, Counter[str]] = {}
     for (version, _), counts in share.minutes.items():
+        summed = by_version.get(version)
+        if summed is None:
+            by_version[version] = Counter(counts)
+        else:
+            summed.update(counts)
+    totals: Counter[str] = Counter()
+    for version, summed in by_version.items():
         head = escape(version) + SEP
-        for name, value in counts.items():
-            if name in TOTAL_STATS or name.startswith(LATENCY_PREFIX):
-                totals[head + name] += value
+        totals.update({head + name: value for name, value in summed.items()})
     for version, total_ms in share.latency_sum_ms.items():
         totals[escape(version) + SEP + LATENCY_SUM_US] += round(total_ms * 1000)
     return totals
+
+
+def split_totals(
+    raw: Mapping[str, str | bytes | int] | Mapping[bytes, str | bytes | int],
+) -> dict[str, Counter[str]]:
+    """A totals hash as Redis returns it (names and counts as str or bytes), as version -> bucket
+    field -> count; a field no reader knows is kept, a missing one reads as 0."""
+    by_version: dict[str, Counter[str]] = {}
+    for name, value in raw.items():
+        head, _, stat = (name.decode() if isinstance(name, bytes) else name).partition(SEP)
+        version = unescape(head)
+        fields = by_version.get(version)
+        if fields is None:
+            fields = by_version[version] = Counter()
+        fields[stat] = int(value)
+    return by_version

@@ -48,8 +48,9 @@ class Keys:
         return f"{self.model(model_id)}:meta"
 
     def totals(self, model_id: str) -> str:
-        """Hash "<escaped version>|<stat>" -> count since the version's first event (never decreases:
-        Prometheus counters; stats n, err, lat|<bucket>, and latus, summed latency in microseconds)."""
+        """Hash "<escaped version>|<bucket field>" -> count since the version's first event (never
+        decreases: Prometheus counters, detector input): every field the version's buckets count,
+        the label join's too, and latus, summed latency in microseconds."""
         return f"{self.model(model_id)}:totals"
 
     def detectors(self, model_id: str) -> str:

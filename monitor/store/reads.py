@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from monitor.aggregates.predictions import MINUTE_S, SEP, unescape
+from monitor.aggregates.predictions import MINUTE_S, split_totals
 from monitor.aggregates.window import WindowStats, sum_buckets
 from monitor.store.keys import MINUTE, Keys
 from monitor.text import text
@@ -36,14 +36,7 @@ class StoreReads:
             for model_id in model_ids:
                 pipe.hgetall(self.keys.totals(model_id))
             replies = await pipe.execute()
-        result: dict[str, dict[str, Counter[str]]] = {}
-        for model_id, raw in zip(model_ids, replies, strict=True):
-            by_version: dict[str, Counter[str]] = {}
-            for name, value in raw.items():
-                version, _, stat = text(name).partition(SEP)
-                by_version.setdefault(unescape(version), Counter())[stat] = int(value)
-            result[model_id] = by_version
-        return result
+        return {model_id: split_totals(raw) for model_id, raw in zip(model_ids, replies, strict=True)}
 
     async def last_events(self, model_ids: Sequence[str]) -> dict[str, float]:
         """Event time of each model's newest prediction (models never seen are left out), in one round

@@ -236,6 +236,11 @@ class RedisStore(StoreReads):
             "ttl_s": self.hour_ttl_s,
         }
 
+    def _totals_expire_at(self) -> int:
+        """The expiry a write gives a model's totals hash, whether predictions or labels wrote it:
+        the hour TTL past the next minute (never in the past), so an idle model's totals go."""
+        return int(self.clock()) + MINUTE_S + self.hour_ttl_s
+
     def _buckets(
         self, model_id: str, minutes: Mapping[tuple[str, int], Counter[str]], keys: list[str]
     ) -> list[list[object]]:
@@ -275,11 +280,13 @@ class RedisStore(StoreReads):
 
         floor = int(self.clock()) + MINUTE_S  # never hand Redis an expiry in the past
         buckets = self._buckets(model_id, share.minutes, keys)
-        # The version totals ride along as one more "bucket" (a hash of increments with an expiry),
-        # so the script needs no change: applied in the same atomic step, at most once.
+        # The version totals ride along as one more "bucket" (a hash of increments with an expiry):
+        # applied in the same atomic step as the buckets, at most once. The key is declared even
+        # without increments: a waiting label matched here is counted in it too.
+        totals_key, totals_expire_at = index(k.totals(model_id)), self._totals_expire_at()
         totals = version_totals(share)
         if totals:
-            buckets.append([index(k.totals(model_id)), floor + self.hour_ttl_s, _flatten(totals)])
+            buckets.append([totals_key, totals_expire_at, _flatten(totals)])
         users: list[list[object]] = []
         for key_of, by_version in ((k.users_seen, share.users), (k.users_served, share.served)):
             for version, newest_ts in by_version.items():
@@ -308,6 +315,8 @@ class RedisStore(StoreReads):
             "users_since": str(int(self.clock() - self.users_keep_s)),
             "users_ttl": int(self.users_keep_s) + 3600,
             "joins": joins,
+            "totals_key": totals_key,
+            "totals_expire_at": totals_expire_at,
             "unfavourable": [part for ts, member in share.unfavourable for part in (repr(ts), member)],
             "unfavourable_max": self.impact_sample_max,
             "recent": recent_records(share, self.recent_events_max),
@@ -371,8 +380,15 @@ class RedisStore(StoreReads):
             "days": list(days),
             "join_key": k.join_pattern(model_id),
             "wait_until": now + self.label_join_ttl_s,
+            "totals_key": 4,  # a matched label is counted in the totals too, late or not
+            "totals_expire_at": self._totals_expire_at(),
         }
-        keys = [k.offsets(model_id), k.waiting_labels(model_id), k.waiting_until(model_id)]
+        keys = [
+            k.offsets(model_id),
+            k.waiting_labels(model_id),
+            k.waiting_until(model_id),
+            k.totals(model_id),
+        ]
         return _Call(
             self._labels,
             keys,

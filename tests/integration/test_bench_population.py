@@ -51,8 +51,18 @@ def text(value: bytes | str) -> str:
 
 
 def field_shape(name: str) -> str:
-    """A hash field's kind, numeric parts (versions, partitions, bucket indexes) as `<n>`."""
-    return "|".join("<n>" if part.isdigit() else part for part in name.split("|"))
+    """A hash field's kind, numeric parts (versions, partitions, bucket indexes) as `<n>`, and the
+    group attribute and value of a group counter ("g|<attr>|<value>|stat") and the name of a flag
+    counter ("f|<flag>") masked: which groups and flags a hash counts is traffic, not layout."""
+    parts = ["<n>" if part.isdigit() else part for part in name.split("|")]
+    for i, part in enumerate(parts[:-1]):
+        if part == "g" and i + 3 < len(parts):
+            parts[i + 1 : i + 3] = ["<attr>", "<value>"]
+            break
+        if part == "f" and i + 1 == len(parts) - 1:
+            parts[i + 1] = "<flag>"
+            break
+    return "|".join(parts)
 
 
 async def layout(redis: Redis, prefix: str) -> dict[str, tuple[str, bool, int, frozenset[str]]]:
@@ -124,7 +134,18 @@ async def test_population_writes_the_key_kinds_ingest_writes(redis: Redis) -> No
             if expires:  # the newest key of a kind lives as long (minute starts a few minutes apart)
                 assert abs(longest - want_longest) <= 600, (shape, longest, want_longest)
             assert fields == want_fields, (shape, sorted(fields ^ want_fields))
-        assert populated["{model}:totals"][3] == {"<n>|n", "<n>|err", "<n>|latus", "<n>|lat|<n>"}
+        # Every bucket counter, the label join's and the groups' too, beside the latency sum.
+        assert {
+            "<n>|n",
+            "<n>|err",
+            "<n>|dec",
+            "<n>|latn",
+            "<n>|latus",
+            "<n>|lat|<n>",
+            "<n>|lab",
+            "<n>|cor",
+        } <= populated["{model}:totals"][3]
+        assert {"<n>|g|<attr>|<value>|n", "<n>|g|<attr>|<value>|lab"} <= populated["{model}:totals"][3]
     finally:
         await delete_prefix(redis, real)
         await delete_prefix(redis, synthetic)

@@ -34,9 +34,16 @@ local function keep_max(key, field, value)
   end
 end
 
+-- A version as it appears in a totals field: Python's `escape` (`%` first, then `|`), reversible.
+local function escape(part)
+  return (part:gsub('%%', '%%25'):gsub('|', '%%7C'))
+end
+
 -- Count one label against the prediction it belongs to, in that prediction's own minute and
--- hour buckets (accuracy is kept at prediction time). A bucket that has already expired is
--- skipped rather than re-created without its TTL.
+-- hour buckets (accuracy is kept at prediction time), and in the model's totals hash
+-- (KEYS[share.totals_key], fields "<escaped version>|<bucket field>"). A bucket that has already
+-- expired is skipped rather than re-created without its TTL; the totals count every label, late
+-- ones too, and have their expiry pushed to `share.totals_expire_at` as ingest does.
 -- rec: JSON [version, minute, prediction, positive (1/0/-1), [group field prefixes]]
 -- label: JSON [label, positive (1/0/-1)]
 local function apply_label(share, rec_json, label_json)
@@ -44,9 +51,16 @@ local function apply_label(share, rec_json, label_json)
   local label = cjson.decode(label_json)
   local version, minute = rec[1], rec[2]
   local hour = minute - minute % 3600
-  local correct = (rec[3] == label[1]) and 1 or 0
-  local actual_positive = label[2] == 1 and 1 or 0
-  local false_negative = (label[2] == 1 and rec[4] == 0) and 1 or 0
+  local stats = {'lab'}
+  if rec[3] == label[1] then stats[#stats + 1] = 'cor' end
+  if label[2] == 1 then stats[#stats + 1] = 'apos' end
+  if label[2] == 1 and rec[4] == 0 then stats[#stats + 1] = 'fn' end
+  local fields = {}
+  for _, prefix in ipairs({'', unpack(rec[5])}) do
+    for _, stat in ipairs(stats) do
+      fields[#fields + 1] = prefix .. stat
+    end
+  end
   local targets = {}
   if minute + share.minute_ttl > share.now then
     targets[#targets + 1] = {string.format(share.minute_key, version, minute), minute + share.minute_ttl}
@@ -55,15 +69,17 @@ local function apply_label(share, rec_json, label_json)
     targets[#targets + 1] = {string.format(share.hour_key, version, hour), hour + share.hour_ttl}
   end
   for _, target in ipairs(targets) do
-    local key = target[1]
-    for _, prefix in ipairs({'', unpack(rec[5])}) do
-      redis.call('HINCRBY', key, prefix .. 'lab', 1)
-      if correct == 1 then redis.call('HINCRBY', key, prefix .. 'cor', 1) end
-      if actual_positive == 1 then redis.call('HINCRBY', key, prefix .. 'apos', 1) end
-      if false_negative == 1 then redis.call('HINCRBY', key, prefix .. 'fn', 1) end
+    for _, f in ipairs(fields) do
+      redis.call('HINCRBY', target[1], f, 1)
     end
-    redis.call('EXPIREAT', key, string.format('%d', target[2]))
+    redis.call('EXPIREAT', target[1], string.format('%d', target[2]))
   end
+  local totals = KEYS[share.totals_key]
+  local head = escape(version) .. '|'
+  for _, f in ipairs(fields) do
+    redis.call('HINCRBY', totals, head .. f, 1)
+  end
+  redis.call('EXPIREAT', totals, string.format('%d', share.totals_expire_at))
 end
 
 -- HSET many field/value pairs without passing Lua's argument limit.

@@ -2,12 +2,14 @@
 --
 -- KEYS[1] offsets hash (the replay guard, as for predictions)
 -- KEYS[2] labels waiting for their prediction (hash request_id -> label)   KEYS[3] their expiry (zset)
+-- KEYS[4] the model's totals hash
 -- ARGV[1] JSON share: {guard, minute_key, hour_key, join_key, now, minute_ttl, hour_ttl, wait_until,
+--   totals_key (4), totals_expire_at,
 --   days: [day start, ...] (join hashes to look in, newest first), labels: [[request_id, label], ...]}
 --
--- A label whose prediction is in a join hash is counted in that prediction's buckets and the join
--- record is removed (a second label for the same request is not counted twice). Otherwise the
--- label waits until `wait_until` for its prediction. Returns {0, matched, waiting, expired} or,
+-- A label whose prediction is in a join hash is counted in that prediction's buckets and in the
+-- totals, and the join record is removed (a second label for the same request is not counted
+-- twice). Otherwise the label waits until `wait_until` for its prediction. Returns {0, matched, waiting, expired} or,
 -- on a replay, {1, field, stored_offset, ...} without writing anything.
 local share = cjson.decode(ARGV[1])
 

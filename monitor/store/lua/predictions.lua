@@ -7,6 +7,7 @@
 -- KEYS[8] the newest raw events (list, evidence)   KEYS[9..] the keys the share's parts name by index.
 -- ARGV[1] JSON share: {guard: [[field, min, max]...], minute_key, hour_key, now, minute_ttl, hour_ttl,
 --   last_event_s, events, versions: {version: minute}, ttl_s,
+--   totals_key (index in KEYS of the model's totals hash), totals_expire_at,
 --   buckets: [[key_index, expire_at, [field, incr, ...]]...],
 --   users: [[key_index, [score, user, ...]]...], users_since, users_ttl,
 --   joins: [[key_index, expire_at, [request_id, record, ...]]...],
