@@ -61,8 +61,9 @@ class Detection:
         self._read_at: dict[Pair, float] = {}
         self._saved_at = monotonic()
 
-    async def absorb(self, model_ids: Sequence[str], now: float) -> None:
-        """Feed every model's new totals to its detectors (restoring saved state first)."""
+    async def take(self, model_ids: Sequence[str]) -> None:
+        """Read every model's totals (restoring saved state first); `step` feeds them, once the
+        boundaries of new rows are stated."""
         if not self.active:
             return
         new = [m for m in model_ids if m not in self._loaded]
@@ -85,7 +86,12 @@ class Detection:
             for model_id in model_ids:
                 pipe.hgetall(self.keys.totals(model_id))
             totals = await pipe.execute()
-        self.detectors.absorb(dict(zip(model_ids, totals, strict=True)), now)
+        self.detectors.take(dict(zip(model_ids, totals, strict=True)))
+
+    def step(self, now: float) -> None:
+        """Feed every detector the events since the last tick."""
+        if self.active:
+            self.detectors.step(now)
 
     async def save_due(self, model_ids: Sequence[str]) -> None:
         """Write the state of every model when `save_s` has passed since the last write."""
@@ -107,6 +113,7 @@ class Detection:
         """The (model, version) pairs whose windows to read this tick: all of a small fleet, else
         those not read for `refresh_s` (a share per tick, so the reads spread over the period),
         and every version of a model in `wanted` (it has something to show)."""
+        new = self.detectors.new_versions()
         if len(pairs) < REFRESH_ALL_BELOW or not self.active:
             chosen = list(pairs)
         else:
@@ -116,7 +123,8 @@ class Detection:
                 for p in pairs
                 if now - self._read_at.get(p, -math.inf) >= self.refresh_s or p[0] in wanted
             )
-            picked = {p for _, p in late[:share]} | {p for p in pairs if p[0] in wanted}
+            # New rows must have their boundaries before their first events are fed to them.
+            picked = {p for _, p in late[:share]} | {p for p in pairs if p[0] in wanted or p in new}
             chosen = [p for p in pairs if p in picked]
         for pair in chosen:
             self._read_at[pair] = now

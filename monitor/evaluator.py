@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -20,6 +21,7 @@ from monitor.aggregates.access import ACCESS_VERSION
 from monitor.aggregates.window import VersionWindows, WindowStats
 from monitor.catchup import SilenceHold
 from monitor.control import ControlState, Publisher
+from monitor.detection import Detection, Display, is_sequential
 from monitor.incidents import decide
 from monitor.incidents.bundle import EvidenceRecorder
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
@@ -73,6 +75,9 @@ class Evaluator:
         deliverer: Deliverer | None = None,
         renotify_s: float = 4 * 3600,
         silence_hold: SilenceHold | None = None,
+        tick_s: float = 1.0,
+        window_refresh_s: float = 60.0,
+        detector_save_s: float = 10.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -93,6 +98,11 @@ class Evaluator:
         self.last_report = TickReport()
         # Without a hold (a test driving Redis directly, no consumer) silence is always judged.
         self.silence_hold = silence_hold
+        self.detection = Detection(
+            redis, keys, rules, tick_s=tick_s, refresh_s=window_refresh_s, save_s=detector_save_s
+        )
+        # Each version's windows as last read (a large fleet's are read about once a refresh period).
+        self._windows: dict[tuple[str, str], VersionWindows] = {}
 
     async def tick(self) -> TickReport:
         """One evaluation of every rule against every model."""
@@ -102,9 +112,13 @@ class Evaluator:
         if self.silence_hold is not None:
             catch_up = await self.silence_hold.check(now)
             report.silence_held, report.detection_delay_s = catch_up.held, catch_up.delay_s
-        models = await self._read_models(now, report)
+        models, access = await self.catalog.models(now)
         model_ids = [m.model_id for m in models]
         open_by_model = await self.incidents.open_incidents(model_ids)
+        open_keys = {m: [i.dedup_key for i in incidents] for m, incidents in open_by_model.items()}
+        await self.detection.take(model_ids)
+        await self._read_windows(models, access, now, report, self.detection.wanted(open_keys))
+        self.detection.step(now)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
         results: list[CommandResult] = []
@@ -115,9 +129,15 @@ class Evaluator:
         quiet = await self.incidents.quiet(model_ids)
         # Every finding of every model first, so the false-discovery rate is controlled over the
         # whole tick; then act on them model by model.
+        tests = self._windowed_tests(models)
         findings = decide.control_false_discoveries(
             self.rules.rules,
-            {m.model_id: self._model_findings(m, now, held=report.silence_held) for m in models},
+            {
+                m.model_id: self._model_findings(
+                    m, now, open_keys[m.model_id], tests, held=report.silence_held
+                )
+                for m in models
+            },
         )
         for model in models:
             report.findings.extend(f for fs in findings[model.model_id].values() for f in fs)
@@ -133,26 +153,43 @@ class Evaluator:
         # Results last: a person told "applied" finds the level it leads to already in force.
         for result in results:
             await self.commands.record(result)
+        await self.detection.save_due(model_ids)
         report.seconds = time.perf_counter() - started
         self.last_report = report
         return report
 
-    async def _read_models(self, now: float, report: TickReport) -> list[ModelView]:
-        """Every model with its versions' windows, access counters and frozen references."""
-        models, access = await self.catalog.models(now)
+    async def _read_windows(
+        self,
+        models: list[ModelView],
+        access: set[str],
+        now: float,
+        report: TickReport,
+        wanted: set[str],
+    ) -> None:
+        """The windows due this tick (monitor.detection: all of a small fleet), the access counters
+        of every model that has any, the frozen references, and the boundaries they re-state."""
         pairs = [(m.model_id, v) for m in models for v in m.versions]
-        pairs += [(m.model_id, ACCESS_VERSION) for m in models if m.model_id in access]
-        windows = await self.reader.read(pairs, now)
-        self.reader.forget(set(pairs))
+        access_pairs = [(m.model_id, ACCESS_VERSION) for m in models if m.model_id in access]
+        due = self.detection.due(pairs, now, wanted)
+        windows = await self.reader.read(due + access_pairs, now)
+        self.reader.forget(set(pairs + access_pairs))
+        active = set(pairs)
+        self._windows = {p: w for p, w in self._windows.items() if p in active}
+        self._windows.update((p, windows[p]) for p in due)
         for model in models:
-            model.windows = {v: windows[(model.model_id, v)] for v in model.versions}
+            model.windows = {
+                v: windows[(model.model_id, v)] for v in model.versions if (model.model_id, v) in windows
+            }
             model.access = windows.get((model.model_id, ACCESS_VERSION))
-            for version, w in model.windows.items():
-                report.windows[(model.model_id, version)] = w
             if model.last_event_s is not None:
                 report.last_event_s[model.model_id] = model.last_event_s
+        report.windows = {p: self._windows[p] for p in pairs if p in self._windows}
         await self._freeze_references(models, now)
-        return models
+        for model in models:
+            for version, w in model.windows.items():
+                self.detection.refresh(
+                    model.model_id, version, w, partial(self._baseline, model=model, version=version)
+                )
 
     async def _freeze_references(self, models: list[ModelView], now: float) -> None:
         """Keep each superseded version's reference as it stood when its successor appeared."""
@@ -179,8 +216,10 @@ class Evaluator:
             model.frozen[version] = reference
             log.info("froze the reference of %s %s (a newer version is live)", model.model_id, version)
 
-    def _baseline(self, rule: Rule, model: ModelView, version: str) -> WindowStats | None:
-        windows = model.windows[version]
+    def _baseline(
+        self, rule: Rule, *, model: ModelView, version: str, windows: VersionWindows | None = None
+    ) -> WindowStats | None:
+        windows = windows or model.windows[version]
         if rule.baseline == "week_ago":
             return windows.week_ago(rule.window_s)
         if rule.baseline != "reference":
@@ -221,10 +260,54 @@ class Evaluator:
             )
         return results
 
-    def _model_findings(self, model: ModelView, now: float, *, held: bool) -> dict[str, list[Finding]]:
-        return {rule.id: self._findings(rule, model, now, held=held) for rule in self.rules.rules}
+    def _model_findings(
+        self, model: ModelView, now: float, open_keys: list[str], tests: dict[str, int], *, held: bool
+    ) -> dict[str, list[Finding]]:
+        found = self.detection.findings(model.model_id, model.versions, open_keys, self._display(model))
+        for rule in self.rules.rules:
+            if not is_sequential(rule):
+                found[rule.id] = self._findings(rule, model, now, tests, held=held)
+        return found
 
-    def _findings(self, rule: Rule, model: ModelView, now: float, *, held: bool) -> list[Finding]:
+    def _display(self, model: ModelView) -> Display:
+        """What today's window says of a sequential finding (its value and groups, for people)."""
+
+        def display(rule: Rule, version: str, group: str | None) -> dict[str, object] | None:
+            windows = self._windows.get((model.model_id, version))
+            if windows is None:
+                return None
+            baseline = self._baseline(rule, model=model, version=version, windows=windows)
+            if rule.metric in BIAS_METRICS:
+                shown = evaluate_bias(
+                    rule, model.model_id, version, windows, baseline=baseline, fairness=self.rules.fairness
+                )
+            else:
+                facts = self.rules.models.get(model.model_id)
+                shown = evaluate(rule, model.model_id, version, windows, baseline=baseline, facts=facts)
+            for f in shown:
+                if f.group == group:
+                    return {k: v for k, v in f.observation.items() if k != "test"}
+            return None
+
+        return display
+
+    def _windowed_tests(self, models: list[ModelView]) -> dict[str, int]:
+        """How many tests each windowed rule makes this tick (its budget is shared among them)."""
+        tests: dict[str, int] = {}
+        for rule in self.rules.rules:
+            if rule.metric not in ("unserved_users", "accuracy_gap"):
+                continue
+            count = 0
+            for model in models:
+                for windows in model.windows.values():
+                    groups = windows.window(rule.window_s).groups
+                    count += 1 if rule.attribute or rule.metric == "unserved_users" else max(1, len(groups))
+            tests[rule.id] = count
+        return tests
+
+    def _findings(
+        self, rule: Rule, model: ModelView, now: float, tests: dict[str, int], *, held: bool
+    ) -> list[Finding]:
         if rule.compare == "silence":
             if held:
                 return []  # behind on the input: silence says nothing yet (monitor.rules.catchup)
@@ -236,8 +319,10 @@ class Evaluator:
             return evaluate_security(rule, model.model_id, model.access, baseline=model.access.reference())
         facts = self.rules.models.get(model.model_id)
         found: list[Finding] = []
-        for version in model.versions:
-            windows, baseline = model.windows[version], self._baseline(rule, model, version)
+        if rule.id in tests and rule.test != "none":
+            rule = self.detection.windowed(rule, tests[rule.id])
+        for version in model.windows:  # the versions whose windows were read this tick
+            windows, baseline = model.windows[version], self._baseline(rule, model=model, version=version)
             if rule.metric in BIAS_METRICS:
                 found += evaluate_bias(
                     rule, model.model_id, version, windows, baseline=baseline, fairness=self.rules.fairness

@@ -155,6 +155,7 @@ def control_false_discoveries(
             (model_id, index, finding)
             for model_id, by_rule in result.items()
             for index, finding in enumerate(by_rule.get(rule.id, ()))
+            if "p_value" in finding.observation.get("test", {})  # a detector's finding has no p-value
         ]
         adjusted = benjamini_hochberg([f.observation["test"]["p_value"] for _, _, f in family])
         for (model_id, index, finding), p_adjusted in zip(family, adjusted, strict=True):

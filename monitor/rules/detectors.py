@@ -94,6 +94,7 @@ class DetectorSet:
         self.seen = np.zeros(0)
         self.last_tick: float | None = None
         self._changed: set[tuple[str, str]] = set()  # (model, version) whose rows must be rebuilt
+        self._fresh: set[tuple[str, str]] = set()  # (model, version) with rows new since the last step
         self._matrices: tuple[sparse.csr_matrix, sparse.csr_matrix] | None = None
         self._arrays_stale = True
         self.alarm = np.zeros(0, dtype=bool)
@@ -108,9 +109,24 @@ class DetectorSet:
 
     def absorb(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]], now: float) -> None:
         """One tick: every model's totals hash (as HGETALL returns it), fed to the detectors."""
+        self.take(totals)
+        self.step(now)
+
+    def take(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]]) -> None:
+        """The first half of a tick: read the totals and create the rows of new versions and
+        groups (so their boundaries can be stated, `restate`, before `step` feeds them)."""
         for model_id, raw in totals.items():
             self._read(model_id, raw)
         self._rebuild()
+
+    def new_versions(self) -> set[tuple[str, str]]:
+        """(model, version) pairs whose rows were created since the last `step`."""
+        return set(self._fresh)
+
+    def step(self, now: float) -> None:
+        """The second half of a tick: feed every row the events since the previous step."""
+        self._rebuild()
+        self._fresh.clear()
         delta = np.where(self.now < self.seen, self.now, self.now - self.seen)  # a recreated key starts over
         self.seen = self.now.copy()
         if self.bank.size:
@@ -184,6 +200,7 @@ class DetectorSet:
                     saved = model.pending.pop(q.key, None)
                     if saved is not None:
                         restored.append((row, saved))
+        self._fresh |= self._changed
         self._changed.clear()
         if len(self.rows) > before:  # one resize for every new row of the tick
             keep = np.concatenate([np.arange(before, dtype=np.int64), np.full(len(self.rows) - before, -1)])
