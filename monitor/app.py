@@ -149,6 +149,9 @@ class Monitor:
             ),
             renotify_s=settings.renotify_s,
             silence_hold=self.silence_hold,
+            tick_s=settings.eval_interval_s,
+            window_refresh_s=settings.window_refresh_s,
+            detector_save_s=settings.detector_save_s,
         )
         self.evaluator_metrics = EvaluatorMetrics(
             self.registry,

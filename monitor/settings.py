@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     )
     evidence_dir: Path = Path("evidence")
     eval_interval_s: float = Field(1.0, gt=0)
+    window_refresh_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often each version's windows are re-read in a fleet of 32 versions or more "
+        "(baselines, groups, the windowed rules, the window gauges); a smaller fleet's every tick.",
+    )
+    detector_save_s: float = Field(
+        10.0, gt=0, description="How often the detectors' state is written to Redis (a restart resumes from it)."
+    )
     api_token: SecretStr | None = None
     alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")
     renotify_s: float = Field(4 * 3600, gt=0, description="Remind the webhooks of incidents left open.")
