@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         "(baselines, groups, the windowed rules, the window gauges); a smaller fleet's every tick.",
     )
     detector_save_s: float = Field(
-        10.0, gt=0, description="How often the detectors' state is written to Redis (a restart resumes from it)."
+        10.0,
+        gt=0,
+        description="How often the detectors' state is written to Redis (a restart resumes from it).",
     )
     api_token: SecretStr | None = None
     alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093")

@@ -10,8 +10,10 @@ row's bad and total counts, so a tick costs a few array operations, not a loop o
 
 The budget of a rule (`false_alarm_every`, B) is split over the ticks, the rule's rows m (every
 model, version, group and ladder step it watches) and the K alternatives of each row:
-monitor.detect.sequential.alarm_threshold. Where a boundary is estimated from data, half of the
-budget goes to the detectors and half to the bounds on the data, each at delta = tick / (4·B·m).
+monitor.detect.sequential.alarm_threshold. Where a boundary is estimated from data (a baseline,
+another group), it rests on a one-sided bound at the rule's confidence, so the guarantee holds
+with that confidence over the sampling of the data it was estimated from (the "guaranteed
+conditional performance" of Gandy & Kvaløy 2013), and the detector gets the whole budget.
 """
 
 from __future__ import annotations
@@ -262,8 +264,9 @@ class DetectorSet:
             rule = q.rule
             current = current_for(rule)
             if estimated(rule):
-                delta = self.delta(rule, self.rule_rows(rule.id))
-                boundary = estimated_boundary(q, current, baseline_for(rule), self.rules.fairness, delta)
+                boundary = estimated_boundary(
+                    q, current, baseline_for(rule), self.rules.fairness, self.delta(rule)
+                )
             else:
                 boundary = fixed_boundary(q, facts)
             if rule.min_label_coverage and (current.label_coverage or 0.0) < rule.min_label_coverage:
@@ -286,20 +289,21 @@ class DetectorSet:
     def threshold(self, rule: Rule, rows: int) -> float:
         """The alarm threshold c of each of `rows` rows of `rule` (rows rounded up to a power of two,
         so a fleet that grows by one version does not move every threshold)."""
-        budget = rule.false_alarm_every_s / (2.0 if estimated(rule) else 1.0)
-        return alarm_threshold(budget, self.tick_s, _pow2(rows), self.bank.width)
+        return alarm_threshold(rule.false_alarm_every_s, self.tick_s, _pow2(rows), self.bank.width)
 
-    def delta(self, rule: Rule, rows: int) -> float:
-        """The level of each bound an estimated boundary of `rule` rests on, per row and tick."""
-        return self.tick_s / (4.0 * rule.false_alarm_every_s * _pow2(rows))
+    @staticmethod
+    def delta(rule: Rule) -> float:
+        """The level of the bound an estimated boundary rests on: 1 − the rule's confidence (the
+        guarantee then holds with that confidence over the baseline's sampling)."""
+        return 1.0 - rule.confidence
 
     def rule_rows(self, rule_id: str) -> int:
         """How many rows `rule_id` has in the whole set."""
         return sum(1 for q in self.rows if q.rule.id == rule_id)
 
     def _counts(self, delta: Array) -> tuple[Array, Array]:
-        if self._matrices is None:
-            self._matrices = self._build_matrices()
+        if self._matrices is None or self._matrices[0].shape[1] != max(self._next, 1):
+            self._matrices = self._build_matrices()  # new rows, or new fields (a new latency bucket)
         bad_m, total_m = self._matrices
         vec = delta[: self._next]
         bad = np.asarray(bad_m @ vec, dtype=float)
