@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -96,6 +97,7 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         kind=kind,
         what_happened=what,
         window=_duration(int(obs["window_s"])),
+        budget=_duration(int(obs.get("false_alarm_every_s", 0)) or 86_400),
         opened=f"{datetime.fromtimestamp(incident.opened_at, UTC):%Y-%m-%d %H:%M:%S} UTC",
         level_name=LEVELS[level].name,
         routing=ROUTING[level],
@@ -118,13 +120,26 @@ CATEGORY_TITLES = {
 FIRST_STEPS_MIN = {"verify": 30, "impact": 30, "contain": 30}
 
 
+def detector_line(obs: dict[str, Any]) -> str:
+    """What a detector's evidence means, for people: how much of the bar it reached, and the
+    false-alarm budget that bar keeps."""
+    test = obs["test"]
+    budget = _duration(int(obs.get("false_alarm_every_s", 0)) or 86_400)
+    return (
+        f"Detector: {test['method']}; evidence {test['statistic']:.1f} of the {test['boundary']:.1f} needed, "
+        f"a bar that keeps this rule's false alarms to one every {budget} on average across the fleet."
+    )
+
+
 def render_notification(incident: Incident, *, contact: str) -> str:
     """The internal stakeholder notification of any incident (bias has its own template)."""
     if incident.category == "bias":
         return render_bias_notification(incident, contact=contact)
     obs = incident.observation
     test = obs.get("test", {})
-    if "p_value" in test:
+    if "statistic" in test:  # a sequential detector
+        test_line = f"{obs.get('explanation', '')} {detector_line(obs)}".strip()
+    elif "p_value" in test:
         test_line = (
             f"{test['method']}, p = {test['p_value']:.2g} at {obs.get('confidence', 0.99):.0%} confidence"
         )

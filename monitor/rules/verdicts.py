@@ -93,9 +93,19 @@ def finding(
     )
     if boundary.cut_s is not None:
         observation["latency_cut_s"] = boundary.cut_s
-    if q.group is not None:
+    if q.group is not None:  # what the bias notification names, when no window had the group
         observation.setdefault("attribute", q.attribute)
         observation.setdefault("group", q.value)
+        if rule.metric == "fnr_gap":
+            observation.setdefault("false_negative_rate", rate)
+            observation.setdefault("actual_positives", int(total))
+        else:
+            favourable = rate if q.side == "up" and rule.metric == "group_shift" else 1.0 - rate
+            observation.setdefault("favourable_rate", favourable)
+            observation.setdefault("decisions", int(total))
+            observation.setdefault("unfavourable", int(total - bad) if q.side == "up" else int(bad))
+            observation.setdefault("reference_rate", math.nan)
+            observation.setdefault("reference_group", "")
     if "value" not in observation:
         observation["value"] = natural_value(rule, q, rate, observation)
     observation["explanation"] = explain(rule, q, observation, fired)
