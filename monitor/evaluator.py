@@ -119,6 +119,7 @@ class Evaluator:
         await self.detection.take(model_ids)
         await self._read_windows(models, access, now, report, self.detection.wanted(open_keys))
         self.detection.step(now)
+        await self._read_alarmed(models, now, report)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
         results: list[CommandResult] = []
@@ -190,6 +191,22 @@ class Evaluator:
                 self.detection.refresh(
                     model.model_id, version, w, partial(self._baseline, model=model, version=version)
                 )
+
+    async def _read_alarmed(self, models: list[ModelView], now: float, report: TickReport) -> None:
+        """The windows of versions whose detectors alarmed just now but were not read this tick (a
+        large fleet's): an incident opening on them needs them for its display and evidence."""
+        alarmed = {m for m, _, _ in self.detection.detectors.alarmed()}
+        missing = [
+            (m.model_id, v) for m in models if m.model_id in alarmed for v in m.versions if v not in m.windows
+        ]
+        if not missing:
+            return
+        windows = await self.reader.read(missing, now)
+        by_id = {m.model_id: m for m in models}
+        for (model_id, version), w in windows.items():
+            by_id[model_id].windows[version] = w
+            self._windows[(model_id, version)] = w
+            report.windows[(model_id, version)] = w
 
     async def _freeze_references(self, models: list[ModelView], now: float) -> None:
         """Keep each superseded version's reference as it stood when its successor appeared."""

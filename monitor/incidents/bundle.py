@@ -146,9 +146,13 @@ class EvidenceRecorder:
         version = finding.version or ""
         windows = model.windows[version]
         start = windows.start_of(int(obs["window_s"]))
+        unfavourable = int(obs["unfavourable"])
+        if obs["metric"] == "disparate_impact" and "change_at" in obs:
+            # The detector counted the group's unfavourable decisions since its change point: the
+            # people affected are those, however far back the change began.
+            start, unfavourable = float(obs["change_at"]), int(obs["bad_since_change"])
         prefix = group_prefix(obs["attribute"], obs["group"])
         kept = await self.catalog.affected(model.model_id, version, prefix, start, windows.now)
-        unfavourable = int(obs["unfavourable"])
         bound = EVIDENCE_LIST_BOUND
         incident.scope = {
             "window_start_s": start,

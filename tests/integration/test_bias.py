@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 import uuid
@@ -53,7 +54,7 @@ def loan(
 
 
 async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: World) -> None:
-    """Approvals of sex=F fall from 60 % to 40 % at T; both groups send 40 decisions a minute."""
+    """Approvals of sex=F fall from 60 % to 40 % at T; both groups send 200 decisions a minute."""
     rng = random.Random(4)
     keys = Keys(f"bias{uuid.uuid4().hex[:8]}")
     store, clock = world.store(keys), [0.0]
@@ -68,7 +69,7 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
         minute_start = start + minute * MINUTE
         batch = []
         for sex in ("F", "M"):
-            for _ in range(40):
+            for _ in range(200):
                 ts = minute_start + rng.uniform(0, MINUTE - 0.01)
                 rate = 0.4 if (sex == "F" and ts >= t_switch) else 0.6
                 batch.append(loan(model, len(produced) + len(batch), ts, sex, rng.random() < rate, rng))
@@ -84,17 +85,20 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
             opened = report.opened
             break
     assert opened is not None, "the disparity was never detected"
-    # The bound: the 30-minute window still holds fair minutes from before T, and the ratio must
-    # be below 0.80 at 99 % confidence after false-discovery control. At 40 decisions a minute per
-    # group this took 1,160 of the group's decisions (29 minutes); the bound is 1,400 (35 minutes).
+    # The bound: the detector of sex=F compares its unfavourable rate (60 % after T) with a boundary
+    # of 1 − 0.8 × (a 99 % lower bound on M's approval rate over 30 minutes, ≈ 0.585): 0.532. At
+    # ~0.0094 nats of evidence per decision it needs ~2,200 of F's decisions past T for its bar
+    # (≈ 20.6 at a 90-day budget): ~11 minutes at 200 a minute; the bound is 4,000 (20 minutes).
     print(f"\ndetected after {after_switch_f} decisions of sex=F after T")
-    assert 0 < after_switch_f <= 1400, after_switch_f
+    assert 0 < after_switch_f <= 4000, after_switch_f
     [incident] = opened
     assert (incident.group, incident.severity, incident.level) == ("sex=F", "HIGH", 3)
     obs = incident.observation
     assert obs["value"] < 0.8 and obs["reference_group"] == "M" and obs["proxy"] is False
-    low, high = obs["test"]["interval"]
-    assert low < obs["value"] < high and obs["test"]["p_adjusted"] < 0.01
+    low, high = obs["rate_interval"]  # the unfavourable rate since the change, anytime-valid
+    assert low < obs["rate_since_change"] < high and low > 1 - 0.8 * obs["reference_rate"]
+    assert obs["test"]["statistic"] >= obs["test"]["boundary"] * (1 - 1e-9)
+    assert t_switch - 5 * MINUTE <= obs["change_at"] <= t_switch + 10 * MINUTE  # where it started
 
     # affected decisions and subjects, counted here from what was produced
     window_start, now = incident.scope["window_start_s"], incident.scope["window_end_s"]
@@ -129,7 +133,10 @@ async def test_a_group_approval_drop_opens_one_incident_with_its_impact(world: W
 
 
 async def test_fnr_gap_fires_with_enough_labels_and_not_on_thirty(world: World) -> None:
-    for per_group, fires in ((1000, True), (30, False)):
+    # A 10-point gap against a 5-point threshold: the boundary is M's 99 % upper bound (≈ 0.11 at
+    # 5,000 positives) + 0.05, so F's 0.20 is ~0.0056 nats per labelled positive: 5,000 hold the
+    # detector's bar (≈ 22 at a 90-day budget); 30 never do.
+    for per_group, fires in ((5000, True), (30, False)):
         rng = random.Random(per_group)
         keys = Keys(f"fnr{uuid.uuid4().hex[:8]}")
         store, clock = world.store(keys), [NOW]
@@ -196,8 +203,9 @@ async def test_a_proxy_attribute_is_called_possible_proxy_discrimination(world: 
 
 
 async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: World) -> None:
-    """Fair but unequal groups (true ratios down to 0.83, near the 0.80 line): only FDR control
-    keeps 500 groups × ticks of tests from a trickle of false incidents."""
+    """Fair but unequal groups (true ratios down to 0.85, near the 0.80 line): the detectors'
+    budget, split over ticks, groups and models, keeps 500 groups watched all week from a trickle
+    of false incidents."""
     rng = random.Random(50)
     keys = Keys(f"fair{uuid.uuid4().hex[:8]}")
     store, clock = world.store(keys), [0.0]
@@ -205,7 +213,7 @@ async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: 
     ticks = [NOW - 6 * DAY, NOW - 3 * DAY, NOW - 1]
     rates = {f"z{g}": 0.5 + 0.01 * g for g in range(10)}  # 0.50 … 0.59: every ratio ≥ 0.847
     offset = 0
-    raw_significant = 0
+    raw_significant = 0.0
     for tick in ticks:
         batch = []
         for m in range(50):
@@ -231,8 +239,13 @@ async def test_fifty_models_of_ten_fair_groups_over_a_week_accuse_nobody(world: 
         clock[0] = tick
         report = await ev.tick()
         assert report.opened == [], [(i.model_id, i.group, i.observation["test"]) for i in report.opened]
-        dir_tests = [f for f in report.findings if f.rule_id == "disparate-impact"]
-        assert len(dir_tests) >= 50 * 9  # every model's non-reference zip3 groups were tested
-        raw_significant += sum(f.observation["test"]["significant"] for f in dir_tests)
-    # for the record: how many single tests would have fired without the false-discovery control
-    print(f"\nuncorrected significant DIR tests: {raw_significant}")
+        d = ev.detection.detectors
+        watched = [
+            i
+            for i, q in enumerate(d.rows)
+            if q.rule.id == "disparate-impact" and q.attribute == "zip3" and math.isfinite(d.p0(i))
+        ]
+        assert len(watched) >= 50 * 10  # every model's zip3 groups were watched, with a boundary
+        raw_significant = max(raw_significant, max(float(d.bank.stat[i].max()) for i in watched))
+    # for the record: the strongest evidence any fair group's detector held, against its bar
+    print(f"\nlargest DIR statistic {raw_significant:.2f} of the {d.cap(watched[0]):.2f} needed")
