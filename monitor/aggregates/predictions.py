@@ -313,24 +313,49 @@ def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[L
 
 LATENCY_SUM_US = "latus"
 LATENCY_PREFIX = "lat" + SEP  # the latency bucket fields, "lat|<index>"
+# Lateness tiers of the totals: an event (or a label, by its prediction's minute) that reaches
+# ingest more than 5 minutes after its minute ended is also counted under "~<tier>|<field>",
+# tier i when its age is within (LATE_EDGES_S[i - 1], LATE_EDGES_S[i]] (the last tier: older).
+# A detector whose rule watches a window W leaves out the tiers older than W: a label for a
+# prediction a week old does not belong to a 24-hour rule (monitor.rules.questions).
+LATE_EDGES_S = (300, 1800, 3600, 86_400, 7 * 86_400)
+LATE_PREFIX = "~"
 
 
-def version_totals(share: Share) -> Counter[str]:
+def late_tier(age_s: float) -> int:
+    """The lateness tier of an event `age_s` old on arrival (0: on time, no tier field)."""
+    for tier, edge in enumerate(LATE_EDGES_S):
+        if age_s <= edge:
+            return tier
+    return len(LATE_EDGES_S)
+
+
+def late_field(tier: int, name: str) -> str:
+    """The totals field counting `name` for the events of lateness tier `tier` (≥ 1)."""
+    return f"{LATE_PREFIX}{tier}{SEP}{name}"
+
+
+def version_totals(share: Share, now: float | None = None) -> Counter[str]:
     """What a share adds to its model's monotonic totals: per version, every counter of its minute
     buckets summed over the share's minutes, and the latency sum in whole microseconds.
 
     Fields are "<escaped version>|<bucket field>", so any windowed count is also a difference of
     two readings of the totals; the label join adds the label counters (store/lua/common.lua).
+    With `now` (ingest's clock), late minutes are also counted under their lateness tier.
     """
     # Summed per version first (usually one or two minutes each), then prefixed once per field:
     # this runs on ingest's hot path, for every share.
     by_version: dict[str, Counter[str]] = {}
-    for (version, _), counts in share.minutes.items():
+    for (version, minute), counts in share.minutes.items():
         summed = by_version.get(version)
         if summed is None:
             by_version[version] = Counter(counts)
         else:
             summed.update(counts)
+        tier = 0 if now is None else late_tier(now - (minute + MINUTE_S))
+        if tier:  # late: counted once more under its tier (rare on live traffic)
+            late = {late_field(tier, name): value for name, value in counts.items()}
+            by_version[version].update(late)
     totals: Counter[str] = Counter()
     for version, summed in by_version.items():
         head = escape(version) + SEP

@@ -323,8 +323,14 @@ async def run_drill(
         opened: dict[str, dict[str, Any]] = {}
         controls: list[dict[str, Any]] = []
         deadline = produced_at + limit
-        while time.time() < deadline and not all(e.rule in opened for e in scenario.expect):
-            missing = [e.rule for e in scenario.expect if e.rule not in opened]
+
+        # An incident may open at a lower step and rise as its detectors gather evidence: an
+        # expectation is met by the incident's latest severity (from "opened" or "updated").
+        def met(e: Expectation) -> bool:
+            return e.rule in opened and opened[e.rule]["severity"] == e.severity
+
+        while time.time() < deadline and not all(met(e) for e in scenario.expect):
+            missing = [e.rule for e in scenario.expect if not met(e)]
             await watchdog.check(f"{', '.join(missing)} ({len(opened)}/{len(scenario.expect)} opened)", limit)
             for records in (await watcher.getmany(timeout_ms=250)).values():
                 for record in records:
@@ -335,6 +341,10 @@ async def run_drill(
                         controls.append(body)
                     elif body["event"] == "opened":
                         opened.setdefault(body["rule"], {**body, "_seen": time.time()})
+                    elif body["event"] == "updated" and body["rule"] in opened:
+                        seen = opened[body["rule"]]
+                        if body["id"] == seen["id"] and body["severity"] != seen["severity"]:
+                            opened[body["rule"]] = {**body, "_seen": time.time()}
         await asyncio.sleep(1.5)  # let the control message of the last incident arrive
         for records in (await watcher.getmany(timeout_ms=500)).values():
             controls += [orjson.loads(r.value) for r in records if r.topic == t.control]

@@ -126,7 +126,10 @@ def summarize(rule: Rule, finding: Finding) -> str:
         )
     value = obs.get("value")
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f"{name} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')})"
+    since = ""
+    if "change_at" in obs:  # a detector's estimate of when it began
+        since = f", since {datetime.fromtimestamp(float(obs['change_at']), UTC):%Y-%m-%d %H:%M} UTC"
+    return f"{name} on {where}: {rule.metric} {shown} (threshold {obs.get('threshold')}){since}"
 
 
 def _who(observation: dict[str, Any]) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -38,8 +38,10 @@ from monitor.aggregates.predictions import (
     FALSE_NEGATIVE,
     FAVOURABLE,
     LABELLED,
+    LATE_EDGES_S,
     flag_field,
     group_field,
+    late_field,
 )
 from monitor.aggregates.window import GroupStats, WindowStats
 from monitor.detect.intervals import lower_bounds, upper_bounds
@@ -93,6 +95,14 @@ class Question:
         return (self.rule.id, self.version, self.group)
 
 
+def timely(terms: Terms, window_s: int) -> Terms:
+    """`terms` less what arrived too late for a rule watching `window_s`: the lateness tiers whose
+    events were already older than the window on arrival (monitor.aggregates.predictions)."""
+    lower_edges = (0, *LATE_EDGES_S)
+    late = [tier for tier in range(1, len(lower_edges)) if lower_edges[tier] >= window_s]
+    return terms + tuple((late_field(tier, name), -coef) for tier in late for name, coef in terms)
+
+
 def questions(
     rule: Rule,
     version: str,
@@ -100,7 +110,21 @@ def questions(
     fairness: Fairness,
     facts: ModelFacts | None,
 ) -> list[Question]:
-    """The rows of `rule` for one version whose totals hold `groups` (attribute → values)."""
+    """The rows of `rule` for one version whose totals hold `groups` (attribute → values); each
+    counts only the events that arrived while they still belonged to the rule's window."""
+    return [
+        replace(q, bad=timely(q.bad, rule.window_s), total=timely(q.total, rule.window_s))
+        for q in _questions(rule, version, groups, fairness, facts)
+    ]
+
+
+def _questions(
+    rule: Rule,
+    version: str,
+    groups: Mapping[str, frozenset[str]],
+    fairness: Fairness,
+    facts: ModelFacts | None,
+) -> list[Question]:
     published = facts.published_min_accuracy if facts else None
     if rule.compare == "below_published_minimum" and published is None:
         return []

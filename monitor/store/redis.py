@@ -33,6 +33,7 @@ from monitor.aggregates.access import (
     model_key,
 )
 from monitor.aggregates.predictions import (
+    LATE_EDGES_S,
     MINUTE_S,
     Located,
     after_offsets,
@@ -234,6 +235,7 @@ class RedisStore(StoreReads):
             "minute_ttl": self.minute_ttl_s,
             "hour_ttl": self.hour_ttl_s,
             "ttl_s": self.hour_ttl_s,
+            "late_edges": list(LATE_EDGES_S),  # the label join's lateness tiers (aggregates.predictions)
         }
 
     def _totals_expire_at(self) -> int:
@@ -284,7 +286,7 @@ class RedisStore(StoreReads):
         # applied in the same atomic step as the buckets, at most once. The key is declared even
         # without increments: a waiting label matched here is counted in it too.
         totals_key, totals_expire_at = index(k.totals(model_id)), self._totals_expire_at()
-        totals = version_totals(share)
+        totals = version_totals(share, self.clock())
         if totals:
             buckets.append([totals_key, totals_expire_at, _flatten(totals)])
         users: list[list[object]] = []

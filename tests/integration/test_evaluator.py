@@ -197,6 +197,20 @@ def scenarios() -> list[Scenario]:
                 lvl,
             )
         )
+    # The playbook's severe case on one version: 90 % for a week, then 60 % for six hours.
+    out.append(
+        Scenario(
+            "collapse",
+            "m-collapse",
+            [
+                Traffic("1", 5000, NOW - 8 * DAY, NOW - DAY, accuracy=0.90),
+                Traffic("1", 4000, NOW - 6 * HOUR, NOW - 60, accuracy=0.60),
+            ],
+            "accuracy-drop-24h",
+            "CRITICAL",
+            4,
+        )
+    )
     for name, accuracy, rule in (
         ("below-minimum", 0.75, "accuracy-below-minimum"),
         ("above-minimum", 0.81, None),

@@ -35,8 +35,21 @@ def new_store(redis: Redis, *, minute_ttl_s: int = 26 * 3600, hour_ttl_s: int = 
     )
 
 
-async def totals(store: RedisStore) -> dict[str, Counter[str]]:
-    return split_totals(await store.redis.hgetall(store.keys.totals(MODEL)))
+async def totals(store: RedisStore, tier: int | None = None) -> dict[str, Counter[str]]:
+    """Per version, the on-time counters (every event), or with `tier` those counted again under
+    that lateness tier (its "~<tier>|" prefix removed)."""
+    split = split_totals(await store.redis.hgetall(store.keys.totals(MODEL)))
+    head = f"~{tier}|"
+    return {
+        version: Counter(
+            {
+                (k[len(head) :] if tier else k): v
+                for k, v in fields.items()
+                if (k.startswith(head) if tier else not k.startswith("~"))
+            }
+        )
+        for version, fields in split.items()
+    }
 
 
 async def bucket_sums(store: RedisStore, predictions: list[PredictionEvent]) -> dict[str, Counter[str]]:
@@ -164,3 +177,7 @@ async def test_a_label_after_its_buckets_expired_still_counts_in_the_totals(redi
         bucket = await redis.hgetall(store.keys.bucket(MODEL, version, resolution, start))
         assert b"lab" not in bucket  # expired buckets are not re-created (nor counted into)
     assert await redis.expiretime(store.keys.totals(MODEL)) == int(now + 100) + 60 + 3600
+    # Three hours late on arrival, the prediction and its label are also counted under tier 3
+    # ((1 h, 24 h]): a rule watching a shorter window leaves them out.
+    assert (await totals(store, tier=3))[version] == (await totals(store))[version]
+    assert (await totals(store, tier=2)).get(version, Counter()) == Counter()

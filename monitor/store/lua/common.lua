@@ -76,8 +76,14 @@ local function apply_label(share, rec_json, label_json)
   end
   local totals = KEYS[share.totals_key]
   local head = escape(version) .. '|'
+  -- A label is as late as its prediction's minute is old (LATE_EDGES_S, predictions.py).
+  local age, tier = share.now - (minute + 60), 0
+  for i, edge in ipairs(share.late_edges) do
+    if age > edge then tier = i end
+  end
   for _, f in ipairs(fields) do
     redis.call('HINCRBY', totals, head .. f, 1)
+    if tier > 0 then redis.call('HINCRBY', totals, head .. '~' .. tier .. '|' .. f, 1) end
   end
   redis.call('EXPIREAT', totals, string.format('%d', share.totals_expire_at))
 end
