@@ -141,7 +141,7 @@ async def test_fnr_gap_fires_with_enough_labels_and_not_on_thirty(world: World) 
         rng = random.Random(per_group)
         keys = Keys(f"fnr{uuid.uuid4().hex[:8]}")
         store, clock = world.store(keys), [NOW]
-        store.clock = lambda: clock[0]  # ingest on the test's clock: the labels are not a week late
+        store.clock = lambda: NOW  # ingest on the test's clock: the labels are not a week late
         model = f"hiring-{per_group}"
         predictions, labels = [], []
         for sex, fnr in (("F", 0.20), ("M", 0.10)):
