@@ -119,15 +119,50 @@ def _fnr_f(points: float) -> Change:
 
 # rule -> (prefill hours, pre-change set-up, [(label, change)], trials field)
 CASES: dict[str, tuple[int, Change | None, list[tuple[str, Change]], str]] = {
-    "error-rate": (1, None, [("0.4 % → 1.5 %", _error(0.015)), ("0.4 % → 2 %", _error(0.02)), ("0.4 % → 5 %", _error(0.05))], COUNT),
-    "toxic-outputs": (1, None, [("0.02 % → 0.2 % (2× threshold)", _toxic(0.002)), ("0.02 % → 0.5 % (5×)", _toxic(0.005))], COUNT),
-    "accuracy-drop-24h": (8 * 24, None, [("−6 %", _accuracy(0.06)), ("−12 %", _accuracy(0.12)), ("−25 %", _accuracy(0.25))], LABELLED),
-    "accuracy-below-minimum": (24, None, [("0.90 → 0.79 (−12 %, min 0.80)", _accuracy(0.12)), ("0.90 → 0.675 (−25 %)", _accuracy(0.25))], LABELLED),
+    "error-rate": (
+        1,
+        None,
+        [("0.4 % → 1.5 %", _error(0.015)), ("0.4 % → 2 %", _error(0.02)), ("0.4 % → 5 %", _error(0.05))],
+        COUNT,
+    ),
+    "toxic-outputs": (
+        1,
+        None,
+        [("0.02 % → 0.2 % (2× threshold)", _toxic(0.002)), ("0.02 % → 0.5 % (5×)", _toxic(0.005))],
+        COUNT,
+    ),
+    "accuracy-drop-24h": (
+        8 * 24,
+        None,
+        [("−6 %", _accuracy(0.06)), ("−12 %", _accuracy(0.12)), ("−25 %", _accuracy(0.25))],
+        LABELLED,
+    ),
+    "accuracy-below-minimum": (
+        24,
+        None,
+        [("0.90 → 0.79 (−12 %, min 0.80)", _accuracy(0.12)), ("0.90 → 0.675 (−25 %)", _accuracy(0.25))],
+        LABELLED,
+    ),
     "latency-vs-normal": (8 * 24, None, [("p95 × 4", _latency(4.0)), ("p95 × 8", _latency(8.0))], COUNT),
-    "disparate-impact": (1, _favourable_f(0.45), [("DI 0.9 → 0.75", _favourable_f(0.375)), ("DI 0.9 → 0.6", _favourable_f(0.3))], group_field("sex", "F", DECISIONS)),
-    "fnr-gap": (24, None, [("FNR gap 0 → +8 points", _fnr_f(0.08)), ("0 → +15 points", _fnr_f(0.15))], group_field("sex", "F", ACTUAL_POSITIVE)),
-    "group-shift": (8 * 24, None, [("F favourable −15 points", _favourable_f(0.35)), ("−25 points", _favourable_f(0.25))], group_field("sex", "F", DECISIONS)),
-}  # fmt: skip
+    "disparate-impact": (
+        1,
+        _favourable_f(0.45),
+        [("DI 0.9 → 0.75", _favourable_f(0.375)), ("DI 0.9 → 0.6", _favourable_f(0.3))],
+        group_field("sex", "F", DECISIONS),
+    ),
+    "fnr-gap": (
+        24,
+        None,
+        [("FNR gap 0 → +8 points", _fnr_f(0.08)), ("0 → +15 points", _fnr_f(0.15))],
+        group_field("sex", "F", ACTUAL_POSITIVE),
+    ),
+    "group-shift": (
+        8 * 24,
+        None,
+        [("F favourable −15 points", _favourable_f(0.35)), ("−25 points", _favourable_f(0.25))],
+        group_field("sex", "F", DECISIONS),
+    ),
+}
 
 
 def _subset(rule: Rule, layout: Layout) -> np.ndarray:
@@ -286,8 +321,9 @@ def table(results: list[CaseResult], horizon_s: float, reps: int, fleet: int) ->
         )
         if r.detector_top is not None and r.today_top is not None and "−6" not in r.change:
             lines.append(
-                f"| {r.rule_id} **CRITICAL** | {r.change} | {r.rate:g} | {_cell(r.detector_top, horizon_s)} | "
-                f"{_cell(r.today_top, horizon_s)} | {_faster(r.detector_top, r.today_top)} |"
+                f"| {r.rule_id} **CRITICAL** | {r.change} | {r.rate:g} | "
+                f"{_cell(r.detector_top, horizon_s)} | {_cell(r.today_top, horizon_s)} | "
+                f"{_faster(r.detector_top, r.today_top)} |"
             )
     return "\n".join(lines)
 
