@@ -97,6 +97,12 @@ def render_bias_notification(incident: Incident, *, contact: str) -> str:
         kind=kind,
         what_happened=what,
         window=_duration(int(obs["window_s"])),
+        # A detector's incident counts from its change point; a windowed test's over its window.
+        period=(
+            f"since {datetime.fromtimestamp(float(obs['change_at']), UTC):%Y-%m-%d %H:%M} UTC"
+            if "change_at" in obs and obs["metric"] == "disparate_impact"
+            else f"in the past {_duration(int(obs['window_s']))}"
+        ),
         budget=_duration(int(obs.get("false_alarm_every_s", 0)) or 86_400),
         opened=f"{datetime.fromtimestamp(incident.opened_at, UTC):%Y-%m-%d %H:%M:%S} UTC",
         level_name=LEVELS[level].name,

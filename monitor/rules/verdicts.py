@@ -106,8 +106,13 @@ def finding(
             observation.setdefault("unfavourable", int(total - bad) if q.side == "up" else int(bad))
             observation.setdefault("reference_rate", math.nan)
             observation.setdefault("reference_group", "")
-    if "value" not in observation:
-        observation["value"] = natural_value(rule, q, rate, observation)
+    # The value is the detector's estimate since the change (the window's stays as window_value):
+    # a window still holding the healthy past understates a change the detector has seen.
+    if "value" in observation:
+        observation["window_value"] = observation["value"]
+    if total > 0 and rule.metric == "disparate_impact":
+        observation.update(favourable_rate=1.0 - rate, unfavourable=int(bad), decisions=int(total))
+    observation["value"] = natural_value(rule, q, rate, observation) if total > 0 else observation.get("value")
     observation["explanation"] = explain(rule, q, observation, fired)
     return Finding(
         rule.id,
