@@ -58,7 +58,7 @@ from monitor.rules.bias import BIAS_METRICS
 from monitor.rules.detectors import DetectorSet
 from monitor.rules.durations import parse_duration
 from monitor.rules.loader import load_rules
-from monitor.rules.questions import estimated, sequential
+from monitor.rules.questions import sequential
 from monitor.rules.schema import Fairness, ModelFacts, Rule, RuleSet
 
 RULES_PATH = ROOT / "monitor" / "rules" / "default.yaml"
@@ -328,7 +328,7 @@ def run_boundary(
             owner = np.array([ids.index(m) for m in detectors.row_model])
             per_model = len(detectors.rows) // reps
             single = alarm_threshold(
-                budget_s / (2.0 if estimated(rule) else 1.0),
+                budget_s,
                 tick_s,
                 1 << math.ceil(math.log2(per_model)),
                 len(ODDS_RATIOS),

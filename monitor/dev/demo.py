@@ -243,12 +243,18 @@ async def _show_messages(watcher: AIOKafkaConsumer, settings: Settings) -> None:
                 )
             else:
                 obs = body["observation"]
+                test = obs.get("test", {})
+                evidence = (
+                    f"evidence {test['statistic']:.1f} of {test['boundary']:.1f}"
+                    if "statistic" in test
+                    else f"p = {test.get('p_value', float('nan')):.2g}"
+                )
                 print(
                     f"\n=== INCIDENT {body['event'].upper()} {body['id']} {body['severity']} "
                     f"{body['category']}/{body['rule']} on {body['model_id']} {body['model_version'] or ''}\n"
-                    f"    value {obs.get('value'):.4g} vs threshold {obs.get('threshold')}, "
-                    f"{obs.get('samples')} samples, "
-                    f"p = {obs.get('test', {}).get('p_value', float('nan')):.2g}\n"
+                    + (f"    {obs['explanation']}\n" if "explanation" in obs else "")
+                    + f"    value {obs.get('value'):.4g} vs threshold {obs.get('threshold')}, "
+                    f"{obs.get('samples')} samples, {evidence}\n"
                 )
 
 
