@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from monitor.detect.sequential import ODDS_RATIOS, alarm_threshold
 from monitor.rules.detectors import DetectorSet
 from monitor.rules.loader import load_rules
 from monitor.rules.questions import timely
-from monitor.rules.schema import RuleSet
+from monitor.rules.schema import Rule, RuleSet
 from monitor.rules.verdicts import finding
 
 RULES = load_rules(Path(__file__).resolve().parents[2] / "monitor" / "rules" / "default.yaml")
@@ -99,7 +98,11 @@ def test_a_sustained_accuracy_fall_reaches_the_critical_step() -> None:
         d.take({"m": {"1|n": lab, "1|lab": lab, "1|cor": cor}})
         if t == 0:
             current = WindowStats(count=lab, labelled=lab, correct=cor)
-            d.restate("m", "1", lambda rule: current, lambda rule: reference)
+
+            def now_window(rule: Rule, c: WindowStats = current) -> WindowStats:
+                return c
+
+            d.restate("m", "1", now_window, lambda rule: reference)
         d.step(float(t))
         if d.alarmed():
             f = finding(d, "m", rules.rules[0], d.states("m", "accuracy-drop-24h", None), None)
@@ -118,7 +121,8 @@ def test_the_threshold_is_the_rules_budget_over_its_rows() -> None:
 
 def test_groups_found_in_the_totals_get_rows_of_the_bias_rules() -> None:
     d = DetectorSet(only("disparate-impact"), 1.0)
-    fields = Counter({"1|n": 10, "1|g|sex|F|dec": 5, "1|g|sex|M|dec": 5, "1|g|zip3|941|dec": 10})
-    d.absorb({"m": dict(fields)}, 0.0)
+    fields: dict[str | bytes, str | bytes | int] = {"1|n": 10, "1|g|sex|F|dec": 5, "1|g|sex|M|dec": 5}
+    fields["1|g|zip3|941|dec"] = 10
+    d.absorb({"m": fields}, 0.0)
     assert sorted(q.group or "" for q in d.rows) == ["sex=F", "sex=M", "zip3=941"]
     assert all(math.isnan(d.p0(i)) for i in range(len(d.rows)))  # no boundary before a refresh
