@@ -4,6 +4,7 @@ every series."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -273,24 +274,45 @@ class EvaluatorMetrics:
         self._record_impact(report, shown_at)
 
     def _record_impact(self, report: TickReport, shown_at: dict[tuple[str, str, str, int], set[str]]) -> None:
-        """The disparate impact ratios the rules computed; a group not shown by name counts towards
-        `_other`, which holds the lowest ratio of those groups (the one that matters for the 80 % rule)."""
-        lowest_other: dict[tuple[str, str, str, str], float] = {}
-        for finding in report.findings:
-            obs = finding.observation
-            if obs.get("metric") != "disparate_impact" or "group" not in obs:
-                continue
-            window_s = int(obs["window_s"])
-            version = finding.version or ""
-            shown = shown_at.get((finding.model_id, version, obs["attribute"], window_s), set())
-            if obs["group"] in shown:
-                labels = (finding.model_id, version, obs["attribute"], obs["group"], window_label(window_s))
-                self.disparate_impact.labels(*labels).set(obs["value"])
-            else:
-                key = (finding.model_id, version, obs["attribute"], window_label(window_s))
-                lowest_other[key] = min(obs["value"], lowest_other.get(key, float("inf")))
-        for (model_id, version, attr, window), value in lowest_other.items():
-            self.disparate_impact.labels(model_id, version, attr, OTHER_GROUP, window).set(value)
+        """Disparate impact ratios of the windows the disparate-impact rules watch: each group's
+        favourable rate over the reference group's (the declared one, else the most favoured group
+        with enough decisions). A group not shown by name counts towards `_other`, which holds the
+        lowest ratio of those groups (the one that matters for the 80 % rule)."""
+        rules = [r for r in self.rules.rules if r.metric == "disparate_impact"]
+        for (model_id, version), windows in report.windows.items():
+            for rule in rules:
+                stats = windows.window(rule.window_s)
+                for attr, _ in self.rules.fairness.attributes(rule.attributes):
+                    sized = {
+                        n: g for n, g in stats.groups.get(attr, {}).items() if g.decisions >= rule.min_samples
+                    }
+                    declared = (
+                        self.rules.fairness.protected[attr].reference
+                        if attr in self.rules.fairness.protected
+                        else None
+                    )
+                    rates = {n: g.favourable / g.decisions for n, g in sized.items()}
+                    reference = (
+                        declared if declared in rates else max(rates, key=rates.__getitem__, default=None)
+                    )
+                    if reference is None or not rates[reference]:
+                        continue
+                    shown = shown_at.get((model_id, version, attr, rule.window_s), set())
+                    window = window_label(rule.window_s)
+                    lowest_other = math.inf
+                    for name, rate in rates.items():
+                        if name == reference:
+                            continue
+                        if name in shown:
+                            self.disparate_impact.labels(model_id, version, attr, name, window).set(
+                                rate / rates[reference]
+                            )
+                        else:
+                            lowest_other = min(lowest_other, rate / rates[reference])
+                    if math.isfinite(lowest_other):
+                        self.disparate_impact.labels(model_id, version, attr, OTHER_GROUP, window).set(
+                            lowest_other
+                        )
 
 
 class ModelStatsCollector(Collector):

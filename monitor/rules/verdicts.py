@@ -112,7 +112,9 @@ def finding(
         observation["window_value"] = observation["value"]
     if total > 0 and rule.metric == "disparate_impact":
         observation.update(favourable_rate=1.0 - rate, unfavourable=int(bad), decisions=int(total))
-    observation["value"] = natural_value(rule, q, rate, observation) if total > 0 else observation.get("value")
+    observation["value"] = (
+        natural_value(rule, q, rate, observation) if total > 0 else observation.get("value")
+    )
     observation["explanation"] = explain(rule, q, observation, fired)
     return Finding(
         rule.id,

@@ -116,6 +116,7 @@ async def load(world: World, model_id: str, traffic: list[Traffic], keys: Keys |
     """Apply the traffic through the store (as ingest does); into `keys` when given (later offsets)."""
     keys = keys or Keys(f"ev{uuid.uuid4().hex[:8]}")
     store = world.store(keys)
+    store.clock = lambda: NOW  # ingest at the scenarios' now: the last 5 minutes arrive on time
     offset = int(1e9 * time.time()) % 10**15  # after any earlier load's offsets (the replay guard)
     for slice_ in traffic:
         predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
@@ -454,6 +455,7 @@ async def test_recovery_waits_for_the_hold_period(world: World) -> None:
 
 async def load_into(world: World, keys: Keys, model_id: str, traffic: list[Traffic]) -> None:
     store = world.store(keys)
+    store.clock = lambda: NOW + 1200  # the healthy traffic of the next 20 minutes, as it comes
     for slice_ in traffic:
         predictions, _ = slice_.events(model_id, uuid.uuid4().hex[:6])
         await store.apply_predictions("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
