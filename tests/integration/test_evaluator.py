@@ -455,7 +455,7 @@ async def test_recovery_waits_for_the_hold_period(world: World) -> None:
 
 async def load_into(world: World, keys: Keys, model_id: str, traffic: list[Traffic]) -> None:
     store = world.store(keys)
-    store.clock = lambda: NOW + 1200  # the healthy traffic of the next 20 minutes, as it comes
+    store.clock = lambda: NOW  # on time: the next 20 minutes of healthy traffic
     for slice_ in traffic:
         predictions, _ = slice_.events(model_id, uuid.uuid4().hex[:6])
         await store.apply_predictions("predictions-2", [Located(e, 0, j) for j, e in enumerate(predictions)])
