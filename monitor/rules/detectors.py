@@ -34,6 +34,7 @@ from monitor.detect.sequential import Bank, alarm_threshold
 from monitor.rules.questions import (
     UNTESTABLE,
     Boundary,
+    Memo,
     Question,
     estimated,
     estimated_boundary,
@@ -101,6 +102,7 @@ class DetectorSet:
         self._arrays_stale = True
         self.alarm = np.zeros(0, dtype=bool)
         self.inside = np.zeros(0, dtype=bool)
+        self._alarmed: dict[str, set[tuple[str, str | None]]] | None = None  # of `alarm`, by model
         self._p0 = np.zeros(0)
         self._cap = np.zeros(0)
         self._min_events = np.zeros(0)
@@ -138,6 +140,7 @@ class DetectorSet:
             self.bank.update(bad, total, self._p0, self._cap, since, decay)
             self.alarm = self.bank.alarms(self._cap, self._min_events)
             self.inside = self.bank.inside(self._p0)
+            self._alarmed = None
         self.last_tick = now
 
     def _read(self, model_id: str, raw: Mapping[str | bytes, str | bytes | int]) -> None:
@@ -221,6 +224,9 @@ class DetectorSet:
             return
         keep = np.array(rows, dtype=np.int64)
         self.bank.resize(keep, len(rows))
+        stepped = keep[keep < len(self.alarm)]  # the verdicts follow their rows (new rows have none yet)
+        self.alarm, self.inside = self.alarm[stepped], self.inside[stepped]
+        self._alarmed = None
         self.rows = [self.rows[i] for i in rows]
         self.row_model = [self.row_model[i] for i in rows]
         self.boundaries = [self.boundaries[i] for i in rows]
@@ -260,12 +266,16 @@ class DetectorSet:
         their bounds at this set's `delta`; a rule with `min_label_coverage` waits (NaN) while its
         window has fewer labels than that."""
         facts = self.rules.models.get(model_id)
+        memo: Memo = {}  # bounds shared by the rows of one rule (its steps, its groups)
+        baselines: dict[str, WindowStats | None] = {}
         for q in self.version_questions(model_id, version):
             rule = q.rule
             current = current_for(rule)
             if estimated(rule):
+                if rule.id not in baselines:
+                    baselines[rule.id] = baseline_for(rule)
                 boundary = estimated_boundary(
-                    q, current, baseline_for(rule), self.rules.fairness, self.delta(rule)
+                    q, current, baselines[rule.id], self.rules.fairness, self.delta(rule), memo
                 )
             else:
                 boundary = fixed_boundary(q, facts)
@@ -399,11 +409,15 @@ class DetectorSet:
             if i < len(self.alarm)
         ]
 
-    def alarmed(self) -> set[tuple[str, str, str | None]]:
-        """(model, rule, group) of every row in alarm now."""
-        return {
-            (self.row_model[i], self.rows[i].rule.id, self.rows[i].group) for i in np.flatnonzero(self.alarm)
-        }
+    def alarmed_by_model(self) -> dict[str, set[tuple[str, str | None]]]:
+        """model -> (rule, group) of its rows in alarm now (made once per step: the evaluator asks
+        for every model)."""
+        if self._alarmed is None:
+            self._alarmed = {}
+            for i in np.flatnonzero(self.alarm):
+                q = self.rows[i]
+                self._alarmed.setdefault(self.row_model[i], set()).add((q.rule.id, q.group))
+        return self._alarmed
 
     def version_questions(self, model_id: str, version: str) -> list[Question]:
         """Every row of one model version (the evaluator re-states their boundaries)."""
