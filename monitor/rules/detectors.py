@@ -68,6 +68,8 @@ class _Model:
     columns: dict[bytes, int] = field(default_factory=dict)
     groups: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # version -> attr -> values
     pending: dict[str, Array] = field(default_factory=dict)  # restored rows not yet rebuilt
+    order: list[str | bytes] = field(default_factory=list)  # the totals' fields as last read ...
+    cols: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # ... and their columns
 
 
 class _Saved(msgspec.Struct):
@@ -111,11 +113,6 @@ class DetectorSet:
 
     # --- input ------------------------------------------------------------------------------------
 
-    def absorb(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]], now: float) -> None:
-        """One tick: every model's totals hash (as HGETALL returns it), fed to the detectors."""
-        self.take(totals)
-        self.step(now)
-
     def take(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]]) -> None:
         """The first half of a tick: read the totals and create the rows of new versions and
         groups (so their boundaries can be stated, `restate`, before `step` feeds them)."""
@@ -145,17 +142,19 @@ class DetectorSet:
 
     def _read(self, model_id: str, raw: Mapping[str | bytes, str | bytes | int]) -> None:
         model = self.models.setdefault(model_id, _Model())
-        columns = model.columns
-        keys = [k if isinstance(k, bytes) else k.encode() for k in raw]
-        new = [k for k in keys if k not in columns]
-        if new:
-            self._grow(len(new))
-            for key in new:
-                columns[key] = self._next
-                self._next += 1
-                self._note_field(model_id, model, key.decode())
-        cols = [columns[k] for k in keys]
-        self.now[cols] = np.fromiter((float(v) for v in raw.values()), dtype=float, count=len(cols))
+        order = list(raw)
+        if order != model.order:  # else the same fields in the same order: the same columns
+            columns = model.columns
+            keys = [k if isinstance(k, bytes) else k.encode() for k in order]
+            new = [k for k in keys if k not in columns]
+            if new:
+                self._grow(len(new))
+                for key in new:
+                    columns[key] = self._next
+                    self._next += 1
+                    self._note_field(model_id, model, key.decode())
+            model.order, model.cols = order, np.array([columns[k] for k in keys], dtype=np.int64)
+        self.now[model.cols] = np.fromiter(map(float, raw.values()), dtype=float, count=len(order))
 
     _next = 0
 
@@ -307,10 +306,6 @@ class DetectorSet:
         guarantee then holds with that confidence over the baseline's sampling)."""
         return 1.0 - rule.confidence
 
-    def rule_rows(self, rule_id: str) -> int:
-        """How many rows `rule_id` has in the whole set."""
-        return sum(1 for q in self.rows if q.rule.id == rule_id)
-
     def _counts(self, delta: Array) -> tuple[Array, Array]:
         if self._matrices is None or self._matrices[0].shape[1] != max(self._next, 1):
             self._matrices = self._build_matrices()  # new rows, or new fields (a new latency bucket)
@@ -363,7 +358,7 @@ class DetectorSet:
         """The model's detector state and its totals cursor, to restore exactly after a restart."""
         model = self.models.get(model_id, _Model())
         names = list(model.columns)
-        rows = [i for i, m in enumerate(self.row_model) if m == model_id]
+        rows = sorted(i for version in model.groups for i in self.by_version.get((model_id, version), []))
         state = self.bank.rows_state(np.array(rows, dtype=np.int64)) if rows else np.zeros((0, 0))
         saved = _Saved(
             v=STATE_VERSION,

@@ -199,7 +199,11 @@ def estimated_boundary(
     rule's `current` and `baseline` for each), so each bound is computed once, for every group."""
     memo = {} if memo is None else memo
     rule = q.rule
-    t = rule.steps()[q.step].threshold if rule.threshold is not None else math.nan
+    if ("thresholds", rule.id) not in memo:
+        memo[("thresholds", rule.id)] = (
+            [s.threshold for s in rule.steps()] if rule.threshold is not None else []
+        )
+    t = memo[("thresholds", rule.id)][q.step] if rule.threshold is not None else math.nan
     if rule.compare == "relative_drop":
         if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
             return UNTESTABLE
@@ -273,6 +277,29 @@ def _shared_bounds(
     return bounds
 
 
+def _best(
+    memo: Memo,
+    key: tuple[Any, ...],
+    groups: Mapping[str, GroupStats],
+    others: list[str],
+    bounds: Mapping[str, float],
+    own: str | None,
+    every_other: bool,
+    *,
+    highest: bool,
+) -> str:
+    """The first group of `others` with the highest (or lowest) bound. When `others` is every one
+    of `groups` but `own`, it is read off a ranking of `groups` made once (a stable sort keeps the
+    first of equals first, as max and min do)."""
+    if not every_other:
+        return max(others, key=lambda g: bounds[g]) if highest else min(others, key=lambda g: bounds[g])
+    rank_key = ("rank", *key)
+    if rank_key not in memo:
+        memo[rank_key] = sorted(groups, key=lambda g: -bounds[g] if highest else bounds[g])
+    ranked: list[str] = memo[rank_key]
+    return ranked[0] if ranked[0] != own else ranked[1]
+
+
 def _impact(
     q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float, memo: Memo
 ) -> Boundary:
@@ -286,10 +313,9 @@ def _impact(
     if q.value not in sized or not others:
         return UNTESTABLE
     level = delta / len(others)
-    low = _shared_bounds(
-        memo, ("impact", rule.id, q.attribute, level), sized, "favourable", "decisions", level, upper=False
-    )
-    reference = max(others, key=lambda g: low[g])
+    key = ("impact", rule.id, q.attribute, level)
+    low = _shared_bounds(memo, key, sized, "favourable", "decisions", level, upper=False)
+    reference = _best(memo, key, sized, others, low, q.value, declared is None, highest=True)
     ref = sized[reference]
     basis = {
         "reference_group": reference,
@@ -312,16 +338,9 @@ def _fnr(
     if q.value not in sized or not others:
         return UNTESTABLE
     level = delta / len(others)
-    high = _shared_bounds(
-        memo,
-        ("fnr", rule.id, q.attribute, level),
-        sized,
-        "false_negative",
-        "actual_positive",
-        level,
-        upper=True,
-    )
-    reference = min(others, key=lambda g: high[g])
+    key = ("fnr", rule.id, q.attribute, level)
+    high = _shared_bounds(memo, key, sized, "false_negative", "actual_positive", level, upper=True)
+    reference = _best(memo, key, sized, others, high, q.value, declared not in sized, highest=False)
     ref = sized[reference]
     p0 = high[reference] + t
     if p0 >= 1.0:

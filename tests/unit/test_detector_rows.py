@@ -74,8 +74,8 @@ def test_shared_bounds_give_every_row_the_boundary_it_gets_alone(rules: RuleSet,
     alone = [estimated_boundary(q, current, baseline, rules.fairness, delta) for q in rows]
     assert shared == alone
     assert any(math.isfinite(b.p0) for b in shared)
-    if len(rows) > len(rule.steps()):  # a bias rule: one memo entry per attribute, not per row
-        assert len(memo) < len(rows) / 2
+    if len(rows) > len(rule.steps()):  # a bias rule: bounds computed once per attribute (and side)
+        assert len([k for k in memo if k[0] in ("impact", "fnr", "shift")]) <= 2 * len(groups)
 
 
 def test_a_disparate_impact_boundary_is_the_best_other_groups_lower_bound(rules: RuleSet) -> None:
@@ -91,3 +91,34 @@ def test_a_disparate_impact_boundary_is_the_best_other_groups_lower_bound(rules:
     low = stats.beta.ppf(delta, m.favourable, m.decisions - m.favourable + 1)
     assert boundary.p0 == pytest.approx(1.0 - rule.steps()[0].threshold * low, rel=1e-12)
     assert boundary.basis is not None and boundary.basis["reference_group"] == "M"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_each_group_is_compared_with_the_first_best_other_group(rules: RuleSet, tied: bool) -> None:
+    # What max() over the other groups picks, ties to the first in the window's order.
+    rule = rules.by_id("disparate-impact")
+    current = _window(30)
+    if tied:
+        same = GroupStats(decisions=300, favourable=180)
+        current = WindowStats(groups={"zip3": {f"9{i:02d}": same for i in (5, 1, 9, 3)}})
+    groups = {a: frozenset(v) for a, v in current.groups.items()}
+    delta = 1.0 - rule.confidence
+    memo: Memo = {}
+    for q in questions(rule, "1", groups, rules.fairness, None):
+        if q.attribute != "zip3":
+            continue
+        zips = current.groups["zip3"]
+        others = [g for g in zips if g != q.value]
+        d = delta / len(others)
+        low = {
+            g: stats.beta.ppf(d, zips[g].favourable, zips[g].decisions - zips[g].favourable + 1)
+            for g in others
+        }
+        expected = max(others, key=lambda g: low[g])
+        boundary = estimated_boundary(q, current, None, rules.fairness, delta, memo)
+        assert boundary.basis is not None and boundary.basis["reference_group"] == expected
+    if tied:
+        assert (
+            estimated_boundary(q, current, None, rules.fairness, delta, memo).basis["reference_group"]
+            == "905"
+        )
