@@ -604,14 +604,17 @@ async def populate(
 
 BREACHES: dict[str, tuple[int, float | None, dict[str, float] | None]] = {
     # kind -> (extra predictions in the current minute, error rate, favourable rate by sex)
-    "errors": (60, 0.40, None),  # the 5-minute error rate goes from 0.2 % to ~7 % (error-rate HIGH)
+    # A retry storm during a partial outage: 4x the model's normal rate for a minute, 40 % failing.
+    # The error-rate detector needs min_samples (200) events since its change point, so the 60 of
+    # one minute at the normal rate could never open it; 240 take its HIGH step (p0 5 %) past its bar.
+    "errors": (240, 0.40, None),
     "biased": (2_400, None, {"F": 0.0}),  # a burst where no woman is approved (disparate-impact)
 }
 
 
 async def write_breach(redis: Redis, population: Population, share: float = 0.01, seed: int = 7) -> list[str]:
     """Make ~`share` of the models (at least 2) breach, in the current minute only (a reader that
-    caches older minutes sees it at once, as it would see real traffic): half get 60 more requests
+    caches older minutes sees it at once, as it would see real traffic): half get 240 more requests
     of which 40 % fail (error-rate), half a burst of 2,400 decisions in which no woman is approved
     (disparate-impact). The extra events are folded by the ingest code and added with HINCRBY to the
     current minute and hour buckets and to the totals, and with ZADD GT to the users sets, as ingest

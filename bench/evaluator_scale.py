@@ -1,40 +1,52 @@
 """Evaluator scale: how long one evaluation tick takes for N models x 20 groups, all default rules.
 
-Issue: "1,000 models x 20 groups with all default rules. Target: one evaluation tick <= 250 ms, and
-how the tick grows with models (a small table: 10, 100, 1,000)."
+Issue 13: "1,000 models x 20 groups, all default rules, <= 250 ms per tick on one worker; the table for
+10 / 100 / 1,000 / 10,000 models."
 
 Population. For each N a fresh Redis prefix is filled at steady state by `bench/_population.py` (see
 its docstring: bucket hashes are server-side COPYs of template buckets computed with the ingest fold,
-checked field by field against `apply_predictions`/`apply_labels` at start). Every model has version 1;
-every other model also runs version 2 as a 50/50 canary for the last 48 h (so N models = 1.5 N
-versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values (sex 2,
-age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram; two
-output flags; users seen / served sets and the totals hash; per version 60 minute buckets and 360 hour
-buckets (15 days: what the hour TTL keeps, more than the current hour + 335 closed hours the evaluator
-reads for monitor/rules/default.yaml). Model 0 is `credit-scoring` (the one model with a published
-minimum accuracy in monitor/rules/default.yaml).
+checked field by field against `apply_predictions`/`apply_labels` at start; each model's totals hash
+holds every bucket counter of every version since its first event, as ingest writes it). Every model
+has version 1; every other model also runs version 2 as a 50/50 canary for the last 48 h (so N models
+= 1.5 N versions); 60 predictions/min per model (1,000 models = 1,000 predictions/s); 20 group values
+(sex 2, age_band 6, zip3 12); labels joined (50 % of the last hour, 80 % before); latency histogram;
+two output flags; users seen / served sets and the totals hash; per version 60 minute buckets and 360
+hour buckets (15 days). Model 0 is `credit-scoring` (the one model with a published minimum accuracy
+in monitor/rules/default.yaml).
 
-Ticks. A real `Evaluator` (monitor/rules/default.yaml, an in-memory publisher, a temporary evidence dir) ticks
-with an injected event clock stepping 1 s per tick, as in production, and an injected monotonic clock
-for the `WindowReader`'s closed-hour cache (refreshed every 60 s):
-  cold     the first tick: empty cache, every closed hour read (335 per version)
-  warm     >= 5 ticks 1 s apart: 60 minute buckets + the current hour + 4 ZCOUNTs per version
-  refresh  60 s of monotonic time later: the cache expires, so one tick a minute re-reads 335 hours
-  breach   ~1 % of models breach in the current minute (half: 60 more requests, 40 % failing; half: a
+What a tick does (monitor/evaluator.py, monitor/detection.py): every tick reads every model's totals
+hash and steps the sequential detectors (one numpy CUSUM bank over every row of every model); the
+windows (for display, the windowed rules and the boundaries estimated from data) are read only for
+the versions `Detection.due` picks: all of them below 32 versions, else a share of
+2 * versions * tick / window_refresh_s per tick (50 at 1,000 models), the new versions and the
+models with a row in alarm or an open incident.
+
+Ticks. A real `Evaluator` (monitor/rules/default.yaml, an in-memory publisher, a temporary evidence
+dir) ticks with an injected event clock stepping 1 s per tick, as in production, and an injected
+monotonic clock for the `WindowReader`'s closed-hour cache (refreshed every 60 s):
+  cold     the first tick: empty reader cache, every closed hour read (335 per version), and every
+           version new to the detectors (every row created, every version's windows read and its
+           boundaries stated)
+  warm     >= 5 ticks 1 s apart. Before them every version is marked as last read long ago, so each
+           warm tick reads its full share of windows (the most `due` reads in steady state; in a
+           real run the reads spread out and a tick often reads fewer)
+  refresh  60 s of monotonic time later: the reader's caches expire for the versions read
+  breach   ~1 % of models breach in the current minute (half: a retry storm of 240 requests, 4x
+           the model's normal rate for a minute, 40 % failing: the error-rate detector needs its
+           min_samples of 200 events since the change, so 60 requests could never open it; half: a
            burst of 2,400 decisions approving no woman); the tick that opens their incidents
            (evidence files, control messages)
   after    the next tick, with those incidents open
 Everything else is healthy: no incident opens before the breach (checked).
 
 Above --prime-above models (default 300) the cold read would hold every closed hour of every version
-as Python objects while it sums them (the pipeline's replies plus a Counter per hour: peak RSS was
-1.5 GB at 100 models, so ~14 GB at 1,000) on a shared machine, so the cold and refresh ticks are not
-run there: the reader's cache is primed with what a cold read leaves in it, computed from the template
-counters the buckets were copied from (checked equal to a real cold read at the smallest N); the
-warm, breach and after ticks are measured, and cold/refresh are estimated from the per-hour-bucket
-cost measured at the largest N that ran them (or --hour-cost-ms).
+as Python objects while it sums them, so it is given --cold-guard-s and then the reader's cache is
+primed with what a cold read leaves in it, computed from the template counters the buckets were
+copied from (checked equal to a real cold read at the smallest N); the "first" tick after priming is
+still cold for the detectors (every row new, every version read and stated). The cold read itself
+is estimated from the per-hour-bucket cost measured at the largest N that ran it (or --hour-cost-ms).
 
-Each tick is also split into phases by timing wrappers around evaluator/reader/stats functions
+Each tick is also split into phases by timing wrappers around evaluator/detection/reader functions
 (monkeypatched at run time; nothing under monitor/ is edited), and the Redis server's own time for
 HGETALL/ZCOUNT is read from INFO commandstats (shared server: includes other clients' calls).
 
@@ -52,6 +64,7 @@ import functools
 import gc
 import io
 import logging
+import math
 import pstats
 import resource
 import shutil
@@ -91,6 +104,7 @@ from monitor.aggregates.window import (
     WindowStats,  # noqa: E402
 )
 from monitor.cli.base import GC_THRESHOLD  # noqa: E402
+from monitor.detection import REFRESH_ALL_BELOW, Detection  # noqa: E402
 from monitor.evaluator import Evaluator, TickReport  # noqa: E402
 from monitor.events import ControlMessage, IncidentEvent  # noqa: E402
 from monitor.incidents import decide  # noqa: E402
@@ -145,7 +159,17 @@ PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("read.redis", "  of which the pipeline round trip: send, Redis, RESP parsing in redis-py"),
     ("freeze", "Evaluator._freeze_references: HGETALL of the predecessors' frozen references"),
     ("state", "open incidents, control states, command queue (MULTI/EXEC), quiet keys"),
-    ("findings", "Evaluator._model_findings: every rule x model x version (pure Python + scipy)"),
+    ("detect-take", "Detection.take: HGETALL of every model's totals, parsed into the detectors' columns"),
+    ("detect-step", "Detection.step: the CUSUM bank's update (sparse matrices, numpy)"),
+    ("detect-restate", "Detection.refresh: boundaries re-stated from the versions read this tick"),
+    ("detect-due", "Detection.due + wanted: which versions' windows to read this tick"),
+    ("detect-save", "Detection.save_due: the detectors' state written back (every save_s)"),
+    ("windowed", "Evaluator._windowed_tests: how many tests each windowed rule makes"),
+    ("findings", "Evaluator._model_findings: detector findings + windowed rules per model"),
+    (
+        "findings.det",
+        "  of which Detection.findings (sequential rules, built only for rows in alarm or open)",
+    ),
     ("findings.tests", "  of which statistical tests (monitor.stats -> scipy.stats)"),
     ("any.sums", "window sums, wherever they run (VersionWindows.counters / _sum: Counter.update)"),
     ("any.parse", "WindowStats.from_counters, wherever it runs (field names -> stats)"),
@@ -216,6 +240,14 @@ class Phases:
         ):
             self.wrap(owner, name, "state")
         self.wrap(Evaluator, "_model_findings", "findings")
+        self.wrap(Detection, "findings", "findings.det")
+        self.wrap(Detection, "take", "detect-take")
+        self.wrap(Detection, "step", "detect-step")
+        self.wrap(Detection, "refresh", "detect-restate")
+        self.wrap(Detection, "due", "detect-due")
+        self.wrap(Detection, "wanted", "detect-due")
+        self.wrap(Detection, "save_due", "detect-save")
+        self.wrap(Evaluator, "_windowed_tests", "windowed")
         if hasattr(VersionWindows, "counters"):  # newer windows.py: all window sums go through it
             self.wrap(VersionWindows, "counters", "any.sums")
         else:
@@ -282,7 +314,12 @@ class Row:
     populate_s: float
     primed: bool
     cold: Tick | None
+    first: Tick | None  # the first tick after priming the reader (cold for the detectors)
+    rows: int  # detector rows
+    share: int  # versions whose windows each warm tick reads
     warm: list[Tick]
+    steady: list[Tick]  # warm ticks with the window reads spread over the refresh period
+    steady_share: int
     refresh: Tick | None
     breach: Tick
     after: Tick
@@ -347,7 +384,7 @@ async def timed(evaluator: Evaluator, phases: Phases, admin: Redis, guard_s: flo
         started = time.perf_counter()
         try:
             report = await asyncio.wait_for(evaluator.tick(), guard_s)
-        except (TimeoutError, RedisError) as exc:
+        except (TimeoutError, RedisError, LookupError) as exc:  # LookupError: older code, see BENCHMARKS.md
             error = f"{type(exc).__name__}: {exc}" if str(exc) else f"gave up after {guard_s:.0f} s"
         wall = time.perf_counter() - started
     after = await redis_usec(admin)
@@ -403,6 +440,22 @@ def settle(reader: WindowReader, mono: float) -> bool:
     for pair in list(first):
         first[pair] = mono - 1e6
     return True
+
+
+def settle_detection(evaluator: Evaluator, versions: int, now: float, *, spread: bool = False) -> int:
+    """Mark every version's windows as read long ago, so each warm tick reads its full share (the
+    most `Detection.due` reads per tick, catching up after a start); or, with `spread`, as read at
+    times spread evenly over the last refresh period, so that each tick finds versions *
+    tick / refresh_s of them due (the steady state). Returns how many a tick reads."""
+    detection = evaluator.detection
+    pairs = list(detection._read_at)  # noqa: SLF001 (a benchmark may look inside)
+    for i, pair in enumerate(pairs):
+        offset = (i + 0.5) * detection.refresh_s / max(len(pairs), 1)
+        detection._read_at[pair] = now - detection.refresh_s + offset if spread else -1e12  # noqa: SLF001
+    if versions < REFRESH_ALL_BELOW:
+        return versions
+    per_tick = versions * detection.tick_s / detection.refresh_s
+    return max(1, math.ceil(per_tick if spread else 2 * per_tick))
 
 
 def check_primed_equals_cold(reader: WindowReader, population: Population) -> str:
@@ -463,7 +516,7 @@ async def measure(
             print(f"    tick {'refresh' if refresh else ''} {tick.wall_ms:.0f} ms {tick.error}", flush=True)
             return tick
 
-        cold = refresh = None
+        cold = refresh = first = None
         if prime:
             # Does a cold tick get through at all? (Bounded: it is cancelled after cold_guard_s, before
             # the replies of every closed hour pile up in memory.)
@@ -474,8 +527,9 @@ async def measure(
         if prime:
             mono.now += 1.0
             prime_reader(evaluator.reader, population, mono.now)
-            first = await timed(evaluator, phases, admin)  # reads no closed hour: a warm tick
-            print(f"    first tick (primed cache) {first.wall_ms:.0f} ms", flush=True)
+            # Reads no closed hour, but every row and every version is new to the detectors.
+            first = await timed(evaluator, phases, admin)
+            print(f"    first tick (primed cache) {first.wall_ms:.0f} ms {first.error}", flush=True)
             # Estimated as every cached Counter distinct (a real cold read makes each one anew).
             counters = _cached(evaluator.reader)
             cache_mb = sum(counter_bytes(c) for c in counters) / 2**20
@@ -496,12 +550,21 @@ async def measure(
                 "tick shows its cost)",
                 flush=True,
             )
+        share = settle_detection(evaluator, population.pairs, clock.now)
+        print(
+            f"    detectors: {len(evaluator.detection.detectors.rows):,} rows; each warm tick reads the "
+            f"windows of {share} of {population.pairs} versions",
+            flush=True,
+        )
         warm_ticks = [await step() for _ in range(warm)]
+        steady_share = settle_detection(evaluator, population.pairs, clock.now, spread=True)
+        print(f"    steady state: each tick reads the windows of {steady_share} versions", flush=True)
+        steady_ticks = [await step() for _ in range(warm)]
         if profile_out is not None:
             await profile_ticks(evaluator, clock, mono, profile_out, n, phases, profilers)
         if not prime:
             refresh = await step(refresh=True)
-        healthy = [t for t in (cold, *warm_ticks, refresh) if t is not None]
+        healthy = [t for t in (cold, first, *warm_ticks, *steady_ticks, refresh) if t is not None]
         opened_early = [(i.model_id, i.rule) for t in healthy for i in t.report.opened]
         if opened_early:
             print(f"  WARNING: {len(opened_early)} incidents opened on healthy traffic: {opened_early[:10]}")
@@ -525,7 +588,12 @@ async def measure(
             populate_s=population.seconds,
             primed=prime,
             cold=cold,
+            first=first,
+            rows=len(evaluator.detection.detectors.rows),
+            share=share,
             warm=warm_ticks,
+            steady=steady_ticks,
+            steady_share=steady_share,
             refresh=refresh,
             breach=breach,
             after=after,
@@ -664,6 +732,10 @@ async def _pyinstrument_tick(evaluator: Evaluator, clock: Clock, mono: Clock, ou
 # --- report --------------------------------------------------------------------------------------
 
 
+def _median(ticks: list[Tick]) -> float:
+    return statistics.median([t.wall_ms for t in ticks if not t.error] or [float("nan")])
+
+
 def _ms(tick: Tick | None, estimate: float | None = None) -> str:
     if tick is not None and tick.error:
         return "failed" if estimate is None else f"fail/~{estimate:.0f}"
@@ -673,7 +745,12 @@ def _ms(tick: Tick | None, estimate: float | None = None) -> str:
 
 
 def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
-    measured = [r for r in rows if r.cold is not None and r.refresh is not None and not r.refresh.error]
+    # (Only where every version is read every tick does the refresh tick re-read every closed hour.)
+    measured = [
+        r
+        for r in rows
+        if r.cold is not None and r.refresh is not None and not r.refresh.error and r.share == r.pairs
+    ]
     # Cost of one closed hour bucket read (cold/refresh minus warm), per version-hour, at the largest
     # N that ran the cold read: used to estimate cold/refresh where they were not run.
     per_hour_ms = hour_cost_ms
@@ -686,7 +763,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         "(~ = estimated, see notes)"
     )
     head = (
-        f"{'models':>6} {'versions':>8} {'keys':>10} {'cold':>9} {'warm med':>9} {'warm max':>9} "
+        f"{'models':>6} {'versions':>8} {'rows':>8} {'keys':>10} {'cold':>9} {'first':>7} {'read/tick':>9} "
+        f"{'warm med':>9} {'warm max':>9} {'steady':>6} {'med':>5} "
         f"{'refresh':>9} {'breach':>9} {'after':>9} {'opened':>6} {'tests':>6} "
         f"{'redis ms':>8} {'cache MB':>8} {'rss MB':>7}"
     )
@@ -697,27 +775,37 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
             print(f"{r.models:>6} {r.pairs:>8} {r.keys:>10,}  every warm tick failed")
             continue
         warm_med = statistics.median(r.warm_ms)
-        est = None if per_hour_ms is None else warm_med + per_hour_ms * r.pairs * r.closed_hours
+        base = r.first.wall_ms if r.first is not None else warm_med
+        est = None if per_hour_ms is None else base + per_hour_ms * r.pairs * r.closed_hours
         cache = f"{'~' if r.primed else ''}{r.cache_mb:.0f}"
         print(
-            f"{r.models:>6} {r.pairs:>8} {r.keys:>10,} {_ms(r.cold, est):>9} {warm_med:>9.0f} "
-            f"{max(r.warm_ms):>9.0f} {_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} "
+            f"{r.models:>6} {r.pairs:>8} {r.rows:>8,} {r.keys:>10,} {_ms(r.cold, est):>9} "
+            f"{_ms(r.first):>7} {r.share:>9} {warm_med:>9.0f} "
+            f"{max(r.warm_ms):>9.0f} {r.steady_share:>6} {_median(r.steady):>5.0f} "
+            f"{_ms(r.refresh, est):>9} {r.breach.wall_ms:>9.0f} "
             f"{r.after.wall_ms:>9.0f} {r.breach.opened:>6} {r.tests:>6} "
             f"{r.median_warm().redis_total_ms:>8.0f} {cache:>8} {r.rss_mb:>7.0f}"
         )
     print(
-        "  (tests: statistical tests actually run in the last warm tick; redis ms: Redis server time in "
-        "HGETALL + ZCOUNT during the median warm tick, all clients; cache MB: the reader's closed-hour "
-        "cache)"
+        "  (rows: detector rows; first: the first tick after priming the reader's cache, cold for the "
+        "detectors; read/tick: versions whose windows a warm tick reads, catching up; steady, med: the same "
+        "in the steady state, reads spread over the refresh period; tests: windowed statistical "
+        "tests run in the last warm tick; redis ms: Redis server time in HGETALL + ZCOUNT during the "
+        "median warm tick, all clients; cache MB: the reader's closed-hour cache)"
     )
     print(f"\ntarget: one tick <= {TARGET_MS:.0f} ms at 1,000 models")
     for r in rows:
         med = statistics.median(r.warm_ms or [float("nan")])
-        failed = [t for t in (r.cold, *r.warm, r.refresh, r.breach, r.after) if t is not None and t.error]
+        failed = [
+            t
+            for t in (r.cold, r.first, *r.warm, *r.steady, r.refresh, r.breach, r.after)
+            if t is not None and t.error
+        ]
         for t in failed:
             print(f"  N={r.models}: a tick failed after {t.wall_ms:.0f} ms: {t.error}")
         print(
-            f"  N={r.models}: warm ticks {', '.join(f'{ms:.0f}' for ms in r.warm_ms)} ms "
+            f"  N={r.models}: warm ticks {', '.join(f'{ms:.0f}' for ms in r.warm_ms)} ms, steady "
+            f"{', '.join(f'{t.wall_ms:.0f}' for t in r.steady)} ms "
             f"({med / r.models:.1f} ms per model, {med / r.pairs:.1f} ms per version); "
             f"{r.findings} findings of which {r.tests} statistical tests; "
             f"breach: {len(r.breach_models)} models -> "
@@ -733,7 +821,8 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         print(
             f"  a closed hour bucket costs {per_hour_ms * 1000:.0f} µs per version-hour "
             "on a cold/refresh tick "
-            f"({where}); ~ values = warm median + that x versions x closed hours ({rows[-1].closed_hours})"
+            f"({where}); ~ values = the first tick (else the warm median) + that x versions x closed "
+            f"hours ({rows[-1].closed_hours})"
         )
     for r in rows:
         if not r.warm_ms:
@@ -757,7 +846,7 @@ def print_table(rows: list[Row], hour_cost_ms: float | None = None) -> None:
         print(
             f"    {(total - accounted) * 1000:9.0f} ms {100 * (total - accounted) / total:5.1f} %  "
             "rest of tick() "
-            "(mostly the 24 h window of every version for the report)"
+            "(catalog joins, report windows, loops over models)"
         )
         print(
             f"    collections during the tick: gen0 {phases.get('gc.gen0', 0):.0f}, "

@@ -195,7 +195,7 @@ def run_healthy(
     for rule in watched:
         mine = [k for (_, r, _), k in keys.items() if r == rule.id]
         result.keys[rule.id] = len(mine)
-        result.rows[rule.id] = detectors.rule_rows(rule.id)
+        result.rows[rule.id] = sum(q.rule.id == rule.id for q in detectors.rows)
         result.thresholds[rule.id] = detectors.threshold(rule, result.rows[rule.id])
         result.detector[rule.id] = int(det.count[mine].sum())
         result.old[rule.id] = int(old.count[mine].sum())

@@ -128,14 +128,15 @@ class Detection:
             chosen = [p for p in pairs if p in picked]
         for pair in chosen:
             self._read_at[pair] = now
-        for pair in [p for p in self._read_at if p[0] not in {m for m, _ in pairs}]:
+        live = {m for m, _ in pairs}
+        for pair in [p for p in self._read_at if p[0] not in live]:
             del self._read_at[pair]
         return chosen
 
     def wanted(self, open_keys: Mapping[str, Iterable[str]]) -> set[str]:
         """Models with a row in alarm or an open incident of a sequential rule (their windows are
         read for the incident's display and evidence)."""
-        models = {m for m, _, _ in self.detectors.alarmed()}
+        models = set(self.detectors.alarmed_by_model())
         watched = {r.id for r in self.detectors.watched}
         for model_id, keys in open_keys.items():
             if any(k.split("|", 1)[0] in watched for k in keys):
@@ -159,7 +160,7 @@ class Detection:
         alarm, and every one an open incident is about (so it can settle and recover)."""
         keys = set(open_keys)
         found: dict[str, list[Finding]] = {}
-        alarmed = {(r, g) for m, r, g in self.detectors.alarmed() if m == model_id}
+        alarmed = self.detectors.alarmed_by_model().get(model_id, set())
         for rule in self.detectors.watched:
             groups = {g for r, g in alarmed if r == rule.id}
             groups |= {self._group(k) for k in keys if k.split("|", 1)[0] == rule.id}
@@ -186,6 +187,18 @@ class Detection:
         level tick / (2·B·tests), so P(a false alarm within T) ≤ T / (2B) by a union bound."""
         alpha = self.tick_s / (2.0 * rule.false_alarm_every_s * max(tests, 1))
         return rule.model_copy(update={"confidence": max(rule.confidence, 1.0 - alpha)})
+
+
+def windowed_tests(rules: Sequence[Rule], windows: Sequence[VersionWindows]) -> dict[str, int]:
+    """How many tests each windowed rule makes over these versions' windows (its budget is shared
+    among them): one per version, or one per group of a rule over every attribute."""
+    tests: dict[str, int] = {}
+    for rule in rules:
+        if rule.metric not in ("unserved_users", "accuracy_gap"):
+            continue
+        per_group = not (rule.attribute or rule.metric == "unserved_users")
+        tests[rule.id] = sum(max(1, len(w.window(rule.window_s).groups)) if per_group else 1 for w in windows)
+    return tests
 
 
 def is_sequential(rule: Rule) -> bool:

@@ -21,7 +21,7 @@ from monitor.aggregates.access import ACCESS_VERSION
 from monitor.aggregates.window import VersionWindows, WindowStats
 from monitor.catchup import SilenceHold
 from monitor.control import ControlState, Publisher
-from monitor.detection import Detection, Display, is_sequential
+from monitor.detection import Detection, Display, is_sequential, windowed_tests
 from monitor.incidents import decide
 from monitor.incidents.bundle import EvidenceRecorder
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
@@ -103,6 +103,8 @@ class Evaluator:
         )
         # Each version's windows as last read (a large fleet's are read about once a refresh period).
         self._windows: dict[tuple[str, str], VersionWindows] = {}
+        # Superseded versions' frozen references as last read (re-read with the model's windows).
+        self._frozen: dict[tuple[str, str], WindowStats] = {}
 
     async def tick(self) -> TickReport:
         """One evaluation of every rule against every model."""
@@ -117,9 +119,12 @@ class Evaluator:
         open_by_model = await self.incidents.open_incidents(model_ids)
         open_keys = {m: [i.dedup_key for i in incidents] for m, incidents in open_by_model.items()}
         await self.detection.take(model_ids)
-        await self._read_windows(models, access, now, report, self.detection.wanted(open_keys))
+        wanted = self.detection.wanted(open_keys)
+        await self._read_windows(models, access, now, report, wanted)
         self.detection.step(now)
-        await self._read_alarmed(models, now, report)
+        # Models that alarmed in this step, not read: their windows now (for findings and evidence).
+        if alarmed := self.detection.wanted(open_keys) - wanted:
+            await self._read_more([m for m in models if m.model_id in alarmed], now, report)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
         results: list[CommandResult] = []
@@ -174,7 +179,7 @@ class Evaluator:
         due = self.detection.due(pairs, now, wanted)
         windows = await self.reader.read(due + access_pairs, now)
         self.reader.forget(set(pairs + access_pairs))
-        active = set(pairs)
+        active, ids = set(pairs), {m.model_id for m in models}
         self._windows = {p: w for p, w in self._windows.items() if p in active}
         self._windows.update((p, windows[p]) for p in due)
         for model in models:
@@ -185,6 +190,7 @@ class Evaluator:
             if model.last_event_s is not None:
                 report.last_event_s[model.model_id] = model.last_event_s
         report.windows = {p: self._windows[p] for p in pairs if p in self._windows}
+        self._frozen = {p: f for p, f in self._frozen.items() if p[0] in ids}
         await self._freeze_references(models, now)
         for model in models:
             for version, w in model.windows.items():
@@ -192,25 +198,25 @@ class Evaluator:
                     model.model_id, version, w, partial(self._baseline, model=model, version=version)
                 )
 
-    async def _read_alarmed(self, models: list[ModelView], now: float, report: TickReport) -> None:
-        """The windows of versions whose detectors alarmed just now but were not read this tick (a
-        large fleet's): an incident opening on them needs them for its display and evidence."""
-        alarmed = {m for m, _, _ in self.detection.detectors.alarmed()}
-        missing = [
-            (m.model_id, v) for m in models if m.model_id in alarmed for v in m.versions if v not in m.windows
-        ]
-        if not missing:
-            return
-        windows = await self.reader.read(missing, now)
-        by_id = {m.model_id: m for m in models}
-        for (model_id, version), w in windows.items():
-            by_id[model_id].windows[version] = w
-            self._windows[(model_id, version)] = w
-            report.windows[(model_id, version)] = w
+    async def _read_more(self, models: list[ModelView], now: float, report: TickReport) -> None:
+        """The windows of every version of `models`, read after the due ones of this tick."""
+        windows = await self.reader.read([(m.model_id, v) for m in models for v in m.versions], now)
+        self._windows.update(windows)
+        report.windows.update(windows)
+        for model in models:
+            model.windows.update((v, windows[(model.model_id, v)]) for v in model.versions)
+        await self._freeze_references(models, now)
 
     async def _freeze_references(self, models: list[ModelView], now: float) -> None:
-        """Keep each superseded version's reference as it stood when its successor appeared."""
-        wanted = [(m, v) for m in models for v in {p for ps in m.predecessors.values() for p in ps[:1]}]
+        """Keep each superseded version's reference as it stood when its successor appeared (read
+        for the models whose windows were read this tick, the only ones that can re-freeze)."""
+        wanted = []
+        for model in models:
+            for version in {p for ps in model.predecessors.values() for p in ps[:1]}:
+                if model.windows:
+                    wanted.append((model, version))
+                elif (model.model_id, version) in self._frozen:
+                    model.frozen[version] = self._frozen[(model.model_id, version)]
         if not wanted:
             return
         stored = await self.catalog.frozen_references([(m.model_id, v) for m, v in wanted])
@@ -221,6 +227,9 @@ class Evaluator:
                 to_freeze.append((model, version, live, frozen.frozen_at or now))
             elif frozen.stats is not None:
                 model.frozen[version] = frozen.stats
+                self._frozen[(model.model_id, version)] = frozen.stats
+            else:
+                self._frozen.pop((model.model_id, version), None)
         if not to_freeze:
             return
         await self.catalog.freeze(
@@ -231,6 +240,7 @@ class Evaluator:
         )
         for model, version, reference, _ in to_freeze:
             model.frozen[version] = reference
+            self._frozen[(model.model_id, version)] = reference
             log.info("froze the reference of %s %s (a newer version is live)", model.model_id, version)
 
     def _baseline(
@@ -310,17 +320,7 @@ class Evaluator:
 
     def _windowed_tests(self, models: list[ModelView]) -> dict[str, int]:
         """How many tests each windowed rule makes this tick (its budget is shared among them)."""
-        tests: dict[str, int] = {}
-        for rule in self.rules.rules:
-            if rule.metric not in ("unserved_users", "accuracy_gap"):
-                continue
-            count = 0
-            for model in models:
-                for windows in model.windows.values():
-                    groups = windows.window(rule.window_s).groups
-                    count += 1 if rule.attribute or rule.metric == "unserved_users" else max(1, len(groups))
-            tests[rule.id] = count
-        return tests
+        return windowed_tests(self.rules.rules, [w for m in models for w in m.windows.values()])
 
     def _findings(
         self, rule: Rule, model: ModelView, now: float, tests: dict[str, int], *, held: bool

@@ -34,6 +34,7 @@ from monitor.detect.sequential import Bank, alarm_threshold
 from monitor.rules.questions import (
     UNTESTABLE,
     Boundary,
+    Memo,
     Question,
     estimated,
     estimated_boundary,
@@ -67,6 +68,8 @@ class _Model:
     columns: dict[bytes, int] = field(default_factory=dict)
     groups: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # version -> attr -> values
     pending: dict[str, Array] = field(default_factory=dict)  # restored rows not yet rebuilt
+    order: list[str | bytes] = field(default_factory=list)  # the totals' fields as last read ...
+    cols: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # ... and their columns
 
 
 class _Saved(msgspec.Struct):
@@ -101,6 +104,7 @@ class DetectorSet:
         self._arrays_stale = True
         self.alarm = np.zeros(0, dtype=bool)
         self.inside = np.zeros(0, dtype=bool)
+        self._alarmed: dict[str, set[tuple[str, str | None]]] | None = None  # of `alarm`, by model
         self._p0 = np.zeros(0)
         self._cap = np.zeros(0)
         self._min_events = np.zeros(0)
@@ -110,7 +114,7 @@ class DetectorSet:
     # --- input ------------------------------------------------------------------------------------
 
     def absorb(self, totals: Mapping[str, Mapping[str | bytes, str | bytes | int]], now: float) -> None:
-        """One tick: every model's totals hash (as HGETALL returns it), fed to the detectors."""
+        """A whole tick of a fixed boundary set (benchmarks and tests): `take`, then `step`."""
         self.take(totals)
         self.step(now)
 
@@ -138,21 +142,24 @@ class DetectorSet:
             self.bank.update(bad, total, self._p0, self._cap, since, decay)
             self.alarm = self.bank.alarms(self._cap, self._min_events)
             self.inside = self.bank.inside(self._p0)
+            self._alarmed = None
         self.last_tick = now
 
     def _read(self, model_id: str, raw: Mapping[str | bytes, str | bytes | int]) -> None:
         model = self.models.setdefault(model_id, _Model())
-        columns = model.columns
-        keys = [k if isinstance(k, bytes) else k.encode() for k in raw]
-        new = [k for k in keys if k not in columns]
-        if new:
-            self._grow(len(new))
-            for key in new:
-                columns[key] = self._next
-                self._next += 1
-                self._note_field(model_id, model, key.decode())
-        cols = [columns[k] for k in keys]
-        self.now[cols] = np.fromiter((float(v) for v in raw.values()), dtype=float, count=len(cols))
+        order = list(raw)
+        if order != model.order:  # else the same fields in the same order: the same columns
+            columns = model.columns
+            keys = [k if isinstance(k, bytes) else k.encode() for k in order]
+            new = [k for k in keys if k not in columns]
+            if new:
+                self._grow(len(new))
+                for key in new:
+                    columns[key] = self._next
+                    self._next += 1
+                    self._note_field(model_id, model, key.decode())
+            model.order, model.cols = order, np.array([columns[k] for k in keys], dtype=np.int64)
+        self.now[model.cols] = np.fromiter(map(float, raw.values()), dtype=float, count=len(order))
 
     _next = 0
 
@@ -221,6 +228,9 @@ class DetectorSet:
             return
         keep = np.array(rows, dtype=np.int64)
         self.bank.resize(keep, len(rows))
+        stepped = keep[keep < len(self.alarm)]  # the verdicts follow their rows (new rows have none yet)
+        self.alarm, self.inside = self.alarm[stepped], self.inside[stepped]
+        self._alarmed = None
         self.rows = [self.rows[i] for i in rows]
         self.row_model = [self.row_model[i] for i in rows]
         self.boundaries = [self.boundaries[i] for i in rows]
@@ -260,12 +270,16 @@ class DetectorSet:
         their bounds at this set's `delta`; a rule with `min_label_coverage` waits (NaN) while its
         window has fewer labels than that."""
         facts = self.rules.models.get(model_id)
+        memo: Memo = {}  # bounds shared by the rows of one rule (its steps, its groups)
+        baselines: dict[str, WindowStats | None] = {}
         for q in self.version_questions(model_id, version):
             rule = q.rule
             current = current_for(rule)
             if estimated(rule):
+                if rule.id not in baselines:
+                    baselines[rule.id] = baseline_for(rule)
                 boundary = estimated_boundary(
-                    q, current, baseline_for(rule), self.rules.fairness, self.delta(rule)
+                    q, current, baselines[rule.id], self.rules.fairness, self.delta(rule), memo
                 )
             else:
                 boundary = fixed_boundary(q, facts)
@@ -296,10 +310,6 @@ class DetectorSet:
         """The level of the bound an estimated boundary rests on: 1 − the rule's confidence (the
         guarantee then holds with that confidence over the baseline's sampling)."""
         return 1.0 - rule.confidence
-
-    def rule_rows(self, rule_id: str) -> int:
-        """How many rows `rule_id` has in the whole set."""
-        return sum(1 for q in self.rows if q.rule.id == rule_id)
 
     def _counts(self, delta: Array) -> tuple[Array, Array]:
         if self._matrices is None or self._matrices[0].shape[1] != max(self._next, 1):
@@ -353,7 +363,7 @@ class DetectorSet:
         """The model's detector state and its totals cursor, to restore exactly after a restart."""
         model = self.models.get(model_id, _Model())
         names = list(model.columns)
-        rows = [i for i, m in enumerate(self.row_model) if m == model_id]
+        rows = sorted(i for version in model.groups for i in self.by_version.get((model_id, version), []))
         state = self.bank.rows_state(np.array(rows, dtype=np.int64)) if rows else np.zeros((0, 0))
         saved = _Saved(
             v=STATE_VERSION,
@@ -399,11 +409,15 @@ class DetectorSet:
             if i < len(self.alarm)
         ]
 
-    def alarmed(self) -> set[tuple[str, str, str | None]]:
-        """(model, rule, group) of every row in alarm now."""
-        return {
-            (self.row_model[i], self.rows[i].rule.id, self.rows[i].group) for i in np.flatnonzero(self.alarm)
-        }
+    def alarmed_by_model(self) -> dict[str, set[tuple[str, str | None]]]:
+        """model -> (rule, group) of its rows in alarm now (made once per step: the evaluator asks
+        for every model)."""
+        if self._alarmed is None:
+            self._alarmed = {}
+            for i in np.flatnonzero(self.alarm):
+                q = self.rows[i]
+                self._alarmed.setdefault(self.row_model[i], set()).add((q.rule.id, q.group))
+        return self._alarmed
 
     def version_questions(self, model_id: str, version: str) -> list[Question]:
         """Every row of one model version (the evaluator re-states their boundaries)."""

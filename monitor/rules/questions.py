@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -202,41 +203,64 @@ def fixed_boundary(q: Question, facts: ModelFacts | None) -> Boundary:
     return Boundary(threshold)
 
 
+# What one re-statement of a version computed once for all its rows (a rule's ladder steps, a bias
+# rule's groups): the bounds, as vectors over the groups. Valid only while the windows it was
+# computed from are (the caller makes one per version and refresh).
+Memo = dict[tuple[Any, ...], Any]
+
+
 def estimated_boundary(
     q: Question,
     current: WindowStats,
     baseline: WindowStats | None,
     fairness: Fairness,
     delta: float,
+    memo: Memo | None = None,
 ) -> Boundary:
     """The conservative boundary of a row whose rule compares with data: `current` is the rule's
     window of the version now, `baseline` its baseline (reference or a week ago); each bound holds
-    with probability ≥ 1 − delta."""
+    with probability ≥ 1 − delta. Rows of one version re-stated together share `memo` (the same
+    rule's `current` and `baseline` for each), so each bound is computed once, for every group."""
+    memo = {} if memo is None else memo
     rule = q.rule
-    t = rule.steps()[q.step].threshold if rule.threshold is not None else math.nan
+    if ("thresholds", rule.id) not in memo:
+        memo[("thresholds", rule.id)] = (
+            [s.threshold for s in rule.steps()] if rule.threshold is not None else []
+        )
+    t = memo[("thresholds", rule.id)][q.step] if rule.threshold is not None else math.nan
     if rule.compare == "relative_drop":
         if baseline is None or baseline.labelled < rule.min_samples or not baseline.correct:
             return UNTESTABLE
         base = baseline.correct / baseline.labelled
-        low = float(lower_bounds(np.array([baseline.correct]), np.array([baseline.labelled]), delta)[0])
+        key = ("drop", rule.id, delta)
+        if key not in memo:
+            memo[key] = float(
+                lower_bounds(np.array([baseline.correct]), np.array([baseline.labelled]), delta)[0]
+            )
+        low = memo[key]
         return Boundary(1.0 - low * (1.0 - t), basis={"baseline": base, "baseline_bound": low})
     if rule.metric == "latency":  # ratio_above: X = t × an upper bound on the baseline's quantile
         assert rule.quantile is not None
         if baseline is None or baseline.latency_count < rule.min_samples:
             return UNTESTABLE
-        upper_s = quantile_upper_s(baseline.latency, rule.quantile, delta)
-        base_s = baseline.latency_quantile_s(rule.quantile)
+        key = ("latency", rule.id, delta)
+        if key not in memo:
+            memo[key] = (
+                quantile_upper_s(baseline.latency, rule.quantile, delta),
+                baseline.latency_quantile_s(rule.quantile),
+            )
+        upper_s, base_s = memo[key]
         return Boundary(
             1.0 - rule.quantile, cut_s=t * upper_s, basis={"baseline": base_s, "baseline_bound": upper_s}
         )
     assert q.attribute is not None and q.value is not None
     now = current.groups.get(q.attribute, {})
     if rule.metric == "disparate_impact":
-        return _impact(q, now, fairness, t, delta)
+        return _impact(q, now, fairness, t, delta, memo)
     if rule.metric == "fnr_gap":
-        return _fnr(q, now, fairness, t, delta)
+        return _fnr(q, now, fairness, t, delta, memo)
     ref = baseline.groups.get(q.attribute, {}) if baseline else {}
-    return _shift(q, now, ref, t, delta)
+    return _shift(q, now, ref, t, delta, memo)
 
 
 def quantile_upper_s(latency: Mapping[int, int], q: float, delta: float) -> float:
@@ -260,17 +284,62 @@ def _bounds(groups: Mapping[str, GroupStats], k: str, n: str, delta: float, uppe
     return dict(zip(names, (float(b) for b in bounds), strict=True))
 
 
+def _shared_bounds(
+    memo: Memo,
+    key: tuple[Any, ...],
+    groups: Mapping[str, GroupStats],
+    k: str,
+    n: str,
+    delta: float,
+    upper: bool,
+) -> dict[str, float]:
+    """`_bounds` of every group at once, kept in `memo` for the other rows that ask (a bound is a
+    function of its own group's counts and the level alone)."""
+    if key not in memo:
+        memo[key] = _bounds(groups, k, n, delta, upper)
+    bounds: dict[str, float] = memo[key]
+    return bounds
+
+
+def _best(
+    memo: Memo,
+    key: tuple[Any, ...],
+    groups: Mapping[str, GroupStats],
+    others: list[str],
+    bounds: Mapping[str, float],
+    own: str | None,
+    every_other: bool,
+    *,
+    highest: bool,
+) -> str:
+    """The first group of `others` with the highest (or lowest) bound. When `others` is every one
+    of `groups` but `own`, it is read off a ranking of `groups` made once (a stable sort keeps the
+    first of equals first, as max and min do)."""
+    if not every_other:
+        return max(others, key=lambda g: bounds[g]) if highest else min(others, key=lambda g: bounds[g])
+    rank_key = ("rank", *key)
+    if rank_key not in memo:
+        memo[rank_key] = sorted(groups, key=lambda g: -bounds[g] if highest else bounds[g])
+    ranked: list[str] = memo[rank_key]
+    return ranked[0] if ranked[0] != own else ranked[1]
+
+
 def _impact(
-    q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float
+    q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float, memo: Memo
 ) -> Boundary:
     rule = q.rule
-    sized = {g: s for g, s in now.items() if s.decisions >= rule.min_samples}
+    sized_key = ("impact-sized", rule.id, q.attribute)
+    if sized_key not in memo:
+        memo[sized_key] = {g: s for g, s in now.items() if s.decisions >= rule.min_samples}
+    sized: dict[str, GroupStats] = memo[sized_key]
     declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
     others = [g for g in sized if g != q.value and (declared is None or g == declared)]
     if q.value not in sized or not others:
         return UNTESTABLE
-    low = _bounds({g: sized[g] for g in others}, "favourable", "decisions", delta / len(others), upper=False)
-    reference = max(others, key=lambda g: low[g])
+    level = delta / len(others)
+    key = ("impact", rule.id, q.attribute, level)
+    low = _shared_bounds(memo, key, sized, "favourable", "decisions", level, upper=False)
+    reference = _best(memo, key, sized, others, low, q.value, declared is None, highest=True)
     ref = sized[reference]
     basis = {
         "reference_group": reference,
@@ -280,17 +349,22 @@ def _impact(
     return Boundary(1.0 - t * low[reference], basis=basis)
 
 
-def _fnr(q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float) -> Boundary:
+def _fnr(
+    q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float, memo: Memo
+) -> Boundary:
     rule = q.rule
-    sized = {g: s for g, s in now.items() if s.actual_positive >= rule.min_samples}
+    sized_key = ("fnr-sized", rule.id, q.attribute)
+    if sized_key not in memo:
+        memo[sized_key] = {g: s for g, s in now.items() if s.actual_positive >= rule.min_samples}
+    sized: dict[str, GroupStats] = memo[sized_key]
     declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
     others = [g for g in sized if g != q.value and (declared not in sized or g == declared)]
     if q.value not in sized or not others:
         return UNTESTABLE
-    high = _bounds(
-        {g: sized[g] for g in others}, "false_negative", "actual_positive", delta / len(others), upper=True
-    )
-    reference = min(others, key=lambda g: high[g])
+    level = delta / len(others)
+    key = ("fnr", rule.id, q.attribute, level)
+    high = _shared_bounds(memo, key, sized, "false_negative", "actual_positive", level, upper=True)
+    reference = _best(memo, key, sized, others, high, q.value, declared not in sized, highest=False)
     ref = sized[reference]
     p0 = high[reference] + t
     if p0 >= 1.0:
@@ -303,27 +377,61 @@ def _fnr(q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: floa
     return Boundary(p0, basis=basis)
 
 
-def _shift(
-    q: Question, now: Mapping[str, GroupStats], ref: Mapping[str, GroupStats], t: float, delta: float
-) -> Boundary:
-    rule = q.rule
+# Per group of a shift: (own reference bound, others now bound, others in the reference bound,
+# others' favourable and decisions now, and in the reference).
+_ShiftParts = dict[str, tuple[float, float, float, int, int, int, int]]
+
+
+def _shift_parts(
+    rule: Rule, now: Mapping[str, GroupStats], ref: Mapping[str, GroupStats], up: bool, delta: float
+) -> _ShiftParts:
+    """The three bounds of every group's shift boundary, each a vector over the groups: the group's
+    own reference, and the other groups' pooled rates now and in the reference (pooled = all
+    groups minus the group itself)."""
     names = [
         g
         for g, s in now.items()
         if s.decisions >= rule.min_samples and ref.get(g, GroupStats()).decisions >= rule.min_samples
     ]
-    if q.value not in names or len(names) < 2:
-        return UNTESTABLE
-    g = ref[q.value]
-    others_now = [now[o] for o in names if o != q.value]
-    others_ref = [ref[o] for o in names if o != q.value]
-    k_now, n_now = sum(o.favourable for o in others_now), sum(o.decisions for o in others_now)
-    k_ref, n_ref = sum(o.favourable for o in others_ref), sum(o.decisions for o in others_ref)
+    if len(names) < 2:
+        return {}
     d = delta / 3.0  # three bounds: the group's reference, the others now and in the reference
+    ref_k = [ref[g].favourable for g in names]
+    ref_n = [ref[g].decisions for g in names]
+    now_k = [now[g].favourable for g in names]
+    now_n = [now[g].decisions for g in names]
+    k_now = [sum(now_k) - k for k in now_k]
+    n_now = [sum(now_n) - n for n in now_n]
+    k_ref = [sum(ref_k) - k for k in ref_k]
+    n_ref = [sum(ref_n) - n for n in ref_n]
+    towards, away = (upper_bounds, lower_bounds) if up else (lower_bounds, upper_bounds)
+    own = towards(np.array(ref_k, dtype=float), np.array(ref_n, dtype=float), d)
+    o_now = towards(np.array(k_now, dtype=float), np.array(n_now, dtype=float), d)
+    o_ref = away(np.array(k_ref, dtype=float), np.array(n_ref, dtype=float), d)
+    return {
+        g: (float(own[i]), float(o_now[i]), float(o_ref[i]), k_now[i], n_now[i], k_ref[i], n_ref[i])
+        for i, g in enumerate(names)
+    }
+
+
+def _shift(
+    q: Question,
+    now: Mapping[str, GroupStats],
+    ref: Mapping[str, GroupStats],
+    t: float,
+    delta: float,
+    memo: Memo,
+) -> Boundary:
+    rule = q.rule
     up = q.side == "up"
-    own = (upper_bounds if up else lower_bounds)(np.array([g.favourable]), np.array([g.decisions]), d)[0]
-    o_now = (upper_bounds if up else lower_bounds)(np.array([k_now]), np.array([n_now]), d)[0]
-    o_ref = (lower_bounds if up else upper_bounds)(np.array([k_ref]), np.array([n_ref]), d)[0]
+    key = ("shift", rule.id, q.attribute, up, delta)
+    if key not in memo:
+        memo[key] = _shift_parts(rule, now, ref, up, delta)
+    parts: _ShiftParts = memo[key]
+    if q.value not in parts:
+        return UNTESTABLE
+    own, o_now, o_ref, k_now, n_now, k_ref, n_ref = parts[q.value]
+    g = ref[q.value]
     favourable = own + (o_now - o_ref) + (t if up else -t)
     basis = {
         "reference_rate": g.favourable / g.decisions,

@@ -12,8 +12,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 
 from monitor.aggregates.predictions import Located
@@ -569,3 +571,27 @@ async def test_detector_state_is_restored_exactly_after_a_restart(world: World) 
     assert steady is not None and resumed == steady
     assert resumed_stats == pytest.approx(steady_stats)
     assert steady_stats[0] > 0  # the evidence really carried over from tick to tick
+
+
+async def test_a_model_that_alarms_between_its_window_reads_opens_with_its_windows(world: World) -> None:
+    """In a fleet of 40 versions a tick reads the windows of a few versions only; a model whose
+    detector alarms on a tick its windows were not due still opens its incident with them (the
+    finding shows the window and the evidence quotes it)."""
+    keys = Keys(f"ev{uuid.uuid4().hex[:8]}")
+    for m in range(40):
+        await load(world, f"fleet-{m}", [Traffic("1", 250, NOW - 200, NOW - 20)], keys)
+    clock = [NOW]
+    ev = world.evaluator(keys, lambda: clock[0])
+    first = await ev.tick()
+    assert first.opened == [] and len(first.windows) == 40  # every version is new: all read
+    await load(world, "fleet-7", [Traffic("1", 300, NOW - 19, NOW - 1, error_rate=0.4)], keys)
+    clock[0] = NOW + 1
+    # Every version was read a second ago: none is due for a minute, nothing is in alarm yet.
+    report = await ev.tick()
+    (incident,) = [i for i in report.opened if i.rule == "error-rate"]
+    assert incident.model_id == "fleet-7"
+    assert ("fleet-7", "1") in report.windows
+    finding = next(f for f in report.findings if f.rule_id == "error-rate" and f.fired)
+    assert finding.observation["value"] == pytest.approx(120 / 550)  # the 5-minute window's rate
+    window = orjson.loads((Path(incident.evidence_ref) / "window.json").read_bytes())
+    assert window["stats"]["count"] == 550 and window["stats"]["errors"] == 120

@@ -50,7 +50,7 @@ def test_a_five_percent_error_rate_fires_the_base_step_and_its_own_step() -> Non
     for t in range(60):
         n, err = n + 100, err + 8  # 8 % for a minute at 100 requests a second
         d.absorb({"m": {"1|n": n, "1|err": err}}, float(t))
-        if fired_at is None and d.alarmed():
+        if fired_at is None and d.alarmed_by_model():
             fired_at = t
     states = d.states("m", "error-rate", None)
     f = finding(d, "m", RULES.by_id("error-rate"), states, None)
@@ -70,7 +70,7 @@ def test_late_tiers_older_than_the_window_are_left_out() -> None:
     d = DetectorSet(only("error-rate"), 1.0)  # a 5-minute rule: anything over 5 minutes late is out
     d.absorb({"m": {"1|n": 1000, "1|err": 500, "1|~4|n": 1000, "1|~4|err": 500}}, 0.0)
     i = row(d, "error-rate|1||0|up")
-    assert d.bank.recent_total[i] == 0 and not d.alarmed()
+    assert d.bank.recent_total[i] == 0 and not d.alarmed_by_model()
 
 
 def test_state_and_cursor_round_trip_exactly() -> None:
@@ -104,7 +104,7 @@ def test_a_sustained_accuracy_fall_reaches_the_critical_step() -> None:
 
             d.restate("m", "1", now_window, lambda rule: reference)
         d.step(float(t))
-        if d.alarmed():
+        if d.alarmed_by_model():
             f = finding(d, "m", rules.rules[0], d.states("m", "accuracy-drop-24h", None), None)
             severity = f.severity
             if severity == "CRITICAL":
@@ -115,7 +115,7 @@ def test_a_sustained_accuracy_fall_reaches_the_critical_step() -> None:
 def test_the_threshold_is_the_rules_budget_over_its_rows() -> None:
     d = DetectorSet(only("error-rate"), 1.0)
     d.absorb({f"m{i}": {"1|n": 10, "1|err": 0} for i in range(5)}, 0.0)
-    assert d.rule_rows("error-rate") == 15  # 5 models × 3 steps, counted as 16
+    assert sum(q.rule.id == "error-rate" for q in d.rows) == 15  # 5 models × 3 steps, counted as 16
     assert d.cap(0) == pytest.approx(alarm_threshold(90 * 86_400, 1.0, 16, len(ODDS_RATIOS)))
 
 

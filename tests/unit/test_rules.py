@@ -70,7 +70,7 @@ EXPECTED_DEFAULTS: dict[str, dict[str, Any]] = {
         level=4,
         min_samples=500,
         auto_recover=False,
-        inhibited_by=("downtime",),
+        inhibited_by=("downtime", "accuracy-drop-24h"),
     ),
     "accuracy-below-minimum": dict(
         metric="accuracy",
