@@ -6,13 +6,14 @@ evidence directory (the defaults otherwise: 1 s evaluation interval, 0.1 s batch
 
   1. warm traffic: 190 successful predictions, as one JSON-array message; wait until the worker
      has aggregated them (the model's `events` counter in Redis). The `error-rate` rule (5 min
-     window, > 1 %, at least 200 requests, one-sided binomial test at 0.99) cannot fire yet: too
-     few requests. It is the rule one burst crosses fastest: a rate rule with no baseline, no
-     labels and no groups, whose window holds the burst the moment it is aggregated.
+     window, > 1 %, decided by a sequential detector that needs 200 requests since the change it
+     fires on) cannot fire on them. It is the rule one burst crosses fastest: a rate rule with no
+     baseline, no labels and no groups, whose detector sees the burst the tick it is aggregated.
   2. a random pause of 0-1 s, so the burst lands at a random phase of the evaluator's timer;
-  3. the breach: 10 errored predictions with `ts` = now, as one message. The last of them makes
-     the 200th request (10 errors in 200: 5 %, p ≈ 4e-5 against 1 %), so its `ts` is when the
-     threshold was crossed;
+  3. the breach: 200 errored predictions with `ts` = now, as one message (a failure storm). The
+     detector's run starts with them, the last makes its 200th request, and 200 failures against
+     a 1 % boundary are far more evidence than its bar needs, so the last `ts` is when the rule
+     could first fire;
   4. wait for the model's control message (key = model_id) on the control topic.
 
 latency = arrival wall time of the control message - `ts` of the breaching event. Each trial is
@@ -63,8 +64,8 @@ from monitor.store.keys import Keys  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402
 
 TARGET_P99_S = 1.5
-WARM_EVENTS = 190  # below error-rate's min_samples (200): the rule cannot fire on these
-BREACH_EVENTS = 10  # all errors; the last one is the 200th request
+WARM_EVENTS = 190  # healthy: the detector cannot fire on these
+BREACH_EVENTS = 200  # all errors: error-rate's min_samples since the change, in one message
 TRIAL_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 90.0
 POLL_S = 0.01
