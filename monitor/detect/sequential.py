@@ -76,6 +76,10 @@ class Bank:
     total: Array = field(default_factory=lambda: np.zeros((0, len(ODDS_RATIOS))))  # n since the start
     recent_bad: Array = field(default_factory=lambda: np.zeros(0))  # exponentially weighted k, D
     recent_total: Array = field(default_factory=lambda: np.zeros(0))  # exponentially weighted n, D
+    # Events that came while the row had no boundary (its baseline not in yet), aged like the
+    # recent rate: fed to the row once it has one, so they are not lost to it.
+    waiting_bad: Array = field(default_factory=lambda: np.zeros(0))
+    waiting_total: Array = field(default_factory=lambda: np.zeros(0))
 
     @property
     def size(self) -> int:
@@ -90,13 +94,34 @@ class Bank:
     def resize(self, keep: npt.NDArray[np.int64], size: int) -> None:
         """Rebuild the bank with `size` rows: row i takes old row keep[i] (−1: a new, empty detector).
         Rows the caller no longer names are dropped."""
-        old = (self.stat, self.start, self.bad, self.total, self.recent_bad, self.recent_total)
+        old = self._arrays()
         fresh = [np.zeros((size, *a.shape[1:])) for a in old]
         taken = keep[:size] >= 0
         for new, previous in zip(fresh, old, strict=True):
             if taken.any():
                 new[np.flatnonzero(taken)] = previous[keep[:size][taken]]
-        self.stat, self.start, self.bad, self.total, self.recent_bad, self.recent_total = fresh
+        (
+            self.stat,
+            self.start,
+            self.bad,
+            self.total,
+            self.recent_bad,
+            self.recent_total,
+            self.waiting_bad,
+            self.waiting_total,
+        ) = fresh
+
+    def _arrays(self) -> tuple[Array, ...]:
+        return (
+            self.stat,
+            self.start,
+            self.bad,
+            self.total,
+            self.recent_bad,
+            self.recent_total,
+            self.waiting_bad,
+            self.waiting_total,
+        )
 
     def update(
         self, bad: Array, total: Array, p0: Array, cap: Array, since: float, decay: Array | None = None
@@ -105,13 +130,23 @@ class Bank:
         statistics capped at `cap` (each row's alarm threshold). A row whose boundary is NaN (no
         baseline yet) or has no events learns nothing and keeps its state. `since` is when the
         tick's events began (the previous tick), recorded as the start of any run beginning now.
-        `decay` (per row, e^(−tick/window)) ages the recent rate first (1: no ageing)."""
+        `decay` (per row, e^(−tick/window)) ages the recent rate first (1: no ageing). A row with
+        no boundary keeps its events waiting (aged the same way) and is fed them once it has one."""
         if decay is not None:
-            self.recent_bad *= decay
-            self.recent_total *= decay
+            for a in (self.recent_bad, self.recent_total, self.waiting_bad, self.waiting_total):
+                a *= decay
         self.recent_bad += bad
         self.recent_total += total
-        live = (total > 0) & np.isfinite(p0)
+        stated = np.isfinite(p0)
+        self.waiting_bad += np.where(stated, 0.0, bad)
+        self.waiting_total += np.where(stated, 0.0, total)
+        ready = stated & (self.waiting_total > 0)
+        if ready.any():  # a boundary at last: the events that waited for it count now
+            bad = bad + np.where(ready, self.waiting_bad, 0.0)
+            total = total + np.where(ready, self.waiting_total, 0.0)
+            self.waiting_bad[ready] = 0.0
+            self.waiting_total[ready] = 0.0
+        live = (total > 0) & stated
         if not live.any():
             return
         rows = np.flatnonzero(live)
@@ -177,18 +212,25 @@ class Bank:
             float(self.total[d, j]),
         )
 
+    @property
+    def state_width(self) -> int:
+        """Numbers per row in `rows_state`: 4 per alternative and 4 more."""
+        return 4 * self.width + 4
+
     def rows_state(self, rows: npt.NDArray[np.int64]) -> Array:
-        """The state of `rows` as one array (rows × (4K + 2)), for persistence."""
+        """The state of `rows` as one array (rows × state_width), for persistence."""
         parts = [a[rows] for a in (self.stat, self.start, self.bad, self.total)]
-        parts += [self.recent_bad[rows][:, None], self.recent_total[rows][:, None]]
+        parts += [a[rows][:, None] for a in self._arrays()[4:]]
         return np.concatenate(parts, axis=1)
 
     def load_rows(self, rows: npt.NDArray[np.int64], state: Array) -> None:
         """Restore `rows` from `rows_state` output (a width that does not match is refused)."""
         k = self.width
-        if state.shape != (len(rows), 4 * k + 2):
-            raise ValueError(f"detector state of shape {state.shape}, expected ({len(rows)}, {4 * k + 2})")
+        if state.shape != (len(rows), self.state_width):
+            raise ValueError(
+                f"detector state of shape {state.shape}, expected ({len(rows)}, {self.state_width})"
+            )
         for i, a in enumerate((self.stat, self.start, self.bad, self.total)):
             a[rows] = state[:, i * k : (i + 1) * k]
-        self.recent_bad[rows] = state[:, 4 * k]
-        self.recent_total[rows] = state[:, 4 * k + 1]
+        for i, a in enumerate(self._arrays()[4:]):
+            a[rows] = state[:, 4 * k + i]

@@ -47,7 +47,7 @@ from monitor.text import text
 
 Array = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: rows keep the events that waited for their boundary
 _GROUP = "g" + SEP
 
 
@@ -384,7 +384,7 @@ class DetectorSet:
         if saved.v != STATE_VERSION:
             return
         model = self.models.setdefault(model_id, _Model())
-        width = 4 * self.bank.width + 2
+        width = self.bank.state_width
         state = np.frombuffer(saved.state, dtype=np.float64)
         if state.size != len(saved.rows) * width:
             return

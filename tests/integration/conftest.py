@@ -74,9 +74,10 @@ class World:
     rules: RuleSet
     evidence: Path
 
-    def store(self, keys: Keys) -> RedisStore:
-        """The agents' write path under `keys`, with hour buckets kept long enough for a week's baseline."""
-        return RedisStore(self.redis, keys, minute_ttl_s=26 * HOUR, hour_ttl_s=15 * DAY)
+    def store(self, keys: Keys, **options: Any) -> RedisStore:
+        """The agents' write path under `keys`, with hour buckets kept long enough for a week's
+        baseline; `options` go to RedisStore as they are."""
+        return RedisStore(self.redis, keys, **{"minute_ttl_s": 26 * HOUR, "hour_ttl_s": 15 * DAY, **options})
 
     def evaluator(
         self, keys: Keys, clock: Callable[[], float], rules: RuleSet | None = None, **options: Any

@@ -117,8 +117,11 @@ class Scenario:
 async def load(world: World, model_id: str, traffic: list[Traffic], keys: Keys | None = None) -> Keys:
     """Apply the traffic through the store (as ingest does); into `keys` when given (later offsets)."""
     keys = keys or Keys(f"ev{uuid.uuid4().hex[:8]}")
-    store = world.store(keys)
-    store.clock = lambda: NOW  # ingest at the scenarios' now: the last 5 minutes arrive on time
+    # Ingest at the scenarios' now (the last 5 minutes arrive on time, however long after the
+    # module was imported this runs), with join records kept long enough for two-week-old
+    # predictions' labels (their expiry is counted from that clock).
+    store = world.store(keys, label_join_ttl_s=30 * DAY)
+    store.clock = lambda: NOW
     offset = int(1e9 * time.time()) % 10**15  # after any earlier load's offsets (the replay guard)
     for slice_ in traffic:
         predictions, labels = slice_.events(model_id, uuid.uuid4().hex[:6])
@@ -592,6 +595,6 @@ async def test_a_model_that_alarms_between_its_window_reads_opens_with_its_windo
     assert incident.model_id == "fleet-7"
     assert ("fleet-7", "1") in report.windows
     finding = next(f for f in report.findings if f.rule_id == "error-rate" and f.fired)
-    assert finding.observation["value"] == pytest.approx(120 / 550)  # the 5-minute window's rate
+    assert finding.observation["window_value"] == pytest.approx(120 / 550)  # the 5-minute window's rate
     window = orjson.loads((Path(incident.evidence_ref) / "window.json").read_bytes())
     assert window["stats"]["count"] == 550 and window["stats"]["errors"] == 120

@@ -150,7 +150,11 @@ def test_min_events_guard_and_nan_boundaries() -> None:
     bank.update(np.array([10.0, 10.0]), np.array([10.0, 10.0]), np.array([0.01, np.nan]), cap, 0.0)
     assert bank.alarms(cap, np.array([0.0, 0.0])).tolist() == [True, False]
     assert bank.alarms(cap, np.array([200.0, 200.0])).tolist() == [False, False]
-    assert bank.quiet().tolist() == [False, True]  # the NaN row learned nothing
+    assert bank.quiet().tolist() == [False, True]  # the NaN row learned nothing yet
+    assert bank.waiting_total.tolist() == [0.0, 10.0]  # its events wait for its boundary
+    bank.update(np.zeros(2), np.zeros(2), np.array([0.01, 0.01]), cap, 1.0)  # a boundary at last
+    assert bank.total[1, 0] == 10.0 and bank.bad[1, 0] == 10.0 and bank.waiting_total[1] == 0.0
+    assert bank.alarms(cap, np.array([0.0, 0.0])).tolist() == [True, True]
 
 
 def test_resize_keeps_named_rows_and_state_round_trips() -> None:
