@@ -164,7 +164,7 @@ PHASES: list[tuple[str, str]] = [  # (label, what it covers)
     ("detect-restate", "Detection.refresh: boundaries re-stated from the versions read this tick"),
     ("detect-due", "Detection.due + wanted: which versions' windows to read this tick"),
     ("detect-save", "Detection.save_due: the detectors' state written back (every save_s)"),
-    ("windowed", "Evaluator._windowed_tests: how many tests each windowed rule makes"),
+    ("windowed", "Detection.windowed_rules: each windowed rule at its share of the budget"),
     ("findings", "Evaluator._model_findings: detector findings + windowed rules per model"),
     (
         "findings.det",
@@ -247,7 +247,7 @@ class Phases:
         self.wrap(Detection, "due", "detect-due")
         self.wrap(Detection, "wanted", "detect-due")
         self.wrap(Detection, "save_due", "detect-save")
-        self.wrap(Evaluator, "_windowed_tests", "windowed")
+        self.wrap(Detection, "windowed_rules", "windowed")
         if hasattr(VersionWindows, "counters"):  # newer windows.py: all window sums go through it
             self.wrap(VersionWindows, "counters", "any.sums")
         else:

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from monitor.aggregates.window import VersionWindows, WindowStats
 from monitor.rules.detectors import DetectorSet, RowState
 from monitor.rules.evaluate import Finding
-from monitor.rules.questions import sequential
+from monitor.rules.questions import WINDOWED_METRICS
 from monitor.rules.schema import Rule, RuleSet
 from monitor.rules.verdicts import finding
 from monitor.store.keys import Keys
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 REFRESH_ALL_BELOW = 32
 STATE_TTL_S = 8 * 86_400  # as long as a quiet model's totals are kept
 Pair = tuple[str, str]
+About = tuple[str, str | None]  # what an open incident is about: (rule, group)
 Display = Callable[[Rule, str, str | None], Mapping[str, object] | None]
 
 
@@ -133,13 +134,14 @@ class Detection:
             del self._read_at[pair]
         return chosen
 
-    def wanted(self, open_keys: Mapping[str, Iterable[str]]) -> set[str]:
+    def wanted(self, open_about: Mapping[str, Iterable[About]]) -> set[str]:
         """Models with a row in alarm or an open incident of a sequential rule (their windows are
-        read for the incident's display and evidence)."""
+        read for the incident's display and evidence); `open_about` holds each model's open
+        incidents as (rule, group)."""
         models = set(self.detectors.alarmed_by_model())
         watched = {r.id for r in self.detectors.watched}
-        for model_id, keys in open_keys.items():
-            if any(k.split("|", 1)[0] in watched for k in keys):
+        for model_id, about in open_about.items():
+            if any(rule_id in watched for rule_id, _ in about):
                 models.add(model_id)
         return models
 
@@ -154,39 +156,37 @@ class Detection:
         self.detectors.restate(model_id, version, lambda rule: windows.window(rule.window_s), baseline_for)
 
     def findings(
-        self, model_id: str, versions: Sequence[str], open_keys: Iterable[str], display: Display
+        self, model_id: str, versions: Sequence[str], open_about: Iterable[About], display: Display
     ) -> dict[str, list[Finding]]:
         """Findings of the sequential rules for one model: every (version, group) with a row in
         alarm, and every one an open incident is about (so it can settle and recover)."""
-        keys = set(open_keys)
+        about = self.detectors.alarmed_by_model().get(model_id, set()) | set(open_about)
+        facts = self.rules.models.get(model_id)
         found: dict[str, list[Finding]] = {}
-        alarmed = self.detectors.alarmed_by_model().get(model_id, set())
         for rule in self.detectors.watched:
-            groups = {g for r, g in alarmed if r == rule.id}
-            groups |= {self._group(k) for k in keys if k.split("|", 1)[0] == rule.id}
-            for group in sorted(groups, key=lambda g: g or ""):
+            for group in sorted((g for r, g in about if r == rule.id), key=lambda g: g or ""):
                 by_version: dict[str, list[RowState]] = {}
                 for state in self.detectors.states(model_id, rule.id, group):
                     by_version.setdefault(state.question.version, []).append(state)
                 for version, states in by_version.items():
-                    if version not in versions:
-                        continue
-                    facts = self.rules.models.get(model_id)
-                    found.setdefault(rule.id, []).append(
-                        finding(self.detectors, model_id, rule, states, facts, display(rule, version, group))
-                    )
+                    if version in versions:
+                        shown = display(rule, version, group)
+                        found.setdefault(rule.id, []).append(
+                            finding(self.detectors, model_id, rule, states, facts, shown)
+                        )
         return found
 
-    @staticmethod
-    def _group(dedup_key: str) -> str | None:
-        group = dedup_key.split("|", 1)[1] if "|" in dedup_key else ""
-        return group or None
-
-    def windowed(self, rule: Rule, tests: int) -> Rule:
-        """A windowed rule at its share of the false-alarm budget: each of its `tests` per tick at
-        level tick / (2·B·tests), so P(a false alarm within T) ≤ T / (2B) by a union bound."""
-        alpha = self.tick_s / (2.0 * rule.false_alarm_every_s * max(tests, 1))
-        return rule.model_copy(update={"confidence": max(rule.confidence, 1.0 - alpha)})
+    def windowed_rules(self, windows: Sequence[VersionWindows]) -> dict[str, Rule]:
+        """Each windowed rule (not `test: none`) at its share of the false-alarm budget for the
+        tests it makes this tick on `windows`: each at level tick / (2·B·tests), so P(a false
+        alarm within T) ≤ T / (2B) by a union bound."""
+        tests = windowed_tests(self.rules.rules, windows)
+        shared = {}
+        for rule in self.rules.rules:
+            if rule.id in tests and rule.test != "none":
+                alpha = self.tick_s / (2.0 * rule.false_alarm_every_s * max(tests[rule.id], 1))
+                shared[rule.id] = rule.model_copy(update={"confidence": max(rule.confidence, 1.0 - alpha)})
+        return shared
 
 
 def windowed_tests(rules: Sequence[Rule], windows: Sequence[VersionWindows]) -> dict[str, int]:
@@ -194,13 +194,8 @@ def windowed_tests(rules: Sequence[Rule], windows: Sequence[VersionWindows]) -> 
     among them): one per version, or one per group of a rule over every attribute."""
     tests: dict[str, int] = {}
     for rule in rules:
-        if rule.metric not in ("unserved_users", "accuracy_gap"):
+        if rule.metric not in WINDOWED_METRICS:
             continue
         per_group = not (rule.attribute or rule.metric == "unserved_users")
         tests[rule.id] = sum(max(1, len(w.window(rule.window_s).groups)) if per_group else 1 for w in windows)
     return tests
-
-
-def is_sequential(rule: Rule) -> bool:
-    """Whether the detectors decide `rule` (re-exported for the evaluator)."""
-    return sequential(rule)

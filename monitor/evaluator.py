@@ -1,10 +1,9 @@
 """The evaluator: once per interval on the Faust leader, rules → incidents → escalation → control.
 
-One tick reads (every model's windows in a few pipelined round trips, its open incidents, control
-state, quiet periods and people's commands), evaluates each rule per active version, lets
-`incidents.decide` decide (false discoveries, transitions, level, control message), then saves,
-writes evidence (`incidents.bundle`) and publishes. Nothing here decides anything on its own.
-"""
+One tick reads (every model's totals for its detectors, monitor.detection; the windows due; open
+incidents, control state, quiet periods, people's commands), turns alarms, open incidents and the
+windowed rules into findings, lets `incidents.decide` decide, then saves, writes evidence
+(`incidents.bundle`) and publishes. Nothing here decides anything on its own."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from monitor.aggregates.access import ACCESS_VERSION
 from monitor.aggregates.window import VersionWindows, WindowStats
 from monitor.catchup import SilenceHold
 from monitor.control import ControlState, Publisher
-from monitor.detection import Detection, Display, is_sequential, windowed_tests
+from monitor.detection import About, Detection, Display
 from monitor.incidents import decide
 from monitor.incidents.bundle import EvidenceRecorder
 from monitor.incidents.commands import Command, CommandQueue, CommandResult
@@ -31,6 +30,7 @@ from monitor.incidents.store import IncidentStore
 from monitor.rules.bias import evaluate_bias
 from monitor.rules.evaluate import Finding, evaluate, evaluate_silence
 from monitor.rules.kinds import BIAS_METRICS, LABEL_METRICS, SECURITY_METRICS
+from monitor.rules.questions import sequential
 from monitor.rules.schema import Rule, RuleSet
 from monitor.rules.security import evaluate_security
 from monitor.store.catalog import ModelCatalog, ModelView
@@ -117,13 +117,13 @@ class Evaluator:
         models, access = await self.catalog.models(now)
         model_ids = [m.model_id for m in models]
         open_by_model = await self.incidents.open_incidents(model_ids)
-        open_keys = {m: [i.dedup_key for i in incidents] for m, incidents in open_by_model.items()}
+        open_about = {m: {(i.rule, i.group) for i in incidents} for m, incidents in open_by_model.items()}
         await self.detection.take(model_ids)
-        wanted = self.detection.wanted(open_keys)
+        wanted = self.detection.wanted(open_about)
         await self._read_windows(models, access, now, report, wanted)
         self.detection.step(now)
         # Models that alarmed in this step, not read: their windows now (for findings and evidence).
-        if alarmed := self.detection.wanted(open_keys) - wanted:
+        if alarmed := self.detection.wanted(open_about) - wanted:
             await self._read_more([m for m in models if m.model_id in alarmed], now, report)
         states = await self.incidents.control_states(model_ids)
         commands = await self.commands.take(model_ids)
@@ -135,12 +135,12 @@ class Evaluator:
         quiet = await self.incidents.quiet(model_ids)
         # Every finding of every model first, so the false-discovery rate is controlled over the
         # whole tick; then act on them model by model.
-        tests = self._windowed_tests(models)
+        windowed = self.detection.windowed_rules([w for m in models for w in m.windows.values()])
         findings = decide.control_false_discoveries(
             self.rules.rules,
             {
                 m.model_id: self._model_findings(
-                    m, now, open_keys[m.model_id], tests, held=report.silence_held
+                    m, now, open_about[m.model_id], windowed, held=report.silence_held
                 )
                 for m in models
             },
@@ -288,43 +288,46 @@ class Evaluator:
         return results
 
     def _model_findings(
-        self, model: ModelView, now: float, open_keys: list[str], tests: dict[str, int], *, held: bool
+        self, model: ModelView, now: float, open_about: set[About], windowed: dict[str, Rule], *, held: bool
     ) -> dict[str, list[Finding]]:
-        found = self.detection.findings(model.model_id, model.versions, open_keys, self._display(model))
+        found = self.detection.findings(model.model_id, model.versions, open_about, self._display(model))
         for rule in self.rules.rules:
-            if not is_sequential(rule):
-                found[rule.id] = self._findings(rule, model, now, tests, held=held)
+            if not sequential(rule):
+                found[rule.id] = self._findings(windowed.get(rule.id, rule), model, now, held=held)
         return found
 
     def _display(self, model: ModelView) -> Display:
         """What today's window says of a sequential finding (its value and groups, for people)."""
 
+        # One probe of a rule's window per version, whichever of its groups are shown.
+        probed: dict[tuple[str, str], dict[str | None, dict[str, object]]] = {}
+
         def display(rule: Rule, version: str, group: str | None) -> dict[str, object] | None:
             windows = self._windows.get((model.model_id, version))
             if windows is None:
                 return None
-            baseline = self._baseline(rule, model=model, version=version, windows=windows)
-            if rule.metric in BIAS_METRICS:
-                shown = evaluate_bias(
-                    rule, model.model_id, version, windows, baseline=baseline, fairness=self.rules.fairness
-                )
-            else:
-                facts = self.rules.models.get(model.model_id)
-                shown = evaluate(rule, model.model_id, version, windows, baseline=baseline, facts=facts)
-            for f in shown:
-                if f.group == group:
-                    return {k: v for k, v in f.observation.items() if k != "test"}
-            return None
+            if (rule.id, version) not in probed:
+                baseline = self._baseline(rule, model=model, version=version, windows=windows)
+                if rule.metric in BIAS_METRICS:
+                    shown = evaluate_bias(
+                        rule,
+                        model.model_id,
+                        version,
+                        windows,
+                        baseline=baseline,
+                        fairness=self.rules.fairness,
+                    )
+                else:
+                    facts = self.rules.models.get(model.model_id)
+                    shown = evaluate(rule, model.model_id, version, windows, baseline=baseline, facts=facts)
+                probed[(rule.id, version)] = {
+                    f.group: {k: v for k, v in f.observation.items() if k != "test"} for f in shown
+                }
+            return probed[(rule.id, version)].get(group)
 
         return display
 
-    def _windowed_tests(self, models: list[ModelView]) -> dict[str, int]:
-        """How many tests each windowed rule makes this tick (its budget is shared among them)."""
-        return windowed_tests(self.rules.rules, [w for m in models for w in m.windows.values()])
-
-    def _findings(
-        self, rule: Rule, model: ModelView, now: float, tests: dict[str, int], *, held: bool
-    ) -> list[Finding]:
+    def _findings(self, rule: Rule, model: ModelView, now: float, *, held: bool) -> list[Finding]:
         if rule.compare == "silence":
             if held:
                 return []  # behind on the input: silence says nothing yet (monitor.rules.catchup)
@@ -336,8 +339,6 @@ class Evaluator:
             return evaluate_security(rule, model.model_id, model.access, baseline=model.access.reference())
         facts = self.rules.models.get(model.model_id)
         found: list[Finding] = []
-        if rule.id in tests and rule.test != "none":
-            rule = self.detection.windowed(rule, tests[rule.id])
         for version in model.windows:  # the versions whose windows were read this tick
             windows, baseline = model.windows[version], self._baseline(rule, model=model, version=version)
             if rule.metric in BIAS_METRICS:

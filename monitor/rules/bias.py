@@ -2,9 +2,9 @@
 
 Each declared attribute (protected, or a possible proxy) is tested group by group against a
 reference group: the one declared in the rules file, else the most favoured one in the window (for
-false-negative rates, the group with the lowest rate). Every test yields a p-value; the evaluator
-then controls the false-discovery rate over all groups of all models (Benjamini–Hochberg), so a
-thousand fair groups do not produce a steady trickle of false accusations.
+false-negative rates, the group with the lowest rate). The sequential detectors decide these rules
+(monitor.rules.detectors); these probes give an incident its window's figures, and decide a rule
+only with `test: none` (then, with `fdr`, Benjamini–Hochberg over every group of the tick).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Every rate rule goes through the same steps: enough samples or no finding at all
 per ladder step (the base threshold first); the strongest significant step sets severity and level.
 A finding also says whether the point estimate is back inside the base threshold, which is what
 auto-recovery (hysteresis) counts. Each rate metric's probe is in `PROBES`, keyed by the metric's
-name (its row in monitor.rules.kinds says it is evaluated here).
+name (its row in monitor.rules.kinds says it is evaluated here). The sequential detectors decide
+the rules of monitor.rules.questions.SEQUENTIAL_METRICS; for them these probes only give an
+incident its window's figures (and decide with `test: none`).
 """
 
 from __future__ import annotations

@@ -14,10 +14,8 @@ the form "the rate of bad events exceeds p0":
 | false-negative-rate gap above t | false negatives, of actual positives | reference upper bound + t |
 | group shift beyond t | favourable (up) or unfavourable (down) | own reference ± others' shift ± t |
 
-A boundary that comes from data (a baseline, another group) is made conservative with one-sided
-exact bounds at level `delta`, a share of the false-alarm budget (monitor.rules.detectors), so that
-"the truth sits on the threshold" still means "the detector's null holds" with that probability.
-"""
+A boundary that comes from data (a baseline, another group) rests on one-sided exact bounds at
+level `delta` (1 − the rule's confidence, monitor.rules.detectors): conservative with that chance."""
 
 from __future__ import annotations
 
@@ -46,12 +44,16 @@ from monitor.aggregates.predictions import (
 )
 from monitor.aggregates.window import GroupStats, WindowStats
 from monitor.detect.intervals import lower_bounds, upper_bounds
+from monitor.rules.kinds import RATE_METRICS
 from monitor.rules.schema import Fairness, ModelFacts, Rule
 
 # Decided by detectors; every other rate metric is a windowed test at a share of the budget.
 SEQUENTIAL_METRICS = frozenset(
     {"error_rate", "flag_rate", "accuracy", "latency", "disparate_impact", "fnr_gap", "group_shift"}
 )
+# The other rate metrics are not event streams (users, a gap between the best and worst group):
+# a windowed test at a share of the budget (monitor.detection.windowed_tests).
+WINDOWED_METRICS = RATE_METRICS - SEQUENTIAL_METRICS
 Terms = tuple[tuple[str, float], ...]  # a linear combination of totals fields (without the version)
 
 
@@ -324,14 +326,20 @@ def _best(
     return ranked[0] if ranked[0] != own else ranked[1]
 
 
+def _sized(memo: Memo, q: Question, now: Mapping[str, GroupStats], samples: str) -> dict[str, GroupStats]:
+    """The groups of q's attribute with the rule's minimum of `samples` (once per rule and attribute)."""
+    key = ("sized", q.rule.id, q.attribute, samples)
+    if key not in memo:
+        memo[key] = {g: s for g, s in now.items() if getattr(s, samples) >= q.rule.min_samples}
+    sized: dict[str, GroupStats] = memo[key]
+    return sized
+
+
 def _impact(
     q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float, memo: Memo
 ) -> Boundary:
     rule = q.rule
-    sized_key = ("impact-sized", rule.id, q.attribute)
-    if sized_key not in memo:
-        memo[sized_key] = {g: s for g, s in now.items() if s.decisions >= rule.min_samples}
-    sized: dict[str, GroupStats] = memo[sized_key]
+    sized = _sized(memo, q, now, "decisions")
     declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
     others = [g for g in sized if g != q.value and (declared is None or g == declared)]
     if q.value not in sized or not others:
@@ -353,10 +361,7 @@ def _fnr(
     q: Question, now: Mapping[str, GroupStats], fairness: Fairness, t: float, delta: float, memo: Memo
 ) -> Boundary:
     rule = q.rule
-    sized_key = ("fnr-sized", rule.id, q.attribute)
-    if sized_key not in memo:
-        memo[sized_key] = {g: s for g, s in now.items() if s.actual_positive >= rule.min_samples}
-    sized: dict[str, GroupStats] = memo[sized_key]
+    sized = _sized(memo, q, now, "actual_positive")
     declared = fairness.protected[q.attribute].reference if q.attribute in fairness.protected else None
     others = [g for g in sized if g != q.value and (declared not in sized or g == declared)]
     if q.value not in sized or not others:
