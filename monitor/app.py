@@ -33,6 +33,7 @@ from monitor.events import (
 )
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
+from monitor.incidents.reconcile import ControlReconciler, TopicControlReader
 from monitor.incidents.store import IncidentStore
 from monitor.metrics import CatchUpMetrics, IngestMetrics, NotificationMetrics
 from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
@@ -159,6 +160,12 @@ class Monitor:
             self.rules,
             max_groups=settings.metrics_max_groups,
             evaluating=lambda: self.evaluating,
+        )
+        # Control seq never goes back: after a Redis restart the control topic is the record.
+        self.reconciler = ControlReconciler(
+            self.redis,
+            IncidentStore(self.redis, Keys(settings.key_prefix)),
+            TopicControlReader(settings.kafka_bootstrap, settings.topics.control),
         )
         self._publisher_started = False
         self.app = self._build_app()
@@ -298,6 +305,7 @@ class Monitor:
             if not self._publisher_started:
                 await self.publisher.start()
                 self._publisher_started = True
+            await self.reconciler.check()
             report = await self.evaluator.tick()
         except (*TRANSIENT, KafkaError) as exc:
             m.tick_errors.inc()

@@ -209,3 +209,87 @@ async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
         if own.process is not None and own.process.poll() is None:
             own.process.terminate()
             own.process.wait(10)
+
+
+async def control_messages(settings: Settings) -> list[dict[str, object]]:
+    """Every message on the control topic, in order."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topics.control,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
+    await consumer.start()
+    try:
+        found = []
+        while batch := await consumer.getmany(timeout_ms=1500):
+            found.extend(orjson.loads(r.value) for records in batch.values() for r in records)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_control_seq_never_goes_back_when_redis_loses_the_write(
+    services: tuple[str, str], tmp_path: Path
+) -> None:
+    """Redis loses the control message it staged (and the incident, and the burst's counts): the
+    evaluator takes the seq from the control topic, and the burst, read again, changes nothing."""
+    own = OwnRedis(tmp_path)
+    own.start()
+    await own.wait_up()
+    settings = unique_settings(services[0], own.url, redis_retry_max_s=1)
+    keys = Keys(settings.key_prefix)
+    await ensure_topics(settings)
+    redis = Redis.from_url(own.url)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await worker.wait_ready()
+        healthy = traffic(300, time.time())
+        await producer.send_and_wait(settings.topics.predictions, orjson.dumps(healthy), partition=0)
+        await wait_for_total(redis, keys, len(healthy))
+        await asyncio.sleep(1.5)  # fsynced: what a crash keeps
+        kept = own.incremental_aof().stat().st_size
+        await open_an_incident(settings, redis, keys)
+
+        async def published() -> bool:
+            return await redis.hget(keys.control("crash-err"), "last") is not None
+
+        await eventually(published, timeout_s=20)
+        assert [m["seq"] for m in await control_messages(settings)] == [1]
+        own.kill()
+        os.truncate(own.incremental_aof(), kept)  # the crash takes the burst, the incident and seq 1
+        own.start()
+        await own.wait_up()
+        await redis.aclose()
+        redis = Redis.from_url(own.url)
+        assert await redis.hget(keys.control("crash-err"), "seq") is None
+        # The partition's next batch finds the gap and reads the burst again.
+        await producer.send_and_wait(
+            settings.topics.predictions, orjson.dumps(traffic(10, time.time())), partition=0
+        )
+
+        async def reconciled() -> bool:
+            seq = await redis.hget(keys.control("crash-err"), "seq")
+            return seq is not None and "taking the topic's" in worker.log_tail(500)
+
+        await eventually(reconciled, timeout_s=30)
+        await eventually(lambda: redis.hlen(keys.open_incidents("crash-err")), timeout_s=30)
+        await asyncio.sleep(3)  # a message reusing seq 1 would be out by now
+        seqs = [m["seq"] for m in await control_messages(settings)]
+        assert len(seqs) == len(set(seqs)), f"a control seq was used twice: {seqs}"
+        state = await redis.hgetall(keys.control("crash-err"))
+        assert int(state[b"seq"]) == max(seqs) and int(state[b"level"]) == 4
+        print(f"\ncontrol seqs on the topic across the crash: {seqs}; Redis took seq {int(state[b'seq'])}")
+    finally:
+        await producer.stop()
+        worker.stop()
+        await redis.aclose()
+        if own.process is not None and own.process.poll() is None:
+            own.process.terminate()
+            own.process.wait(10)

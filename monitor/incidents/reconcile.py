@@ -1,0 +1,89 @@
+"""Control `seq` that never goes back: after Redis restarts, the `control` topic is the record.
+
+A model's control messages carry a `seq` that gateways use to drop stale or repeated messages. The
+evaluator keeps the last one in Redis (`Keys.control`). If Redis lost its last writes (a crash of
+its machine, with the append-only file fsynced once a second), a message already on the topic may
+be missing there, and the next one would reuse its `seq`: every gateway would drop it as a repeat.
+
+So whenever the evaluator finds Redis restarted (its `run_id` changed, or at the evaluator's first
+tick), it reads each model's newest message from the compacted `control` topic and raises the
+model's `seq`, level and last message in Redis to it where Redis is behind. Redis is never lowered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from monitor.events import ControlMessage
+from monitor.incidents.store import IncidentStore
+
+log = logging.getLogger(__name__)
+
+LatestControl = Callable[[], Awaitable[dict[str, ControlMessage]]]
+
+
+class ControlReconciler:
+    """Raises Redis's control state to the control topic's, once per Redis start."""
+
+    def __init__(self, redis: Redis, store: IncidentStore, latest: LatestControl) -> None:
+        self.redis = redis
+        self.store = store
+        self.latest = latest
+        self.run_id: str | None = None  # of the Redis last reconciled with
+
+    async def check(self) -> list[str]:
+        """Reconcile if Redis is not the one last reconciled with; the models whose state was raised."""
+        info = await self.redis.info("server")
+        run_id = str(info.get("run_id", ""))
+        if run_id == self.run_id:
+            return []
+        raised = await self.reconcile(await self.latest())
+        self.run_id = run_id
+        return raised
+
+    async def reconcile(self, latest: dict[str, ControlMessage]) -> list[str]:
+        """Raise each model's control state in Redis to its newest message on the topic."""
+        if not latest:
+            return []
+        states = await self.store.control_states(sorted(latest))
+        raised = []
+        for model_id, message in sorted(latest.items()):
+            state = states[model_id]
+            if message.seq <= state.seq:
+                continue
+            log.warning(
+                "control: %s is at seq %d in Redis but seq %d (level %d) on the control topic: Redis lost "
+                "its last writes; taking the topic's",
+                model_id,
+                state.seq,
+                message.seq,
+                message.level,
+            )
+            await self.store.stage_control(message)
+            await self.store.control_published(message)
+            raised.append(model_id)
+        return raised
+
+
+class TopicControlReader:
+    """Each model's newest control message: the topic read from its start to its end, as a gateway
+    reads it (`GatewayClient`, no group, nothing committed)."""
+
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.timeout_s = timeout_s
+
+    async def __call__(self) -> dict[str, ControlMessage]:
+        """model_id -> the message with the highest seq on the topic."""
+        from monitor.clients.gateway import GatewayClient
+
+        async with GatewayClient(self.bootstrap, self.topic) as client:
+            await client.wait_caught_up(self.timeout_s)
+            return client.models()
+
+
+__all__ = ["ControlReconciler", "TopicControlReader"]
