@@ -101,7 +101,7 @@ class ModelList(msgspec.Struct):
     """Models with any state, by id; `next` is the `after` of the next page, null on the last page."""
 
     models: list[ModelSummary]
-    next: str | None = None
+    next: str | None
 
 
 class ModelDetail(msgspec.Struct, kw_only=True):

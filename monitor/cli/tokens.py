@@ -47,7 +47,9 @@ def tokens_add(g: Globals, principal: str, role: Role, file: Path | None, as_jso
     digest = hash_token(token)
     line = entry_line(principal, role, digest)
     if not PRINCIPAL.fullmatch(principal):
-        raise click.BadParameter("1-64 letters, digits or . _ @ + -, starting with a letter or digit")
+        raise click.BadParameter(
+            "1-64 letters, digits or . _ @ + -, starting with a letter or digit", param_hint="PRINCIPAL"
+        )
     file = file or g.settings().api_tokens_file
     if file is not None:
         append_entry(file, line)
