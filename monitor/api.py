@@ -189,10 +189,10 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def api_tokens(settings: Settings) -> Tokens:
+def api_tokens(settings: Settings, *, warn_legacy: bool = True) -> Tokens:
     """The tokens the settings configure (file, MONITOR_API_TOKENS, the deprecated MONITOR_API_TOKEN)."""
     legacy = settings.api_token.get_secret_value() if settings.api_token else None
-    return Tokens(settings.api_tokens_file, settings.api_tokens, legacy)
+    return Tokens(settings.api_tokens_file, settings.api_tokens, legacy, warn_legacy=warn_legacy)
 
 
 def open_reads(settings: Settings, tokens: Tokens) -> bool:

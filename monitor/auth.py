@@ -241,17 +241,25 @@ class Tokens:
     To revoke every token of the file, empty its `tokens` list.
     """
 
-    def __init__(self, file: Path | None = None, env: str | None = None, legacy: str | None = None) -> None:
+    def __init__(
+        self,
+        file: Path | None = None,
+        env: str | None = None,
+        legacy: str | None = None,
+        *,
+        warn_legacy: bool = True,
+    ) -> None:
         self.file = file
         self.fixed = TokenTable()
         if env:
             self.fixed = self.fixed.merged(parse_env(env))
-        if legacy:
+        if legacy and warn_legacy:
             log.warning(
                 "MONITOR_API_TOKEN is deprecated: it is an admin principal named %r; give each person "
                 "a token of their own in MONITOR_API_TOKENS_FILE (`monitor tokens add`)",
                 LEGACY_PRINCIPAL,
             )
+        if legacy:
             self.fixed = self.fixed.merged(legacy_table(legacy))
         self.reloads = 0
         self.reload_failures = 0

@@ -260,3 +260,21 @@ def test_the_models_query() -> None:
     assert parse_query(MultiDict(), ModelQuery).limit == 1000
     with pytest.raises(Refused, match=r"unknown query parameter `page` \(allowed: limit, after\)"):
         parse_query(MultiDict([("page", "2")]), ModelQuery)
+
+
+def test_a_wrong_tokens_file_stops_the_worker_before_it_connects(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens:\n  - {{principal: a, role: viewer, sha256: {DIGEST}}}\n  - {{principal: b}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MONITOR_")}
+    env.update(
+        MONITOR_API_TOKENS_FILE=str(path),
+        MONITOR_KAFKA_BOOTSTRAP="127.0.0.1:9",  # nothing listens: the check must come first
+        MONITOR_REDIS_URL="redis://127.0.0.1:9/0",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (1, f"monitor: {path}: token 2 (line 3): `role` is missing\n")
