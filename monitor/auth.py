@@ -269,7 +269,10 @@ class Tokens:
             signature = _signature(file)
             if signature is None:
                 raise TokenFileError(f"{file}: no such tokens file (MONITOR_API_TOKENS_FILE)")
-            self._load(file, signature)
+            try:
+                self._load(file, signature)
+            except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8
+                raise TokenFileError(f"{file}: cannot read the tokens file ({exc})") from None
 
     @property
     def configured(self) -> bool:

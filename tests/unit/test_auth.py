@@ -151,9 +151,12 @@ def test_one_token_in_two_sources_is_refused(tmp_path: Path) -> None:
         Tokens(path, legacy=ALICE)
 
 
-def test_a_missing_file_is_refused_at_start(tmp_path: Path) -> None:
+def test_a_missing_or_unreadable_file_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(TokenFileError, match="no such tokens file"):
         Tokens(tmp_path / "absent.yaml")
+    (tmp_path / "dir.yaml").mkdir()  # what a bind mount of a missing host file leaves
+    with pytest.raises(TokenFileError, match="cannot read the tokens file"):
+        Tokens(tmp_path / "dir.yaml")
 
 
 # ---------------------------------------------------------------- authentication and roles
