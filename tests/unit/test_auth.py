@@ -236,10 +236,11 @@ def test_a_same_size_rewrite_in_the_same_second_is_seen(tmp_path: Path) -> None:
     tokens = Tokens(path)
     stat = path.stat()
     replacement = tmp_path / "new.yaml"
-    tokens_file(replacement, ("alice", "admin", ALICE))  # same size: only the role changed length...
+    tokens_file(replacement, ("bobby", "viewer", ALICE))  # the token handed over: the same size...
     os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...and the same mtime
-    os.replace(replacement, path)  # an atomic replace: a new inode
-    assert tokens.authenticate(f"Bearer {ALICE}").role == "admin"
+    assert replacement.stat().st_size == stat.st_size
+    os.replace(replacement, path)  # an atomic replace: only the inode differs
+    assert tokens.authenticate(f"Bearer {ALICE}").name == "bobby"
 
 
 # ---------------------------------------------------------------- reads, and the /models query
