@@ -19,7 +19,7 @@ from monitor.agents.ingest import BatchIngestor, RawMessage
 from monitor.agents.lag import AppliedTracker
 from monitor.agents.recovery import KafkaRangeReader, Recovery, Watermarks
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
-from monitor.api import ApiDeps, register_api
+from monitor.api import ApiDeps, api_tokens, open_reads, register_api
 from monitor.audit import AuditLog
 from monitor.catchup import SilenceHold
 from monitor.evaluator import Evaluator
@@ -35,7 +35,7 @@ from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.reconcile import ControlReconciler, TopicControlReader
 from monitor.incidents.store import IncidentStore
-from monitor.metrics import CatchUpMetrics, IngestMetrics, NotificationMetrics
+from monitor.metrics import ApiMetrics, CatchUpMetrics, IngestMetrics, NotificationMetrics
 from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
@@ -286,6 +286,7 @@ class Monitor:
 
         self._add_views(app)
         keys = Keys(s.key_prefix)
+        tokens = api_tokens(s)
         register_api(
             app,
             ApiDeps(
@@ -293,7 +294,10 @@ class Monitor:
                 commands=CommandQueue(self.redis, keys),
                 audit=AuditLog(self.redis, keys),
                 store=self.store,
-                token=s.api_token.get_secret_value() if s.api_token else None,
+                tokens=tokens,
+                metrics=ApiMetrics(self.registry, tokens),
+                open_reads=open_reads(s, tokens),
+                max_body_bytes=s.api_max_body_bytes,
             ),
         )
         return app

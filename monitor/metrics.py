@@ -11,9 +11,14 @@ counts a model twice and a worker that stopped evaluating leaves no stale value 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from monitor.aggregates import histogram
+from monitor.auth import FAILURE_REASONS, Tokens
 
 CATEGORIES = ("performance", "availability", "output_quality", "bias", "security")
 SEVERITIES = ("MEDIUM", "HIGH", "CRITICAL")
@@ -137,3 +142,38 @@ class CatchUpMetrics:
             "1 while silence rules (downtime) hold because the monitor is behind its input, else 0.",
             registry=registry,
         )
+
+
+class ApiMetrics:
+    """Refused API credentials, and the tokens file's reloads (on every worker: each serves the API)."""
+
+    def __init__(self, registry: CollectorRegistry, tokens: Tokens | None = None) -> None:
+        if tokens is not None:
+            registry.register(TokenReloads(tokens))
+        self.auth_failures = Counter(
+            "aimon_api_auth_failures_total",
+            "API requests refused for their credentials: missing, malformed, unknown_token, "
+            "beyond_role (a known token whose role does not allow the call), disabled (no tokens).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in FAILURE_REASONS:  # at 0 from the start, so the first failure shows in increase()
+            self.auth_failures.labels(reason)
+
+
+class TokenReloads(Collector):
+    """`aimon_api_token_reloads_total{outcome}`; a scrape also checks the tokens file for a change."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self.tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        self.tokens.table()  # a broken edit shows within a scrape interval, API traffic or not
+        family = CounterMetricFamily(
+            "aimon_api_token_reloads",
+            "Re-reads of MONITOR_API_TOKENS_FILE after it changed: ok, or failed (the previous tokens stay).",
+            labels=["outcome"],
+        )
+        family.add_metric(["ok"], self.tokens.reloads)
+        family.add_metric(["failed"], self.tokens.reload_failures)
+        yield family

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+from monitor.auth import NEEDS
 from monitor.events import ControlMessage
 from monitor.incidents.commands import Action
 from monitor.incidents.incident import IncidentView
@@ -43,14 +44,21 @@ class IncidentQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Limit = 100
 
 
-class ActionBody(msgspec.Struct, forbid_unknown_fields=True):
-    """The body of a mutation: who you are and why (both audited)."""
+class ModelQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """The query of GET /models: a page of at most `limit` models by id, those after `after`."""
 
-    by: Person
+    limit: Limit = LIMIT_MAX
+    after: str | None = None
+
+
+class ActionBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of a mutation: why (audited under the token's principal); `by` is a deprecated claim."""
+
     why: Reason
+    by: Person | None = None
 
 
-class EscalateBody(ActionBody, forbid_unknown_fields=True):
+class EscalateBody(ActionBody, forbid_unknown_fields=True, kw_only=True):
     """The body of an escalation: the override level besides who and why."""
 
     level: Level
@@ -90,9 +98,10 @@ class ModelSummary(msgspec.Struct, kw_only=True):
 
 
 class ModelList(msgspec.Struct):
-    """Every model with any state, by id."""
+    """Models with any state, by id; `next` is the `after` of the next page, null on the last page."""
 
     models: list[ModelSummary]
+    next: str | None
 
 
 class ModelDetail(msgspec.Struct, kw_only=True):
@@ -153,10 +162,12 @@ def _json(name: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     meaning = {
         400: "A bad query or body: the error says which parameter or field, and what is allowed.",
-        401: "No bearer token.",
-        403: "A wrong token, or mutations are disabled (no token is configured).",
+        401: "No bearer token, a malformed Authorization header, or an unknown or revoked token.",
+        403: "The token's role does not allow this (the error names the role needed and the token's "
+        "principal and role; audited), or the worker has no tokens configured.",
         404: "No such incident or model.",
         409: "The incident cannot make this transition (e.g. it is resolved already).",
+        413: "The request body is over MONITOR_API_MAX_BODY_BYTES.",
     }
     return {str(code): _json("ErrorBody", meaning[code]) for code in codes}
 
@@ -171,15 +182,24 @@ def _path_parameter(name: str, description: str) -> dict[str, Any]:
     }
 
 
-def _query_parameters() -> list[dict[str, Any]]:
-    """The query parameters of GET /incidents, from the schema of IncidentQuery."""
-    _, components = msgspec.json.schema_components([IncidentQuery], ref_template=_REF)
-    properties = components["IncidentQuery"]["properties"]
-    meaning = {
+QUERY_MEANING = {
+    "IncidentQuery": {
         "status": "Only incidents with this status (`all`: any).",
         "model": "Only incidents of this model.",
         "limit": f"At most this many incidents (1 to {LIMIT_MAX}), newest first, after the filters.",
-    }
+    },
+    "ModelQuery": {
+        "limit": f"At most this many models (1 to {LIMIT_MAX}), by id.",
+        "after": "Only models whose id sorts after this one: the `next` of the previous page.",
+    },
+}
+
+
+def _query_parameters(kind: type[msgspec.Struct] = IncidentQuery) -> list[dict[str, Any]]:
+    """The query parameters of a GET, from the schema of its query struct."""
+    _, components = msgspec.json.schema_components([kind], ref_template=_REF)
+    properties = components[kind.__name__]["properties"]
+    meaning = QUERY_MEANING[kind.__name__]
     parameters = []
     for name, prop in properties.items():
         prop = dict(prop)
@@ -194,10 +214,12 @@ def _query_parameters() -> list[dict[str, Any]]:
     return parameters
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every route the worker serves."""
+def openapi_document(open_reads: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route the worker serves (reads secured unless `open_reads`)."""
     _, components = msgspec.json.schema_components(_SCHEMAS, ref_template=_REF)
     secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    reads: list[dict[str, list[str]]] = [] if open_reads else secured
+    read_errors = (400,) if open_reads else (400, 401)
     incident_id = _path_parameter("incident_id", "An incident id, e.g. INC-20260101-0a1b2c3d.")
     model_id = _path_parameter("model_id", "A model id.")
     paths: dict[str, Any] = {
@@ -205,41 +227,46 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "listIncidents",
                 "tags": ["incidents"],
-                "security": [],
+                "security": reads,
                 "summary": "List incidents, newest first, filtered by status and model before the limit.",
                 "parameters": _query_parameters(),
-                "responses": {"200": _json("IncidentList", "The matching incidents."), **_errors(400)},
+                "responses": {
+                    "200": _json("IncidentList", "The matching incidents."),
+                    **_errors(*read_errors),
+                },
             }
         },
         "/incidents/{incident_id}": {
             "get": {
                 "operationId": "getIncident",
                 "tags": ["incidents"],
-                "security": [],
+                "security": reads,
                 "summary": "One incident, open or not, with its observation, actions and timeline.",
                 "parameters": [incident_id],
-                "responses": {"200": _json("IncidentView", "The incident."), **_errors(400, 404)},
+                "responses": {"200": _json("IncidentView", "The incident."), **_errors(*read_errors, 404)},
             }
         },
         "/models": {
             "get": {
                 "operationId": "listModels",
                 "tags": ["models"],
-                "security": [],
+                "security": reads,
                 "summary": (
-                    "Every model with any state (predictions, access or registry events, incidents, control)."
+                    "Models with any state (predictions, access or registry events, incidents, control), "
+                    "by id, a page at a time."
                 ),
-                "responses": {"200": _json("ModelList", "The models."), **_errors(400)},
+                "parameters": _query_parameters(ModelQuery),
+                "responses": {"200": _json("ModelList", "A page of models."), **_errors(*read_errors)},
             }
         },
         "/models/{model_id}": {
             "get": {
                 "operationId": "getModel",
                 "tags": ["models"],
-                "security": [],
+                "security": reads,
                 "summary": "One model: level, override, last control message, versions and open incidents.",
                 "parameters": [model_id],
-                "responses": {"200": _json("ModelDetail", "The model."), **_errors(400, 404)},
+                "responses": {"200": _json("ModelDetail", "The model."), **_errors(*read_errors, 404)},
             }
         },
     }
@@ -253,7 +280,8 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": f"{action}Incident",
                 "tags": ["incidents"],
                 "security": secured,
-                "summary": f"{action.capitalize()} an incident (audited under `by`, with `why`).",
+                "summary": f"{action.capitalize()} an incident (needs the {NEEDS[action]} role; audited "
+                "under the token's principal, with `why`).",
                 "parameters": [incident_id],
                 "requestBody": {
                     "required": True,
@@ -261,7 +289,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "responses": {
                     **applied,
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 413),
                     "409": _json(
                         "CommandReply", "The incident cannot make this transition; `error` says why."
                     ),
@@ -281,13 +309,13 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": f"{action}Model",
                 "tags": ["models"],
                 "security": secured,
-                "summary": summary,
+                "summary": f"{summary} Needs the {NEEDS[action]} role.",
                 "parameters": [model_id],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": _REF.format(name=body)}}},
                 },
-                "responses": {**applied, **_errors(400, 401, 403, 404)},
+                "responses": {**applied, **_errors(400, 401, 403, 404, 413)},
             }
         }
     paths["/healthz"] = {
@@ -345,7 +373,10 @@ def openapi_document() -> dict[str, Any]:
             "title": "AI incident-response monitor",
             "version": _version(),
             "description": "Read incidents and models; acknowledge, mitigate and resolve incidents; "
-            "escalate and release models. Reads are open; mutations need the bearer token. "
+            "escalate and release models. "
+            + ("Reads are open; " if open_reads else "Reads need a viewer token; ")
+            + "mutations need a bearer token whose role allows them (viewer: read; commander: "
+            "acknowledge, mitigate, resolve, escalate; admin: also release). "
             'Every error is JSON: {"error": "..."}.',
         },
         "paths": paths,
@@ -355,7 +386,8 @@ def openapi_document() -> dict[str, Any]:
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The worker's MONITOR_API_TOKEN.",
+                    "description": "A token from the worker's MONITOR_API_TOKENS_FILE or MONITOR_API_TOKENS "
+                    "(or the deprecated MONITOR_API_TOKEN, an admin); it names a principal and a role.",
                 }
             },
         },

@@ -97,6 +97,21 @@ class Settings(BaseSettings):
     lag_report_stale_s: float = Field(
         10.0, gt=1, description="A partition's progress report older than this counts as behind."
     )
+    # API principals, roles and limits (monitor/auth.py, monitor/api.py; docs/api.md "Authentication").
+    api_tokens_file: Path | None = Field(
+        None, description="YAML file of {principal, role, sha256} tokens; re-read when it changes."
+    )
+    api_tokens: str | None = Field(None, description="JSON list of {principal, role, sha256} tokens.")
+    api_open_reads: bool | None = Field(
+        None,
+        description="Whether GETs need no token; unset: open unless MONITOR_API_TOKENS(_FILE) is set.",
+    )
+    api_max_body_bytes: int = Field(
+        65_536, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    cli_token: SecretStr | None = Field(
+        None, description="The bearer token the CLI sends; unset: MONITOR_API_TOKEN (deprecated)."
+    )
     log_level: str = "info"
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -112,6 +127,12 @@ class Settings(BaseSettings):
         # `MONITOR_RULES_PATH=` (empty) means unset, not the working directory (Path("") is ".").
         return None if value == "" else value
 
+    @field_validator("api_tokens_file", "api_tokens", "api_open_reads", "cli_token", mode="before")
+    @classmethod
+    def _empty_unset(cls, value: object) -> object:
+        # An empty variable (a compose file's `${VAR:-}`) means unset.
+        return None if value == "" else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -122,15 +143,15 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """The MONITOR_* environment that rebuilds these settings in another process."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump(exclude={"topics", "api_token"}).items():
+        for name, value in self.model_dump(exclude={"topics"}).items():
             if value is None:
                 continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             env[f"MONITOR_{name.upper()}"] = text
         for name, value in self.topics.model_dump().items():
             env[f"MONITOR_TOPIC_{name.upper()}"] = str(value)
-        if self.api_token is not None:
-            env["MONITOR_API_TOKEN"] = self.api_token.get_secret_value()
         return env
 
     @property

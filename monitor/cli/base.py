@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,30 +76,28 @@ def api_options(f: F) -> F:
 
 
 def action_options(f: F) -> F:
-    """`--by` (default $USER) and `--why`, both required, for every audited action."""
+    """`--why` (required) and the deprecated `--by`, for every audited action."""
     f = click.option("--why", required=True, metavar="TEXT", help="The reason (written to the audit log).")(f)
     return click.option(
         "--by",
         metavar="NAME",
-        callback=_by_default,
-        show_default="$USER",
-        help="Who you are (written to the audit log).",
+        help="Deprecated: the audit log records your token's principal; a different name here is kept "
+        "only as a claim beside it.",
     )(f)
 
 
-def _by_default(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    # $USER is read when the command runs (not at import), and a shell without it must say --by.
-    value = value or os.environ.get("USER")
-    if not value:
-        raise click.MissingParameter(ctx=ctx, param=param)
-    return value
+def action_body(why: str, by: str | None, **fields: Any) -> dict[str, Any]:
+    """The body of an action: `why`, the deprecated `by` only when given, and `fields`."""
+    if by:
+        click.echo("monitor: --by is deprecated: the audit log records your token's principal", err=True)
+    return {"why": why, **({"by": by} if by else {}), **fields}
 
 
 def client_for(g: Globals, url: str | None) -> ApiClient:
     """A client of the worker's API at `url` (default: the web host and port of the settings)."""
     settings = g.settings()
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    return ApiClient(url or web_url(settings), token)
+    secret = settings.cli_token or settings.api_token  # MONITOR_API_TOKEN: the deprecated shared one
+    return ApiClient(url or web_url(settings), secret.get_secret_value() if secret else None)
 
 
 def web_url(settings: Settings) -> str:

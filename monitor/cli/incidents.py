@@ -9,6 +9,7 @@ import click
 from monitor.cli import output as out
 from monitor.cli.base import (
     Globals,
+    action_body,
     action_options,
     api_options,
     cli,
@@ -67,8 +68,10 @@ def _incident_action(action: str, done: str, help_text: str) -> None:
     @action_options
     @api_options
     @pass_globals
-    def command(g: Globals, incident_id: str, by: str, why: str, url: str | None, as_json: bool) -> int:
-        reply = client_for(g, url).post(path("incidents", incident_id, action), {"by": by, "why": why})
+    def command(
+        g: Globals, incident_id: str, by: str | None, why: str, url: str | None, as_json: bool
+    ) -> int:
+        reply = client_for(g, url).post(path("incidents", incident_id, action), action_body(why, by))
         if as_json:
             out.print_json(reply)
         else:
@@ -103,7 +106,7 @@ def models_status(g: Globals, model: str | None, url: str | None, as_json: bool)
     """Every model's level and open incidents, or one model's in detail."""
     client = client_for(g, url)
     if model is None:
-        models = client.get(path("models"))["models"]
+        models = client.pages(path("models"), "models")
         if as_json:
             out.print_json(models)
         else:
@@ -128,10 +131,10 @@ def models_status(g: Globals, model: str | None, url: str | None, as_json: bool)
 @api_options
 @pass_globals
 def models_escalate(
-    g: Globals, model: str, level: int, by: str, why: str, url: str | None, as_json: bool
+    g: Globals, model: str, level: int, by: str | None, why: str, url: str | None, as_json: bool
 ) -> int:
-    """Hold a model at least at level N until released (audited)."""
-    reply = client_for(g, url).post(path("models", model, "escalate"), {"by": by, "why": why, "level": level})
+    """Hold a model at least at level N until released (audited; needs the commander role)."""
+    reply = client_for(g, url).post(path("models", model, "escalate"), action_body(why, by, level=level))
     if as_json:
         out.print_json(reply)
     else:
@@ -144,9 +147,9 @@ def models_escalate(
 @action_options
 @api_options
 @pass_globals
-def models_release(g: Globals, model: str, by: str, why: str, url: str | None, as_json: bool) -> int:
-    """Release a manual override: the model goes back to the level its incidents call for (audited)."""
-    reply = client_for(g, url).post(path("models", model, "release"), {"by": by, "why": why})
+def models_release(g: Globals, model: str, by: str | None, why: str, url: str | None, as_json: bool) -> int:
+    """Release a manual override: back to the level its incidents call for (audited; needs admin)."""
+    reply = client_for(g, url).post(path("models", model, "release"), action_body(why, by))
     if as_json:
         out.print_json(reply)
     else:

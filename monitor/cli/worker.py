@@ -46,6 +46,7 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     """Run the worker until it is stopped (SIGTERM / Ctrl-C)."""
     import faust
 
+    from monitor.api import api_tokens, open_reads
     from monitor.app import Monitor
     from monitor.rules.loader import load_rules
     from monitor.topics import ensure_topics
@@ -56,6 +57,7 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
     load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
+    open_reads(settings, api_tokens(settings, warn_legacy=False))  # and so does a wrong tokens file
     asyncio.run(_check_redis(settings.redis_url))
     asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)

@@ -39,8 +39,21 @@ class ApiClient:
         self.timeout_s = timeout_s
 
     def get(self, path: str) -> Any:
-        """GET `path`; the decoded JSON body."""
-        return self._call(urllib.request.Request(self.base_url + path))
+        """GET `path` with the bearer token (reads may need one); the decoded JSON body."""
+        return self._call(self._authorized(urllib.request.Request(self.base_url + path)))
+
+    def pages(self, path: str, field: str) -> list[Any]:
+        """Every item of a paged list (GET /models): `field` of each page, following `next` to the end."""
+        items: list[Any] = []
+        after: str | None = None
+        while True:
+            separator = "&" if "?" in path else "?"
+            query = f"{separator}{urllib.parse.urlencode({'after': after})}" if after is not None else ""
+            page = self.get(path + query)
+            items.extend(page[field])
+            after = page.get("next")
+            if after is None:
+                return items
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST JSON with the bearer token; the decoded JSON body."""
@@ -50,9 +63,12 @@ class ApiClient:
             method="POST",
             headers={"Content-Type": "application/json"},
         )
+        return self._call(self._authorized(request))
+
+    def _authorized(self, request: urllib.request.Request) -> urllib.request.Request:
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        return self._call(request)
+        return request
 
     def _call(self, request: urllib.request.Request) -> Any:
         try:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import schemathesis
@@ -16,6 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from redis.asyncio import Redis
 from schemathesis.generation.modes import GenerationMode
 
+from monitor.auth import entry_line, hash_token
 from monitor.incidents.incident import Incident
 from monitor.incidents.store import IncidentStore
 from monitor.openapi import openapi_document
@@ -25,17 +27,25 @@ from tests.conftest import WorkerProcess, eventually, unique_settings
 
 pytestmark = pytest.mark.integration
 TOKEN = "fuzz-token"
-# Bounded so the whole fuzz stays under a minute: 13 operations, twice, on two shared cores.
+# Bounded so the whole fuzz stays about a minute: 13 operations, twice, on two workers, two shared cores.
 EXAMPLES = 15
 KNOWN_EXAMPLES = 3  # an accepted mutation waits for an evaluator tick (about a second)
 MODEL = "fuzz-model"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["single-token", "principals"])
 async def fuzzed_worker(
-    services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[WorkerProcess]:
-    config = unique_settings(*services, api_token=TOKEN, evidence_dir=tmp_path_factory.mktemp("evidence"))
+    """A worker with the deprecated single token (reads open), and one with a tokens file (reads need
+    a token): each serves the document that says so, and the fuzz holds it to that."""
+    evidence = tmp_path_factory.mktemp("evidence")
+    if request.param == "single-token":
+        config = unique_settings(*services, api_token=TOKEN, evidence_dir=evidence)
+    else:
+        tokens = tmp_path_factory.mktemp("tokens") / "tokens.yaml"
+        tokens.write_text(f"tokens:\n{entry_line('fuzz', 'admin', hash_token(TOKEN))}\n", encoding="utf-8")
+        config = unique_settings(*services, api_tokens_file=tokens, evidence_dir=evidence)
     await ensure_topics(config)
     worker = WorkerProcess(config, tmp_path_factory.mktemp("fuzz") / "worker.log")
     worker.start()
@@ -73,8 +83,10 @@ async def known_ids(fuzzed_worker: WorkerProcess) -> dict[str, str]:
         await redis.aclose()
 
     async def shown() -> bool:
-        status, body = await fuzzed_worker.get(f"/models/{MODEL}")
-        return status == 200 and orjson.loads(body)["level"] == 2  # the evaluator has acted on it
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            async with http.get(f"{fuzzed_worker.base}/models/{MODEL}") as resp:
+                body = await resp.read()
+                return resp.status == 200 and orjson.loads(body)["level"] == 2  # the evaluator acted on it
 
     await eventually(shown, timeout_s=30)
     return {"model_id": MODEL, "incident_id": incident.id}

@@ -83,18 +83,23 @@ def _refs(node: Any) -> set[str]:
     return set()
 
 
-def test_the_openapi_document_is_complete_and_self_contained() -> None:
-    document = openapi_document()
+@pytest.mark.parametrize("open_reads", [True, False], ids=["open-reads", "secured-reads"])
+def test_the_openapi_document_is_complete_and_self_contained(open_reads: bool) -> None:
+    document = openapi_document(open_reads=open_reads)
     schemas = document["components"]["schemas"]
     assert {ref.rsplit("/", 1)[1] for ref in _refs(document)} <= set(schemas)
     assert INTERNAL.isdisjoint(schemas["IncidentView"]["properties"])
+    reads = {"/incidents", "/incidents/{incident_id}", "/models", "/models/{model_id}"}
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             secured = operation["security"] == [{"bearerAuth": []}]
-            assert secured == (method == "post"), path
-            if secured:
-                assert {"400", "401", "403", "404"} <= set(operation["responses"]), path
+            assert secured == (method == "post" or (not open_reads and path in reads)), path
+            if method == "post":
+                assert {"400", "401", "403", "404", "413"} <= set(operation["responses"]), path
                 assert all(p["in"] == "path" and p["required"] for p in operation["parameters"]), path
+                assert "role" in operation["summary"], path
+            elif secured:
+                assert "401" in operation["responses"], path
     status, model, limit = document["paths"]["/incidents"]["get"]["parameters"]
     assert (status["name"], status["schema"]["enum"]) == ("status", sorted(STATUS_FILTERS))
     assert (model["name"], model["schema"]) == ("model", {"type": "string"})
@@ -102,7 +107,12 @@ def test_the_openapi_document_is_complete_and_self_contained() -> None:
         "limit",
         {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
     )
-    assert schemas["EscalateBody"]["required"] == ["by", "why", "level"]
+    assert schemas["EscalateBody"]["required"] == ["why", "level"]  # `by` is a deprecated claim
+    limit, after = document["paths"]["/models"]["get"]["parameters"]
+    assert (limit["name"], limit["schema"]["maximum"], limit["schema"]["default"]) == ("limit", 1000, 1000)
+    assert (after["name"], after["schema"]) == ("after", {"type": "string"})
+    assert schemas["ModelList"]["properties"]["next"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert schemas["ModelList"]["required"] == ["models", "next"]
     assert schemas["ErrorBody"] == {
         "title": "ErrorBody",
         "description": "Every error reply: what went wrong, in a sentence.",

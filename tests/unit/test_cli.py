@@ -57,6 +57,7 @@ class Stub:
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
         self.requests: list[tuple[str, str, Any]] = []
+        self.authorizations: list[str | None] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +65,7 @@ class Stub:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 stub.requests.append((method, self.path, body))
+                stub.authorizations.append(self.headers.get("Authorization"))
                 status, payload = stub.routes.get(
                     (method, self.path), (404, {"error": f"no route {self.path}"})
                 )
@@ -141,10 +143,13 @@ HELP = {
         "--url",
     ],
     ("incidents", "show"): ["ID", "--json"],
-    ("incidents", "ack"): ["ID", "--by", "--why", "$USER"],
+    ("incidents", "ack"): ["ID", "--by", "--why", "Deprecated"],
     ("incidents", "mitigate"): ["ID", "--by", "--why"],
     ("incidents", "resolve"): ["ID", "--by", "--why"],
     ("models",): ["status", "escalate", "release"],
+    ("tokens",): ["add", "hash", "list"],
+    ("tokens", "add"): ["PRINCIPAL", "--role", "viewer|commander|admin", "--file", "--json"],
+    ("tokens", "list"): ["--file", "--json"],
     ("models", "status"): ["[MODEL]", "--json"],
     ("models", "escalate"): ["MODEL", "--level", "--by", "--why"],
     ("models", "release"): ["MODEL", "--by", "--why"],
@@ -200,23 +205,41 @@ def test_a_missing_or_wrong_argument_is_a_usage_error_before_any_request(
     assert stub.requests == []
 
 
-def test_by_defaults_to_user_and_the_action_is_posted(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
+def test_an_action_is_posted_with_the_token_and_without_by(
+    capsys: pytest.CaptureFixture[str], stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MONITOR_CLI_TOKEN", "alice-token")
+    monkeypatch.setenv("MONITOR_API_TOKEN", "the-shared-one")  # MONITOR_CLI_TOKEN comes first
     stub.routes[("POST", "/incidents/INC-1/acknowledge")] = (
         200,
         {"command": "c1", "ok": True, "error": None, "incident": {**INCIDENT, "status": "acknowledged"}},
     )
-    code, out, _ = run(capsys, "incidents", "ack", "INC-1", "--why", "on it", "--url", stub.url)
-    assert code == 0
-    assert stub.requests == [("POST", "/incidents/INC-1/acknowledge", {"by": "alice", "why": "on it"})]
+    code, out, err = run(capsys, "incidents", "ack", "INC-1", "--why", "on it", "--url", stub.url)
+    assert code == 0 and err == ""
+    assert stub.requests == [("POST", "/incidents/INC-1/acknowledge", {"why": "on it"})]
+    assert stub.authorizations == ["Bearer alice-token"]
     assert out == "INC-1: acknowledged (command c1)\n"
 
 
-def test_a_user_less_shell_must_say_by(
+def test_by_is_sent_as_a_deprecated_claim(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
+    stub.routes[("POST", "/models/m1/release")] = (200, {"command": "c4", "ok": True, "error": None})
+    code, _, err = run(capsys, "models", "release", "m1", "--by", "dana", "--why", "x", "--url", stub.url)
+    assert code == 0 and "--by is deprecated" in err
+    assert stub.requests == [("POST", "/models/m1/release", {"why": "x", "by": "dana"})]
+
+
+def test_reads_send_the_token_and_models_are_read_page_by_page(
     capsys: pytest.CaptureFixture[str], stub: Stub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("USER")
-    code, _, err = run(capsys, "models", "release", "m1", "--why", "x", "--url", stub.url)
-    assert code == 2 and "Missing option '--by'" in err and stub.requests == []
+    monkeypatch.setenv("MONITOR_API_TOKEN", "shared")  # still read when MONITOR_CLI_TOKEN is unset
+    row = {"level": 0, "override": None, "seq": 0, "open_incidents": 0, "known_from": ["predictions"]}
+    stub.routes[("GET", "/models")] = (200, {"models": [{**row, "model_id": "a"}], "next": "a"})
+    stub.routes[("GET", "/models?after=a")] = (200, {"models": [{**row, "model_id": "b"}], "next": None})
+    code, out, _ = run(capsys, "models", "status", "--json", "--url", stub.url)
+    assert code == 0
+    assert [m["model_id"] for m in json.loads(out)] == ["a", "b"]
+    assert [r[1] for r in stub.requests] == ["/models", "/models?after=a"]
+    assert stub.authorizations == ["Bearer shared", "Bearer shared"]
 
 
 def test_escalate_sends_the_level(capsys: pytest.CaptureFixture[str], stub: Stub) -> None:
@@ -237,6 +260,7 @@ def test_escalate_sends_the_level(capsys: pytest.CaptureFixture[str], stub: Stub
     )
     assert code == 0
     assert stub.requests == [("POST", "/models/m%2F1/escalate", {"by": "bob", "why": "drill", "level": 3})]
+    assert stub.authorizations == [None]  # no token configured: the API will say 401
     assert out == "m/1: held at level 3 (command c2)\n"
 
 

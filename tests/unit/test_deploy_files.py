@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from monitor.auth import TokenFileError, parse_env
 from monitor.dev.services import REDIS_PERSISTENCE
 from monitor.settings import Settings, Topics
 
@@ -145,7 +147,7 @@ def test_every_monitor_variable_is_a_setting() -> None:
     given = {name for service in SERVICES for name in environment(service) if name.startswith("MONITOR_")}
     given |= {name for name in dockerfile_env() if name.startswith("MONITOR_")}
     assert given - known == set()
-    assert {"MONITOR_ALERTMANAGER_URL", "MONITOR_API_TOKEN", "MONITOR_EVIDENCE_DIR"} <= given
+    assert {"MONITOR_ALERTMANAGER_URL", "MONITOR_API_TOKENS", "MONITOR_EVIDENCE_DIR"} <= given
 
 
 def test_the_monitor_is_wired_to_alertmanager_a_token_and_an_evidence_volume() -> None:
@@ -153,10 +155,14 @@ def test_the_monitor_is_wired_to_alertmanager_a_token_and_an_evidence_volume() -
     listen = [c for c in SERVICES["alertmanager"]["command"] if c.startswith("--web.listen-address=")]
     port = listen[0].rsplit(":", 1)[1] if listen else "9093"  # Alertmanager's default
     assert env["MONITOR_ALERTMANAGER_URL"] == f"http://alertmanager:{port}"
-    # From .env (or the shell), never a value in the file; compose refuses to start without it.
-    assert re.fullmatch(r"\$\{MONITOR_API_TOKEN:\?[^}]+\}", env["MONITOR_API_TOKEN"])
+    # From .env (or the shell), never a value in the file; compose refuses to start without them.
+    assert re.fullmatch(r"\$\{MONITOR_API_TOKENS:\?[^}]+\}", env["MONITOR_API_TOKENS"])
+    assert env["MONITOR_API_TOKEN"] == "${MONITOR_API_TOKEN:-}"  # the deprecated one: optional
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
-    assert re.search(r"^MONITOR_API_TOKEN=\S+$", example, re.M)
+    [tokens] = re.findall(r"^MONITOR_API_TOKENS='(.+)'$", example, re.M)
+    # The placeholder is a valid list whose hash the worker refuses: the stack never runs with it.
+    with pytest.raises(TokenFileError, match="sha256 must be 64 lowercase hex digits"):
+        parse_env(tokens)
     evidence = env.get("MONITOR_EVIDENCE_DIR", dockerfile_env()["MONITOR_EVIDENCE_DIR"])
     assert f"evidence:{evidence}" in SERVICES["monitor"]["volumes"]
 
