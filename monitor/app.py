@@ -37,6 +37,7 @@ from monitor.metrics import CatchUpMetrics, IngestMetrics, NotificationMetrics
 from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
+from monitor.security import faust_broker_credentials, kafka_client_options, redis_client
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.lag import LagStore
@@ -98,7 +99,7 @@ class Monitor:
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.health = Health()
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.redis: Redis = redis_client(settings, socket_timeout=5.0, socket_connect_timeout=2.0)
         self.store = RedisStore(
             self.redis,
             Keys(settings.key_prefix),
@@ -132,6 +133,7 @@ class Monitor:
             settings.kafka_bootstrap,
             control_topic=settings.topics.control,
             incidents_topic=settings.topics.incidents,
+            kafka_options=kafka_client_options(settings),
         )
         self.evaluator = Evaluator(
             self.redis,
@@ -168,6 +170,7 @@ class Monitor:
         app = faust.App(
             s.app_id,
             broker=f"kafka://{s.kafka_bootstrap}",
+            broker_credentials=faust_broker_credentials(s),
             store="memory://",
             autodiscover=False,
             web_host=s.web_host,
@@ -327,7 +330,9 @@ class Monitor:
                 health.detail["redis"] = f"{type(exc).__name__}: {exc}"
         try:
             if self._kafka_probe is None:
-                self._kafka_probe = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap)
+                self._kafka_probe = AIOKafkaClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap, **kafka_client_options(self.settings)
+                )
                 await asyncio.wait_for(self._kafka_probe.bootstrap(), HEALTH_TIMEOUT_S)
                 # Ask for one topic's metadata, not the whole cluster's: on a broker with hundreds
                 # of topics, decoding all of them every second cost a few % of the worker's CPU.

@@ -47,6 +47,7 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     import faust
 
     from monitor.app import Monitor
+    from monitor.preflight import check_kafka, check_redis
     from monitor.rules.loader import load_rules
     from monitor.topics import ensure_topics
 
@@ -56,7 +57,9 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
     load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
-    asyncio.run(_check_redis(settings.redis_url))
+    # An absent service, a refused password or an untrusted certificate: one line, before anything starts.
+    asyncio.run(check_redis(settings))
+    asyncio.run(check_kafka(settings))
     asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)
     # The worker allocates millions of short-lived objects (events, counters) around a large,
@@ -68,25 +71,6 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     worker = faust.Worker(monitor.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
-
-
-async def _check_redis(url: str) -> None:
-    """At start, an unreachable Redis is a configuration error (later, an outage is waited out)."""
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-
-    from monitor.exceptions import ServicesError
-
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        raise ServicesError(
-            f"Redis at {url} does not answer ({exc}); start it with `monitor services up` "
-            "or set MONITOR_REDIS_URL"
-        ) from None
-    finally:
-        await client.aclose()
 
 
 @cli.group("services", short_help="The local Kafka broker and Redis for development.")
