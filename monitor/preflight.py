@@ -107,8 +107,12 @@ async def check_redis(settings: Settings) -> None:
                 f"the TLS handshake with {where} failed ({cause}): check that it listens with TLS "
                 "(rediss://) and MONITOR_REDIS_SSL_CERTFILE/KEYFILE if it asks for a client certificate"
             ) from None
+        hint = ""
+        if settings.redis_url.startswith("redis://") and ("reset" in str(exc) or "closed" in str(exc)):
+            hint = " (a server that speaks TLS does this to a plain client: use a rediss:// URL)"
         raise ServicesError(
-            f"{where} does not answer ({exc}); start it with `monitor services up` or set MONITOR_REDIS_URL"
+            f"{where} does not answer ({exc}){hint}; start it with `monitor services up` "
+            "or set MONITOR_REDIS_URL"
         ) from None
     finally:
         await client.aclose()
