@@ -197,7 +197,9 @@ def _spawn(cmd: list[str], cwd: Path, logfile: Path, pidfile: Path) -> int:
     return pid
 
 
-def _start_kafka(config: ServiceConfig, libs: Path, java: str, made: secure.SecureServices | None) -> int:
+def _start_kafka(
+    config: ServiceConfig, libs: Path, java: str, made: secure.SecureServices | None = None
+) -> int:
     kdir = config.kafka_dir
     (kdir / "data").mkdir(parents=True, exist_ok=True)
     props, log4j = kdir / "server.properties", kdir / "log4j2.properties"
@@ -243,7 +245,7 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str, made: secure.Secu
     return _spawn(cmd, kdir, logfile, kdir / "kafka.pid")
 
 
-def _start_redis(config: ServiceConfig, server: str, made: secure.SecureServices | None) -> int:
+def _start_redis(config: ServiceConfig, server: str, made: secure.SecureServices | None = None) -> int:
     rdir = config.redis_dir
     rdir.mkdir(parents=True, exist_ok=True)
     listen = ["--port", str(config.redis_port)] if made is None else made.redis_args()
