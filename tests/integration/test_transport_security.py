@@ -15,9 +15,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from monitor.clients.gateway import GatewayClient
 from monitor.clients.reporter import PredictionReporter
@@ -27,7 +29,7 @@ from monitor.dev.certs import make_ca
 from monitor.dev.service_config import ServiceConfig
 from monitor.incidents.store import IncidentStore
 from monitor.preflight import check_kafka, check_redis
-from monitor.security import redis_client
+from monitor.security import kafka_client_options, redis_client
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.topics import ensure_topics
@@ -101,7 +103,11 @@ async def test_an_error_burst_pauses_the_model_over_sasl_ssl_and_tls_redis(
     await ensure_topics(settings)
     # The reporter logs in with SASL PLAIN and the gateway with SCRAM-SHA-256, the worker with SCRAM-SHA-512.
     password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
-    as_user = {"username": settings.kafka_sasl_username, "password": password, "cafile": secured.pki.ca}
+    as_user: dict[str, Any] = {
+        "username": settings.kafka_sasl_username,
+        "password": password,
+        "cafile": secured.pki.ca,
+    }
     reporter = PredictionReporter(
         settings.kafka_bootstrap,
         settings.topics.predictions,
@@ -112,6 +118,13 @@ async def test_an_error_burst_pauses_the_model_over_sasl_ssl_and_tls_redis(
         for event in burst(time.time()):
             await reporter.report(event)
         await reporter.flush()
+    # And one value that is no event: the worker's Faust producer dead-letters it, over SASL_SSL too.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **kafka_client_options(settings))
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topics.predictions, b"not json", key=b"bad")
+    finally:
+        await producer.stop()
 
     # A worker with the wrong password stops at its preflight and consumes nothing...
     refused = run_worker(settings, MONITOR_KAFKA_SASL_PASSWORD="not-the-password")
@@ -151,9 +164,30 @@ async def test_an_error_burst_pauses_the_model_over_sasl_ssl_and_tls_redis(
             assert stored is not None and stored.observation["samples"] == 1000  # not one event lost
         finally:
             await redis.aclose()
+        dead = await first_record(settings, settings.topics.dead_letters)
+        assert dead.value == b"not json" and dict(dead.headers)["reason"] == b"invalid_json"
     finally:
         worker.stop()
     print(f"control over SASL_SSL {seen:.1f}s after the worker was ready: {state.reason}")
+
+
+async def first_record(settings: Settings, topic: str, timeout_s: float = 15) -> ConsumerRecord[bytes, bytes]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **kafka_client_options(settings),
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                return records[0]
+        raise AssertionError(f"nothing on {topic} within {timeout_s}s")
+    finally:
+        await consumer.stop()
 
 
 def run_worker(settings: Settings, **env: str) -> subprocess.CompletedProcess[str]:

@@ -73,9 +73,12 @@ def test_sasl_ssl_verifies_the_broker_and_logs_in(pki: TestPki) -> None:
 def test_faust_gets_the_same_arguments_as_every_other_client(
     pki: TestPki, protocol: str, mechanism: str, credentials_type: type
 ) -> None:
-    sasl = {"kafka_sasl_username": "monitor", "kafka_sasl_password": "pw"} if "SASL" in protocol else {}
-    tls = {"kafka_ssl_cafile": pki.ca} if protocol.endswith("SSL") else {}
-    settings = Settings(kafka_security_protocol=protocol, kafka_sasl_mechanism=mechanism, **sasl, **tls)
+    given: dict[str, Any] = {"kafka_security_protocol": protocol, "kafka_sasl_mechanism": mechanism}
+    if "SASL" in protocol:
+        given.update(kafka_sasl_username="monitor", kafka_sasl_password="pw")
+    if protocol.endswith("SSL"):
+        given["kafka_ssl_cafile"] = pki.ca
+    settings = Settings(**given)
     credentials = faust_broker_credentials(settings)
     assert isinstance(credentials, credentials_type)
     # What Faust's own driver hands to aiokafka, against what the monitor's other clients get.
