@@ -17,7 +17,7 @@ from monitor.clients.security import KafkaSecurity
 from monitor.dev.certs import TestPki, ensure_pki
 from monitor.dev.service_config import ServiceConfig
 
-__all__ = ["BROKER_USER", "KAFKA_USER", "REDIS_USER", "SecureServices", "ensure", "load"]
+__all__ = ["BROKER_USER", "KAFKA_USER", "REDIS_USER", "SecureServices", "ensure", "load", "started_secure"]
 
 KAFKA_USER = "monitor"
 BROKER_USER = "broker"  # the broker's own user on its listener (inter-broker requests)
@@ -127,6 +127,12 @@ class SecureServices:
 
 def _dir(config: ServiceConfig) -> Path:
     return config.state_dir.absolute() / "secure"
+
+
+def started_secure(config: ServiceConfig) -> bool:
+    """Whether the broker of this state dir was last started with `--secure` (its listener is SASL_SSL)."""
+    props = config.kafka_dir / "server.properties"
+    return props.exists() and "\nlisteners=SASL_SSL://" in props.read_text(encoding="utf-8")
 
 
 def load(config: ServiceConfig) -> SecureServices | None:

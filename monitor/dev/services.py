@@ -346,6 +346,11 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
         raise RuntimeError("services.up() is synchronous: in async code, use asyncio.to_thread(up)")
     config = config or ServiceConfig.from_env()
     kafka, redis_ = _services(config)
+    if not config.secure and secure.started_secure(config) and _read_pid(kafka) is not None:
+        raise ServicesError(
+            f"the services of {config.state_dir} run with TLS and SASL: use `monitor services up --secure` "
+            "(or the settings of its secure.env), or `monitor services down` first"
+        )
     # Certificates and passwords first: the probes of running secure services need them too.
     made = secure.ensure(config) if config.secure else None
     remote_kafka = _remote(

@@ -248,3 +248,15 @@ def test_the_secure_env_file_is_settings_that_reach_the_secure_services(
     again = ServiceConfig.from_settings(settings, {"MONITOR_STATE_DIR": str(tmp_path / "s")})
     assert again.secure and (again.kafka_port, again.redis_port) == (29394, 26380)
     assert again.kafka_remote is None and again.redis_remote is None
+
+
+def test_a_plain_up_is_refused_while_the_secure_services_run(tmp_path: Path) -> None:
+    config = ServiceConfig(cache_dir=tmp_path / "c", state_dir=tmp_path / "s")
+    assert not secure.started_secure(config)
+    config.kafka_dir.mkdir(parents=True)
+    props = config.kafka_dir / "server.properties"
+    props.write_text(render_server_properties(config))
+    assert not secure.started_secure(config)
+    made = secure.ensure(ServiceConfig(cache_dir=tmp_path / "c", state_dir=tmp_path / "s", secure=True))
+    props.write_text(render_server_properties(config, made.kafka_properties()))
+    assert secure.started_secure(config)
