@@ -39,6 +39,7 @@ from monitor.metrics import ApiMetrics, CatchUpMetrics, IngestMetrics, Notificat
 from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
+from monitor.security import faust_broker_credentials, kafka_client_options, kafka_security, redis_client
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.lag import LagStore
@@ -100,7 +101,7 @@ class Monitor:
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
         self.health = Health()
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self.redis: Redis = redis_client(settings, socket_timeout=5.0, socket_connect_timeout=2.0)
         self.store = RedisStore(
             self.redis,
             Keys(settings.key_prefix),
@@ -134,6 +135,7 @@ class Monitor:
             settings.kafka_bootstrap,
             control_topic=settings.topics.control,
             incidents_topic=settings.topics.incidents,
+            kafka_options=kafka_client_options(settings),
         )
         self.evaluator = Evaluator(
             self.redis,
@@ -165,7 +167,7 @@ class Monitor:
         self.reconciler = ControlReconciler(
             self.redis,
             IncidentStore(self.redis, Keys(settings.key_prefix)),
-            TopicControlReader(settings.kafka_bootstrap, settings.topics.control),
+            TopicControlReader(settings.kafka_bootstrap, settings.topics.control, kafka_security(settings)),
         )
         self._publisher_started = False
         self.app = self._build_app()
@@ -176,6 +178,7 @@ class Monitor:
         app = faust.App(
             s.app_id,
             broker=f"kafka://{s.kafka_bootstrap}",
+            broker_credentials=faust_broker_credentials(s),
             store="memory://",
             autodiscover=False,
             web_host=s.web_host,
@@ -199,7 +202,7 @@ class Monitor:
         self.dead_letters_topic = topic(s.topics.dead_letters)
         dead_letters = FaustDeadLetters(self.dead_letters_topic)
         watermarks = Watermarks(self.redis, Keys(s.key_prefix))
-        read_range = KafkaRangeReader(s.kafka_bootstrap, chunk=s.batch_max_events)
+        read_range = KafkaRangeReader(s.kafka_bootstrap, chunk=s.batch_max_events, **kafka_client_options(s))
 
         def recovery(name: str) -> Recovery:
             return Recovery(name, watermarks, read_range)
@@ -350,7 +353,9 @@ class Monitor:
                 health.detail["redis"] = f"{type(exc).__name__}: {exc}"
         try:
             if self._kafka_probe is None:
-                self._kafka_probe = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap)
+                self._kafka_probe = AIOKafkaClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap, **kafka_client_options(self.settings)
+                )
                 await asyncio.wait_for(self._kafka_probe.bootstrap(), HEALTH_TIMEOUT_S)
                 # Ask for one topic's metadata, not the whole cluster's: on a broker with hundreds
                 # of topics, decoding all of them every second cost a few % of the worker's CPU.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaProducer
 
 from monitor.events import ControlMessage, IncidentEvent, encode
@@ -10,8 +12,17 @@ from monitor.events import ControlMessage, IncidentEvent, encode
 class KafkaPublisher:
     """An idempotent aiokafka producer that waits for every acknowledgement."""
 
-    def __init__(self, bootstrap: str, *, control_topic: str, incidents_topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        control_topic: str,
+        incidents_topic: str,
+        kafka_options: dict[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        # TLS / SASL arguments of the producer (monitor.security.kafka_client_options).
+        self.kafka_options = dict(kafka_options or {})
         self.control_topic = control_topic
         self.incidents_topic = incidents_topic
         self._producer: AIOKafkaProducer | None = None
@@ -19,7 +30,11 @@ class KafkaPublisher:
     async def start(self) -> None:
         """Connect to the broker (the producer binds to the running loop, so it is made here)."""
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            **self.kafka_options,
         )
         await self._producer.start()
 

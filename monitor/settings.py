@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,23 @@ class Topics(BaseSettings):
     control: str = "control"
     incidents: str = "incidents"
     dead_letters: str = "dead-letters"
+
+
+_SECURITY_FILES = (
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "redis_ssl_ca",
+    "redis_ssl_certfile",
+    "redis_ssl_keyfile",
+)
+_OPTIONAL_SECURITY_FIELDS = (
+    *_SECURITY_FILES,
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "redis_username",
+    "redis_password",
+)
 
 
 class Settings(BaseSettings):
@@ -112,6 +130,24 @@ class Settings(BaseSettings):
     cli_token: SecretStr | None = Field(
         None, description="The bearer token the CLI sends; unset: MONITOR_API_TOKEN (deprecated)."
     )
+    # ---- Transport security (docs/settings.md, "Transport security"): TLS and SASL to Kafka, TLS and
+    # AUTH/ACL to Redis. monitor/security.py turns these into the clients' arguments.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="Used with SASL_SSL / SASL_PLAINTEXT only."
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA of the brokers' certificates; unset: the system's."
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS), PEM.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Its private key, unless in the certfile.")
+    redis_username: str | None = Field(None, description="ACL user; or in the URL, rediss://user:pass@host.")
+    redis_password: SecretStr | None = None
+    redis_ssl_ca: Path | None = Field(None, description="CA of the Redis certificate (rediss:// only).")
+    redis_ssl_certfile: Path | None = None
+    redis_ssl_keyfile: Path | None = None
     log_level: str = "info"
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -140,6 +176,25 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://127.0.0.1:6379/0")
         return value
 
+    @field_validator(*_OPTIONAL_SECURITY_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator(*_SECURITY_FILES)
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _security_combinations(self) -> Settings:
+        problem = security_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def to_env(self) -> dict[str, str]:
         """The MONITOR_* environment that rebuilds these settings in another process."""
         env: dict[str, str] = {}
@@ -147,8 +202,9 @@ class Settings(BaseSettings):
             if value is None:
                 continue
             if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+                text = value.get_secret_value()
+            else:
+                text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             env[f"MONITOR_{name.upper()}"] = text
         for name, value in self.topics.model_dump().items():
             env[f"MONITOR_TOPIC_{name.upper()}"] = str(value)
@@ -168,3 +224,42 @@ class Settings(BaseSettings):
     def retention_s(self) -> int:
         """How far back an event may be and still land in a bucket that has not expired."""
         return self.hour_bucket_ttl_s
+
+
+def security_problem(s: Settings) -> str | None:
+    """What is wrong with the transport-security settings taken together, naming the variables; or None."""
+    protocol = s.kafka_security_protocol
+    tls_files = [n for n in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile") if getattr(s, n)]
+    sasl = [n for n in ("kafka_sasl_username", "kafka_sasl_password") if getattr(s, n) is not None]
+    if protocol.startswith("SASL_"):
+        if len(sasl) < 2:
+            return (
+                f"MONITOR_KAFKA_SECURITY_PROTOCOL={protocol} needs MONITOR_KAFKA_SASL_USERNAME and "
+                "MONITOR_KAFKA_SASL_PASSWORD"
+            )
+    elif sasl:
+        return f"{_var(sasl[0])} is set, but MONITOR_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL"
+    if protocol not in ("SSL", "SASL_SSL") and tls_files:
+        return (
+            f"{_var(tls_files[0])} is set, but MONITOR_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+            "(SSL or SASL_SSL do)"
+        )
+    if s.kafka_ssl_keyfile and not s.kafka_ssl_certfile:
+        return "MONITOR_KAFKA_SSL_KEYFILE is set without MONITOR_KAFKA_SSL_CERTFILE"
+    url = urlsplit(s.redis_url)
+    redis_tls = [n for n in ("redis_ssl_ca", "redis_ssl_certfile", "redis_ssl_keyfile") if getattr(s, n)]
+    if redis_tls and url.scheme != "rediss":
+        return f"{_var(redis_tls[0])} is set, but MONITOR_REDIS_URL is not a rediss:// URL (TLS)"
+    if s.redis_ssl_keyfile and not s.redis_ssl_certfile:
+        return "MONITOR_REDIS_SSL_KEYFILE is set without MONITOR_REDIS_SSL_CERTFILE"
+    if url.password and s.redis_password is not None:
+        return "MONITOR_REDIS_URL has a password and MONITOR_REDIS_PASSWORD is set too: give it once"
+    if url.username and s.redis_username is not None:
+        return "MONITOR_REDIS_URL has a user name and MONITOR_REDIS_USERNAME is set too: give it once"
+    if s.redis_username is not None and s.redis_password is None and not url.password:
+        return "MONITOR_REDIS_USERNAME is set without a password (MONITOR_REDIS_PASSWORD)"
+    return None
+
+
+def _var(field: str) -> str:
+    return f"MONITOR_{field.upper()}"

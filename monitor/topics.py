@@ -20,6 +20,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from monitor.exceptions import ConfigError, ServicesError
+from monitor.security import kafka_client_options
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
     """Create the topics that do not exist yet and check the existing compacted ones; returns the names
     created."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=int(timeout_s * 1000),
+        **kafka_client_options(settings),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)

@@ -63,6 +63,8 @@ def bad_setting(exc: ValidationError | SettingsError) -> str:
         )
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
+    if not loc:  # a check of several settings together: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
     hint = SETTING_HINTS.get(loc[0] if loc else "", error["msg"])
     return f"{_env_name(loc)}: {hint} (got {error.get('input')!r})"
 

@@ -30,22 +30,21 @@ def audit_group() -> None:
 @pass_globals
 def audit_verify(g: Globals, as_json: bool) -> int:
     """Check every link of the audit log's hash chain in Redis; exit 1 if any is broken."""
-    from redis.asyncio import Redis
-
     from monitor.audit import AuditLog, Verification
     from monitor.exceptions import ServicesError
+    from monitor.security import redact_url, redis_client
     from monitor.store.keys import Keys
     from monitor.store.redis import TRANSIENT
 
     settings = g.settings()
 
     async def verify() -> Verification:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        redis = redis_client(settings, socket_connect_timeout=3)
         try:
             return await AuditLog(redis, Keys(settings.key_prefix)).verify()
         except TRANSIENT as exc:  # redis-py's connection errors are no OSError
             raise ServicesError(
-                f"Redis at {settings.redis_url} does not answer ({exc}); set MONITOR_REDIS_URL"
+                f"Redis at {redact_url(settings.redis_url)} does not answer ({exc}); set MONITOR_REDIS_URL"
             ) from None
         finally:
             await redis.aclose()

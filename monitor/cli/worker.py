@@ -48,17 +48,21 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
 
     from monitor.api import api_tokens, open_reads
     from monitor.app import Monitor
+    from monitor.preflight import check_kafka, check_redis
     from monitor.rules.loader import load_rules
     from monitor.topics import ensure_topics
 
     settings = g.settings(web_port=web_port, log_level=log_level, rules_path=rules_path)
+    load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
+    open_reads(settings, api_tokens(settings, warn_legacy=False))  # and so does a wrong tokens file
+    # An absent service, a refused password or an untrusted certificate: one line, before anything
+    # starts, and before the libraries' logs are let through.
+    asyncio.run(check_redis(settings))
+    asyncio.run(check_kafka(settings))
     # The worker's own log is the point of `run`: the libraries log at the chosen level.
     logging.getLogger().setLevel(settings.log_level.upper())
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
-    load_rules(settings.rules_path)  # a wrong rules file stops us before anything connects
-    open_reads(settings, api_tokens(settings, warn_legacy=False))  # and so does a wrong tokens file
-    asyncio.run(_check_redis(settings.redis_url))
     asyncio.run(ensure_topics(settings))
     monitor = Monitor(settings)
     # The worker allocates millions of short-lived objects (events, counters) around a large,
@@ -72,46 +76,36 @@ def cmd_run(g: Globals, web_port: int | None, log_level: str | None, rules_path:
     return 0
 
 
-async def _check_redis(url: str) -> None:
-    """At start, an unreachable Redis is a configuration error (later, an outage is waited out)."""
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-
-    from monitor.exceptions import ServicesError
-
-    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        raise ServicesError(
-            f"Redis at {url} does not answer ({exc}); start it with `monitor services up` "
-            "or set MONITOR_REDIS_URL"
-        ) from None
-    finally:
-        await client.aclose()
-
-
 @cli.group("services", short_help="The local Kafka broker and Redis for development.")
 def services_group() -> None:
     """The local Kafka broker and Redis for development, on the addresses of MONITOR_KAFKA_BOOTSTRAP and
     MONITOR_REDIS_URL (or --kafka-bootstrap / --redis-url)."""
 
 
-def _service_config(g: Globals) -> ServiceConfig:
+def _service_config(g: Globals, *, secure: bool = False) -> ServiceConfig:
     """Where the local services listen: the addresses the worker dials (flags, else env)."""
     from monitor.dev.service_config import ServiceConfig
 
-    return ServiceConfig.from_settings(g.settings())
+    return ServiceConfig.from_settings(g.settings(), secure=secure)
 
 
 @services_group.command("up")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Kafka with a SASL_SSL listener and Redis with TLS and an ACL user, their certificates and "
+    "passwords made in MONITOR_STATE_DIR/secure (secure.env there holds the settings that reach them).",
+)
 @json_option
 @pass_globals
-def services_up(g: Globals, as_json: bool) -> int:
+def services_up(g: Globals, secure: bool, as_json: bool) -> int:
     """Start Kafka and Redis (or use the ones already running); wait until both answer."""
     from monitor.dev import services
+    from monitor.dev.secure import load
 
-    status = services.up(_service_config(g))
+    config = _service_config(g, secure=secure)
+    status = services.up(config)
+    made = load(config) if config.secure else None
     if as_json:
         out.print_json(
             {
@@ -120,12 +114,16 @@ def services_up(g: Globals, as_json: bool) -> int:
                 "redis": status.redis_url,
                 "redis_external": status.redis_external,
                 "startup_s": status.startup_s,
+                "settings_file": str(made.env_file) if made else None,
             }
         )
         return 0
     click.echo(f"kafka  {status.kafka_bootstrap}{'  (external)' if status.kafka_external else ''}")
     click.echo(f"redis  {status.redis_url}{'  (external)' if status.redis_external else ''}")
     click.echo(f"ready in {status.startup_s:.1f}s")
+    if made is not None:
+        click.echo(f"TLS and SASL: the settings that reach them are in {made.env_file}")
+        click.echo(f"  set -a; . {made.env_file}; set +a")
     return 0
 
 

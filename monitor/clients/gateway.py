@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from monitor.clients.security import PLAINTEXT, KafkaSecurity
 from monitor.events import ControlMessage
 from monitor.exceptions import ServicesError
 from monitor.retry import retry
@@ -86,8 +87,16 @@ def decide(
 class GatewayClient:
     """Follows the control topic and answers "how should this request be routed?"."""
 
-    def __init__(self, bootstrap: str, control_topic: str, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        control_topic: str,
+        *,
+        rng: random.Random | None = None,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.security = security  # TLS / SASL to the brokers (monitor.clients.security)
         self.control_topic = control_topic
         self.rng = rng if rng is not None else random.Random()
         self.skipped = 0  # values that did not decode (logged, never applied)
@@ -117,6 +126,7 @@ class GatewayClient:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self.security.client_options(),
         )
         await consumer.start()
         try:
@@ -219,7 +229,7 @@ class GatewayClient:
 
     async def _partitions(self) -> list[int]:
         """The partition ids of the control topic; raises ServicesError if the topic is missing."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security.client_options())
         try:
             await admin.start()
         except KafkaConnectionError as exc:

@@ -19,6 +19,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from monitor.clients.security import PLAINTEXT, KafkaSecurity
 from monitor.events import PredictionEvent
 from monitor.retry import retry
 
@@ -52,11 +53,13 @@ class PredictionReporter:
         linger_s: float = 0.05,
         max_buffer: int = 100_000,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         if max_batch < 1 or max_buffer < 1 or linger_s < 0 or max_batch_bytes < 2:
             raise ValueError("max_batch, max_buffer and max_batch_bytes must be positive, linger_s ≥ 0")
         self.bootstrap = bootstrap
         self.topic = topic
+        self.security = security  # TLS / SASL to the brokers (monitor.clients.security)
         self.max_batch = max_batch
         self.linger_s = linger_s
         self.max_buffer = max_buffer
@@ -84,6 +87,7 @@ class PredictionReporter:
             enable_idempotence=True,
             linger_ms=0,  # batching happens here, one array per message
             max_request_size=max(1_048_576, self.max_batch_bytes + 65_536),
+            **self.security.client_options(),
         )
         await producer.start()
         self._producer = producer

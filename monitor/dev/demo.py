@@ -14,13 +14,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from monitor.clients.gateway import GatewayClient
 from monitor.dev import services
 from monitor.dev.traffic import BatchingProducer, TrafficProfile, predictions
 from monitor.exceptions import MonitorError
 from monitor.incidents.store import IncidentStore
+from monitor.security import kafka_client_options, kafka_security, redis_client
 from monitor.settings import Settings, Topics
 from monitor.store.keys import Keys
 from monitor.store.redis import RedisStore
@@ -144,7 +144,7 @@ def run_demo(*, duration_s: float, rate_per_s: float) -> int:
 async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per_s: float) -> None:
     base = settings.web_url
     await _wait_ready(base, worker)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     store = RedisStore(
         redis,
         Keys(settings.key_prefix),
@@ -157,9 +157,12 @@ async def _drive(settings: Settings, worker: Worker, duration_s: float, rate_per
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="latest",
         enable_auto_commit=False,
+        **kafka_client_options(settings),
     )
     await watcher.start()
-    gateway = GatewayClient(settings.kafka_bootstrap, settings.topics.control)
+    gateway = GatewayClient(
+        settings.kafka_bootstrap, settings.topics.control, security=kafka_security(settings)
+    )
     try:
         await gateway.start()
         await gateway.wait_caught_up()
@@ -197,7 +200,9 @@ async def _traffic(
     degraded = False
     sent = 0
     seen_levels: dict[str, int] = {}
-    async with BatchingProducer(settings.kafka_bootstrap, settings.topics.predictions) as producer:
+    async with BatchingProducer(
+        settings.kafka_bootstrap, settings.topics.predictions, kafka_options=kafka_client_options(settings)
+    ) as producer:
         while (elapsed := time.monotonic() - started) < duration_s:
             if not degraded and elapsed >= min(20.0, duration_s / 2):
                 degraded = True

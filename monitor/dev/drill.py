@@ -26,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from monitor.exceptions import ConfigError, MonitorError
 from monitor.rules.durations import parse_duration
+from monitor.security import kafka_client_options
 from monitor.settings import Settings
 from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
 
@@ -297,13 +298,16 @@ async def run_drill(
         bootstrap_servers=settings.kafka_bootstrap,
         auto_offset_reset="latest",
         enable_auto_commit=False,
+        **kafka_client_options(settings),
     )
     await watcher.start()
     await watcher.seek_to_end()
     for partition in watcher.assignment():  # resolve "latest" now, before anything is produced
         await watcher.position(partition)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, max_request_size=TOPIC_MAX_MESSAGE_BYTES
+        bootstrap_servers=settings.kafka_bootstrap,
+        max_request_size=TOPIC_MAX_MESSAGE_BYTES,
+        **kafka_client_options(settings),
     )
     await producer.start()
     rng = random.Random(seed)

@@ -46,10 +46,16 @@ def _template(name: str) -> str:
     return resources.files("monitor.kafka_dist").joinpath(name).read_text(encoding="utf-8")
 
 
-def render_server_properties(config: ServiceConfig) -> str:
-    """The broker's server.properties for `config`."""
+def render_server_properties(config: ServiceConfig, security: str | None = None) -> str:
+    """The broker's server.properties for `config`: a PLAINTEXT client listener, or with `security`
+    (the lines of monitor/dev/secure.py) a SASL_SSL one."""
     ports = {"port": config.kafka_port, "controller_port": config.kafka_controller_port}
-    return _template("server.properties.tmpl").format(**ports, data_dir=config.kafka_dir / "data")
+    return _template("server.properties.tmpl").format(
+        **ports,
+        data_dir=config.kafka_dir / "data",
+        listener="PLAINTEXT" if security is None else "SASL_SSL",
+        security=security or "",
+    )
 
 
 def fetch_kafka(config: ServiceConfig) -> Path:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from monitor.exceptions import ServicesError
+from monitor.security import kafka_client_options, redis_options
 from monitor.settings import Settings
 
 __all__ = ["LOOPBACK", "ServiceConfig"]
@@ -71,21 +73,31 @@ class ServiceConfig:
     redis_remote: str | None = None
     kafka_version: str = "4.4.0"
     kafka_heap: str = "512m"
+    # SASL_SSL broker and TLS Redis with an ACL user, their certificates and passwords made in the state
+    # dir (monitor/dev/secure.py): `monitor services up --secure`, or settings that ask for TLS.
+    secure: bool = False
+    # How the probes reach services that are not started here: the settings' TLS and credentials.
+    kafka_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    redis_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    def from_settings(
+        cls, settings: Settings, env: Mapping[str, str] | None = None, *, secure: bool = False
+    ) -> ServiceConfig:
         """The config whose services answer at `settings.kafka_bootstrap` and `settings.redis_url`.
 
         Files go to `MONITOR_CACHE_DIR` / `MONITOR_STATE_DIR`; the controller listens on
         `MONITOR_KAFKA_CONTROLLER_PORT`, else the broker's port + 1. `MONITOR_KAFKA_PORT` and
-        `MONITOR_REDIS_PORT` are no longer needed; one still set must agree with the address.
+        `MONITOR_REDIS_PORT` are no longer needed; one still set must agree with the address. The
+        services are the secure ones if `secure`, or if the settings use SASL_SSL or rediss://.
         """
         env = os.environ if env is None else env
         cache = env.get("MONITOR_CACHE_DIR") or "~/.cache/aimon"
         state = env.get("MONITOR_STATE_DIR") or "~/.local/state/aimon"
         bootstrap, url = settings.kafka_bootstrap, settings.redis_url
         kafka_port = _local_port("MONITOR_KAFKA_BOOTSTRAP", bootstrap, None)
-        redis_port = _local_port("MONITOR_REDIS_URL", url, 6379) if url.startswith("redis://") else None
+        local_scheme = url.startswith(("redis://", "rediss://"))
+        redis_port = _local_port("MONITOR_REDIS_URL", url, 6379) if local_scheme else None
         _agree("MONITOR_KAFKA_PORT", "MONITOR_KAFKA_BOOTSTRAP", bootstrap, kafka_port, env)
         _agree("MONITOR_REDIS_PORT", "MONITOR_REDIS_URL", url, redis_port, env)
         controller = env.get("MONITOR_KAFKA_CONTROLLER_PORT", "")
@@ -117,6 +129,9 @@ class ServiceConfig:
             redis_db=int(db) if db.isdigit() else 0,
             kafka_remote=bootstrap if remote_kafka else None,
             redis_remote=url if remote_redis else None,
+            secure=secure or settings.kafka_security_protocol == "SASL_SSL" or url.startswith("rediss://"),
+            kafka_options=kafka_client_options(settings),
+            redis_options=redis_options(settings),
         )
 
     @classmethod
@@ -132,7 +147,8 @@ class ServiceConfig:
     @property
     def redis_url(self) -> str:
         """URL of the local Redis server."""
-        return f"redis://127.0.0.1:{self.redis_port}/{self.redis_db}"
+        scheme = "rediss" if self.secure else "redis"
+        return f"{scheme}://127.0.0.1:{self.redis_port}/{self.redis_db}"
 
     @property
     def kafka_dir(self) -> Path:

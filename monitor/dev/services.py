@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from monitor.dev import secure
 from monitor.dev.kafka import _require, _template, fetch_kafka, kafka_cluster_id, render_server_properties
 from monitor.dev.service_config import ServiceConfig
 from monitor.exceptions import ServicesError
@@ -80,7 +82,7 @@ def _services(config: ServiceConfig) -> tuple[_Service, _Service]:
             "kafka.Kafka",
             config.kafka_port,
             "MONITOR_KAFKA_BOOTSTRAP",
-            lambda: _kafka_answers(config.kafka_bootstrap),
+            lambda: _kafka_answers(config.kafka_bootstrap, options=_probe_options(config)[0]),
             kdir / "kafka.log",
         ),
         _Service(
@@ -89,10 +91,18 @@ def _services(config: ServiceConfig) -> tuple[_Service, _Service]:
             "redis-server",
             config.redis_port,
             "MONITOR_REDIS_URL",
-            lambda: _redis_answers(config.redis_url),
+            lambda: _redis_answers(config.redis_url, options=_probe_options(config)[1]),
             rdir / "redis.log",
         ),
     )
+
+
+def _probe_options(config: ServiceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Kafka and Redis client options that reach the services of `config`."""
+    made = secure.load(config) if config.secure else None
+    if made is not None:
+        return made.kafka_security.client_options(), made.redis_options()
+    return config.kafka_options, config.redis_options
 
 
 def _alive(pid: int) -> bool:
@@ -130,12 +140,14 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
+def _kafka_answers(bootstrap: str, timeout_s: float = 3.0, options: dict[str, Any] | None = None) -> bool:
     # aiokafka ships no type information; the ignore stays harmless where mypy is told to skip it.
     from aiokafka.client import AIOKafkaClient  # type: ignore[import-untyped, unused-ignore]
 
     async def metadata() -> bool:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+        client = AIOKafkaClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(options or {})
+        )
         try:
             await asyncio.wait_for(client.bootstrap(), timeout_s)
             cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
@@ -152,11 +164,12 @@ def _kafka_answers(bootstrap: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _redis_answers(url: str, timeout_s: float = 3.0) -> bool:
+def _redis_answers(url: str, timeout_s: float = 3.0, options: dict[str, Any] | None = None) -> bool:
     import redis
 
+    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     try:
-        with redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s) as client:
+        with redis.Redis.from_url(url, **timeouts, **(options or {})) as client:
             return bool(client.ping())
     except Exception:  # whatever went wrong, the answer is "not a usable server (yet)"
         return False
@@ -184,14 +197,25 @@ def _spawn(cmd: list[str], cwd: Path, logfile: Path, pidfile: Path) -> int:
     return pid
 
 
-def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
+def _start_kafka(
+    config: ServiceConfig, libs: Path, java: str, made: secure.SecureServices | None = None
+) -> int:
     kdir = config.kafka_dir
     (kdir / "data").mkdir(parents=True, exist_ok=True)
     props, log4j = kdir / "server.properties", kdir / "log4j2.properties"
-    props.write_text(render_server_properties(config), encoding="utf-8")
+    props.touch(mode=0o600)  # with --secure, it holds the SASL passwords
+    props.write_text(
+        render_server_properties(config, made.kafka_properties() if made else None), encoding="utf-8"
+    )
     log4j.write_text(_template("log4j2.properties"), encoding="utf-8")
     jvm = [java, "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={log4j}"]
-    if not (kdir / "data" / "meta.properties").exists():
+    formatted, scram = kdir / "data" / "meta.properties", kdir / "data" / ".aimon-scram-users"
+    if made is not None and formatted.exists() and not scram.exists():
+        raise ServicesError(
+            f"the Kafka data in {kdir / 'data'} was formatted without the SCRAM users of --secure; "
+            "remove that directory (its topics go with it) or use another MONITOR_STATE_DIR"
+        )
+    if not formatted.exists():
         # `--cluster-id=ID`, one argument, besides an id that never starts with "-".
         fmt = subprocess.run(
             [
@@ -201,6 +225,7 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
                 f"--cluster-id={kafka_cluster_id()}",
                 "-c",
                 str(props),
+                *(made.scram_format_args() if made is not None else []),
             ],
             capture_output=True,
             text=True,
@@ -209,8 +234,10 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
         if fmt.returncode != 0:
             raise ServicesError(
                 f"formatting the Kafka storage in {kdir / 'data'} failed:\n"
-                + (fmt.stdout + fmt.stderr).strip()
+                + fmt.stderr.strip()  # its stdout would show the SCRAM records
             )
+        if made is not None:
+            scram.touch()
     logfile = kdir / "kafka.log"
     if logfile.exists():  # the previous run's log may tell why that run died
         logfile.replace(kdir / "kafka.log.1")
@@ -218,15 +245,15 @@ def _start_kafka(config: ServiceConfig, libs: Path, java: str) -> int:
     return _spawn(cmd, kdir, logfile, kdir / "kafka.pid")
 
 
-def _start_redis(config: ServiceConfig, server: str) -> int:
+def _start_redis(config: ServiceConfig, server: str, made: secure.SecureServices | None = None) -> int:
     rdir = config.redis_dir
     rdir.mkdir(parents=True, exist_ok=True)
+    listen = ["--port", str(config.redis_port)] if made is None else made.redis_args()
     cmd = [
         server,
         "--bind",
         "127.0.0.1",
-        "--port",
-        str(config.redis_port),
+        *listen,
         "--dir",
         str(rdir),
         *REDIS_PERSISTENCE,
@@ -319,19 +346,30 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
         raise RuntimeError("services.up() is synchronous: in async code, use asyncio.to_thread(up)")
     config = config or ServiceConfig.from_env()
     kafka, redis_ = _services(config)
-    kafka_plan = (
-        "external"
-        if _remote("MONITOR_KAFKA_BOOTSTRAP", config.kafka_remote, _kafka_answers)
-        else _plan(kafka)
+    if not config.secure and secure.started_secure(config) and _read_pid(kafka) is not None:
+        raise ServicesError(
+            f"the services of {config.state_dir} run with TLS and SASL: use `monitor services up --secure` "
+            "(or the settings of its secure.env), or `monitor services down` first"
+        )
+    # Certificates and passwords first: the probes of running secure services need them too.
+    made = secure.ensure(config) if config.secure else None
+    remote_kafka = _remote(
+        "MONITOR_KAFKA_BOOTSTRAP",
+        config.kafka_remote,
+        lambda address, timeout_s: _kafka_answers(address, timeout_s, config.kafka_options),
     )
-    redis_plan = (
-        "external" if _remote("MONITOR_REDIS_URL", config.redis_remote, _redis_answers) else _plan(redis_)
+    kafka_plan = "external" if remote_kafka else _plan(kafka)
+    remote_redis = _remote(
+        "MONITOR_REDIS_URL",
+        config.redis_remote,
+        lambda address, timeout_s: _redis_answers(address, timeout_s, config.redis_options),
     )
+    redis_plan = "external" if remote_redis else _plan(redis_)
     # Everything that can fail fast is checked before anything is started.
     starts: list[Callable[[], int]] = []
     if redis_plan == "start":
         server = _require("redis-server", "it (apt-get install redis-server)")
-        starts.append(lambda: _start_redis(config, server))
+        starts.append(lambda: _start_redis(config, server, made))
     if kafka_plan == "start":
         if _port_open(config.kafka_controller_port):
             raise ServicesError(
@@ -340,7 +378,7 @@ def up(config: ServiceConfig | None = None, *, timeout_s: float = 120.0) -> Serv
             )
         java = _require("java", "OpenJDK 17 or newer (apt-get install openjdk-17-jre-headless)")
         libs = fetch_kafka(config)
-        starts.append(lambda: _start_kafka(config, libs, java))
+        starts.append(lambda: _start_kafka(config, libs, java, made))
     started: list[int] = []
     try:
         # Both are started before either is waited for, so that their start-ups overlap.

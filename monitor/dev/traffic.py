@@ -71,11 +71,21 @@ def predictions(
 class BatchingProducer:
     """Sends events as JSON arrays of at most `batch_size` (the reporter's wire format)."""
 
-    def __init__(self, bootstrap: str, topic: str, *, batch_size: int = 100) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        batch_size: int = 100,
+        kafka_options: dict[str, Any] | None = None,
+    ) -> None:
         self.topic = topic
         self.batch_size = batch_size
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, max_request_size=TOPIC_MAX_MESSAGE_BYTES
+            bootstrap_servers=bootstrap,
+            linger_ms=5,
+            max_request_size=TOPIC_MAX_MESSAGE_BYTES,
+            **(kafka_options or {}),
         )
 
     async def __aenter__(self) -> BatchingProducer:

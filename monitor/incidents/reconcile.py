@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from monitor.clients.security import PLAINTEXT, KafkaSecurity
 from monitor.events import ControlMessage
 from monitor.incidents.store import IncidentStore
 
@@ -72,16 +73,19 @@ class TopicControlReader:
     """Each model's newest control message: the topic read from its start to its end, as a gateway
     reads it (`GatewayClient`, no group, nothing committed)."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 30.0
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.security = security
         self.timeout_s = timeout_s
 
     async def __call__(self) -> dict[str, ControlMessage]:
         """model_id -> the message with the highest seq on the topic."""
         from monitor.clients.gateway import GatewayClient
 
-        async with GatewayClient(self.bootstrap, self.topic) as client:
+        async with GatewayClient(self.bootstrap, self.topic, security=self.security) as client:
             await client.wait_caught_up(self.timeout_s)
             return client.models()
 

@@ -186,3 +186,34 @@ def test_compose_redis_persists_like_the_local_one() -> None:
     flags = dict(zip(command[1::2], command[2::2], strict=True))
     assert flags == dict(zip(REDIS_PERSISTENCE[::2], REDIS_PERSISTENCE[1::2], strict=True))
     assert (flags["--appendonly"], flags["--appendfsync"]) == ("yes", "everysec")
+
+
+TLS: dict[str, Any] = load(DEPLOY / "compose.tls.yml")["services"]
+
+
+def test_the_tls_override_changes_services_of_compose_into_real_settings() -> None:
+    assert set(TLS) <= set(SERVICES)
+    env = {str(k): str(v) for k, v in TLS["monitor"]["environment"].items()}
+    assert set(env) <= setting_variables()
+    # Secrets come from .env, never from the file.
+    for name in ("MONITOR_KAFKA_SASL_PASSWORD", "MONITOR_REDIS_PASSWORD"):
+        assert re.fullmatch(r"\$\{" + name + r":\?[^}]+\}", env[name])
+    # The monitor dials the broker's SASL_SSL listener and a rediss:// Redis, trusting a CA it mounts.
+    kafka = {str(k): str(v) for k, v in TLS["kafka"]["environment"].items()}
+    bootstrap = environment("monitor")["MONITOR_KAFKA_BOOTSTRAP"]
+    assert kafka["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_SSL://{bootstrap}"
+    assert env["MONITOR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["MONITOR_KAFKA_SASL_MECHANISM"] in kafka["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    assert env["MONITOR_REDIS_URL"].startswith("rediss://redis:")
+    mounted = {v.split(":")[1] for v in TLS["monitor"]["volumes"]}
+    assert {env["MONITOR_KAFKA_SSL_CAFILE"], env["MONITOR_REDIS_SSL_CA"]} <= mounted
+    assert "/deploy/secrets/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+
+def test_the_tls_redis_still_persists_like_the_local_one_and_speaks_tls_only() -> None:
+    command = TLS["redis"]["command"]
+    persistence = list(REDIS_PERSISTENCE)
+    assert command[: 1 + len(persistence)] == ["redis-server", *persistence]
+    flags = dict(zip(command[1::2], command[2::2], strict=False))
+    assert flags["--port"] == "0" and flags["--tls-port"] == "6379"
+    assert command[command.index("default") + 1] == "off"  # only the ACL user gets in

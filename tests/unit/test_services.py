@@ -127,7 +127,7 @@ def test_a_loopback_bootstrap_needs_a_port(clean_env: pytest.MonkeyPatch) -> Non
     ("bootstrap", "redis_url"),
     [
         ("kafka.internal:9092", "redis://redis.internal:6379/0"),
-        ("127.0.0.1:9092,127.0.0.1:9093", "rediss://127.0.0.1:6379/0"),  # a list; TLS: not ours to start
+        ("127.0.0.1:9092,127.0.0.1:9093", "rediss://10.0.0.7:6380/0"),  # a list; TLS elsewhere
         ("10.0.0.5:9092", "unix:///run/redis.sock"),
         ("[2001:db8::1]:9092", "redis://:secret@127.0.0.1:6379/0"),  # a password: not a server we start
     ],
