@@ -20,6 +20,8 @@ from monitor.agents.lag import AppliedTracker
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
 from monitor.api import ApiDeps, register_api
 from monitor.audit import AuditLog
+from monitor.audit.anchor import KafkaAnchor
+from monitor.audit.secret import audit_secret
 from monitor.catchup import SilenceHold
 from monitor.evaluator import Evaluator
 from monitor.events import (
@@ -160,6 +162,7 @@ class Monitor:
             evaluating=lambda: self.evaluating,
         )
         self._publisher_started = False
+        self.audit_secret = audit_secret(settings, warn=True)  # an unreadable secret file is refused here
         self.app = self._build_app()
         self._kafka_probe: AIOKafkaClient | None = None
 
@@ -273,7 +276,12 @@ class Monitor:
             ApiDeps(
                 incidents=IncidentStore(self.redis, keys),
                 commands=CommandQueue(self.redis, keys),
-                audit=AuditLog(self.redis, keys),
+                audit=AuditLog(
+                    self.redis,
+                    keys,
+                    secret=self.audit_secret.value,
+                    anchor=KafkaAnchor(s.kafka_bootstrap, s.topics.audit),
+                ),
                 store=self.store,
                 token=s.api_token.get_secret_value() if s.api_token else None,
             ),

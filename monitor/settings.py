@@ -22,6 +22,7 @@ class Topics(BaseSettings):
     control: str = "control"
     incidents: str = "incidents"
     dead_letters: str = "dead-letters"
+    audit: str = "audit"
 
 
 class Settings(BaseSettings):
@@ -97,6 +98,22 @@ class Settings(BaseSettings):
     lag_report_stale_s: float = Field(
         10.0, gt=1, description="A partition's progress report older than this counts as behind."
     )
+    # Audit trail (monitor/audit/, docs/audit.md): entries sealed with HMAC-SHA256 under this secret.
+    audit_secret: SecretStr | None = Field(
+        None,
+        description="The key of the audit chain, the same on every worker and wherever "
+        "`monitor audit verify` runs; unset (and no MONITOR_AUDIT_SECRET_FILE): a secret generated once in "
+        "$MONITOR_STATE_DIR/audit.key, right for one host only.",
+    )
+    audit_secret_file: Path | None = Field(
+        None, description="A file holding the audit secret (e.g. a mounted secret); refused if unreadable."
+    )
+
+    @field_validator("audit_secret_file", mode="before")
+    @classmethod
+    def _audit_secret_file_unset(cls, value: object) -> object:
+        return None if value == "" else value  # as for MONITOR_RULES_PATH: empty means unset
+
     log_level: str = "info"
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -122,7 +139,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """The MONITOR_* environment that rebuilds these settings in another process."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump(exclude={"topics", "api_token"}).items():
+        for name, value in self.model_dump(exclude={"topics", "api_token", "audit_secret"}).items():
             if value is None:
                 continue
             text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
@@ -131,6 +148,8 @@ class Settings(BaseSettings):
             env[f"MONITOR_TOPIC_{name.upper()}"] = str(value)
         if self.api_token is not None:
             env["MONITOR_API_TOKEN"] = self.api_token.get_secret_value()
+        if self.audit_secret is not None:
+            env["MONITOR_AUDIT_SECRET"] = self.audit_secret.get_secret_value()
         return env
 
     @property
