@@ -41,7 +41,11 @@ class KafkaAnchor:
                     request_timeout_ms=10_000,
                     **self.client_options,
                 )
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # a producer that never started still holds its client
+                    raise
                 self._producer = producer
             return self._producer
 
@@ -76,14 +80,17 @@ async def read_anchor(
             "set MONITOR_KAFKA_BOOTSTRAP, or pass --no-anchor to check the Redis chain alone"
         ) from None
     try:
-        if topic not in await consumer.topics():  # also loads the metadata partitions_for_topic reads
+        if topic not in await consumer.topics():
             return None
-        known = consumer.partitions_for_topic(topic)
-        if not known:
-            return None
-        tps = [TopicPartition(topic, p) for p in sorted(known)]
+        # Assigning a partition makes the client keep the topic's metadata (the partition count).
+        tps = [TopicPartition(topic, 0)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        known = consumer.partitions_for_topic(topic) or {0}
+        if len(known) > 1:  # made by hand with more partitions: read them all (the seq orders entries)
+            tps = [TopicPartition(topic, p) for p in sorted(known)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         found: list[tuple[int, int, dict[str, Any]]] = []
         deadline = time.monotonic() + timeout_s

@@ -189,6 +189,8 @@ def verify_chain(
             if versions:
                 fields = _changed_fields(entry, versions[0])
                 return bad(seq, f"entry {seq} was changed after it was written ({fields}; it {why})")
+            if anchor is not None and not by_seq.get(seq):
+                return bad(seq, f"entry {seq} {why} and is not on the audit topic: forged")
             return bad(seq, f"entry {seq} {why}: changed or forged")
         if "alg" in entry:
             keyed = True
@@ -220,7 +222,7 @@ def verify_chain(
         first_seq, first_lost = lost[0]
         line = (
             f"{_entries(len(lost))} missing from Redis, last at seq {lost[-1][0]} "
-            f"({_describe(lost[-1][1])}); the audit topic has them"
+            f"({_describe(lost[-1][1])}); the audit topic has {'it' if len(lost) == 1 else 'them'}"
         )
         written = first_lost.get("at")
         if redis_started_at is None:
@@ -234,7 +236,7 @@ def verify_chain(
             )
         return bad(
             first_seq,
-            f"{line}: removed, for Redis (up since {_when(redis_started_at)}) had them on disk, "
+            f"{line}: removed, for Redis (up since {_when(redis_started_at)}) had written it to disk, "
             "not lost in a crash",
         )
     unanchored = [seq for seq in range(n) if seq not in by_seq]
@@ -242,7 +244,8 @@ def verify_chain(
         return bad(
             unanchored[0],
             f"{_entries(len(unanchored))} not on the audit topic ({_span(unanchored[0], unanchored[-1])}): "
-            "their seals hold, but their removal would go unnoticed; the next audit entry re-sends them",
+            "sealed, so written by the monitor, but a removal would go unnoticed; the next audit entry "
+            "re-sends them",
             "unanchored",
         )
     return Verification(n, True, anchored=len(anchor), legacy=legacy, notes=tuple(notes))
