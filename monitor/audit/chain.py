@@ -26,6 +26,8 @@ ALG = "hmac-sha256"
 # How long before a Redis restart an entry may have been written and still be lost with it:
 # `appendfsync everysec` loses at most about a second of writes; two leave room for the fsync's own time.
 AOF_LOSS_WINDOW_S = 2.0
+# Redis tells its start only to the second (INFO's uptime_in_seconds counts whole seconds).
+REDIS_START_RESOLUTION_S = 1.0
 
 
 def canonical(entry: Mapping[str, Any]) -> bytes:
@@ -227,7 +229,11 @@ def verify_chain(
         written = first_lost.get("at")
         if redis_started_at is None:
             return bad(first_seq, f"{line}: lost in a Redis crash or removed", "missing")
-        if isinstance(written, (int, float)) and written <= redis_started_at <= written + AOF_LOSS_WINDOW_S:
+        slack = REDIS_START_RESOLUTION_S
+        if (
+            isinstance(written, (int, float))
+            and written - slack <= redis_started_at <= written + AOF_LOSS_WINDOW_S + slack
+        ):
             return bad(
                 first_seq,
                 f"{line}: written within {AOF_LOSS_WINDOW_S:g} s before Redis restarted at "
