@@ -210,10 +210,20 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     )
 
     verify = cli(settings, "audit", "verify")
-    assert verify.returncode == 0 and "5 entries" in verify.stdout, verify.stdout + verify.stderr
+    # Every API action is in Redis and on the audit topic (the worker's anchor) before the reply.
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"5 entries (checked against 5 records on topic {settings.topics.audit}" in verify.stdout
     redis = Redis.from_url(settings.redis_url)
     try:
         key = Keys(settings.key_prefix).audit()
+        newest = await redis.rpop(key)  # the newest entry removed: the anchor still has it
+        removed = cli(settings, "audit", "verify")
+        assert removed.returncode == 1, removed.stdout
+        assert removed.stderr.startswith(
+            "audit log TAMPERED: 1 entry missing from Redis, last at seq 4 "
+            "(release loan-approval by human:dana"
+        ), removed.stderr
+        await redis.rpush(key, newest)  # type: ignore[arg-type]
         entry = orjson.loads(await redis.lindex(key, 1))
         entry["why"] = "nothing to see here"
         await redis.lset(key, 1, orjson.dumps(entry))
