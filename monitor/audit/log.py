@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -39,6 +40,9 @@ class AuditLog:
         self.mark = keys.audit_anchored()
         self.secret = secret
         self.anchor = anchor
+        # One publisher at a time per process: appenders that overlap would each re-send the other's
+        # entry (harmless, verify reads a re-sent record as the same one, but twice the records).
+        self._publishing = asyncio.Lock()
 
     async def append(
         self, *, at: float, who: str, action: str, target: str, why: str, **details: Any
@@ -52,7 +56,8 @@ class AuditLog:
             {"at": at, "who": who, "action": action, "target": target, "why": why, "details": details}
         )
         if self.anchor is not None:
-            await self.anchor_pending(entry["seq"])
+            async with self._publishing:
+                await self.anchor_pending(entry["seq"])
         return entry
 
     async def _append_to_redis(self, body: dict[str, Any]) -> dict[str, Any]:
