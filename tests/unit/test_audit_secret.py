@@ -76,5 +76,7 @@ def test_an_empty_file_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.parametrize("secret", ["", "short"])
 def test_a_short_secret_is_refused(secret: str) -> None:
-    with pytest.raises(ConfigError, match=r"MONITOR_AUDIT_SECRET is \d bytes; the audit secret needs at least 16 \(e.g."):
+    with pytest.raises(
+        ConfigError, match=r"MONITOR_AUDIT_SECRET is \d bytes; the audit secret needs at least 16 "
+    ):
         audit_secret(Settings(audit_secret=SecretStr(secret)))
