@@ -109,6 +109,10 @@ def _entries(n: int) -> str:
     return "1 entry" if n == 1 else f"{n} entries"
 
 
+def _them(n: int) -> str:
+    return "it" if n == 1 else "them"
+
+
 def _span(first: int, last: int) -> str:
     return f"seq {first}" if first == last else f"seq {first}..{last}"
 
@@ -224,7 +228,7 @@ def verify_chain(
         first_seq, first_lost = lost[0]
         line = (
             f"{_entries(len(lost))} missing from Redis, last at seq {lost[-1][0]} "
-            f"({_describe(lost[-1][1])}); the audit topic has {'it' if len(lost) == 1 else 'them'}"
+            f"({_describe(lost[-1][1])}); the audit topic has {_them(len(lost))}"
         )
         written = first_lost.get("at")
         if redis_started_at is None:
@@ -242,8 +246,8 @@ def verify_chain(
             )
         return bad(
             first_seq,
-            f"{line}: removed, for Redis (up since {_when(redis_started_at)}) had written it to disk, "
-            "not lost in a crash",
+            f"{line}: removed, for Redis (up since {_when(redis_started_at)}) had written "
+            f"{_them(len(lost))} to disk, not lost in a crash",
         )
     unanchored = [seq for seq in range(n) if seq not in by_seq]
     if unanchored:
@@ -251,7 +255,7 @@ def verify_chain(
             unanchored[0],
             f"{_entries(len(unanchored))} not on the audit topic ({_span(unanchored[0], unanchored[-1])}): "
             "sealed, so written by the monitor, but a removal would go unnoticed; the next audit entry "
-            "re-sends them",
+            f"re-sends {_them(len(unanchored))}",
             "unanchored",
         )
     return Verification(n, True, anchored=len(anchor), legacy=legacy, notes=tuple(notes))

@@ -80,10 +80,21 @@ class AuditLog:
 
     async def anchor_pending(self, upto: int) -> int:
         """Publish the entries after the anchored mark up to seq `upto`; returns how many were sent."""
-        assert self.anchor is not None
-        start = int(await self.redis.get(self.mark) or -1) + 1
-        if start > upto:
+        if self.anchor is None:
             return 0
+        mark = int(await self.redis.get(self.mark) or -1)
+        start = mark + 1
+        if mark >= upto:
+            # The topic already has an entry of this seq: Redis lost (or someone removed) its newest
+            # entries and this append took a lost one's seq. Publish it all the same, so that the topic
+            # keeps both and verify names the lost one; the mark stays where the topic is.
+            log.error(
+                "audit entry %s takes the seq of an entry already on the audit topic (anchored up to %s): "
+                "the newest audit entries are gone from Redis; `monitor audit verify` names them",
+                upto,
+                mark,
+            )
+            start = upto
         sent = 0
         # The list is never trimmed, so index = seq.
         for raw in await self.redis.lrange(self.key, start, upto):

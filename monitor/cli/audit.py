@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
@@ -72,12 +73,23 @@ def audit_verify(g: Globals, no_anchor: bool, as_json: bool) -> int:
     async def verify(redis: Any) -> tuple[Verification, str, str]:
         raw = await redis.lrange(Keys(settings.key_prefix).audit(), 0, -1)  # Redis first: is it there?
         secret = audit_secret(settings, create=False)
-        anchor = None
-        if not no_anchor:  # no audit topic at all: every entry is unanchored
-            anchor = await read_anchor(settings.kafka_bootstrap, topic) or []
+        return await check(redis, raw, secret.value), secret.source, key_id(secret.value)
+
+    async def check(redis: Any, raw: list[bytes], secret: bytes) -> Verification:
         started = await _redis_started_at(redis)
-        result = verify_chain(raw, secret.value, anchor, redis_started_at=started)
-        return result, secret.source, key_id(secret.value)
+        if no_anchor:
+            return verify_chain(raw, secret, None, redis_started_at=started)
+        anchor = await read_anchor(settings.kafka_bootstrap, topic)
+        result = verify_chain(raw, secret, anchor or [], redis_started_at=started)
+        if anchor is None and raw and result.verdict in ("intact", "unanchored"):
+            return replace(
+                result,
+                ok=False,
+                verdict="unanchored",
+                problem=f"the audit topic {topic!r} does not exist (MONITOR_TOPIC_AUDIT), so a removed "
+                "entry would go unnoticed; the worker creates it at start",
+            )
+        return result
 
     result, source, kid = _with_redis(settings, verify)
     if as_json:
@@ -98,7 +110,8 @@ def audit_verify(g: Globals, no_anchor: bool, as_json: bool) -> int:
         )
     elif result.ok:
         where = "the Redis chain alone" if no_anchor else f"{result.anchored} records on topic {topic}"
-        click.echo(f"audit log intact: {result.entries} entries (checked against {where}; key id {kid})")
+        count = f"{result.entries} entr{'y' if result.entries == 1 else 'ies'}"
+        click.echo(f"audit log intact: {count} (checked against {where}; key id {kid})")
         for note in result.notes:
             click.echo(f"  note: {note}")
     else:

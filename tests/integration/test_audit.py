@@ -322,3 +322,44 @@ async def test_the_audit_topic_keeps_every_record_and_a_deleting_one_is_refused(
         TopicConfigError, match=r"has retention.ms=604800000, but the monitor needs retention.ms=-1"
     ):
         await ensure_topics(other)
+
+
+async def test_an_append_after_a_removed_tail_keeps_both_on_the_topic(trail: Trail) -> None:
+    await trail.append(3)
+    await trail.redis.rpop(trail.key)
+    [again] = await trail.append(1, start=7)  # takes seq 2, which the topic already holds
+    assert again["seq"] == 2
+    anchored = await read_anchor(trail.settings.kafka_bootstrap, trail.settings.topics.audit)
+    assert [(e["seq"], e["target"]) for e in anchored or []] == [
+        (0, "INC-0"),
+        (1, "INC-1"),
+        (2, "INC-2"),
+        (2, "INC-7"),
+    ]
+    done = await verify(trail.settings)
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "audit log TAMPERED: 1 entry missing from Redis, last at seq 2 (acknowledge INC-2 by human:dana"
+    ), done.stderr
+    print(done.stderr.strip())
+
+
+async def test_no_audit_topic_is_not_called_intact(services: tuple[str, str]) -> None:
+    settings = unique_settings(*services, audit_secret=SecretStr(SECRET))  # its topics never created
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await AuditLog(redis, Keys(settings.key_prefix), secret=SECRET.encode()).append(
+            at=time.time(), who="human:dana", action="resolve", target="INC-1", why="fixed"
+        )
+    finally:
+        await redis.aclose()
+    done = await verify(settings)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"audit log NOT ANCHORED: the audit topic {settings.topics.audit!r} does not exist "
+        "(MONITOR_TOPIC_AUDIT), so a removed entry would go unnoticed; the worker creates it at start\n"
+    )
+    alone = await asyncio.to_thread(cli, settings, "audit", "verify", "--no-anchor")
+    assert alone.returncode == 0 and alone.stdout.startswith(
+        "audit log intact: 1 entry (checked against the Redis chain alone"
+    )
