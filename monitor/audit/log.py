@@ -15,6 +15,8 @@ from monitor.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
+PUBLISH_TIMEOUT_S = 5.0
+
 # Raise the anchored mark, never lower it: two appenders may finish their publishes out of order.
 _RAISE_MARK = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -100,7 +102,8 @@ class AuditLog:
         for raw in await self.redis.lrange(self.key, start, upto):
             entry = orjson.loads(raw)
             try:
-                await self.anchor.publish(entry, _as_bytes(raw))
+                # Bounded: with Kafka away, a person's command waits this long, not the producer's timeouts.
+                await asyncio.wait_for(self.anchor.publish(entry, _as_bytes(raw)), PUBLISH_TIMEOUT_S)
             except Exception as exc:  # the action stands: it is in Redis, the next append re-sends it
                 log.warning(
                     "audit entry %s not anchored yet: %s: %s", entry.get("seq"), type(exc).__name__, exc

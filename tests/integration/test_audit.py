@@ -363,3 +363,26 @@ async def test_no_audit_topic_is_not_called_intact(services: tuple[str, str]) ->
     assert alone.returncode == 0 and alone.stdout.startswith(
         "audit log intact: 1 entry (checked against the Redis chain alone"
     )
+
+
+async def test_a_broker_that_never_answers_holds_an_append_for_the_publish_timeout_only(
+    trail: Trail, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitor.audit.log import PUBLISH_TIMEOUT_S
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(60)  # accepts the connection, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 19194)
+    try:
+        hung = KafkaAnchor("127.0.0.1:19194", trail.settings.topics.audit)
+        log = AuditLog(trail.redis, Keys(trail.settings.key_prefix), secret=SECRET.encode(), anchor=hung)
+        started = time.monotonic()
+        entry = await log.append(at=time.time(), who="human:dana", action="resolve", target="INC-1", why="x")
+        took = time.monotonic() - started
+        await hung.stop()
+    finally:
+        server.close()
+    assert PUBLISH_TIMEOUT_S <= took < PUBLISH_TIMEOUT_S + 2, took
+    assert entry["seq"] == 0 and await trail.redis.llen(trail.key) == 1  # the action stands
+    assert "audit entry 0 not anchored yet: TimeoutError" in caplog.text
