@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from monitor.agents.ingest import BatchIngestor, RawMessage
 from monitor.agents.lag import AppliedTracker
+from monitor.agents.recovery import KafkaRangeReader, Recovery, Watermarks
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
 from monitor.api import ApiDeps, register_api
 from monitor.audit import AuditLog
@@ -193,6 +194,12 @@ class Monitor:
 
         self.dead_letters_topic = topic(s.topics.dead_letters)
         dead_letters = FaustDeadLetters(self.dead_letters_topic)
+        watermarks = Watermarks(self.redis, Keys(s.key_prefix))
+        read_range = KafkaRangeReader(s.kafka_bootstrap, chunk=s.batch_max_events)
+
+        def recovery(name: str) -> Recovery:
+            return Recovery(name, watermarks, read_range)
+
         ingest_options: dict[str, Any] = {
             "retention_s": s.retention_s,
             "retry_max_s": s.redis_retry_max_s,
@@ -206,6 +213,7 @@ class Monitor:
                 self.store.apply_predictions,
                 dead_letters,
                 self.metrics,
+                recovery=recovery(s.topics.predictions),
                 **ingest_options,
             ),
             BatchIngestor(
@@ -214,6 +222,7 @@ class Monitor:
                 self.store.apply_labels,
                 dead_letters,
                 self.metrics,
+                recovery=recovery(s.topics.labels),
                 **ingest_options,
             ),
             BatchIngestor(
@@ -223,6 +232,7 @@ class Monitor:
                 dead_letters,
                 self.metrics,
                 topic_kind="access",
+                recovery=recovery(s.topics.access_logs),
                 **ingest_options,
             ),
             BatchIngestor(
@@ -231,6 +241,7 @@ class Monitor:
                 self.store.apply_registry,
                 dead_letters,
                 self.metrics,
+                recovery=recovery(s.topics.model_registry),
                 **ingest_options,
             ),
         ]

@@ -56,6 +56,13 @@ class IngestMetrics:
             ["topic"],
             registry=registry,
         )
+        self.recovered = Counter(
+            "aimon_events_recovered_total",
+            "Events read again from Kafka and applied because Redis had lost them (a crash that lost "
+            "its last writes); the applied ones are counted in aimon_events_ingested_total too.",
+            ["topic"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "aimon_dead_letters_total",
             "Values (or array elements) sent to the dead-letter topic.",

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -20,11 +20,15 @@ from monitor.metrics import IngestMetrics
 from monitor.retry import retry
 from monitor.store.redis import TRANSIENT, ApplyResult
 
+if TYPE_CHECKING:
+    from monitor.agents.recovery import Recovery
+
 log = logging.getLogger(__name__)
 
 REASON_OUT_OF_WINDOW = "out_of_window"
 # Producers' clocks drift; an event further ahead than this would create buckets nobody reads.
 MAX_FUTURE_SKEW_S = 3600.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class BatchIngestor(Generic[E]):
         clock: Callable[[], float] = time.time,
         on_redis_down: Callable[[bool], None] = lambda down: None,
         topic_kind: str = "",
+        recovery: Recovery | None = None,
     ) -> None:
         self.topic = topic
         self.decoder = decoder
@@ -76,9 +81,10 @@ class BatchIngestor(Generic[E]):
         self.clock = clock
         self.on_redis_down = on_redis_down
         self.topic_kind = topic_kind
+        self.recovery = recovery
         # The topic's counters exist from the start at 0, on every worker, whether or not it has
         # been assigned a partition yet: rate() and increase() then see the first message.
-        for counter in (metrics.messages, metrics.events, metrics.replayed):
+        for counter in (metrics.messages, metrics.events, metrics.replayed, metrics.recovered):
             counter.labels(topic)
 
     async def handle(self, messages: Sequence[RawMessage]) -> ApplyResult:
@@ -90,7 +96,12 @@ class BatchIngestor(Generic[E]):
             for _, rejected in rejects:
                 self.metrics.dead_letters.labels(self.topic, rejected.reason).inc()
         started = time.perf_counter()
+        recovery = self.recovery
+        if recovery is not None:  # what Redis lost of the offsets before this batch goes in first
+            await self._until_done(lambda: recovery.close_gaps(messages, self._reapply), "close a gap")
         result = await self._apply_until_done(located)
+        if recovery is not None:
+            await self._until_done(lambda: recovery.applied(messages), "record a batch as applied")
         self.metrics.batch_seconds.labels(self.topic).observe(time.perf_counter() - started)
         self.metrics.events.labels(self.topic).inc(result.applied_events)
         self.metrics.replayed.labels(self.topic).inc(result.skipped_events)
@@ -119,23 +130,29 @@ class BatchIngestor(Generic[E]):
                     rejects.append((message, _out_of_window(event, message, oldest, newest)))
         return located, rejects
 
+    async def _reapply(self, messages: list[RawMessage]) -> None:
+        """Apply messages read again from Kafka after Redis lost them (their dead letters were sent
+        the first time); the replay guard skips the events Redis did keep."""
+        located, _ = self.split(messages)
+        result = await self._apply_until_done(located)
+        self.metrics.events.labels(self.topic).inc(result.applied_events)
+        self.metrics.replayed.labels(self.topic).inc(result.skipped_events)
+        self.metrics.recovered.labels(self.topic).inc(result.applied_events)
+
     async def _apply_until_done(self, located: list[Located]) -> ApplyResult:
+        return await self._until_done(
+            lambda: self._apply(self.topic, located), f"a batch of {len(located)} {self.topic} events"
+        )
+
+    async def _until_done(self, step: Callable[[], Awaitable[T]], what: str) -> T:
         # Redis being away slows ingest down; it never drops the batch. Kafka keeps the
         # uncommitted offsets, and the replay guard makes every retry safe.
         def held(exc: BaseException, delay_s: float) -> None:
             self.on_redis_down(True)
             self.metrics.redis_retries.inc()
-            log.warning(
-                "Redis unavailable (%s); holding a batch of %d %s events, retrying in %.1fs",
-                exc,
-                len(located),
-                self.topic,
-                delay_s,
-            )
+            log.warning("Redis unavailable (%s); holding %s, retrying in %.1fs", exc, what, delay_s)
 
-        result = await retry(
-            lambda: self._apply(self.topic, located), on=TRANSIENT, max_s=self.retry_max_s, before_sleep=held
-        )
+        result = await retry(step, on=TRANSIENT, max_s=self.retry_max_s, before_sleep=held)
         self.on_redis_down(False)
         return result
 

@@ -41,6 +41,14 @@ def register_ingest_agent(
                 tracker.applied(raws)
 
     app.agent(topic, name=f"ingest-{ingestor.topic}")(ingest)
+    recovery = ingestor.recovery
+    if recovery is not None:
+
+        async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            revoked: set[Any] = args[0] if args else set()
+            recovery.finder.forget(tp.partition for tp in revoked if tp.topic == ingestor.topic)
+
+        app.on_partitions_revoked.connect(forget_revoked)
 
 
 def register_progress_reports(

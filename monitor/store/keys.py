@@ -68,6 +68,12 @@ class Keys:
         `monitor.aggregates.lag`); every worker refreshes its own partitions' fields every second."""
         return f"{self.prefix}:lag:{topic}"
 
+    def applied(self, topic: str) -> str:
+        """Hash partition -> the last offset of `topic` whose batch is wholly in Redis, raised after
+        the batch's model steps: after a crash that lost Redis's last writes, ingest reads the offsets
+        after it from Kafka again (monitor/agents/recovery.py)."""
+        return f"{self.prefix}:applied:{topic}"
+
     def access_models(self) -> str:
         """Set of every model key with access-log or registry events (cross-slot index)."""
         return f"{self.prefix}:access_models"

@@ -1,0 +1,211 @@
+"""A Redis crash that loses its last writes, on the real services: the worker reads again from Kafka
+what Redis no longer holds (the watermarks Redis keeps, not the group's committed offsets), so every
+aggregate equals the independent count; incidents, levels, control seq and the audit chain survive.
+
+`kill -9` of redis-server alone loses nothing with the append-only file (what Redis wrote is in the
+page cache); a crash of its machine loses what was not fsynced yet. The test makes that loss real:
+it kills Redis and cuts its append-only file back to the size it had two seconds before the kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from monitor.audit import AuditLog
+from monitor.dev.services import REDIS_PERSISTENCE
+from monitor.settings import Settings
+from monitor.store.keys import Keys
+from monitor.topics import ensure_topics
+from tests.conftest import WorkerProcess, eventually, free_port, unique_settings
+from tests.integration.test_reliability import expected, produce_slowly, traffic, wait_for_total
+
+pytestmark = pytest.mark.integration
+
+LOOKBACK_S = 2.0  # how much of the append-only file the simulated machine crash takes with it
+
+
+class OwnRedis:
+    """A redis-server of this test's own, persisted as the product ships it (AOF, fsync every second)."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.dir = root / "redis"
+        self.dir.mkdir()
+        self.log = root / "redis.log"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+                + list(REDIS_PERSISTENCE),
+                stdout=log,
+                stderr=log,
+            )
+
+    async def wait_up(self) -> None:
+        probe = Redis.from_url(self.url)
+        try:
+            for _ in range(150):
+                try:
+                    await probe.ping()
+                    return
+                except RedisConnectionError:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("Redis did not start:\n" + self.log.read_text()[-2000:])
+        finally:
+            await probe.aclose()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def incremental_aof(self) -> Path:
+        (found,) = (self.dir / "appendonlydir").glob("*.incr.aof")
+        return found
+
+
+async def sample_sizes(path: Path, sizes: list[tuple[float, int]]) -> None:
+    """The append-only file's size every 50 ms (what a machine crash at that moment would have kept)."""
+    while True:
+        sizes.append((time.monotonic(), path.stat().st_size))
+        await asyncio.sleep(0.05)
+
+
+async def open_an_incident(settings: Settings, redis: Redis, keys: Keys) -> str:
+    """An error burst on `crash-err`: the worker opens an incident and pauses the model."""
+    now = time.time()
+    burst = [
+        {
+            "model_id": "crash-err",
+            "model_version": "1",
+            "request_id": f"e{i}",
+            "ts": now - 20 + i * 0.02,
+            "latency_ms": 30.0,
+            **({"error": "upstream_timeout"} if i % 10 < 3 else {}),
+        }
+        for i in range(1000)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for start in range(0, len(burst), 100):
+            await producer.send(
+                settings.topics.predictions, orjson.dumps(burst[start : start + 100]), partition=0
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def opened() -> bool:
+        return bool(await redis.hlen(keys.open_incidents("crash-err")))
+
+    await eventually(opened, timeout_s=30)
+    (incident_id,) = [v.decode() for v in (await redis.hgetall(keys.open_incidents("crash-err"))).values()]
+    return incident_id
+
+
+async def acknowledge(worker: WorkerProcess, settings: Settings, incident_id: str) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{settings.web_url}/incidents/{incident_id}/acknowledge",
+            json={"by": "sre", "why": "on it"},
+            headers={"Authorization": "Bearer crash-token"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def durable_state(redis: Redis, keys: Keys) -> dict[str, object]:
+    control = await redis.hgetall(keys.control("crash-err"))
+    return {
+        "seq": control.get(b"seq"),
+        "level": control.get(b"level"),
+        "open": await redis.hgetall(keys.open_incidents("crash-err")),
+        "audit": await redis.lrange(keys.audit(), 0, -1),
+    }
+
+
+@pytest.mark.parametrize("worker_dies_too", [False, True], ids=["worker-keeps-running", "worker-killed-too"])
+async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
+    services: tuple[str, str], tmp_path: Path, worker_dies_too: bool
+) -> None:
+    own = OwnRedis(tmp_path)
+    own.start()
+    await own.wait_up()
+    settings = unique_settings(
+        services[0], own.url, redis_retry_max_s=1, kafka_session_timeout_s=6, api_token="crash-token"
+    )
+    keys = Keys(settings.key_prefix)
+    await ensure_topics(settings)
+    redis = Redis.from_url(own.url)
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    sizes: list[tuple[float, int]] = []
+    sampler: asyncio.Task[None] | None = None
+    try:
+        await worker.wait_ready()
+        incident_id = await open_an_incident(settings, redis, keys)
+        await acknowledge(worker, settings, incident_id)
+        before = await durable_state(redis, keys)
+        assert before["seq"] is not None and before["audit"]
+
+        sampler = asyncio.create_task(sample_sizes(own.incremental_aof(), sizes))
+        events = traffic(15_000, time.time())
+        producing = asyncio.create_task(produce_slowly(settings, events, per_second=1500))
+        await worker.wait_metric("aimon_events_ingested_total", 5000, topic=settings.topics.predictions)
+        own.kill()
+        if worker_dies_too:
+            assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        sampler.cancel()
+        kept = max(size for at, size in sizes if at <= killed_at - LOOKBACK_S)
+        aof = own.incremental_aof()
+        lost_bytes = aof.stat().st_size - kept
+        assert lost_bytes > 0, "nothing was written in the last seconds: the crash would lose nothing"
+        os.truncate(aof, kept)  # the machine went down: what was not fsynced is gone
+        own.start()
+        await own.wait_up()
+        await redis.aclose()
+        redis = Redis.from_url(own.url)
+        if worker_dies_too:
+            worker = WorkerProcess(settings.model_copy(update={"web_port": free_port()}), tmp_path / "w2.log")
+            worker.start()
+
+        await producing
+        counts = await wait_for_total(redis, keys, len(events), timeout_s=120)
+        assert counts == expected(events)
+        recovered = await worker.metric("aimon_events_recovered_total", topic=settings.topics.predictions)
+        assert recovered > 0, "the crash lost nothing that had to be read again:\n" + worker.log_tail()
+        assert "reading those" in worker.log_tail(2000)
+        after = await durable_state(redis, keys)
+        assert after == before, "incidents, levels, control seq or audit changed across the crash"
+        assert (await AuditLog(redis, keys).verify()).ok
+        print(
+            f"\nRedis crash ({'worker killed too' if worker_dies_too else 'worker kept running'}): "
+            f"{lost_bytes} bytes of the append-only file lost, {recovered:.0f} events read again "
+            f"from Kafka, {sum(counts.values())} of {len(events)} counted exactly once"
+        )
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        worker.stop()
+        await redis.aclose()
+        if own.process is not None and own.process.poll() is None:
+            own.process.terminate()
+            own.process.wait(10)
