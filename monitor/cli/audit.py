@@ -207,5 +207,7 @@ def audit_restore(g: Globals, as_json: bool) -> int:
     if as_json:
         out.print_json({"restored": restored})
     else:
-        click.echo(f"restored {restored} entries from topic {settings.topics.audit}")
+        click.echo(
+            f"restored {restored} entr{'y' if restored == 1 else 'ies'} from topic {settings.topics.audit}"
+        )
     return 0

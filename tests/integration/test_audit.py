@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from monitor.audit import AuditLog
 from monitor.audit.anchor import KafkaAnchor, read_anchor
 from monitor.audit.chain import legacy_hash
+from monitor.dev.services import REDIS_PERSISTENCE
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.topics import TopicConfigError, ensure_topics
@@ -205,42 +207,36 @@ async def test_legacy_entries_still_verify_and_are_reported(trail: Trail) -> Non
     print(done.stdout.strip())
 
 
-async def test_a_tail_lost_with_a_redis_restart_is_missing_and_restored(
+async def test_a_tail_lost_with_a_machine_crash_is_missing_and_restored(
     services: tuple[str, str], tmp_path: Path
 ) -> None:
-    # A Redis of its own, so that it can restart. The state an OS crash with `appendfsync everysec`
-    # leaves (the newest write never reached the disk) is made by removing it just before the restart:
-    # a kill -9 of the process alone loses nothing, the kernel still holds the write.
+    # A Redis of its own, persisted as shipped (AOF, fsync every second). A machine crash is made as
+    # tests/integration/test_recovery.py makes it: kill -9, then the append-only file cut back to
+    # what it held before the newest entry (its write had not been fsynced yet).
     port = 16480
-    server = await asyncio.create_subprocess_exec(
-        "redis-server", "--port", str(port), "--dir", str(tmp_path), "--appendonly", "yes",
-        "--appendfsync", "everysec", "--save", "",
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    command += list(REDIS_PERSISTENCE)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     settings = unique_settings(services[0], url, audit_secret=SecretStr(SECRET))
     await ensure_topics(settings)
     redis = Redis.from_url(url)
     anchor = KafkaAnchor(settings.kafka_bootstrap, settings.topics.audit)
+    log = AuditLog(redis, Keys(settings.key_prefix), secret=SECRET.encode(), anchor=anchor)
+    t = Trail(settings, redis, log, anchor)
     try:
         await _wait_ping(redis)
-        t = Trail(
-            settings,
-            redis,
-            AuditLog(redis, Keys(settings.key_prefix), secret=SECRET.encode(), anchor=anchor),
-            anchor,
-        )
-        await t.append(4)
-        await redis.rpop(t.key)
-        await redis.shutdown(nosave=False)  # type: ignore[no-untyped-call]
-        await server.wait()
-        server = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(port), "--dir", str(tmp_path), "--appendonly", "yes",
-            "--appendfsync", "everysec", "--save", "",
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        await t.append(3)
+        (aof,) = (tmp_path / "appendonlydir").glob("*.incr.aof")
+        kept = aof.stat().st_size
+        await t.append(1, start=3)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        assert aof.stat().st_size > kept
+        os.truncate(aof, kept)  # the machine went down before the newest entry reached the disk
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         await _wait_ping(redis)
-        assert await redis.llen(t.key) == 3  # the AOF replayed what Redis had
+        assert await redis.llen(t.key) == 3
         done = await verify(settings)
         assert done.returncode == 1
         assert done.stderr.startswith(
@@ -249,15 +245,17 @@ async def test_a_tail_lost_with_a_redis_restart_is_missing_and_restored(
         assert "written within 2 s before Redis restarted at" in done.stderr
         print(done.stderr.strip())
         restored = await asyncio.to_thread(cli, settings, "audit", "restore")
-        assert restored.returncode == 0 and restored.stdout.startswith("restored 1 entries"), restored.stderr
+        assert restored.returncode == 0 and restored.stdout.startswith("restored 1 entry from topic"), (
+            restored.stderr
+        )
         done = await verify(settings)
         assert done.returncode == 0 and "intact: 4 entries" in done.stdout, done.stderr
     finally:
         await anchor.stop()
         await redis.aclose()
-        if server.returncode is None:
+        if server.poll() is None:
             server.terminate()
-            await server.wait()
+            server.wait(10)
 
 
 async def _wait_ping(redis: Redis) -> None:
