@@ -100,6 +100,15 @@ async def test_an_untampered_trail_is_intact_and_on_the_topic(trail: Trail) -> N
         f"audit log intact: 5 entries (checked against 5 records on topic {trail.settings.topics.audit}; "
     )
     print(done.stdout.strip())
+    machine = orjson.loads((await asyncio.to_thread(cli, trail.settings, "audit", "verify", "--json")).stdout)
+    assert {k: machine[k] for k in ("ok", "verdict", "entries", "anchored", "seq", "problem")} == {
+        "ok": True,
+        "verdict": "intact",
+        "entries": 5,
+        "anchored": 5,
+        "seq": None,
+        "problem": None,
+    }
 
 
 async def _rpop(t: Trail) -> None:
