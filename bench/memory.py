@@ -362,7 +362,7 @@ async def write_sample(redis: Redis, keys: Keys, hours: int, settings: Settings,
         )
     )
     await evaluator.tick()  # applies the command: a command result key
-    await AuditLog(redis, keys).append(
+    await AuditLog(redis, keys, secret=b"memory-benchmark-secret-0123456789").append(
         at=time.time(), who="bench", action="acknowledge", target=MODEL, why="memory benchmark"
     )
     return Sample(

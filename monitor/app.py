@@ -21,6 +21,8 @@ from monitor.agents.recovery import KafkaRangeReader, Recovery, Watermarks
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
 from monitor.api import ApiDeps, api_tokens, open_reads, register_api
 from monitor.audit import AuditLog
+from monitor.audit.anchor import KafkaAnchor
+from monitor.audit.secret import audit_secret
 from monitor.catchup import SilenceHold
 from monitor.evaluator import Evaluator
 from monitor.events import (
@@ -170,6 +172,7 @@ class Monitor:
             TopicControlReader(settings.kafka_bootstrap, settings.topics.control, kafka_security(settings)),
         )
         self._publisher_started = False
+        self.audit_secret = audit_secret(settings, warn=True)  # an unreadable secret file is refused here
         self.app = self._build_app()
         self._kafka_probe: AIOKafkaClient | None = None
 
@@ -295,7 +298,12 @@ class Monitor:
             ApiDeps(
                 incidents=IncidentStore(self.redis, keys),
                 commands=CommandQueue(self.redis, keys),
-                audit=AuditLog(self.redis, keys),
+                audit=AuditLog(
+                    self.redis,
+                    keys,
+                    secret=self.audit_secret.value,
+                    anchor=KafkaAnchor(s.kafka_bootstrap, s.topics.audit, **kafka_client_options(s)),
+                ),
                 store=self.store,
                 tokens=tokens,
                 metrics=ApiMetrics(self.registry, tokens),

@@ -23,6 +23,7 @@ class Topics(BaseSettings):
     control: str = "control"
     incidents: str = "incidents"
     dead_letters: str = "dead-letters"
+    audit: str = "audit"
 
 
 _SECURITY_FILES = (
@@ -148,6 +149,22 @@ class Settings(BaseSettings):
     redis_ssl_ca: Path | None = Field(None, description="CA of the Redis certificate (rediss:// only).")
     redis_ssl_certfile: Path | None = None
     redis_ssl_keyfile: Path | None = None
+    # Audit trail (monitor/audit/, docs/audit.md): entries sealed with HMAC-SHA256 under this secret.
+    audit_secret: SecretStr | None = Field(
+        None,
+        description="The key of the audit chain, the same on every worker and wherever "
+        "`monitor audit verify` runs; unset (and no MONITOR_AUDIT_SECRET_FILE): a secret generated once in "
+        "$MONITOR_STATE_DIR/audit.key, right for one host only.",
+    )
+    audit_secret_file: Path | None = Field(
+        None, description="A file holding the audit secret (e.g. a mounted secret); refused if unreadable."
+    )
+
+    @field_validator("audit_secret_file", mode="before")
+    @classmethod
+    def _audit_secret_file_unset(cls, value: object) -> object:
+        return None if value == "" else value  # as for MONITOR_RULES_PATH: empty means unset
+
     log_level: str = "info"
 
     def with_overrides(self, **overrides: Any) -> Settings:

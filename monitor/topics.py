@@ -4,10 +4,13 @@ The worker calls this before it starts consuming, so a topic is never auto-creat
 with the broker's defaults: inbound topics get the configured partitions and room for large values,
 `control` is log-compacted (a restarting gateway reads the latest state per model), and so is
 `incidents` (key = incident id): every event of an incident is kept for a week, then at least its
-latest one, for as long as the topic exists; that is the incident's record in Kafka.
+latest one, for as long as the topic exists; that is the incident's record in Kafka. `audit`, the
+audit trail's anchor, has one partition (its order is the chain's) and keeps every record for ever
+(`retention.ms=-1`, `retention.bytes=-1`); it is not compacted, which would keep one entry per key.
 
 A topic that already exists is not changed, but the two compacted ones are checked: one that is
-not `cleanup.policy=compact` is refused (TopicConfigError) with the command that fixes it.
+not `cleanup.policy=compact` is refused (TopicConfigError) with the command that fixes it, and so is
+an audit topic that would delete or compact records.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ UNKNOWN_TOPIC = UnknownTopicOrPartitionError.errno
 _DESCRIBE_WAIT_S = 10.0
 # An incident's events stay uncompacted this long, so that a reader of the stream sees every one.
 INCIDENT_EVENTS_KEPT_MS = 7 * 24 * 3600 * 1000
+AUDIT_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
 
 
 class TopicConfigError(ConfigError):
@@ -45,6 +49,11 @@ def required_configs(settings: Settings) -> dict[str, tuple[str, dict[str, str],
     return {
         t.control: ("MONITOR_TOPIC_CONTROL", compact, "a restarting gateway reads each model's latest state"),
         t.incidents: ("MONITOR_TOPIC_INCIDENTS", compact, "it keeps each incident's latest state"),
+        t.audit: (
+            "MONITOR_TOPIC_AUDIT",
+            AUDIT_CONFIG,
+            "it is the audit trail's anchor: every entry for ever",
+        ),
     }
 
 
@@ -62,6 +71,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         (t.dead_letters, settings.partitions, big),
         (t.incidents, settings.partitions, incidents),
         (t.control, settings.partitions, compacted),
+        (t.audit, 1, AUDIT_CONFIG),
     ]
     return [
         NewTopic(name, partitions, settings.replication_factor, topic_configs=config)

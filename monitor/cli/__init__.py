@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 # Each module registers its commands on the `cli` group when imported.
-from monitor.cli import incidents, offline, tokens, worker  # noqa: F401
+from monitor.cli import audit, incidents, offline, tokens, worker  # noqa: F401
 from monitor.cli.base import cli
 from monitor.exceptions import MonitorError
 

@@ -1,4 +1,4 @@
-"""Offline checks and drills: `audit verify`, `evidence verify`, `drill`."""
+"""Offline checks and drills: `evidence verify`, `drill` (`audit` is in monitor/cli/audit.py)."""
 
 from __future__ import annotations
 
@@ -18,45 +18,6 @@ from monitor.cli.base import (
 )
 
 # ---------------------------------------------------------------- offline checks
-
-
-@cli.group("audit")
-def audit_group() -> None:
-    """The hash-chained audit log of every human action."""
-
-
-@audit_group.command("verify")
-@json_option
-@pass_globals
-def audit_verify(g: Globals, as_json: bool) -> int:
-    """Check every link of the audit log's hash chain in Redis; exit 1 if any is broken."""
-    from monitor.audit import AuditLog, Verification
-    from monitor.exceptions import ServicesError
-    from monitor.security import redact_url, redis_client
-    from monitor.store.keys import Keys
-    from monitor.store.redis import TRANSIENT
-
-    settings = g.settings()
-
-    async def verify() -> Verification:
-        redis = redis_client(settings, socket_connect_timeout=3)
-        try:
-            return await AuditLog(redis, Keys(settings.key_prefix)).verify()
-        except TRANSIENT as exc:  # redis-py's connection errors are no OSError
-            raise ServicesError(
-                f"Redis at {redact_url(settings.redis_url)} does not answer ({exc}); set MONITOR_REDIS_URL"
-            ) from None
-        finally:
-            await redis.aclose()
-
-    result = asyncio.run(verify())
-    if as_json:
-        out.print_json({"ok": result.ok, "entries": result.entries, "problem": result.problem or None})
-    elif result.ok:
-        click.echo(f"audit log intact: {result.entries} entries")
-    else:
-        click.echo(f"audit log TAMPERED: {result.problem}", err=True)
-    return 0 if result.ok else 1
 
 
 @cli.group("evidence", short_help="Incident evidence bundles.")

@@ -154,6 +154,11 @@ class Keys:
         """List of audit entries (JSON, hash-chained), oldest first."""
         return f"{self.prefix}:audit"
 
+    def audit_anchored(self) -> str:
+        """String: the highest audit seq acknowledged by the audit topic (what is re-sent after a failed
+        publish starts above it)."""
+        return f"{self.prefix}:audit_anchored"
+
     def incident_models(self) -> str:
         """Hash incident id -> model id (finds an incident from its id alone)."""
         return f"{self.prefix}:incident_models"

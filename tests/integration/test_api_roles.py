@@ -75,7 +75,9 @@ class Api:
     async def audit(self) -> list[dict[str, Any]]:
         redis = Redis.from_url(self.settings.redis_url)
         try:
-            return await AuditLog(redis, Keys(self.settings.key_prefix)).entries()
+            return await AuditLog(
+                redis, Keys(self.settings.key_prefix), secret=b"entries-are-read-not-sealed"
+            ).entries()
         finally:
             await redis.aclose()
 

@@ -212,11 +212,21 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
     )
 
     verify = cli(settings, "audit", "verify")
-    # 6: acknowledge, acknowledge again and its refusal (409), resolve, escalate, release
-    assert verify.returncode == 0 and "6 entries" in verify.stdout, verify.stdout + verify.stderr
+    # 6: acknowledge, acknowledge again and its refusal (409), resolve, escalate, release; every one
+    # is in Redis and on the audit topic (the worker's anchor) before the reply.
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"6 entries (checked against 6 records on topic {settings.topics.audit}" in verify.stdout
     redis = Redis.from_url(settings.redis_url)
     try:
         key = Keys(settings.key_prefix).audit()
+        newest = await redis.rpop(key)  # the newest entry removed: the anchor still has it
+        removed = cli(settings, "audit", "verify")
+        assert removed.returncode == 1, removed.stdout
+        assert removed.stderr.startswith(
+            "audit log TAMPERED: 1 entry missing from Redis, last at seq 4 "
+            "(release loan-approval by human:dana"
+        ), removed.stderr
+        await redis.rpush(key, newest)  # type: ignore[arg-type]
         entry = orjson.loads(await redis.lindex(key, 1))
         entry["why"] = "nothing to see here"
         await redis.lset(key, 1, orjson.dumps(entry))

@@ -24,6 +24,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from monitor.audit import AuditLog
+from monitor.audit.anchor import read_anchor
+from monitor.audit.secret import audit_secret
 from monitor.dev.services import REDIS_PERSISTENCE
 from monitor.settings import Settings
 from monitor.store.keys import Keys
@@ -195,7 +197,11 @@ async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
         assert "reading those" in worker.log_tail(2000)
         after = await durable_state(redis, keys)
         assert after == before, "incidents, levels, control seq or audit changed across the crash"
-        assert (await AuditLog(redis, keys).verify()).ok
+        secret = audit_secret(
+            settings, create=False
+        ).value  # the worker's (MONITOR_AUDIT_SECRET or its key file)
+        anchor = await read_anchor(settings.kafka_bootstrap, settings.topics.audit)
+        assert (await AuditLog(redis, keys, secret=secret).verify(anchor)).ok  # and against the audit topic
         print(
             f"\nRedis crash ({'worker killed too' if worker_dies_too else 'worker kept running'}): "
             f"{lost_bytes} bytes of the append-only file lost, {recovered:.0f} events read again "
