@@ -377,19 +377,29 @@ async def test_a_broker_that_never_answers_holds_an_append_for_the_publish_timeo
 ) -> None:
     from monitor.audit.log import PUBLISH_TIMEOUT_S
 
+    held: list[tuple[asyncio.StreamWriter, asyncio.Task[object]]] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        held.append((writer, task))
         await asyncio.sleep(60)  # accepts the connection, never answers
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 19194)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     try:
-        hung = KafkaAnchor("127.0.0.1:19194", trail.settings.topics.audit)
+        hung = KafkaAnchor(f"127.0.0.1:{port}", trail.settings.topics.audit)
         log = AuditLog(trail.redis, Keys(trail.settings.key_prefix), secret=SECRET.encode(), anchor=hung)
         started = time.monotonic()
         entry = await log.append(at=time.time(), who="human:dana", action="resolve", target="INC-1", why="x")
         took = time.monotonic() - started
         await hung.stop()
     finally:
+        for writer, task in held:  # no connection or handler outlives the test
+            task.cancel()
+            writer.close()
         server.close()
+        await server.wait_closed()
     assert PUBLISH_TIMEOUT_S <= took < PUBLISH_TIMEOUT_S + 2, took
     assert entry["seq"] == 0 and await trail.redis.llen(trail.key) == 1  # the action stands
     assert "audit entry 0 not anchored yet: TimeoutError" in caplog.text

@@ -223,8 +223,8 @@ async def test_incident_command_through_the_api_and_cli(running: tuple[Settings,
         removed = cli(settings, "audit", "verify")
         assert removed.returncode == 1, removed.stdout
         assert removed.stderr.startswith(
-            "audit log TAMPERED: 1 entry missing from Redis, last at seq 4 "
-            "(release loan-approval by human:dana"
+            "audit log TAMPERED: 1 entry missing from Redis, last at seq 5 "
+            "(release loan-approval by human:token"
         ), removed.stderr
         await redis.rpush(key, newest)  # type: ignore[arg-type]
         entry = orjson.loads(await redis.lindex(key, 1))
