@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.aggregates.access import ACCESS_VERSION, QUERIES  # noqa: E402
 from monitor.aggregates.predictions import LABELLED, SEP, escape  # noqa: E402
-from monitor.dev.services import REDIS_PERSISTENCE  # noqa: E402
+from monitor.dev.scratch_redis import ScratchRedis  # noqa: E402
 from monitor.settings import Settings, Topics  # noqa: E402
 from monitor.store.keys import MINUTE, Keys  # noqa: E402
 from monitor.topics import ensure_topics  # noqa: E402
@@ -105,43 +105,6 @@ class Worker:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(30)
-
-
-class OwnRedis:
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.dir = root / "redis"
-        self.dir.mkdir()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = root / "redis.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-                + list(REDIS_PERSISTENCE),
-                stdout=log,
-                stderr=log,
-            )
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    async def wait_up(self) -> None:
-        client = Redis.from_url(self.url)
-        try:
-            for _ in range(300):
-                try:
-                    await client.ping()
-                    return
-                except Exception:
-                    await asyncio.sleep(0.1)
-            raise SystemExit("Redis did not start: " + self.log.read_text()[-1000:])
-        finally:
-            await client.aclose()
 
 
 async def counted(redis: Redis, keys: Keys, models: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -313,7 +276,7 @@ async def main() -> None:
     args = parser.parse_args()
     duration = args.minutes * 60
     root = Path(tempfile.mkdtemp(prefix="aimon-soak-"))
-    own = OwnRedis(root)
+    own = ScratchRedis(root)
     own.start()
     await own.wait_up()
     tag = uuid.uuid4().hex[:8]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,12 +20,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from monitor.audit import AuditLog
 from monitor.audit.anchor import read_anchor
 from monitor.audit.secret import audit_secret
-from monitor.dev.services import REDIS_PERSISTENCE
+from monitor.dev.scratch_redis import ScratchRedis
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.topics import ensure_topics
@@ -36,49 +34,6 @@ from tests.integration.test_reliability import expected, produce_slowly, traffic
 pytestmark = pytest.mark.integration
 
 LOOKBACK_S = 2.0  # how much of the append-only file the simulated machine crash takes with it
-
-
-class OwnRedis:
-    """A redis-server of this test's own, persisted as the product ships it (AOF, fsync every second)."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self.dir = root / "redis"
-        self.dir.mkdir()
-        self.log = root / "redis.log"
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-                + list(REDIS_PERSISTENCE),
-                stdout=log,
-                stderr=log,
-            )
-
-    async def wait_up(self) -> None:
-        probe = Redis.from_url(self.url)
-        try:
-            for _ in range(150):
-                try:
-                    await probe.ping()
-                    return
-                except RedisConnectionError:
-                    await asyncio.sleep(0.1)
-            raise AssertionError("Redis did not start:\n" + self.log.read_text()[-2000:])
-        finally:
-            await probe.aclose()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def incremental_aof(self) -> Path:
-        (found,) = (self.dir / "appendonlydir").glob("*.incr.aof")
-        return found
 
 
 async def sample_sizes(path: Path, sizes: list[tuple[float, int]]) -> None:
@@ -147,7 +102,7 @@ async def durable_state(redis: Redis, keys: Keys) -> dict[str, object]:
 async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
     services: tuple[str, str], tmp_path: Path, worker_dies_too: bool
 ) -> None:
-    own = OwnRedis(tmp_path)
+    own = ScratchRedis(tmp_path)
     own.start()
     await own.wait_up()
     settings = unique_settings(
@@ -212,26 +167,27 @@ async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
             sampler.cancel()
         worker.stop()
         await redis.aclose()
-        if own.process is not None and own.process.poll() is None:
-            own.process.terminate()
-            own.process.wait(10)
+        own.kill(signal.SIGTERM)
 
 
 async def control_messages(settings: Settings) -> list[dict[str, object]]:
-    """Every message on the control topic, in order."""
-    from aiokafka import AIOKafkaConsumer
+    """Every message on the control topic, read to the end offsets it has now."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        settings.topics.control,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=1000,
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        found = []
-        while batch := await consumer.getmany(timeout_ms=1500):
+        tps = [TopicPartition(settings.topics.control, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            assert time.monotonic() < deadline, "the control topic could not be read to its end"
+            batch = await consumer.getmany(*tps, timeout_ms=500)
             found.extend(orjson.loads(r.value) for records in batch.values() for r in records)
         return found
     finally:
@@ -243,7 +199,7 @@ async def test_control_seq_never_goes_back_when_redis_loses_the_write(
 ) -> None:
     """Redis loses the control message it staged (and the incident, and the burst's counts): the
     evaluator takes the seq from the control topic, and the burst, read again, changes nothing."""
-    own = OwnRedis(tmp_path)
+    own = ScratchRedis(tmp_path)
     own.start()
     await own.wait_up()
     settings = unique_settings(services[0], own.url, redis_retry_max_s=1)
@@ -296,6 +252,4 @@ async def test_control_seq_never_goes_back_when_redis_loses_the_write(
         await producer.stop()
         worker.stop()
         await redis.aclose()
-        if own.process is not None and own.process.poll() is None:
-            own.process.terminate()
-            own.process.wait(10)
+        own.kill(signal.SIGTERM)

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from monitor.dev.scratch_redis import ScratchRedis
 from monitor.settings import Settings
 from monitor.store.keys import MINUTE, Keys
 from monitor.topics import ensure_topics
@@ -154,54 +155,13 @@ async def test_a_third_worker_joins_mid_stream(
 
 async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path: Path) -> None:
     """A Redis of this test's own, stopped mid-stream: the worker waits, says so, and loses nothing."""
-    port = free_port()
-    redis_dir = tmp_path / "redis"
-    redis_dir.mkdir()
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        with (tmp_path / "redis.log").open("ab") as log:
-            return subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--dir",
-                    str(redis_dir),
-                ],
-                stdout=log,
-                stderr=log,
-            )
-
-    async def wait_redis_up() -> None:
-        probe = Redis.from_url(f"redis://127.0.0.1:{port}/0")
-        try:
-            for _ in range(150):
-                try:
-                    await probe.ping()
-                    return
-                except RedisConnectionError:
-                    await asyncio.sleep(0.1)
-            raise AssertionError("Redis did not come back:\n" + (tmp_path / "redis.log").read_text()[-2000:])
-        finally:
-            await probe.aclose()
-
-    server = start_redis()
-    url = f"redis://127.0.0.1:{port}/0"
+    own = ScratchRedis(tmp_path)
+    own.start()
+    await own.wait_up()
+    url = own.url
     settings = unique_settings(services[0], url, redis_retry_max_s=2)
     await ensure_topics(settings)
     client = Redis.from_url(url)
-    for _ in range(50):
-        try:
-            await client.ping()
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
     events = traffic(15_000, time.time())
@@ -209,14 +169,13 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
         await worker.wait_ready()
         producing = asyncio.create_task(produce_slowly(settings, events, per_second=1500))
         await worker.wait_metric("aimon_events_ingested_total", 3000, topic=settings.topics.predictions)
-        server.terminate()  # appendonly keeps what was written, as a production Redis would
-        server.wait(10)
+        own.kill(signal.SIGTERM)  # the append-only file keeps what was written, as in production
         await asyncio.sleep(3)
         status, body = await worker.get("/readyz")
         assert status == 503 and '"redis":false' in body.replace(" ", "")
         await asyncio.sleep(17)
-        server = start_redis()
-        await wait_redis_up()
+        own.start()
+        await own.wait_up()
         await producing
         await client.aclose()
         client = Redis.from_url(url)
@@ -227,8 +186,7 @@ async def test_redis_away_for_twenty_seconds(services: tuple[str, str], tmp_path
     finally:
         worker.stop()
         await client.aclose()
-        server.terminate()
-        server.wait(10)
+        own.kill(signal.SIGTERM)
 
 
 @pytest.mark.parametrize(
