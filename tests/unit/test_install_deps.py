@@ -14,7 +14,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-deps"
 BASH = shutil.which("bash") or "/bin/bash"
-ALL = ("redis-server", "mvn", "promtool", "prometheus-alertmanager", "java")
+ALL = ("redis-server", "mvn", "promtool", "prometheus-alertmanager", "openssl", "java")
 
 
 def fake_bin(tmp_path: Path, *tools: str, java_version: str = "17.0.9") -> Path:
@@ -65,16 +65,23 @@ def test_dry_run_lists_what_is_missing_and_installs_nothing(tmp_path: Path) -> N
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
         "install-deps: missing redis-server (redis-server), promtool (prometheus), "
-        "Alertmanager (prometheus-alertmanager)",
+        "Alertmanager (prometheus-alertmanager), openssl (openssl)",
         "would run: apt-get update && apt-get install -y --no-install-recommends "
-        "redis-server prometheus prometheus-alertmanager",
+        "redis-server prometheus prometheus-alertmanager openssl",
     ]
     assert apt_calls(tmp_path) == []
 
 
 def test_an_old_java_counts_as_missing(tmp_path: Path) -> None:
     bin_dir = fake_bin(
-        tmp_path, "redis-server", "mvn", "promtool", "prometheus-alertmanager", "java", java_version="11.0.21"
+        tmp_path,
+        "redis-server",
+        "mvn",
+        "promtool",
+        "prometheus-alertmanager",
+        "openssl",
+        "java",
+        java_version="11.0.21",
     )
     done = run(bin_dir, "--dry-run")
     assert (
@@ -87,7 +94,7 @@ def test_an_old_java_counts_as_missing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="installs only as root")
 def test_as_root_it_installs_what_is_missing_with_apt_get(tmp_path: Path) -> None:
-    bin_dir = fake_bin(tmp_path, "redis-server", "promtool", "prometheus-alertmanager")
+    bin_dir = fake_bin(tmp_path, "redis-server", "promtool", "prometheus-alertmanager", "openssl")
     done = run(bin_dir)
     assert done.returncode == 0, done.stderr
     assert apt_calls(tmp_path) == [
@@ -105,7 +112,7 @@ def test_not_root_it_prints_the_command_and_fails(tmp_path: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="aimon-install-deps-"))
     shared.chmod(0o755)
     try:
-        bin_dir = fake_bin(shared, "redis-server", "mvn", "java", "prometheus-alertmanager")
+        bin_dir = fake_bin(shared, "redis-server", "mvn", "java", "prometheus-alertmanager", "openssl")
         check_as_nobody(bin_dir)
         assert apt_calls(shared) == []
     finally:
@@ -126,7 +133,7 @@ def check_as_nobody(bin_dir: Path) -> None:
 
 
 def test_without_apt_get_it_names_the_packages(tmp_path: Path) -> None:
-    bin_dir = fake_bin(tmp_path, "redis-server", "mvn", "java", "promtool")
+    bin_dir = fake_bin(tmp_path, "redis-server", "mvn", "java", "promtool", "openssl")
     (bin_dir / "apt-get").unlink()
     done = run(bin_dir)
     assert done.returncode == 1
