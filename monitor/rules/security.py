@@ -44,7 +44,10 @@ def evaluate_security(
         if rule.compare == "ratio_above":
             expected = reference.get(raw_key, 0) * rule.window_s / REFERENCE_S
             ratio = amount / expected if expected else math.inf
-            fired = amount >= rule.min_volume and ratio > rule.threshold
+            # A key or principal with no history has no "usual" to be a multiple of: a new gateway's
+            # key sending its first hour of steady traffic is no attack (the absolute cap rules
+            # judge new keys). It fired here before, and its level-2 revoke cut the new gateway off.
+            fired = expected > 0 and amount >= rule.min_volume and ratio > rule.threshold
             observation.update(
                 baseline=expected, ratio=None if math.isinf(ratio) else ratio, min_volume=rule.min_volume
             )

@@ -262,6 +262,18 @@ async def test_an_api_key_querying_like_an_extraction_attack(world: World) -> No
     assert report.opened[0].revoke == ["key-123"]
 
 
+async def test_a_new_api_keys_first_hour_of_steady_queries_is_no_extraction(world: World) -> None:
+    # A new gateway key with no history sends 6,000 queries in its first hour, evenly: no "usual" to
+    # be 20 times of (the soak benchmark opened model-extraction on every new key before this).
+    keys, store = world.fresh()
+    first_hour = [
+        access(NOW - 3600 + i * 0.6, "svc-gateway-2", "query", "endpoint", key="key-new") for i in range(6000)
+    ]
+    await write(store, first_hour)
+    report = await world.tick(keys, NOW)
+    assert report.opened == []
+
+
 async def test_a_normal_week_of_thirty_principals_raises_nothing(world: World) -> None:
     rng = random.Random(30)
     keys, store = world.fresh()
