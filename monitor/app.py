@@ -21,7 +21,7 @@ from monitor.agents.recovery import KafkaRangeReader, Recovery, Watermarks
 from monitor.agents.stream import register_ingest_agent, register_progress_reports
 from monitor.api import ApiDeps, api_tokens, open_reads, register_api
 from monitor.audit import AuditLog
-from monitor.audit.anchor import KafkaAnchor
+from monitor.audit.anchor import KafkaAnchor, read_anchor
 from monitor.audit.secret import audit_secret
 from monitor.catchup import SilenceHold
 from monitor.evaluator import Evaluator
@@ -165,14 +165,24 @@ class Monitor:
             max_groups=settings.metrics_max_groups,
             evaluating=lambda: self.evaluating,
         )
-        # Control seq never goes back: after a Redis restart the control topic is the record.
+        self.audit_secret = audit_secret(settings, warn=True)  # an unreadable secret file is refused here
+        self.audit = AuditLog(
+            self.redis,
+            Keys(settings.key_prefix),
+            secret=self.audit_secret.value,
+            anchor=KafkaAnchor(
+                settings.kafka_bootstrap, settings.topics.audit, **kafka_client_options(settings)
+            ),
+        )
+        # After a Redis restart the topics are the record: control seq never goes back, and an audit
+        # tail Redis lost is put back from the audit topic.
         self.reconciler = ControlReconciler(
             self.redis,
             IncidentStore(self.redis, Keys(settings.key_prefix)),
             TopicControlReader(settings.kafka_bootstrap, settings.topics.control, kafka_security(settings)),
+            restore_audit=self._restore_audit,
         )
         self._publisher_started = False
-        self.audit_secret = audit_secret(settings, warn=True)  # an unreadable secret file is refused here
         self.app = self._build_app()
         self._kafka_probe: AIOKafkaClient | None = None
 
@@ -298,12 +308,7 @@ class Monitor:
             ApiDeps(
                 incidents=IncidentStore(self.redis, keys),
                 commands=CommandQueue(self.redis, keys),
-                audit=AuditLog(
-                    self.redis,
-                    keys,
-                    secret=self.audit_secret.value,
-                    anchor=KafkaAnchor(s.kafka_bootstrap, s.topics.audit, **kafka_client_options(s)),
-                ),
+                audit=self.audit,
                 store=self.store,
                 tokens=tokens,
                 metrics=ApiMetrics(self.registry, tokens),
@@ -333,6 +338,12 @@ class Monitor:
             if last is not None and incident.rule != "downtime":
                 m.detection_lag.observe(max(0.0, incident.opened_at - last))
         m.record(report)
+
+    async def _restore_audit(self) -> int:
+        """Append back the audit entries the audit topic has past the end of Redis's list."""
+        s = self.settings
+        anchor = await read_anchor(s.kafka_bootstrap, s.topics.audit, **kafka_client_options(s))
+        return await self.audit.restore(anchor or [])
 
     def _prediction_partitions(self) -> int:
         """The predictions topic's partition count, from the consumer's metadata once it has it."""

@@ -8,6 +8,8 @@ be missing there, and the next one would reuse its `seq`: every gateway would dr
 So whenever the evaluator finds Redis restarted (its `run_id` changed, or at the evaluator's first
 tick), it reads each model's newest message from the compacted `control` topic and raises the
 model's `seq`, level and last message in Redis to it where Redis is behind. Redis is never lowered.
+It also puts back, from the audit topic, audit entries lost at the end of the Redis list (only
+sealed originals that continue the chain), before a new entry could take a lost one's `seq`.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ LatestControl = Callable[[], Awaitable[dict[str, ControlMessage]]]
 class ControlReconciler:
     """Raises Redis's control state to the control topic's, once per Redis start."""
 
-    def __init__(self, redis: Redis, store: IncidentStore, latest: LatestControl) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        store: IncidentStore,
+        latest: LatestControl,
+        *,
+        restore_audit: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
         self.redis = redis
         self.store = store
         self.latest = latest
+        self.restore_audit = restore_audit
         self.run_id: str | None = None  # of the Redis last reconciled with
 
     async def check(self) -> list[str]:
@@ -42,6 +52,15 @@ class ControlReconciler:
         if run_id == self.run_id:
             return []
         raised = await self.reconcile(await self.latest())
+        if self.restore_audit is not None:
+            restored = await self.restore_audit()
+            if restored:
+                log.warning(
+                    "audit: %d entr%s missing at the end of the Redis list (Redis lost its last writes) "
+                    "put back from the audit topic",
+                    restored,
+                    "y" if restored == 1 else "ies",
+                )
         self.run_id = run_id
         return raised
 

@@ -197,12 +197,13 @@ async def control_messages(settings: Settings) -> list[dict[str, object]]:
 async def test_control_seq_never_goes_back_when_redis_loses_the_write(
     services: tuple[str, str], tmp_path: Path
 ) -> None:
-    """Redis loses the control message it staged (and the incident, and the burst's counts): the
-    evaluator takes the seq from the control topic, and the burst, read again, changes nothing."""
+    """Redis loses the control message it staged (and the incident, its acknowledgement's audit
+    entry, and the burst's counts): the evaluator takes the seq from the control topic and the audit
+    entry from the audit topic, and the burst, read again, changes nothing."""
     own = ScratchRedis(tmp_path)
     own.start()
     await own.wait_up()
-    settings = unique_settings(services[0], own.url, redis_retry_max_s=1)
+    settings = unique_settings(services[0], own.url, redis_retry_max_s=1, api_token="crash-token")
     keys = Keys(settings.key_prefix)
     await ensure_topics(settings)
     redis = Redis.from_url(own.url)
@@ -217,15 +218,19 @@ async def test_control_seq_never_goes_back_when_redis_loses_the_write(
         await wait_for_total(redis, keys, len(healthy))
         await asyncio.sleep(1.5)  # fsynced: what a crash keeps
         kept = own.incremental_aof().stat().st_size
-        await open_an_incident(settings, redis, keys)
+        incident_id = await open_an_incident(settings, redis, keys)
 
         async def published() -> bool:
             return await redis.hget(keys.control("crash-err"), "last") is not None
 
         await eventually(published, timeout_s=20)
         assert [m["seq"] for m in await control_messages(settings)] == [1]
+        await acknowledge(worker, settings, incident_id)
+        audit_before = await redis.lrange(keys.audit(), 0, -1)
+        assert len(audit_before) == 1
         own.kill()
-        os.truncate(own.incremental_aof(), kept)  # the crash takes the burst, the incident and seq 1
+        # The crash takes the burst, the incident, seq 1 and the acknowledgement's audit entry.
+        os.truncate(own.incremental_aof(), kept)
         own.start()
         await own.wait_up()
         await redis.aclose()
@@ -247,6 +252,8 @@ async def test_control_seq_never_goes_back_when_redis_loses_the_write(
         assert len(seqs) == len(set(seqs)), f"a control seq was used twice: {seqs}"
         state = await redis.hgetall(keys.control("crash-err"))
         assert int(state[b"seq"]) == max(seqs) and int(state[b"level"]) == 4
+        assert await redis.lrange(keys.audit(), 0, -1) == audit_before  # put back, byte for byte
+        assert "1 entry missing at the end of the Redis list" in worker.log_tail(500)
         print(f"\ncontrol seqs on the topic across the crash: {seqs}; Redis took seq {int(state[b'seq'])}")
     finally:
         await producer.stop()
