@@ -33,6 +33,7 @@ from monitor.events import (
     RegistryEvent,
     Rejected,
 )
+from monitor.exceptions import ServicesError
 from monitor.incidents.commands import CommandQueue
 from monitor.incidents.delivery import Deliverer
 from monitor.incidents.reconcile import ControlReconciler, TopicControlReader
@@ -327,7 +328,7 @@ class Monitor:
                 self._publisher_started = True
             await self.reconciler.check()
             report = await self.evaluator.tick()
-        except (*TRANSIENT, KafkaError) as exc:
+        except (*TRANSIENT, KafkaError, ServicesError) as exc:  # ServicesError: Kafka away (the reconciler)
             m.tick_errors.inc()
             log.warning("evaluation skipped: %s: %s", type(exc).__name__, exc)
             return
