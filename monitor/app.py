@@ -42,7 +42,7 @@ from monitor.metrics import ApiMetrics, CatchUpMetrics, IngestMetrics, Notificat
 from monitor.model_metrics import EvaluatorMetrics, ModelStatsCollector
 from monitor.publisher import KafkaPublisher
 from monitor.rules.loader import load_rules
-from monitor.security import faust_broker_credentials, kafka_client_options, kafka_security, redis_client
+from monitor.security import faust_broker_credentials, kafka_client_options, redis_client
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.store.lag import LagStore
@@ -180,7 +180,9 @@ class Monitor:
         self.reconciler = ControlReconciler(
             self.redis,
             IncidentStore(self.redis, Keys(settings.key_prefix)),
-            TopicControlReader(settings.kafka_bootstrap, settings.topics.control, kafka_security(settings)),
+            TopicControlReader(
+                settings.kafka_bootstrap, settings.topics.control, **kafka_client_options(settings)
+            ),
             restore_audit=self._restore_audit,
         )
         self._publisher_started = False

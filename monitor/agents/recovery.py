@@ -141,7 +141,6 @@ class Recovery:
         self.watermarks = watermarks
         self.read_range = read_range
         self.finder = GapFinder()
-        self.recovered = 0  # messages read again from Kafka since start (a test and a metric read it)
 
     async def close_gaps(
         self, messages: Sequence[RawMessage], apply: Callable[[list[RawMessage]], Awaitable[Any]]
@@ -175,7 +174,6 @@ class Recovery:
                 await apply(chunk)
                 read += len(chunk)
             self.finder.advanced({gap.partition: gap.stop - 1})
-        self.recovered += read
         return read
 
     async def applied(self, messages: Sequence[RawMessage]) -> None:
@@ -186,8 +184,8 @@ class Recovery:
 
 
 class KafkaRangeReader:
-    """Reads a range of one partition with a consumer of its own: no group, nothing committed,
-    started for the read and closed after it (gaps are rare: a Redis crash)."""
+    """Reads a range of one partition with a consumer of its own (`monitor.topic_reader`), started
+    for the read and closed after it: gaps are rare, a Redis crash."""
 
     def __init__(self, bootstrap: str, chunk: int = 1000, **options: Any) -> None:
         self.bootstrap = bootstrap
@@ -198,31 +196,16 @@ class KafkaRangeReader:
         self, topic: str, partition: int, start: int, stop: int
     ) -> AsyncIterator[list[RawMessage]]:
         """The records of `topic`/`partition` with offsets in [start, stop), `chunk` at a time."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
-        from monitor.topics import TOPIC_MAX_MESSAGE_BYTES
+        from monitor.topic_reader import own_consumer, records
 
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # offsets retention has deleted are gone: start at the oldest
-            max_partition_fetch_bytes=TOPIC_MAX_MESSAGE_BYTES,
-            fetch_max_bytes=TOPIC_MAX_MESSAGE_BYTES,
-            **self.options,
-        )
+        consumer = own_consumer(self.bootstrap, **self.options)
         await consumer.start()
         try:
             tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            while await consumer.position(tp) < stop:
-                records = (await consumer.getmany(tp, timeout_ms=1000, max_records=self.chunk)).get(tp, [])
-                chunk = [_raw(r) for r in records if r.offset < stop]
-                if chunk:
-                    yield chunk
-                elif not records and await consumer.position(tp) >= (await consumer.end_offsets([tp]))[tp]:
-                    return  # the log ends before `stop`
+            async for found in records(consumer, {tp: start}, {tp: stop}, chunk=self.chunk):
+                yield [_raw(r) for r in found]
         finally:
             await consumer.stop()
 

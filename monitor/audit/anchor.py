@@ -8,13 +8,13 @@ monitor/topics.py. Each entry is sent with acks=all by an idempotent producer be
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from monitor.exceptions import ServicesError
+from monitor.topic_reader import own_consumer, partitions, records
 
 READ_TIMEOUT_S = 30.0
 
@@ -65,12 +65,7 @@ async def read_anchor(
     bootstrap: str, topic: str, *, timeout_s: float = READ_TIMEOUT_S, **client_options: Any
 ) -> list[dict[str, Any]] | None:
     """Every entry on the audit topic, in topic order; None if the topic does not exist."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        request_timeout_ms=int(timeout_s * 1000),
-        **client_options,
-    )
+    consumer = own_consumer(bootstrap, request_timeout_ms=int(timeout_s * 1000), **client_options)
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
     except Exception as exc:
@@ -80,28 +75,19 @@ async def read_anchor(
             "set MONITOR_KAFKA_BOOTSTRAP, or pass --no-anchor to check the Redis chain alone"
         ) from None
     try:
-        if topic not in await consumer.topics():
+        tps = await partitions(consumer, topic)
+        if tps is None:
             return None
-        # Assigning a partition makes the client keep the topic's metadata (the partition count).
-        tps = [TopicPartition(topic, 0)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        known = consumer.partitions_for_topic(topic) or {0}
-        if len(known) > 1:  # made by hand with more partitions: read them all (the seq orders entries)
-            tps = [TopicPartition(topic, p) for p in sorted(known)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        # One partition as the monitor makes it; one made by hand with more is read whole (the seq
+        # orders the entries).
         found: list[tuple[int, int, dict[str, Any]]] = []
-        deadline = time.monotonic() + timeout_s
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            if time.monotonic() > deadline:
-                raise ServicesError(f"could not read the audit topic {topic!r} to its end in {timeout_s:g} s")
-            for tp, records in (await consumer.getmany(*tps, timeout_ms=500)).items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        found.append((tp.partition, record.offset, _entry(record.value, record.offset)))
+        async for chunk in records(consumer, dict.fromkeys(tps), timeout_s=timeout_s):
+            found.extend((r.partition, r.offset, _entry(r.value, r.offset)) for r in chunk)
         return [entry for _, _, entry in sorted(found, key=lambda f: (f[0], f[1]))]
+    except TimeoutError:
+        raise ServicesError(
+            f"could not read the audit topic {topic!r} to its end in {timeout_s:g} s"
+        ) from None
     finally:
         await consumer.stop()
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
-from monitor.clients.security import PLAINTEXT, KafkaSecurity
 from monitor.events import ControlMessage
 from monitor.incidents.store import IncidentStore
 
 log = logging.getLogger(__name__)
+_decoder = msgspec.json.Decoder(ControlMessage)
 
 LatestControl = Callable[[], Awaitable[dict[str, ControlMessage]]]
 
@@ -99,24 +101,37 @@ class ControlReconciler:
 
 
 class TopicControlReader:
-    """Each model's newest control message: the topic read from its start to its end, as a gateway
-    reads it (`GatewayClient`, no group, nothing committed)."""
+    """Each model's newest control message: the topic read from its start to its end with a
+    consumer of its own (`monitor.topic_reader`)."""
 
-    def __init__(
-        self, bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0, **options: Any) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
-        self.security = security
         self.timeout_s = timeout_s
+        self.options = options
 
     async def __call__(self) -> dict[str, ControlMessage]:
-        """model_id -> the message with the highest seq on the topic."""
-        from monitor.clients.gateway import GatewayClient
+        """model_id -> the message with the highest seq on the topic (none if there is no topic)."""
+        from monitor.topic_reader import own_consumer, partitions, records
 
-        async with GatewayClient(self.bootstrap, self.topic, security=self.security) as client:
-            await client.wait_caught_up(self.timeout_s)
-            return client.models()
+        consumer = own_consumer(self.bootstrap, **self.options)
+        await consumer.start()
+        latest: dict[str, ControlMessage] = {}
+        try:
+            tps = await partitions(consumer, self.topic) or []
+            async for found in records(consumer, dict.fromkeys(tps), timeout_s=self.timeout_s):
+                for record in found:
+                    try:
+                        message = _decoder.decode(record.value or b"")
+                    except msgspec.DecodeError:  # a tombstone or a foreign value: no state to keep
+                        continue
+                    kept = latest.get(message.model_id)
+                    if kept is None or message.seq > kept.seq:
+                        latest[message.model_id] = message
+        finally:
+            await consumer.stop()
+        log.info("control topic %s read to its end: %d models", self.topic, len(latest))
+        return latest
 
 
 __all__ = ["ControlReconciler", "TopicControlReader"]

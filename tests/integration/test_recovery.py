@@ -27,6 +27,7 @@ from monitor.audit.secret import audit_secret
 from monitor.dev.scratch_redis import ScratchRedis
 from monitor.settings import Settings
 from monitor.store.keys import Keys
+from monitor.topic_reader import own_consumer, partitions, records
 from monitor.topics import ensure_topics
 from tests.conftest import WorkerProcess, eventually, free_port, unique_settings
 from tests.integration.test_reliability import expected, produce_slowly, traffic, wait_for_total
@@ -172,23 +173,13 @@ async def test_a_redis_crash_that_loses_its_last_seconds_loses_no_event(
 
 async def control_messages(settings: Settings) -> list[dict[str, object]]:
     """Every message on the control topic, read to the end offsets it has now."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = own_consumer(settings.kafka_bootstrap)
     await consumer.start()
     try:
-        tps = [TopicPartition(settings.topics.control, p) for p in range(settings.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        tps = await partitions(consumer, settings.topics.control) or []
         found: list[dict[str, object]] = []
-        deadline = time.monotonic() + 30
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            assert time.monotonic() < deadline, "the control topic could not be read to its end"
-            batch = await consumer.getmany(*tps, timeout_ms=500)
-            found.extend(orjson.loads(r.value) for records in batch.values() for r in records)
+        async for chunk in records(consumer, dict.fromkeys(tps), timeout_s=30):
+            found.extend(orjson.loads(r.value) for r in chunk)
         return found
     finally:
         await consumer.stop()
