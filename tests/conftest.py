@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.incidents.incident import Incident
 from monitor.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,3 +184,36 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30
             return
         await asyncio.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+async def seed_incident(settings: Settings, incident_id: str, model_id: str) -> Incident:
+    """An open HIGH error-rate incident of `model_id` saved straight into the settings' Redis, as the
+    evaluator would have saved it: for API tests that act on an incident without producing one."""
+    from redis.asyncio import Redis
+
+    from monitor.incidents.store import IncidentStore
+    from monitor.store.keys import Keys
+
+    now = time.time()
+    incident = Incident(
+        id=incident_id,
+        category="availability",
+        rule="error-rate",
+        model_id=model_id,
+        model_version="1.0",
+        group=None,
+        severity="HIGH",
+        level=2,
+        opened_at=now,
+        updated_at=now,
+        observation={"metric": "error_rate", "value": 0.03, "threshold": 0.01, "samples": 1200},
+        scope={"window_s": 300, "decisions": 1200},
+        outbox=["opened"],
+    )
+    incident.note(now, "opened", severity="HIGH", level=2)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await IncidentStore(redis, Keys(settings.key_prefix)).save([incident])
+    finally:
+        await redis.aclose()
+    return incident

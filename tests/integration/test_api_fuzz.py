@@ -4,7 +4,6 @@ must match the document (status code, content type, headers and body schema)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,16 +13,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from redis.asyncio import Redis
 from schemathesis.generation.modes import GenerationMode
 
 from monitor.auth import entry_line, hash_token
-from monitor.incidents.incident import Incident
-from monitor.incidents.store import IncidentStore
 from monitor.openapi import openapi_document
-from monitor.store.keys import Keys
 from monitor.topics import ensure_topics
-from tests.conftest import WorkerProcess, eventually, unique_settings
+from tests.conftest import WorkerProcess, eventually, seed_incident, unique_settings
 
 pytestmark = pytest.mark.integration
 TOKEN = "fuzz-token"
@@ -59,28 +54,7 @@ async def fuzzed_worker(
 @pytest.fixture(scope="module")
 async def known_ids(fuzzed_worker: WorkerProcess) -> dict[str, str]:
     """A model and an incident the worker knows, so the fuzz also reads and acts on real ones."""
-    now = time.time()
-    incident = Incident(
-        id="INC-FUZZ-0001",
-        category="availability",
-        rule="error-rate",
-        model_id=MODEL,
-        model_version="1.0",
-        group=None,
-        severity="HIGH",
-        level=2,
-        opened_at=now,
-        updated_at=now,
-        observation={"metric": "error_rate", "value": 0.03, "threshold": 0.01, "samples": 1200},
-        scope={"window_s": 300, "decisions": 1200},
-        outbox=["opened"],
-    )
-    incident.note(now, "opened", severity="HIGH", level=2)
-    redis = Redis.from_url(fuzzed_worker.settings.redis_url)
-    try:
-        await IncidentStore(redis, Keys(fuzzed_worker.settings.key_prefix)).save([incident])
-    finally:
-        await redis.aclose()
+    incident = await seed_incident(fuzzed_worker.settings, "INC-FUZZ-0001", MODEL)
 
     async def shown() -> bool:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,11 @@ from redis.asyncio import Redis
 
 from monitor.audit import AuditLog
 from monitor.auth import entry_line, hash_token
-from monitor.incidents.incident import Incident
 from monitor.incidents.store import IncidentStore
 from monitor.settings import Settings
 from monitor.store.keys import Keys
 from monitor.topics import ensure_topics
-from tests.conftest import WorkerProcess, eventually, unique_settings
+from tests.conftest import WorkerProcess, eventually, seed_incident, unique_settings
 
 pytestmark = pytest.mark.integration
 ALICE, BOB, CAROL = "aimon_alice-commander", "aimon_bob-viewer", "aimon_carol-admin"
@@ -85,32 +83,6 @@ class Api:
         return await self.worker.metric(FAILURES, reason=reason)
 
 
-async def seed_incident(settings: Settings, incident_id: str) -> Incident:
-    now = time.time()
-    incident = Incident(
-        id=incident_id,
-        category="availability",
-        rule="error-rate",
-        model_id=MODEL,
-        model_version="1.0",
-        group=None,
-        severity="HIGH",
-        level=2,
-        opened_at=now,
-        updated_at=now,
-        observation={"metric": "error_rate", "value": 0.03, "threshold": 0.01, "samples": 1200},
-        scope={"window_s": 300, "decisions": 1200},
-        outbox=["opened"],
-    )
-    incident.note(now, "opened", severity="HIGH", level=2)
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        await IncidentStore(redis, Keys(settings.key_prefix)).save([incident])
-    finally:
-        await redis.aclose()
-    return incident
-
-
 @pytest.fixture(scope="module")
 async def api(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Api]:
     folder = tmp_path_factory.mktemp("roles")
@@ -133,7 +105,7 @@ async def api(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactor
 
 
 async def test_a_viewer_reads_but_is_refused_an_acknowledge_naming_the_role_and_audited(api: Api) -> None:
-    incident = await seed_incident(api.settings, "INC-ROLES-0001")
+    incident = await seed_incident(api.settings, "INC-ROLES-0001", MODEL)
     before = await api.failures("beyond_role")
     status, body, _ = await api.call("GET", f"/incidents/{incident.id}", BOB)
     assert (status, body["id"]) == (200, incident.id)
@@ -162,7 +134,7 @@ async def test_a_viewer_reads_but_is_refused_an_acknowledge_naming_the_role_and_
 
 
 async def test_a_commander_acknowledges_under_their_principal_and_a_409_is_audited(api: Api) -> None:
-    incident = await seed_incident(api.settings, "INC-ROLES-0002")
+    incident = await seed_incident(api.settings, "INC-ROLES-0002", MODEL)
     path = f"/incidents/{incident.id}/acknowledge"
     status, reply, _ = await api.call("POST", path, ALICE, {"why": "on it", "by": "mallory"})
     assert (status, reply["ok"], reply["incident"]["status"]) == (200, True, "acknowledged"), reply
@@ -232,7 +204,7 @@ async def test_a_rotated_token_file_takes_effect_without_a_restart(api: Api) -> 
 
 
 async def test_bodies_are_bounded_and_no_error_carries_a_traceback(api: Api) -> None:
-    incident = await seed_incident(api.settings, "INC-ROLES-0003")
+    incident = await seed_incident(api.settings, "INC-ROLES-0003", MODEL)
     path = f"/incidents/{incident.id}/mitigate"
     big = {"why": "x" * (MAX_BODY + 10)}
     status, body, kind = await api.call("POST", path, ALICE, big)
@@ -278,7 +250,7 @@ async def test_models_are_listed_a_page_at_a_time(api: Api) -> None:
     redis = Redis.from_url(api.settings.redis_url)
     try:
         for n in range(3):
-            await seed_incident(api.settings, f"INC-ROLES-PAGE-{n}")
+            await seed_incident(api.settings, f"INC-ROLES-PAGE-{n}", MODEL)
         keys = Keys(api.settings.key_prefix)
         store = IncidentStore(redis, keys)
         others = [f"roles-page-{n}" for n in range(3)]
