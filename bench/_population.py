@@ -661,6 +661,8 @@ async def write_breach(redis: Redis, population: Population, share: float = 0.01
             if folded.unfavourable:
                 p.zadd(keys.unfavourable(m), {member: ts for ts, member in folded.unfavourable})
                 p.expire(keys.unfavourable(m), settings.minute_bucket_ttl_s)
+                p.hset(keys.shapes(m), mapping=folded.shapes)  # the members name their shapes
+                p.expire(keys.shapes(m), settings.minute_bucket_ttl_s)
         await p.execute()
     population.breach_models = [m.model_id for m in chosen]
     return population.breach_models

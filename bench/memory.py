@@ -112,8 +112,10 @@ KINDS: list[tuple[str, str]] = [
     (r"users:seen:[^:]+$", "users seen zset"),
     (r"users:served:[^:]+$", "users served zset"),
     (r"totals$", "totals hash"),
-    (r"join:\d+$", "join records (one UTC day)"),
+    (r"join:\d+:\d+$", "join records (one UTC day, one slot)"),
+    (r"shapes$", "shapes hash"),
     (r"unfav$", "unfavourable decisions zset"),
+    (r"unfav:bytes$", "unfavourable decisions' bytes"),
     (r"recent$", "recent events list"),
     (r"offsets$", "offsets hash"),
     (r"meta$", "meta hash"),
@@ -400,9 +402,9 @@ def steady_state(kinds: dict[str, Kind], settings: Settings, label_share: float)
         users = kinds[name]
         parts[f"{name} ({users.mean_entries():,.0f} users)"] = users.mean_bytes()
     unfav = kinds["unfavourable decisions zset"].keys[0]
-    parts[f"unfavourable zset ({UNFAVOURABLE_MAX:,} bound)"] = (
-        unfav.bytes / max(1, unfav.entries) * UNFAVOURABLE_MAX
-    )
+    # Bounded by count and by its members' bytes: a zset short of the count bound is at its byte bound.
+    at_bound = UNFAVOURABLE_MAX if unfav.entries >= UNFAVOURABLE_MAX else unfav.entries
+    parts[f"unfavourable zset ({at_bound:,} kept)"] = unfav.bytes / max(1, unfav.entries) * at_bound
     parts["recent events list (200)"] = kinds["recent events list"].mean_bytes()
     small = (
         "offsets hash",
@@ -427,9 +429,13 @@ def steady_state(kinds: dict[str, Kind], settings: Settings, label_share: float)
 
 
 def join_bytes_per_record(kinds: dict[str, Kind]) -> float:
-    """Bytes per join record, from the biggest join hash of the sample (hashtable encoding)."""
-    biggest = max(kinds["join records (one UTC day)"].keys, key=lambda k: k.entries)
-    return biggest.bytes / biggest.entries
+    """Bytes per join record: every join hash of the sample's fullest day (the day's slots), over
+    the records they hold, so each hash's own overhead is counted too."""
+    by_day: dict[str, list[KeyInfo]] = defaultdict(list)
+    for key in kinds["join records (one UTC day, one slot)"].keys:
+        by_day[key.name.rsplit(":", 2)[-2]].append(key)
+    fullest = max(by_day.values(), key=lambda day: sum(k.entries for k in day))
+    return sum(k.bytes for k in fullest) / sum(k.entries for k in fullest)
 
 
 # --- report --------------------------------------------------------------------------------------

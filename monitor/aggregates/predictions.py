@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 
 from monitor.aggregates import histogram
+from monitor.aggregates.joins import prediction_record, request_digest, shape_id
 from monitor.events import PredictionEvent
 
 MINUTE_S = 60
@@ -174,9 +175,11 @@ class Share:
     # and user -> newest successful event time (see `monitor.aggregates.window.unserved`).
     users: dict[str, dict[str, float]] = field(default_factory=dict)
     served: dict[str, dict[str, float]] = field(default_factory=dict)
-    joins: dict[str, tuple[int, str]] = field(default_factory=dict)  # request_id -> (minute, record)
+    # request digest -> (minute, slot, compact join record), see monitor.aggregates.joins
+    joins: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    shapes: dict[str, str] = field(default_factory=dict)  # shape id -> JSON [version, [prefixes]]
     # Unfavourable decisions, kept (bounded) so a bias incident can name who was affected:
-    # (event time, JSON [request_id, subject_id, version, [group field prefixes]])
+    # (event time, JSON [shape id, request_id, subject_id])
     unfavourable: list[tuple[float, str]] = field(default_factory=list)
     recent: list[Located] = field(default_factory=list)  # the batch's events, newest kept as evidence
     last_event_s: float = 0.0
@@ -234,9 +237,13 @@ def fold(located: Iterable[Located]) -> dict[str, Share]:
             if not failed:
                 _newest(share.served, event.model_version, user, ts)
         if not failed:
-            share.joins[event.request_id] = (minute, join_record(event, minute, shape))
-        if event.positive is False and not failed and shape.prefixes:
-            share.unfavourable.append((ts, affected_record(event, shape)))
+            sid, body = shape_id(event.model_version, shape.prefixes)
+            share.shapes[sid] = body
+            digest, slot = request_digest(event.request_id)
+            record = prediction_record(sid, minute, event.positive, canonical(event.prediction))
+            share.joins[digest] = (minute, slot, record)
+            if event.positive is False and shape.prefixes:
+                share.unfavourable.append((ts, affected_record(event, sid)))
         if ts > share.last_event_s:
             share.last_event_s = ts
         share.recent.append(item)
@@ -277,17 +284,10 @@ def _widen(offsets: dict[int, tuple[int, int]], partition: int, offset: int) -> 
         offsets[partition] = (min(bounds[0], offset), max(bounds[1], offset))
 
 
-def join_record(event: PredictionEvent, minute: int, shape: GroupShape) -> str:
-    """What the label join needs of a prediction: where its counters live and what it decided."""
-    positive = -1 if event.positive is None else int(event.positive)
-    return orjson.dumps(
-        (event.model_version, minute, canonical(event.prediction), positive, shape.prefixes)
-    ).decode()
-
-
-def affected_record(event: PredictionEvent, shape: GroupShape) -> str:
-    """Who got an unfavourable decision, and in which groups (for a bias incident's impact)."""
-    return orjson.dumps((event.request_id, event.subject_id, event.model_version, shape.prefixes)).decode()
+def affected_record(event: PredictionEvent, shape: str) -> str:
+    """Who got an unfavourable decision, and in which version and groups (its shape id, see
+    monitor.aggregates.joins), for a bias incident's impact."""
+    return orjson.dumps((shape, event.request_id, event.subject_id)).decode()
 
 
 class _Recent(msgspec.Struct):
@@ -298,12 +298,20 @@ class _Recent(msgspec.Struct):
     event: Any
 
 
+# An evidence record larger than this keeps only where its event is in Kafka: it bounds the
+# recent-events list by bytes (recent_events_max records of at most this) as well as by count.
+RECENT_RECORD_MAX_BYTES = 8192
+
+
 def recent_records(share: Share, keep: int) -> list[str]:
     """The share's newest `keep` events as JSON evidence records (with where they came from)."""
-    return [
-        msgspec.json.encode(_Recent(item.partition, item.offset, item.event)).decode()
-        for item in share.recent[-keep:]
-    ]
+    records = []
+    for item in share.recent[-keep:]:
+        record = msgspec.json.encode(_Recent(item.partition, item.offset, item.event))
+        if len(record) > RECENT_RECORD_MAX_BYTES:
+            record = msgspec.json.encode(_Recent(item.partition, item.offset, {"omitted_bytes": len(record)}))
+        records.append(record.decode())
+    return records
 
 
 def after_offsets(located: Sequence[Located], applied: dict[int, int]) -> list[Located]:

@@ -22,14 +22,23 @@ async def affected(
     redis: Redis, keys: Keys, model_id: str, version: str, prefix: str, start_s: float, end_s: float
 ) -> Affected:
     """The kept unfavourable decisions of the group whose field prefix is `prefix`."""
-    members = await redis.zrangebyscore(keys.unfavourable(model_id), start_s, end_s)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(keys.unfavourable(model_id), start_s, end_s)
+        pipe.hgetall(keys.shapes(model_id))
+        members, shapes = await pipe.execute()
+    # The shapes of this version that include the group: a member names its shape by id.
+    wanted = set()
+    for shape, body in shapes.items():
+        shape_version, prefixes = orjson.loads(body)
+        if shape_version == version and prefix in prefixes:
+            wanted.add(shape.decode() if isinstance(shape, bytes) else shape)
     request_ids: list[str] = []
     subjects: dict[str, None] = {}
     for member in members:
         if not isinstance(member, (bytes, str)):
             continue
-        request_id, subject_id, member_version, prefixes = orjson.loads(member)
-        if member_version == version and prefix in prefixes:
+        shape, request_id, subject_id = orjson.loads(member)
+        if shape in wanted:
             request_ids.append(request_id)
             if subject_id:
                 subjects[subject_id] = None

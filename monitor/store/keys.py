@@ -118,6 +118,10 @@ class Keys:
         """Sorted set of recent unfavourable decisions by event time (bounded; bias impact)."""
         return f"{self.model(model_id)}:unfav"
 
+    def unfavourable_bytes(self, model_id: str) -> str:
+        """String: the summed bytes of the members of `unfavourable` (its second bound), same TTL."""
+        return f"{self.model(model_id)}:unfav:bytes"
+
     def first_seen(self, model_id: str) -> str:
         """Hash version -> first minute it was seen (orders versions: predecessor, successor)."""
         return f"{self.model(model_id)}:versions:first"
@@ -189,20 +193,26 @@ class Keys:
         within it but not in this set within it."""
         return f"{self.model(model_id)}:users:served:{version}"
 
-    def join(self, model_id: str, day_s: int) -> str:
-        """Hash request_id -> join record of the predictions of one UTC day still awaiting a label."""
-        return self.join_pattern(model_id) % day_s
+    def join(self, model_id: str, day_s: int, slot: int) -> str:
+        """Hash request digest -> compact join record (monitor.aggregates.joins) of the predictions of
+        one UTC day still awaiting a label, one of JOIN_SLOTS hashes of the day picked by the digest."""
+        return self.join_pattern(model_id) % (day_s, slot)
 
     def join_pattern(self, model_id: str) -> str:
-        """`join` with the day left as `%d`, for the label script (it looks back over several days)."""
-        return f"{_literal(self.model(model_id))}:join:%d"
+        """`join` with the day and slot left as `%d`, for the label script (it looks back over days)."""
+        return f"{_literal(self.model(model_id))}:join:%d:%d"
+
+    def shapes(self, model_id: str) -> str:
+        """Hash shape id -> JSON [version, [group field prefixes]]: what the join records and the kept
+        unfavourable decisions name by id instead of repeating it."""
+        return f"{self.model(model_id)}:shapes"
 
     def waiting_labels(self, model_id: str) -> str:
-        """Hash request_id -> label, for labels that arrived before their prediction."""
+        """Hash request digest -> label record, for labels that arrived before their prediction."""
         return f"{self.model(model_id)}:lblwait"
 
     def waiting_until(self, model_id: str) -> str:
-        """Sorted set request_id -> time a waiting label is given up."""
+        """Sorted set request digest -> time a waiting label is given up."""
         return f"{self.model(model_id)}:lblwait:until"
 
 

@@ -24,6 +24,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from monitor.aggregates import joins
 from monitor.aggregates.access import (
     ACCESS_VERSION,
     AccessClassifier,
@@ -62,6 +63,10 @@ USERS_SLACK_S = 600
 USERS_KEEP_DEFAULT_S = IngestRules.unserved_window_s + USERS_SLACK_S
 # Unfavourable decisions are kept for a day and a bit: the longest bias window is 24 h.
 IMPACT_TTL_S = 26 * 3600
+# The kept unfavourable decisions are bounded by count and by their members' bytes: a member is
+# about 70 bytes (shape id, request id, subject id), so 3,700 to 20,000 decisions a model.
+IMPACT_SAMPLE_MAX_BYTES = 256 * 1024
+SHAPES_KEY = 9  # the shapes hash's index in the prediction script's KEYS (predictions.lua)
 
 
 def _load_script(name: str) -> str:
@@ -114,6 +119,7 @@ class RedisStore(StoreReads):
         hour_ttl_s: int,
         label_join_ttl_s: int = 7 * DAY_S,
         impact_sample_max: int = 20_000,
+        impact_sample_max_bytes: int = IMPACT_SAMPLE_MAX_BYTES,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
@@ -122,6 +128,7 @@ class RedisStore(StoreReads):
         self.hour_ttl_s = hour_ttl_s
         self.label_join_ttl_s = label_join_ttl_s
         self.impact_sample_max = impact_sample_max
+        self.impact_sample_max_bytes = impact_sample_max_bytes
         self.clock = clock
         self._predictions = redis.register_script(_load_script("predictions"))
         self._labels = redis.register_script(_load_script("labels"))
@@ -243,6 +250,10 @@ class RedisStore(StoreReads):
         the hour TTL past the next minute (never in the past), so an idle model's totals go."""
         return int(self.clock()) + MINUTE_S + self.hour_ttl_s
 
+    def _shapes_expire_at(self) -> int:
+        """The shapes hash outlives every join record and kept decision that names one of its shapes."""
+        return int(self.clock()) + 2 * DAY_S + self.label_join_ttl_s
+
     def _buckets(
         self, model_id: str, minutes: Mapping[tuple[str, int], Counter[str]], keys: list[str]
     ) -> list[list[object]]:
@@ -274,6 +285,8 @@ class RedisStore(StoreReads):
             k.first_seen(model_id),
             k.unfavourable(model_id),
             k.recent_predictions(model_id),
+            k.shapes(model_id),
+            k.unfavourable_bytes(model_id),
         ]
 
         def index(key: str) -> int:
@@ -294,12 +307,12 @@ class RedisStore(StoreReads):
             for version, newest_ts in by_version.items():
                 flat = [part for user, ts in newest_ts.items() for part in (repr(ts), user)]
                 users.append([index(key_of(model_id, version)), flat])
-        by_day: dict[int, list[str]] = {}
-        for request_id, (minute, record) in share.joins.items():
-            by_day.setdefault(minute - minute % DAY_S, []).extend((request_id, record))
+        by_hash: dict[tuple[int, int], list[str]] = {}
+        for digest, (minute, slot, record) in share.joins.items():
+            by_hash.setdefault((minute - minute % DAY_S, slot), []).extend((digest, record))
         joins = [
-            [index(k.join(model_id, day)), max(day + DAY_S + self.label_join_ttl_s, floor), items]
-            for day, items in by_day.items()
+            [index(k.join(model_id, day, slot)), max(day + DAY_S + self.label_join_ttl_s, floor), day, items]
+            for (day, slot), items in by_hash.items()
         ]
         newest: dict[str, int] = {}
         first: dict[str, int] = {}
@@ -317,10 +330,14 @@ class RedisStore(StoreReads):
             "users_since": str(int(self.clock() - self.users_keep_s)),
             "users_ttl": int(self.users_keep_s) + 3600,
             "joins": joins,
+            "shapes": [part for item in share.shapes.items() for part in item],
+            "shapes_key": SHAPES_KEY,
+            "shapes_expire_at": self._shapes_expire_at(),
             "totals_key": totals_key,
             "totals_expire_at": totals_expire_at,
             "unfavourable": [part for ts, member in share.unfavourable for part in (repr(ts), member)],
             "unfavourable_max": self.impact_sample_max,
+            "unfavourable_max_bytes": self.impact_sample_max_bytes,
             "recent": recent_records(share, self.recent_events_max),
             "recent_max": self.recent_events_max,
             "unfavourable_ttl": IMPACT_TTL_S,
@@ -371,7 +388,9 @@ class RedisStore(StoreReads):
 
     def _label_call(self, topic: str, model_id: str, located: list[Located]) -> _Call:
         k = self.keys
-        labels = [[item.event.request_id, label_record(item.event)] for item in located]
+        labels = [
+            [*joins.request_digest(item.event.request_id), label_record(item.event)] for item in located
+        ]
         label_days = [int(item.event.epoch_s) // DAY_S * DAY_S for item in located]
         look_back = -(-self.label_join_ttl_s // DAY_S) + 1
         days = range(max(label_days) + DAY_S, min(label_days) - (look_back + 1) * DAY_S, -DAY_S)
@@ -384,12 +403,14 @@ class RedisStore(StoreReads):
             "wait_until": now + self.label_join_ttl_s,
             "totals_key": 4,  # a matched label is counted in the totals too, late or not
             "totals_expire_at": self._totals_expire_at(),
+            "shapes_key": 5,
         }
         keys = [
             k.offsets(model_id),
             k.waiting_labels(model_id),
             k.waiting_until(model_id),
             k.totals(model_id),
+            k.shapes(model_id),
         ]
         return _Call(
             self._labels,
@@ -410,9 +431,8 @@ def _flatten(counts: Counter[str]) -> list[object]:
 
 
 def label_record(event: LabelEvent) -> str:
-    """What the join needs of a label: its value (canonical text) and whether it is favourable."""
-    positive = -1 if event.positive is None else int(event.positive)
-    return orjson.dumps([canonical(event.label), positive]).decode()
+    """What the join needs of a label: whether it is favourable and its value (canonical text)."""
+    return joins.label_record(event.positive, canonical(event.label))
 
 
 def _stored_offsets(reply: list[bytes]) -> dict[int, int]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from monitor.aggregates.joins import request_digest
 from monitor.aggregates.predictions import Located, group_field
 from monitor.events import LabelEvent, PredictionEvent
 from monitor.store.keys import HOUR, MINUTE, Keys
@@ -99,11 +100,11 @@ async def test_a_waiting_label_is_given_up_after_the_join_ttl(store: RedisStore)
     store.clock = lambda: clock[0]
     orphan = LabelEvent(request_id="never", model_id="credit", ts=clock[0], label=1)
     await store.apply_labels("labels", [Located(orphan, 0, 0)])
-    assert await store.redis.hexists(store.keys.waiting_labels("credit"), "never")
+    assert await store.redis.hexists(store.keys.waiting_labels("credit"), request_digest("never")[0])
     clock[0] += store.label_join_ttl_s + 1
     other = LabelEvent(request_id="other", model_id="credit", ts=clock[0], label=1)
     await store.apply_labels("labels", [Located(other, 0, 1)])
-    assert not await store.redis.hexists(store.keys.waiting_labels("credit"), "never")
+    assert not await store.redis.hexists(store.keys.waiting_labels("credit"), request_digest("never")[0])
 
 
 async def test_a_label_finds_its_prediction_whatever_the_model_id_spells(store: RedisStore) -> None:
@@ -126,3 +127,69 @@ async def test_a_label_finds_its_prediction_whatever_the_model_id_spells(store: 
             "cor": 1,
             "apos": 1,
         }
+
+
+async def test_a_long_prediction_is_joined_by_its_digest_and_pending_records_are_small(
+    store: RedisStore,
+) -> None:
+    now = time.time()
+    long_text = "approve with conditions: " + "x" * 200  # past 16 bytes: kept as a digest
+    predictions = [
+        PredictionEvent(
+            model_id="credit",
+            model_version="1",
+            request_id=str(uuid.uuid4()),
+            ts=now - 60,
+            prediction=long_text if i % 2 else "deny",
+            positive=bool(i % 2),
+            groups={"sex": "FM"[i % 2], "age_band": str(i % 6)},
+        )
+        for i in range(400)
+    ]
+    await store.apply_predictions("predictions", [Located(e, 0, i) for i, e in enumerate(predictions)])
+    pattern = store.keys.model("credit") + ":join:*"
+    joins = [key async for key in store.redis.scan_iter(match=pattern)]
+    pending = sum([await store.redis.hlen(key) for key in joins])
+    assert pending == 400
+    for key in joins:
+        assert await store.redis.object("encoding", key) == b"listpack"
+        for value in (await store.redis.hgetall(key)).values():
+            assert len(value) <= 8 + 4 + 1 + 13  # shape id, minute, positive, prediction (or its digest)
+    labels = [
+        LabelEvent(
+            model_id="credit", request_id=e.request_id, ts=now, label=e.prediction, positive=e.positive
+        )
+        for e in predictions
+    ]
+    result = await store.apply_labels("labels", [Located(e, 0, i) for i, e in enumerate(labels)])
+    assert result.labels_matched == 400
+    totals = await counters(store, "1", HOUR)
+    assert totals["lab"] == totals["cor"] == 400
+    assert totals[group_field("age_band", "3", "cor")] == sum(1 for i in range(400) if i % 6 == 3)
+    assert sum([await store.redis.hlen(key) for key in joins]) == 0
+
+
+async def test_the_kept_unfavourable_decisions_are_bounded_by_bytes(store: RedisStore) -> None:
+    store.impact_sample_max_bytes = 20_000
+    now = time.time()
+    events = [
+        PredictionEvent(
+            model_id="credit",
+            model_version="1",
+            request_id=f"request-{i:06d}",
+            subject_id=f"subject-{i}",
+            ts=now - 600 + i * 0.1,
+            prediction=0,
+            positive=False,
+            groups={"sex": "F"},
+        )
+        for i in range(3000)
+    ]
+    for start in range(0, 3000, 500):
+        batch = [Located(e, 0, start + i) for i, e in enumerate(events[start : start + 500])]
+        await store.apply_predictions("predictions", batch)
+    kept = await store.redis.zrange(store.keys.unfavourable("credit"), 0, -1)
+    size = sum(len(member) for member in kept)
+    assert 19_000 < size <= 20_000
+    assert int(await store.redis.get(store.keys.unfavourable_bytes("credit"))) == size
+    assert b"request-002999" in kept[-1]  # the newest are the ones kept

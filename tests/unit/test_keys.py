@@ -20,5 +20,5 @@ def test_the_scripts_patterns_name_the_same_keys(prefix: str, model_id: str, ver
     for resolution in (MINUTE, HOUR):
         pattern = keys.bucket_pattern(model_id, resolution)
         assert pattern % (version, 1_700_000_040) == keys.bucket(model_id, version, resolution, 1_700_000_040)
-    assert keys.join_pattern(model_id) % 1_699_920_000 == keys.join(model_id, 1_699_920_000)
-    assert keys.join(model_id, 1_699_920_000) == f"{prefix}:{{{model_id}}}:join:1699920000"
+    assert keys.join_pattern(model_id) % (1_699_920_000, 7) == keys.join(model_id, 1_699_920_000, 7)
+    assert keys.join(model_id, 1_699_920_000, 7) == f"{prefix}:{{{model_id}}}:join:1699920000:7"

@@ -39,24 +39,42 @@ local function escape(part)
   return (part:gsub('%%', '%%25'):gsub('|', '%%7C'))
 end
 
+-- The shapes a script has read (shape id -> {version, prefixes}, or false when it is not there).
+local shapes_read = {}
+
+local function shape_of(share, id)
+  local shape = shapes_read[id]
+  if shape == nil then
+    local body = redis.call('HGET', KEYS[share.shapes_key], id)
+    shape = body and cjson.decode(body) or false
+    shapes_read[id] = shape
+  end
+  return shape
+end
+
 -- Count one label against the prediction it belongs to, in that prediction's own minute and
 -- hour buckets (accuracy is kept at prediction time), and in the model's totals hash
 -- (KEYS[share.totals_key], fields "<escaped version>|<bucket field>"). A bucket that has already
 -- expired is skipped rather than re-created without its TTL; the totals count every label, late
 -- ones too, and have their expiry pushed to `share.totals_expire_at` as ingest does.
--- rec: JSON [version, minute, prediction, positive (1/0/-1), [group field prefixes]]
--- label: JSON [label, positive (1/0/-1)]
-local function apply_label(share, rec_json, label_json)
-  local rec = cjson.decode(rec_json)
-  local label = cjson.decode(label_json)
-  local version, minute = rec[1], rec[2]
+-- rec: the compact join record of a prediction of the UTC day `day` (monitor/aggregates/joins.py):
+--   "<shape id, 8 chars><minute of the day, 4 digits><positive: - 0 1><prediction>", the shape's
+--   version and group field prefixes in KEYS[share.shapes_key]
+-- label: "<positive: - 0 1><label>"
+-- Returns false (and counts nothing) when the shape is gone, which the shapes' TTL rules out.
+local function apply_label(share, rec, label, day)
+  local shape = shape_of(share, rec:sub(1, 8))
+  if not shape then return false end
+  local version, prefixes = shape[1], shape[2]
+  local minute = day + 60 * tonumber(rec:sub(9, 12))
+  local predicted, actual = rec:sub(13, 13), label:sub(1, 1)
   local hour = minute - minute % 3600
   local stats = {'lab'}
-  if rec[3] == label[1] then stats[#stats + 1] = 'cor' end
-  if label[2] == 1 then stats[#stats + 1] = 'apos' end
-  if label[2] == 1 and rec[4] == 0 then stats[#stats + 1] = 'fn' end
+  if rec:sub(14) == label:sub(2) then stats[#stats + 1] = 'cor' end
+  if actual == '1' then stats[#stats + 1] = 'apos' end
+  if actual == '1' and predicted == '0' then stats[#stats + 1] = 'fn' end
   local fields = {}
-  for _, prefix in ipairs({'', unpack(rec[5])}) do
+  for _, prefix in ipairs({'', unpack(prefixes)}) do
     for _, stat in ipairs(stats) do
       fields[#fields + 1] = prefix .. stat
     end
@@ -86,6 +104,7 @@ local function apply_label(share, rec_json, label_json)
     if tier > 0 then redis.call('HINCRBY', totals, head .. '~' .. tier .. '|' .. f, 1) end
   end
   redis.call('EXPIREAT', totals, string.format('%d', share.totals_expire_at))
+  return true
 end
 
 -- HSET many field/value pairs without passing Lua's argument limit.

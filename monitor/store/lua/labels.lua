@@ -2,10 +2,11 @@
 --
 -- KEYS[1] offsets hash (the replay guard, as for predictions)
 -- KEYS[2] labels waiting for their prediction (hash request_id -> label)   KEYS[3] their expiry (zset)
--- KEYS[4] the model's totals hash
+-- KEYS[4] the model's totals hash   KEYS[5] its shapes hash (shape id -> [version, prefixes])
 -- ARGV[1] JSON share: {guard, minute_key, hour_key, join_key, now, minute_ttl, hour_ttl, wait_until,
---   totals_key (4), totals_expire_at,
---   days: [day start, ...] (join hashes to look in, newest first), labels: [[request_id, label], ...]}
+--   totals_key (4), totals_expire_at, shapes_key (5),
+--   days: [day start, ...] (join hashes to look in, newest first),
+--   labels: [[request digest, slot, label record], ...] (monitor/aggregates/joins.py)}
 --
 -- A label whose prediction is in a join hash is counted in that prediction's buckets and in the
 -- totals, and the join record is removed (a second label for the same request is not counted
@@ -18,13 +19,13 @@ if refused then return refused end
 
 local matched, waiting = 0, 0
 for _, item in ipairs(share.labels) do
-  local request_id, label = item[1], item[2]
+  local request_id, slot, label = item[1], item[2], item[3]
   local found = false
   for _, day in ipairs(share.days) do
-    local key = string.format(share.join_key, day)
+    local key = string.format(share.join_key, day, slot)
     local rec = redis.call('HGET', key, request_id)
     if rec then
-      apply_label(share, rec, label)
+      apply_label(share, rec, label, day)
       redis.call('HDEL', key, request_id)
       matched = matched + 1
       found = true
