@@ -90,7 +90,12 @@ USERS_TTL_EXTRA_S = 3600  # RedisStore: a users set expires `users_keep_s` + 1 h
 # Key kinds ingest writes that the population does not (see the module docstring), and the one it
 # writes that ingest does not (the evaluator freezes a reference when a successor version appears),
 # as key shapes (`key_shape`).
-NOT_WRITTEN = {"{model}:join:<n>": "label-join records", "{model}:unfav": "unfavourable decisions"}
+NOT_WRITTEN = {
+    "{model}:join:<n>:<n>": "label-join records",
+    "{model}:unfav": "unfavourable decisions",
+    "{model}:unfav:bytes": "the unfavourable decisions' byte count",
+    "{model}:shapes": "the shapes join records and unfavourable decisions name",
+}
 NOT_FROM_INGEST = {"{model}:ref:<n>": "frozen reference (written by the evaluator)"}
 
 
