@@ -26,10 +26,11 @@ from functools import lru_cache
 import orjson
 
 DAY_S = 86_400
+# The record's layout is fixed width up to the prediction: common.lua's apply_label reads the shape id
+# from characters 1-8 (the 6-byte digest in base64url), the minute from 9-12 and the decision from 13.
 # Hashes per model and day. Fixed: a label finds its prediction's hash from its digest alone, so
 # changing it strands the records already written.
 JOIN_SLOTS = 256
-SHAPE_ID_CHARS = 8
 MINUTE_CHARS = 4
 PREDICTION_MAX_BYTES = 16
 

@@ -33,6 +33,7 @@ from monitor.aggregates.access import (
     fold_registry,
     model_key,
 )
+from monitor.aggregates.joins import DAY_S
 from monitor.aggregates.predictions import (
     LATE_EDGES_S,
     MINUTE_S,
@@ -57,7 +58,6 @@ Clock = Callable[[], float]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 # A conflict means another writer applied part of a share; after this many rounds something is wrong.
 MAX_CONFLICT_ROUNDS = 8
-DAY_S = 86_400
 # Users seen / served are kept for the longest unserved-users window plus this (late events).
 USERS_SLACK_S = 600
 USERS_KEEP_DEFAULT_S = IngestRules.unserved_window_s + USERS_SLACK_S

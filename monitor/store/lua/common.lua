@@ -61,10 +61,10 @@ end
 --   "<shape id, 8 chars><minute of the day, 4 digits><positive: - 0 1><prediction>", the shape's
 --   version and group field prefixes in KEYS[share.shapes_key]
 -- label: "<positive: - 0 1><label>"
--- Returns false (and counts nothing) when the shape is gone, which the shapes' TTL rules out.
+-- Counts nothing when the shape is gone, which the shapes' TTL rules out.
 local function apply_label(share, rec, label, day)
   local shape = shape_of(share, rec:sub(1, 8))
-  if not shape then return false end
+  if not shape then return end
   local version, prefixes = shape[1], shape[2]
   local minute = day + 60 * tonumber(rec:sub(9, 12))
   local predicted, actual = rec:sub(13, 13), label:sub(1, 1)
@@ -104,7 +104,6 @@ local function apply_label(share, rec, label, day)
     if tier > 0 then redis.call('HINCRBY', totals, head .. '~' .. tier .. '|' .. f, 1) end
   end
   redis.call('EXPIREAT', totals, string.format('%d', share.totals_expire_at))
-  return true
 end
 
 -- HSET many field/value pairs without passing Lua's argument limit.
